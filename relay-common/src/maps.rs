@@ -1,0 +1,172 @@
+//! Names, sizes and value layouts of the maps the XDP program shares with userspace.
+//!
+//! Addresses are stored as their network-order bytes (`[u8; 4]`, `[u8; 16]`), so neither side
+//! ever converts byte order. IPv6 sources are limited per /64: [`V6_LIMIT_PREFIX_BYTES`].
+
+/// One-entry `Array<XdpConfig>`: tunables written by userspace at start and on reload.
+pub const CONFIG: &str = "CONFIG";
+/// `HashMap<u16, u8>`: TCP destination ports (host order) the program acts on.
+pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+/// `LpmTrie<[u8; 4], u8>`: allowlisted IPv4 prefixes.
+pub const ALLOW_V4: &str = "ALLOW_V4";
+/// `LpmTrie<[u8; 16], u8>`: allowlisted IPv6 prefixes.
+pub const ALLOW_V6: &str = "ALLOW_V6";
+/// `LpmTrie<[u8; 4], u8>`: blocked IPv4 prefixes (operator lists and feeds).
+pub const BLOCK_V4: &str = "BLOCK_V4";
+/// `LpmTrie<[u8; 16], u8>`: blocked IPv6 prefixes.
+pub const BLOCK_V6: &str = "BLOCK_V6";
+/// `HashMap<[u8; 4], BanEntry>`: exact-address bans. A plain hash, so floods cannot evict them.
+pub const BANS_V4: &str = "BANS_V4";
+/// `HashMap<[u8; 16], BanEntry>`: exact-address IPv6 bans.
+pub const BANS_V6: &str = "BANS_V6";
+/// `LruHashMap<[u8; 4], TokenBucket>`: new-connection limiter state per IPv4 source.
+pub const SYN_V4: &str = "SYN_V4";
+/// `LruHashMap<[u8; 8], TokenBucket>`: new-connection limiter state per IPv6 /64.
+pub const SYN_V6: &str = "SYN_V6";
+/// `PerCpuArray<StateBudget>` with one entry: the new-state budget of each CPU.
+pub const STATE_BUDGET: &str = "STATE_BUDGET";
+/// `PerCpuArray<u64>` indexed by [`crate::Verdict`].
+pub const VERDICTS: &str = "VERDICTS";
+/// Name of the XDP program in the object file.
+pub const PROGRAM: &str = "relay_xdp";
+
+/// Capacity of [`LISTEN_PORTS`].
+pub const MAX_LISTEN_PORTS: u32 = 64;
+/// Capacity of each allowlist trie.
+pub const MAX_ALLOW_ENTRIES: u32 = 16_384;
+/// Capacity of each blocklist trie (a full FireHOL level 1-3 feed fits).
+pub const MAX_BLOCK_ENTRIES: u32 = 262_144;
+/// Capacity of each ban map.
+pub const MAX_BANS: u32 = 131_072;
+/// Capacity of each limiter LRU map.
+pub const MAX_LIMITER_ENTRIES: u32 = 131_072;
+/// IPv6 sources share one limiter bucket per /64.
+pub const V6_LIMIT_PREFIX_BYTES: usize = 8;
+
+/// Value of the [`CONFIG`] map.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// New connections per second refilled into each source's bucket.
+    pub syn_rate_per_sec: u32,
+    /// Bucket size: how many new connections a source may open at once.
+    pub syn_burst: u32,
+    /// New limiter entries each CPU may create per second; beyond it, no state is created.
+    pub new_state_per_cpu_per_sec: u32,
+    /// Bit set of `XdpConfig::FLAG_*`.
+    pub flags: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<XdpConfig>() == 16);
+
+impl XdpConfig {
+    /// The per-source new-connection limiter is on.
+    pub const FLAG_SYN_LIMIT: u32 = 1;
+
+    /// Whether the limiter is on.
+    pub const fn syn_limit_enabled(&self) -> bool {
+        self.flags & Self::FLAG_SYN_LIMIT != 0
+    }
+}
+
+/// Value of the ban maps.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BanEntry {
+    /// CLOCK_MONOTONIC time (ns) at which the ban lapses; [`BanEntry::NEVER`] for permanent.
+    pub expires_ns: u64,
+    /// A [`BanReason`] discriminant.
+    pub reason: u32,
+    /// Explicit padding so the layout has no uninitialised bytes.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
+
+impl BanEntry {
+    /// Expiry of a ban that never lapses.
+    pub const NEVER: u64 = u64::MAX;
+
+    /// A ban with the given expiry and reason.
+    pub const fn new(expires_ns: u64, reason: BanReason) -> Self {
+        BanEntry {
+            expires_ns,
+            reason: reason as u32,
+            _pad: 0,
+        }
+    }
+
+    /// Whether the ban still holds at `now_ns`.
+    pub const fn active_at(&self, now_ns: u64) -> bool {
+        now_ns < self.expires_ns
+    }
+}
+
+/// Why an address was banned.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum BanReason {
+    /// Added by the operator.
+    Operator = 0,
+    /// Repeated handshakes with an unknown secret or a bad MAC.
+    BadSecret = 1,
+    /// Repeated fake-TLS hellos naming another domain.
+    UnknownSni = 2,
+    /// Replayed handshakes.
+    Replay = 3,
+    /// Repeated handshake timeouts.
+    Timeout = 4,
+    /// Repeated garbage instead of a handshake.
+    Garbage = 5,
+    /// Too many connections per second.
+    ConnRate = 6,
+    /// Imported from an external feed.
+    Feed = 7,
+}
+
+impl BanReason {
+    /// Every reason, in discriminant order.
+    pub const ALL: [BanReason; 8] = [
+        BanReason::Operator,
+        BanReason::BadSecret,
+        BanReason::UnknownSni,
+        BanReason::Replay,
+        BanReason::Timeout,
+        BanReason::Garbage,
+        BanReason::ConnRate,
+        BanReason::Feed,
+    ];
+
+    /// Stable snake_case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BanReason::Operator => "operator",
+            BanReason::BadSecret => "bad_secret",
+            BanReason::UnknownSni => "unknown_sni",
+            BanReason::Replay => "replay",
+            BanReason::Timeout => "timeout",
+            BanReason::Garbage => "garbage",
+            BanReason::ConnRate => "conn_rate",
+            BanReason::Feed => "feed",
+        }
+    }
+
+    /// The reason for a raw discriminant read back from a map.
+    pub const fn from_u32(raw: u32) -> Option<Self> {
+        if (raw as usize) < Self::ALL.len() {
+            Some(Self::ALL[raw as usize])
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are `#[repr(C)]`, `Copy`, and padding-free (size asserts above), so
+    // any byte pattern of their size is a valid value.
+    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::BanEntry {}
+    unsafe impl aya::Pod for crate::bucket::TokenBucket {}
+    unsafe impl aya::Pod for crate::bucket::StateBudget {}
+}

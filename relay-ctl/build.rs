@@ -1,0 +1,29 @@
+//! Compiles `relay-ebpf` for the BPF target with aya-build; the object is embedded in relay-ctl.
+use anyhow::{Context as _, anyhow};
+use aya_build::Toolchain;
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "relay-ebpf")
+        .ok_or_else(|| anyhow!("relay-ebpf package not found in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("relay-ebpf manifest has no parent directory"))?
+        .as_str()
+        .to_owned();
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: ebpf.name.as_str(),
+            root_dir: &root_dir,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+}

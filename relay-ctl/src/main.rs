@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", relay_ctl::ebpf::OBJECT.len());
+}

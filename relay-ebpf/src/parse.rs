@@ -1,0 +1,139 @@
+//! Bounds-checked header parsing: Ethernet, one 802.1Q tag, IPv4, IPv6, TCP.
+//!
+//! Every read goes through [`read`], which checks the access against `data_end` as the verifier
+//! demands. Anything the parser cannot follow is reported, never guessed at.
+
+use aya_ebpf::programs::XdpContext;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const IPPROTO_TCP: u8 = 6;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_MIN_HLEN: usize = 20;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// IPv6 next-header values that are extension headers (RFC 8200 and the IANA list).
+const IPV6_EXTENSION_HEADERS: [u8; 9] = [0, 43, 44, 50, 51, 60, 135, 139, 140];
+
+/// Source address of a parsed packet, in network byte order.
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// The parts of a TCP segment the policy looks at.
+pub struct Segment {
+    pub source: Source,
+    pub dst_port: u16,
+    pub syn: bool,
+    pub ack: bool,
+}
+
+/// What the parser made of a frame.
+pub enum Parsed {
+    /// A TCP segment with a complete header.
+    Tcp(Segment),
+    /// Well-formed, but not TCP over IPv4/IPv6.
+    NotTcp,
+    /// IPv4 fragment with a non-zero offset: no TCP header in it.
+    Fragment,
+    /// Truncated, malformed, or behind IPv6 extension headers.
+    Unparsed,
+}
+
+/// Reads `N` bytes at `offset`, or `None` if they extend past the end of the frame.
+#[inline(always)]
+fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N > end {
+        return None;
+    }
+    // SAFETY: the range [start + offset, start + offset + N) lies inside the packet, as checked.
+    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+}
+
+/// Parses the frame in `ctx` down to the TCP flags.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let Some([hi, lo]) = read::<2>(ctx, ETH_HLEN - 2) else {
+        return Parsed::Unparsed;
+    };
+    let mut ethertype = u16::from_be_bytes([hi, lo]);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q {
+        let Some([hi, lo]) = read::<2>(ctx, ETH_HLEN + VLAN_HLEN - 2) else {
+            return Parsed::Unparsed;
+        };
+        ethertype = u16::from_be_bytes([hi, lo]);
+        l3 += VLAN_HLEN;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3),
+        _ => Parsed::NotTcp,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
+    let Some(h) = read::<IPV4_MIN_HLEN>(ctx, l3) else {
+        return Parsed::Unparsed;
+    };
+    let version = h[0] >> 4;
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if version != 4 || ihl < IPV4_MIN_HLEN {
+        return Parsed::Unparsed;
+    }
+    let fragment_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    if fragment_offset != 0 {
+        return Parsed::Fragment;
+    }
+    if h[9] != IPPROTO_TCP {
+        return Parsed::NotTcp;
+    }
+    let source = Source::V4([h[12], h[13], h[14], h[15]]);
+    parse_tcp(ctx, l3 + ihl, source)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
+    let Some(h) = read::<IPV6_HLEN>(ctx, l3) else {
+        return Parsed::Unparsed;
+    };
+    if h[0] >> 4 != 6 {
+        return Parsed::Unparsed;
+    }
+    let next_header = h[6];
+    if next_header != IPPROTO_TCP {
+        let mut i = 0;
+        while i < IPV6_EXTENSION_HEADERS.len() {
+            if IPV6_EXTENSION_HEADERS[i] == next_header {
+                return Parsed::Unparsed;
+            }
+            i += 1;
+        }
+        return Parsed::NotTcp;
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    parse_tcp(ctx, l3 + IPV6_HLEN, Source::V6(src))
+}
+
+#[inline(always)]
+fn parse_tcp(ctx: &XdpContext, l4: usize, source: Source) -> Parsed {
+    let Some(h) = read::<TCP_MIN_HLEN>(ctx, l4) else {
+        return Parsed::Unparsed;
+    };
+    Parsed::Tcp(Segment {
+        source,
+        dst_port: u16::from_be_bytes([h[2], h[3]]),
+        syn: h[13] & TCP_FLAG_SYN != 0,
+        ack: h[13] & TCP_FLAG_ACK != 0,
+    })
+}
