@@ -2,4 +2,13 @@
 //! the kernel. It loads the XDP fast path, accepts and relays client connections, and is the
 //! operator's CLI.
 
+pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod ebpf;
+pub mod gate;
+pub mod logging;
+pub mod prefix_set;
+pub mod server;
+pub mod shield;
+pub mod xdp;

@@ -1,3 +1,28 @@
-fn main() {
-    println!("{}", relay_ctl::ebpf::OBJECT.len());
+//! relay-ctl: the relay daemon and its command-line interface.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use relay_ctl::cli::{Cli, Command, ConfigCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    relay_ctl::logging::init();
+    let result = match cli.command {
+        Command::Run { config } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(relay_ctl::cli::run::run(config.as_deref()))),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => relay_ctl::cli::config_check::run(file.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,354 @@
+//! The configuration file: TOML, unknown keys rejected, every error tied to a file and line.
+//!
+//! Parsing checks shapes and values through serde (so errors carry a span); [`Config::load`]
+//! turns spans into `file:line:column` messages an operator can act on.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The configuration used when `relay-ctl run` gets no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// Where a configuration came from, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Embedded,
+    /// A file on disk.
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Embedded => f.write_str("<embedded default configuration>"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a bad value.
+    #[error("{origin}:{line}:{column}: {message}")]
+    Invalid {
+        /// Where the text came from.
+        origin: Origin,
+        /// 1-based line of the offending text (0 when unknown).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening sockets.
+    pub server: Server,
+    /// Kernel fast path.
+    #[serde(default)]
+    pub xdp: Xdp,
+    /// New-connection limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Sources that are dropped.
+    #[serde(default)]
+    pub blocklist: Blocklist,
+    /// Sources that bypass every check.
+    #[serde(default)]
+    pub allowlist: Allowlist,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Addresses to accept clients on.
+    #[serde(deserialize_with = "non_empty")]
+    pub listen: Vec<SocketAddr>,
+}
+
+/// `[xdp]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Xdp {
+    /// Interface names, or `"auto"` for the interfaces that carry the listen addresses.
+    #[serde(default = "auto_interfaces")]
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    #[serde(default)]
+    pub mode: XdpMode,
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Xdp {
+            interfaces: auto_interfaces(),
+            mode: XdpMode::Auto,
+        }
+    }
+}
+
+fn auto_interfaces() -> Vec<String> {
+    vec!["auto".to_owned()]
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, generic mode where the driver refuses.
+    #[default]
+    Auto,
+    /// Native mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+    /// No XDP: enforce everything in userspace at accept time.
+    Off,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// New connections per second refilled into each source's (/32, /64) bucket; 0 = no refill.
+    #[serde(default = "default_syn_rate")]
+    pub syn_rate_per_sec: u32,
+    /// New connections a source may open at once. Real clients open a dozen or more at start.
+    #[serde(default = "default_syn_burst")]
+    pub syn_burst: NonZeroU32,
+    /// Whether the per-source new-connection limiter is on.
+    #[serde(default = "yes")]
+    pub syn_limit: bool,
+    /// Limiter entries each CPU may create per second; beyond it a spoofed flood gets no state.
+    #[serde(default = "default_new_state")]
+    pub new_state_per_cpu_per_sec: NonZeroU32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            syn_rate_per_sec: default_syn_rate(),
+            syn_burst: default_syn_burst(),
+            syn_limit: true,
+            new_state_per_cpu_per_sec: default_new_state(),
+        }
+    }
+}
+
+fn default_syn_rate() -> u32 {
+    8
+}
+fn default_syn_burst() -> NonZeroU32 {
+    NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN)
+}
+fn default_new_state() -> NonZeroU32 {
+    NonZeroU32::new(20_000).unwrap_or(NonZeroU32::MIN)
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[blocklist]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Blocklist {
+    /// Addresses and CIDRs to drop.
+    #[serde(default)]
+    pub cidrs: Vec<Cidr>,
+}
+
+/// `[allowlist]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Allowlist {
+    /// Addresses and CIDRs that are never dropped, limited or banned.
+    #[serde(default)]
+    pub cidrs: Vec<Cidr>,
+}
+
+/// An address or CIDR as operators write them: `192.0.2.1`, `192.0.2.0/24`, `2001:db8::/32`.
+/// Host bits are cleared, so `10.1.2.3/8` means `10.0.0.0/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr(pub IpNet);
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.contains('/') {
+            s.parse::<IpNet>()
+                .map(|net| Cidr(net.trunc()))
+                .map_err(|_| {
+                    format!("invalid CIDR `{s}` (expected e.g. 192.0.2.0/24 or 2001:db8::/32)")
+                })
+        } else {
+            s.parse::<IpAddr>()
+                .map(|ip| Cidr(IpNet::from(ip)))
+                .map_err(|_| {
+                    format!("invalid address `{s}` (expected an IPv4/IPv6 address or CIDR)")
+                })
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn non_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let v = Vec::<T>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(serde::de::Error::custom("must list at least one address"));
+    }
+    Ok(v)
+}
+
+impl Config {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, Origin::File(path.to_owned()))
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, Origin::Embedded)
+    }
+
+    /// Parses configuration text; `origin` only names it in errors.
+    pub fn parse(text: &str, origin: Origin) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Invalid {
+                origin: origin.clone(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.validate(text, origin)?;
+        Ok(config)
+    }
+
+    /// Checks that span several fields, which serde cannot.
+    fn validate(&self, text: &str, origin: Origin) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            let (line, column) = find_key(text, key);
+            ConfigError::Invalid {
+                origin: origin.clone(),
+                line,
+                column,
+                message,
+            }
+        };
+        if self.limits.syn_rate_per_sec > relay_common::bucket::MAX_RATE_PER_SEC {
+            return Err(invalid(
+                "syn_rate_per_sec",
+                format!(
+                    "syn_rate_per_sec must be at most {}",
+                    relay_common::bucket::MAX_RATE_PER_SEC
+                ),
+            ));
+        }
+        let ports: std::collections::BTreeSet<u16> =
+            self.server.listen.iter().map(SocketAddr::port).collect();
+        if ports.len() > relay_common::maps::MAX_LISTEN_PORTS as usize {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "at most {} distinct listen ports are supported",
+                    relay_common::maps::MAX_LISTEN_PORTS
+                ),
+            ));
+        }
+        if self.xdp.interfaces.is_empty() {
+            return Err(invalid(
+                "interfaces",
+                "interfaces must name at least one interface, or be [\"auto\"]".to_owned(),
+            ));
+        }
+        if self.xdp.interfaces.len() > 1 && self.xdp.interfaces.iter().any(|i| i == "auto") {
+            return Err(invalid(
+                "interfaces",
+                "\"auto\" cannot be combined with interface names".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Distinct TCP ports the relay listens on.
+    pub fn listen_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.server.listen.iter().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Position of the first line assigning `key`, for errors found after parsing.
+fn find_key(text: &str, key: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return (i + 1, line.len() - trimmed.len() + 1);
+        }
+    }
+    (0, 0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Origin::File(PathBuf::from("relay.toml")))
+}
+
+#[test]
+fn embedded_default_parses() {
+    let config = Config::embedded().expect("embedded default");
+    assert_eq!(config.listen_ports(), vec![443]);
+    assert_eq!(config.xdp.mode, XdpMode::Auto);
+    assert!(
+        config.limits.syn_burst.get() >= 24,
+        "must admit a client's fan-out"
+    );
+}
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let config = parse("[server]\nlisten = [\"127.0.0.1:8443\"]\n").expect("valid");
+    assert_eq!(config.xdp.interfaces, vec!["auto"]);
+    assert_eq!(config.limits, Limits::default());
+    assert!(config.blocklist.cidrs.is_empty());
+}
+
+#[test]
+fn cidrs_and_addresses_are_normalised() {
+    let config = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[blocklist]\ncidrs = [\"10.1.2.3/8\", \"192.0.2.7\", \"2001:db8::1/32\"]\n",
+    )
+    .expect("valid");
+    let got: Vec<String> = config.blocklist.cidrs.iter().map(Cidr::to_string).collect();
+    assert_eq!(got, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+}
+
+fn expect_invalid(text: &str, want_line: usize, want_in_message: &str) {
+    match parse(text) {
+        Err(ConfigError::Invalid {
+            line,
+            message,
+            origin,
+            ..
+        }) => {
+            assert_eq!(line, want_line, "line for {message:?}");
+            assert!(
+                message.contains(want_in_message),
+                "{message:?} should mention {want_in_message:?}"
+            );
+            assert_eq!(origin, Origin::File(PathBuf::from("relay.toml")));
+        }
+        other => panic!("expected an invalid-config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_line() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nlisen = 3\n",
+        3,
+        "unknown field",
+    );
+}
+
+#[test]
+fn bad_cidr_names_line_and_value() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[blocklist]\ncidrs = [\"10.0.0.0/33\"]\n",
+        5,
+        "10.0.0.0/33",
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    expect_invalid("[server]\nlisten = [\"localhost\"]\n", 2, "socket address");
+}
+
+#[test]
+fn empty_listen_is_rejected() {
+    expect_invalid("[server]\nlisten = []\n", 2, "at least one");
+}
+
+#[test]
+fn zero_burst_is_rejected() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nsyn_burst = 0\n",
+        4,
+        "nonzero",
+    );
+}
+
+#[test]
+fn unknown_mode_is_rejected() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[xdp]\nmode = \"turbo\"\n",
+        4,
+        "turbo",
+    );
+}
+
+#[test]
+fn huge_rate_is_rejected_with_its_line() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nsyn_rate_per_sec = 4000000000\n",
+        4,
+        "at most",
+    );
+}
+
+#[test]
+fn auto_mixed_with_names_is_rejected() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[xdp]\ninterfaces = [\"auto\", \"eth0\"]\n",
+        4,
+        "auto",
+    );
+}
+
+#[test]
+fn broken_toml_is_reported() {
+    expect_invalid("[server\nlisten = 1\n", 1, "");
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let err = Config::load(Path::new("/nonexistent/relay.toml")).expect_err("missing");
+    assert!(err.to_string().contains("/nonexistent/relay.toml"), "{err}");
+}

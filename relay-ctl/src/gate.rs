@@ -1,0 +1,269 @@
+//! The userspace fallback of the XDP program: the same allow/ban/block/limit decision, taken at
+//! accept time when XDP cannot be used. It mirrors `relay-ebpf/src/policy.rs` step for step and
+//! shares its limiter arithmetic through `relay-common`.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use relay_common::{
+    BanEntry, StateBudget, TokenBucket, Verdict, XdpConfig,
+    maps::{MAX_LIMITER_ENTRIES, V6_LIMIT_PREFIX_BYTES},
+};
+
+use crate::prefix_set::PrefixSet;
+
+/// Limiter key: an IPv4 /32 or an IPv6 /64, as in the kernel maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4([u8; 4]),
+    V6([u8; V6_LIMIT_PREFIX_BYTES]),
+}
+
+impl From<IpAddr> for SourceKey {
+    fn from(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(a) => SourceKey::V4(a.octets()),
+            IpAddr::V6(a) => {
+                let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
+                prefix.copy_from_slice(&a.octets()[..V6_LIMIT_PREFIX_BYTES]);
+                SourceKey::V6(prefix)
+            }
+        }
+    }
+}
+
+/// Lists, bans, limiter state and verdict counters for the userspace fallback.
+#[derive(Debug, Default)]
+pub struct Gate {
+    lists: Mutex<Lists>,
+    limiter: Mutex<Limiter>,
+    verdicts: [AtomicU64; Verdict::COUNT as usize],
+}
+
+#[derive(Debug, Default)]
+struct Lists {
+    config: Option<XdpConfig>,
+    allow: PrefixSet,
+    block: PrefixSet,
+    bans: HashMap<IpAddr, BanEntry>,
+}
+
+#[derive(Debug, Default)]
+struct Limiter {
+    buckets: HashMap<SourceKey, TokenBucket>,
+    budget: StateBudget,
+}
+
+/// Idle time after which a bucket is certainly full again and can be forgotten.
+const IDLE_FORGET_NS: u64 = 60 * 1_000_000_000;
+
+impl Gate {
+    /// Sets the tunables (same struct the kernel reads).
+    pub fn set_config(&self, config: XdpConfig) {
+        self.lists().config = Some(config);
+    }
+
+    /// Replaces the allowlist.
+    pub fn set_allow(&self, allow: PrefixSet) {
+        self.lists().allow = allow;
+    }
+
+    /// Replaces the blocklist.
+    pub fn set_block(&self, block: PrefixSet) {
+        self.lists().block = block;
+    }
+
+    /// Adds or replaces an exact-address ban.
+    pub fn ban(&self, addr: IpAddr, entry: BanEntry) {
+        self.lists().bans.insert(addr, entry);
+    }
+
+    /// Lifts a ban; returns whether there was one.
+    pub fn unban(&self, addr: IpAddr) -> bool {
+        self.lists().bans.remove(&addr).is_some()
+    }
+
+    /// Decides on a new connection from `source` at `now_ns` and counts the verdict.
+    pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
+        let verdict = self.decide(source, now_ns);
+        self.verdicts[verdict as usize].fetch_add(1, Ordering::Relaxed);
+        verdict
+    }
+
+    /// Verdict counters, indexed by [`Verdict`].
+    pub fn verdict_counts(&self) -> [u64; Verdict::COUNT as usize] {
+        std::array::from_fn(|i| self.verdicts[i].load(Ordering::Relaxed))
+    }
+
+    fn decide(&self, source: IpAddr, now_ns: u64) -> Verdict {
+        let source = source.to_canonical();
+        let config = {
+            let lists = self.lists();
+            if lists.allow.contains(source) {
+                return Verdict::Allowlisted;
+            }
+            if lists.bans.get(&source).is_some_and(|b| b.active_at(now_ns)) {
+                return Verdict::Banned;
+            }
+            if lists.block.contains(source) {
+                return Verdict::BlockedCidr;
+            }
+            match lists.config {
+                Some(config) if config.syn_limit_enabled() => config,
+                _ => return Verdict::Passed,
+            }
+        };
+        self.limit(SourceKey::from(source), now_ns, &config)
+    }
+
+    fn limit(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = limiter.buckets.get_mut(&key) {
+            return if bucket.try_take(now_ns, config.syn_rate_per_sec, config.syn_burst) {
+                Verdict::Passed
+            } else {
+                Verdict::SynRateLimited
+            };
+        }
+        if limiter.buckets.len() >= MAX_LIMITER_ENTRIES as usize {
+            limiter
+                .buckets
+                .retain(|_, b| now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS);
+        }
+        if limiter.buckets.len() >= MAX_LIMITER_ENTRIES as usize
+            || !limiter
+                .budget
+                .try_create(now_ns, config.new_state_per_cpu_per_sec)
+        {
+            return Verdict::StateSuppressed;
+        }
+        limiter
+            .buckets
+            .insert(key, TokenBucket::first_event(now_ns, config.syn_burst));
+        Verdict::Passed
+    }
+
+    fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
+        // A panic while holding the lock cannot leave the lists half-updated in a harmful way.
+        self.lists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn gate(rate: u32, burst: u32) -> Gate {
+        let gate = Gate::default();
+        gate.set_config(XdpConfig {
+            syn_rate_per_sec: rate,
+            syn_burst: burst,
+            new_state_per_cpu_per_sec: 1000,
+            flags: XdpConfig::FLAG_SYN_LIMIT,
+        });
+        gate
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn set(cidrs: &[&str]) -> PrefixSet {
+        let mut s = PrefixSet::default();
+        for c in cidrs {
+            s.insert(c.parse().expect("test CIDR"));
+        }
+        s
+    }
+
+    #[test]
+    fn same_order_as_kernel() {
+        let g = gate(0, 1);
+        g.set_block(set(&["10.0.0.0/8"]));
+        g.set_allow(set(&["10.0.0.5/32"]));
+        g.ban(
+            ip("10.0.0.5"),
+            BanEntry::new(BanEntry::NEVER, relay_common::BanReason::Operator),
+        );
+        g.ban(
+            ip("192.0.2.1"),
+            BanEntry::new(10 * SEC, relay_common::BanReason::Replay),
+        );
+        assert_eq!(g.admit(ip("10.0.0.5"), SEC), Verdict::Allowlisted);
+        assert_eq!(g.admit(ip("10.0.0.6"), SEC), Verdict::BlockedCidr);
+        assert_eq!(g.admit(ip("192.0.2.1"), SEC), Verdict::Banned);
+        // Expired ban: falls through to the limiter.
+        assert_eq!(g.admit(ip("192.0.2.1"), 11 * SEC), Verdict::Passed);
+        assert_eq!(g.admit(ip("192.0.2.1"), 11 * SEC), Verdict::SynRateLimited);
+        // IPv4-mapped IPv6 sources (dual-stack sockets) are treated as IPv4.
+        assert_eq!(g.admit(ip("::ffff:10.0.0.9"), SEC), Verdict::BlockedCidr);
+    }
+
+    #[test]
+    fn burst_then_limited_and_counted() {
+        let g = gate(0, 24);
+        let passed = (0..40)
+            .filter(|_| g.admit(ip("198.18.0.2"), SEC) == Verdict::Passed)
+            .count();
+        assert_eq!(passed, 24);
+        let counts = g.verdict_counts();
+        assert_eq!(counts[Verdict::Passed as usize], 24);
+        assert_eq!(counts[Verdict::SynRateLimited as usize], 16);
+    }
+
+    #[test]
+    fn ipv6_shares_a_bucket_per_64() {
+        let g = gate(0, 1);
+        assert_eq!(g.admit(ip("2001:db8:1:2::1"), SEC), Verdict::Passed);
+        assert_eq!(
+            g.admit(ip("2001:db8:1:2::ffff"), SEC),
+            Verdict::SynRateLimited
+        );
+        assert_eq!(g.admit(ip("2001:db8:1:3::1"), SEC), Verdict::Passed);
+    }
+
+    #[test]
+    fn new_state_budget_suppresses() {
+        let g = Gate::default();
+        g.set_config(XdpConfig {
+            syn_rate_per_sec: 1,
+            syn_burst: 1,
+            new_state_per_cpu_per_sec: 3,
+            flags: XdpConfig::FLAG_SYN_LIMIT,
+        });
+        let verdicts: Vec<Verdict> = (1..=5)
+            .map(|i| g.admit(ip(&format!("198.18.1.{i}")), SEC))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Passed,
+                Verdict::Passed,
+                Verdict::Passed,
+                Verdict::StateSuppressed,
+                Verdict::StateSuppressed
+            ]
+        );
+        assert_eq!(g.admit(ip("198.18.1.1"), SEC), Verdict::SynRateLimited);
+    }
+
+    #[test]
+    fn limiter_off_passes_everything() {
+        let g = Gate::default();
+        g.set_config(XdpConfig {
+            syn_rate_per_sec: 0,
+            syn_burst: 1,
+            new_state_per_cpu_per_sec: 1,
+            flags: 0,
+        });
+        assert!((0..100).all(|_| g.admit(ip("198.18.0.9"), SEC) == Verdict::Passed));
+    }
+}

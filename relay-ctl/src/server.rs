@@ -1,0 +1,77 @@
+//! The accept loop. Until the MTProto relay lands, accepted connections are held open (their
+//! bytes read and discarded) so the fast path can be tested end to end.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+    sync::RwLock,
+};
+
+use crate::{clock::monotonic_ns, shield::Shield};
+
+/// Binds every listen address, failing with the address that could not be bound.
+pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| anyhow::anyhow!("cannot create a socket for {addr}: {e}"))?;
+        socket.set_reuseaddr(true)?;
+        if addr.is_ipv6() {
+            // Keep [::] from also claiming the IPv4 port, so 0.0.0.0 and [::] can both be listed.
+            let sock = socket2::SockRef::from(&socket);
+            sock.set_only_v6(true)?;
+        }
+        socket
+            .bind(*addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        listeners.push(
+            socket
+                .listen(1024)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+        );
+    }
+    Ok(listeners)
+}
+
+/// Accepts on `listener` forever, checking each connection against the shield.
+pub async fn accept_loop(listener: TcpListener, shield: Arc<RwLock<Shield>>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let verdict = shield.read().await.admit(peer.ip(), monotonic_ns());
+        if verdict.drops() {
+            tracing::debug!(verdict = verdict.name(), "connection refused");
+            reset(stream);
+            continue;
+        }
+        tokio::spawn(hold(stream));
+    }
+}
+
+/// Closes with RST rather than FIN: the client retries or gives up at once.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+/// Reads and discards until the peer closes.
+async fn hold(mut stream: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Enforcement of the allow/block/ban/limit policy: in the kernel when XDP is attached, in
+//! userspace at accept time otherwise. Callers do not care which.
+
+use std::{collections::BTreeSet, fmt, net::IpAddr};
+
+use relay_common::{BanEntry, Verdict, XdpConfig};
+
+use crate::{
+    config::{Cidr, Config},
+    gate::Gate,
+    prefix_set::PrefixSet,
+    xdp::{MapsError, PrefixList, XdpProgram},
+};
+
+/// Where the policy is enforced.
+pub enum Enforcement {
+    /// The XDP program drops packets before the kernel allocates anything.
+    Kernel(XdpProgram),
+    /// The accept loop checks each new connection.
+    Userspace {
+        /// Why XDP is not used, for status output.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Enforcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Enforcement::Kernel(p) => {
+                let list: Vec<String> =
+                    p.attachments().map(|(i, m)| format!("{i} ({m})")).collect();
+                write!(f, "XDP on {}", list.join(", "))
+            }
+            Enforcement::Userspace { reason } => write!(f, "userspace ({reason})"),
+        }
+    }
+}
+
+/// The policy and where it is enforced.
+pub struct Shield {
+    enforcement: Enforcement,
+    gate: Gate,
+    allow: BTreeSet<Cidr>,
+    block: BTreeSet<Cidr>,
+}
+
+impl Shield {
+    /// A shield enforcing through `enforcement`, with empty lists.
+    pub fn new(enforcement: Enforcement) -> Self {
+        Shield {
+            enforcement,
+            gate: Gate::default(),
+            allow: BTreeSet::new(),
+            block: BTreeSet::new(),
+        }
+    }
+
+    /// Where the policy is enforced.
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
+    }
+
+    /// Whether the kernel enforces.
+    pub fn in_kernel(&self) -> bool {
+        matches!(self.enforcement, Enforcement::Kernel(_))
+    }
+
+    /// Writes limits, ports and lists from `config`, replacing what was there.
+    pub fn apply(&mut self, config: &Config) -> Result<(), MapsError> {
+        let limits = &config.limits;
+        let xdp_config = XdpConfig {
+            syn_rate_per_sec: limits.syn_rate_per_sec,
+            syn_burst: limits.syn_burst.get(),
+            new_state_per_cpu_per_sec: limits.new_state_per_cpu_per_sec.get(),
+            flags: if limits.syn_limit {
+                XdpConfig::FLAG_SYN_LIMIT
+            } else {
+                0
+            },
+        };
+        let allow: BTreeSet<Cidr> = config.allowlist.cidrs.iter().copied().collect();
+        let block: BTreeSet<Cidr> = config.blocklist.cidrs.iter().copied().collect();
+        match &mut self.enforcement {
+            Enforcement::Kernel(program) => {
+                let maps = program.maps();
+                maps.set_config(xdp_config)?;
+                maps.set_ports(&config.listen_ports())?;
+                sync_prefixes(maps, PrefixList::Allow, &self.allow, &allow)?;
+                sync_prefixes(maps, PrefixList::Block, &self.block, &block)?;
+            }
+            Enforcement::Userspace { .. } => {
+                self.gate.set_config(xdp_config);
+                self.gate.set_allow(prefix_set(&allow));
+                self.gate.set_block(prefix_set(&block));
+            }
+        }
+        self.allow = allow;
+        self.block = block;
+        Ok(())
+    }
+
+    /// Bans an exact address until `entry.expires_ns`.
+    pub fn ban(&mut self, addr: IpAddr, entry: BanEntry) -> Result<(), MapsError> {
+        match &mut self.enforcement {
+            Enforcement::Kernel(program) => program.maps().ban(addr, entry),
+            Enforcement::Userspace { .. } => {
+                self.gate.ban(addr, entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Decides on a connection just accepted from `source`. In kernel mode the program already
+    /// decided on its SYN, so everything that reached accept passes.
+    pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
+        match &self.enforcement {
+            Enforcement::Kernel(_) => Verdict::Passed,
+            Enforcement::Userspace { .. } => self.gate.admit(source, now_ns),
+        }
+    }
+
+    /// Verdict counters from wherever the policy is enforced.
+    pub fn verdict_counts(&self) -> Result<[u64; Verdict::COUNT as usize], MapsError> {
+        match &self.enforcement {
+            Enforcement::Kernel(program) => program.maps_ref().verdict_counts(),
+            Enforcement::Userspace { .. } => Ok(self.gate.verdict_counts()),
+        }
+    }
+
+    /// Detaches XDP, if attached.
+    pub fn shutdown(&mut self) {
+        if let Enforcement::Kernel(program) = &mut self.enforcement {
+            program.detach_all();
+        }
+    }
+}
+
+fn prefix_set(cidrs: &BTreeSet<Cidr>) -> PrefixSet {
+    let mut set = PrefixSet::default();
+    for c in cidrs {
+        set.insert(c.0);
+    }
+    set
+}
+
+/// Applies the difference between two versions of a list to the kernel maps.
+fn sync_prefixes(
+    maps: &mut crate::xdp::XdpMaps,
+    list: PrefixList,
+    old: &BTreeSet<Cidr>,
+    new: &BTreeSet<Cidr>,
+) -> Result<(), MapsError> {
+    for cidr in new.difference(old) {
+        maps.insert_prefix(list, cidr.0)?;
+    }
+    for cidr in old.difference(new) {
+        maps.remove_prefix(list, cidr.0);
+    }
+    Ok(())
+}

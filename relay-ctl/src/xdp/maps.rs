@@ -1,0 +1,242 @@
+//! Typed access to the XDP program's maps: the only place that knows their key layouts.
+
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+};
+use ipnet::IpNet;
+use relay_common::{BanEntry, Verdict, XdpConfig, maps as names};
+
+/// Why a map operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// The object lacks a map this version of relay-ctl expects.
+    #[error("eBPF object has no usable map {name}: {source}")]
+    Missing {
+        /// Map name.
+        name: &'static str,
+        /// The underlying error.
+        #[source]
+        source: MapError,
+    },
+    /// A map has no room left for another entry.
+    #[error("{what} map is full ({capacity} entries); entry {entry} not added")]
+    Full {
+        /// Which list.
+        what: &'static str,
+        /// Its capacity.
+        capacity: u32,
+        /// The entry that did not fit.
+        entry: String,
+    },
+    /// The kernel refused an update for another reason.
+    #[error("updating the {what} map failed for {entry}: {source}")]
+    Update {
+        /// Which list.
+        what: &'static str,
+        /// The entry.
+        entry: String,
+        /// The underlying error.
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Handles on the maps userspace writes or reads.
+pub struct XdpMaps {
+    config: Array<MapData, XdpConfig>,
+    ports: HashMap<MapData, u16, u8>,
+    allow_v4: LpmTrie<MapData, [u8; 4], u8>,
+    allow_v6: LpmTrie<MapData, [u8; 16], u8>,
+    block_v4: LpmTrie<MapData, [u8; 4], u8>,
+    block_v6: LpmTrie<MapData, [u8; 16], u8>,
+    bans_v4: HashMap<MapData, [u8; 4], BanEntry>,
+    bans_v6: HashMap<MapData, [u8; 16], BanEntry>,
+    verdicts: PerCpuArray<MapData, u64>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MapsError::Missing {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    T::try_from(map).map_err(|source| MapsError::Missing { name, source })
+}
+
+/// Which of the two prefix lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefixList {
+    /// Never dropped, limited or banned.
+    Allow,
+    /// Dropped.
+    Block,
+}
+
+impl PrefixList {
+    fn name(self) -> &'static str {
+        match self {
+            PrefixList::Allow => "allowlist",
+            PrefixList::Block => "blocklist",
+        }
+    }
+
+    fn capacity(self) -> u32 {
+        match self {
+            PrefixList::Allow => names::MAX_ALLOW_ENTRIES,
+            PrefixList::Block => names::MAX_BLOCK_ENTRIES,
+        }
+    }
+}
+
+impl XdpMaps {
+    /// Takes ownership of the maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Ok(XdpMaps {
+            config: take(ebpf, names::CONFIG)?,
+            ports: take(ebpf, names::LISTEN_PORTS)?,
+            allow_v4: take(ebpf, names::ALLOW_V4)?,
+            allow_v6: take(ebpf, names::ALLOW_V6)?,
+            block_v4: take(ebpf, names::BLOCK_V4)?,
+            block_v6: take(ebpf, names::BLOCK_V6)?,
+            bans_v4: take(ebpf, names::BANS_V4)?,
+            bans_v6: take(ebpf, names::BANS_V6)?,
+            verdicts: take(ebpf, names::VERDICTS)?,
+        })
+    }
+
+    /// Writes the tunables.
+    pub fn set_config(&mut self, config: XdpConfig) -> Result<(), MapsError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| MapsError::Update {
+                what: "config",
+                entry: "0".to_owned(),
+                source,
+            })
+    }
+
+    /// Makes `ports` the exact set of ports the program acts on.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
+        let stale: Vec<u16> = self
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !ports.contains(p))
+            .collect();
+        for port in ports {
+            self.ports.insert(port, 1, 0).map_err(|source| {
+                full_or_update(
+                    "listen ports",
+                    names::MAX_LISTEN_PORTS,
+                    port.to_string(),
+                    source,
+                )
+            })?;
+        }
+        for port in stale {
+            // Already gone is fine.
+            let _ = self.ports.remove(&port);
+        }
+        Ok(())
+    }
+
+    /// Adds a prefix to a list.
+    pub fn insert_prefix(&mut self, list: PrefixList, net: IpNet) -> Result<(), MapsError> {
+        let (v4, v6) = self.tries(list);
+        let result = match net {
+            IpNet::V4(n) => v4.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0),
+            IpNet::V6(n) => v6.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0),
+        };
+        result
+            .map_err(|source| full_or_update(list.name(), list.capacity(), net.to_string(), source))
+    }
+
+    /// Removes a prefix from a list; returns whether it was there.
+    pub fn remove_prefix(&mut self, list: PrefixList, net: IpNet) -> bool {
+        let (v4, v6) = self.tries(list);
+        match net {
+            IpNet::V4(n) => v4
+                .remove(&Key::new(n.prefix_len().into(), n.network().octets()))
+                .is_ok(),
+            IpNet::V6(n) => v6
+                .remove(&Key::new(n.prefix_len().into(), n.network().octets()))
+                .is_ok(),
+        }
+    }
+
+    #[expect(clippy::type_complexity, reason = "a pair of the two families' tries")]
+    fn tries(
+        &mut self,
+        list: PrefixList,
+    ) -> (
+        &mut LpmTrie<MapData, [u8; 4], u8>,
+        &mut LpmTrie<MapData, [u8; 16], u8>,
+    ) {
+        match list {
+            PrefixList::Allow => (&mut self.allow_v4, &mut self.allow_v6),
+            PrefixList::Block => (&mut self.block_v4, &mut self.block_v6),
+        }
+    }
+
+    /// Adds or replaces an exact-address ban.
+    pub fn ban(&mut self, addr: IpAddr, entry: BanEntry) -> Result<(), MapsError> {
+        let result = match addr.to_canonical() {
+            IpAddr::V4(a) => self.bans_v4.insert(a.octets(), entry, 0),
+            IpAddr::V6(a) => self.bans_v6.insert(a.octets(), entry, 0),
+        };
+        result.map_err(|source| full_or_update("ban", names::MAX_BANS, addr.to_string(), source))
+    }
+
+    /// Lifts a ban; returns whether there was one.
+    pub fn unban(&mut self, addr: IpAddr) -> bool {
+        match addr.to_canonical() {
+            IpAddr::V4(a) => self.bans_v4.remove(&a.octets()).is_ok(),
+            IpAddr::V6(a) => self.bans_v6.remove(&a.octets()).is_ok(),
+        }
+    }
+
+    /// Verdict counters summed over CPUs, indexed by [`Verdict`].
+    pub fn verdict_counts(&self) -> Result<[u64; Verdict::COUNT as usize], MapsError> {
+        let mut out = [0u64; Verdict::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu =
+                self.verdicts
+                    .get(&(i as u32), 0)
+                    .map_err(|source| MapsError::Update {
+                        what: "verdict counter",
+                        entry: i.to_string(),
+                        source,
+                    })?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// E2BIG (hash maps) and ENOSPC (LPM tries) mean the map is full.
+fn full_or_update(what: &'static str, capacity: u32, entry: String, source: MapError) -> MapsError {
+    if let MapError::SyscallError(e) = &source
+        && matches!(
+            e.io_error.raw_os_error(),
+            Some(libc::E2BIG) | Some(libc::ENOSPC)
+        )
+    {
+        return MapsError::Full {
+            what,
+            capacity,
+            entry,
+        };
+    }
+    MapsError::Update {
+        what,
+        entry,
+        source,
+    }
+}

@@ -1,0 +1,194 @@
+//! Loading the XDP program, attaching it to interfaces, and detaching it again.
+
+pub mod interfaces;
+pub mod maps;
+
+use std::fmt;
+
+use aya::{
+    Ebpf, EbpfError,
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+pub use self::maps::{MapsError, PrefixList, XdpMaps};
+use crate::config;
+
+/// How the program ended up attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver, before any allocation.
+    Native,
+    /// In the core stack after the skb is built (drivers without XDP support).
+    Generic,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// Why the XDP program could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// The object could not be loaded (no CAP_BPF, no BTF, verifier rejection, ...).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] EbpfError),
+    /// The program could not be loaded into the kernel.
+    #[error("loading the XDP program failed: {0}")]
+    Program(#[source] ProgramError),
+    /// Attaching to an interface failed in every allowed mode.
+    #[error("attaching XDP to {interface} failed: {reason}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// What each attempted mode said.
+        reason: String,
+    },
+    /// A map was missing or refused an update.
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+/// The loaded program, its maps, and the interfaces it is attached to. Dropping it detaches.
+pub struct XdpProgram {
+    ebpf: Ebpf,
+    maps: XdpMaps,
+    links: Vec<(String, AttachMode, XdpLinkId)>,
+}
+
+/// The program's log channel; must be drained (see [`drain_logs`]).
+pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+impl XdpProgram {
+    /// Loads the embedded object into the kernel (not yet attached). The returned logger must
+    /// stay alive while the program is loaded.
+    pub fn load() -> Result<(Self, Option<Logger>), XdpError> {
+        let mut ebpf = Ebpf::load(crate::ebpf::OBJECT).map_err(XdpError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::warn!("eBPF log channel unavailable, kernel-side messages are lost: {e}");
+                None
+            }
+        };
+        program(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        let maps = XdpMaps::take(&mut ebpf)?;
+        Ok((
+            XdpProgram {
+                ebpf,
+                maps,
+                links: Vec::new(),
+            },
+            logger,
+        ))
+    }
+
+    /// Attaches to `interface`: native first, then generic, as `mode` allows.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: config::XdpMode,
+    ) -> Result<AttachMode, XdpError> {
+        let attempts: &[AttachMode] = match mode {
+            config::XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+            config::XdpMode::Native => &[AttachMode::Native],
+            config::XdpMode::Generic | config::XdpMode::Off => &[AttachMode::Generic],
+        };
+        let mut failures = Vec::new();
+        for &attempt in attempts {
+            let kernel_mode = match attempt {
+                AttachMode::Native => XdpMode::Driver,
+                AttachMode::Generic => XdpMode::Skb,
+            };
+            match program(&mut self.ebpf)?.attach(interface, kernel_mode) {
+                Ok(link) => {
+                    self.links.push((interface.to_owned(), attempt, link));
+                    return Ok(attempt);
+                }
+                Err(e) => failures.push(format!("{attempt} mode: {}", error_chain(&e))),
+            }
+        }
+        Err(XdpError::Attach {
+            interface: interface.to_owned(),
+            reason: failures.join("; "),
+        })
+    }
+
+    /// Interfaces the program is attached to, with their modes.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.links.iter().map(|(i, m, _)| (i.as_str(), *m))
+    }
+
+    /// The maps, for writing lists and reading counters.
+    pub fn maps(&mut self) -> &mut XdpMaps {
+        &mut self.maps
+    }
+
+    /// Read access to the maps.
+    pub fn maps_ref(&self) -> &XdpMaps {
+        &self.maps
+    }
+
+    /// Detaches from every interface, logging each.
+    pub fn detach_all(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        for (interface, mode, link) in links {
+            match program(&mut self.ebpf).and_then(|p| p.detach(link).map_err(XdpError::Program)) {
+                Ok(()) => tracing::info!(interface, %mode, "XDP detached"),
+                Err(e) => tracing::warn!(interface, "detaching XDP failed: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for XdpProgram {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+    let name = relay_common::maps::PROGRAM;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| XdpError::Program(ProgramError::UnexpectedProgramType))?;
+    prog.try_into().map_err(XdpError::Program)
+}
+
+/// An error and its sources on one line: aya's top-level messages alone hide the errno.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Forwards the program's log records to the process logger until the task is dropped.
+pub async fn drain_logs(logger: Logger) {
+    // SAFETY: the logger owns its ring-buffer fd for its whole life and always reports the same
+    // one; the AsyncFd owns the logger, so the fd outlives the registration.
+    let registered = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("cannot poll the eBPF log channel: {}", e.into_parts().1);
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
