@@ -1,0 +1,33 @@
+//! Reading a running relay's kernel state from outside the process, by program id.
+
+use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
+use relay_common::Verdict;
+
+/// The verdict counters (summed over CPUs) of the XDP program with id `prog_id`.
+pub fn verdict_counts(prog_id: u32) -> [u64; Verdict::COUNT as usize] {
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .unwrap_or_else(|| panic!("program {prog_id} not loaded"));
+    let map_id = info
+        .map_ids()
+        .expect("map ids")
+        .expect("program has maps")
+        .into_iter()
+        .find(|id| {
+            MapInfo::from_id(*id)
+                .ok()
+                .is_some_and(|m| m.name_as_str() == Some(relay_common::maps::VERDICTS))
+        })
+        .expect("VERDICTS map");
+    let data = MapData::from_id(map_id).expect("open VERDICTS");
+    let array: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("per-CPU array");
+    std::array::from_fn(|i| {
+        array
+            .get(&u32::try_from(i).expect("index"), 0)
+            .expect("counter")
+            .iter()
+            .sum()
+    })
+}

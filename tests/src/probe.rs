@@ -1,0 +1,65 @@
+//! Client-side probes: open a TCP connection from a chosen source and classify what happens.
+
+use std::{
+    io::{ErrorKind, Read as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
+
+/// What became of a connection attempt.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Connected, and the server kept the connection open.
+    Held(TcpStream),
+    /// No answer to the SYN within the timeout: dropped before the kernel saw it.
+    NoAnswer,
+    /// Connected, then closed or reset by the server at once (userspace refusal), or refused.
+    Refused(String),
+}
+
+impl Outcome {
+    /// Whether the connection is open.
+    pub fn is_held(&self) -> bool {
+        matches!(self, Outcome::Held(_))
+    }
+}
+
+/// Connects from `source` to `target` and watches it for `hold_check`.
+pub fn connect_from(
+    source: IpAddr,
+    target: SocketAddr,
+    connect_timeout: Duration,
+    hold_check: Duration,
+) -> Outcome {
+    let domain = if target.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    match socket.connect_timeout(&target.into(), connect_timeout) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {
+            return Outcome::NoAnswer;
+        }
+        Err(e) => return Outcome::Refused(format!("connect: {e}")),
+    }
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(hold_check))
+        .expect("read timeout");
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Ok(0) => Outcome::Refused("closed by server".to_owned()),
+        Ok(n) => Outcome::Refused(format!("server sent {n} unexpected bytes")),
+        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+            Outcome::Held(stream)
+        }
+        Err(e) => Outcome::Refused(format!("read: {e}")),
+    }
+}

@@ -1,0 +1,156 @@
+//! A relay-ctl process under test: started in a namespace with a config file, its log
+//! collected, stopped with SIGINT.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+
+/// Path of the relay-ctl binary: `RELAY_CTL_BIN`, else next to the test binary's target dir.
+pub fn relay_ctl_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("RELAY_CTL_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/relay-ctl
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("relay-ctl"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p relay-ctl`, done by `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running relay-ctl.
+pub struct Relay {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: mpsc::Receiver<String>,
+    _config: tempfile::TempPath,
+}
+
+impl Relay {
+    /// Starts `relay-ctl run --config <config>` inside `netns` and waits for its `ready` line.
+    pub fn start(netns: &str, config: &str) -> Relay {
+        let file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp config");
+        std::fs::write(file.path(), config).expect("write config");
+        let path = file.into_temp_path();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(relay_ctl_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relay-ctl");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[relay-ctl] {line}");
+                sink.lock().expect("log lock").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut relay = Relay {
+            child,
+            log,
+            lines,
+            _config: path,
+        };
+        relay.wait_for("ready", Duration::from_secs(30));
+        relay
+    }
+
+    /// Waits until a log line contains `needle`; panics with the log on timeout or exit.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!(
+                            "relay-ctl exited ({status}) before logging {needle:?}:\n{}",
+                            self.log()
+                        );
+                    }
+                    if Instant::now() >= deadline {
+                        panic!(
+                            "relay-ctl did not log {needle:?} within {timeout:?}:\n{}",
+                            self.log()
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    panic!(
+                        "relay-ctl exited ({status:?}) before logging {needle:?}:\n{}",
+                        self.log()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGINT and waits (bounded) for a clean exit; returns the full log.
+    pub fn stop(mut self) -> String {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, Signal::SIGINT).expect("SIGINT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "relay-ctl exited with {status}:\n{}",
+                    self.log()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay-ctl ignored SIGINT:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Let the reader thread catch the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        self.log()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
