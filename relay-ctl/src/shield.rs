@@ -15,7 +15,7 @@ use crate::{
 /// Where the policy is enforced.
 pub enum Enforcement {
     /// The XDP program drops packets before the kernel allocates anything.
-    Kernel(XdpProgram),
+    Kernel(Box<XdpProgram>),
     /// The accept loop checks each new connection.
     Userspace {
         /// Why XDP is not used, for status output.

@@ -93,7 +93,7 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Enforcement, Option<xdp::Logger
             return fall_back(config, e);
         }
     }
-    Ok((Enforcement::Kernel(program), logger))
+    Ok((Enforcement::Kernel(Box::new(program)), logger))
 }
 
 fn fall_back(

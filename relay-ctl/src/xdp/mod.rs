@@ -107,6 +107,13 @@ impl XdpProgram {
             };
             match program(&mut self.ebpf)?.attach(interface, kernel_mode) {
                 Ok(link) => {
+                    if !failures.is_empty() {
+                        tracing::info!(
+                            interface,
+                            "falling back to generic XDP: {}",
+                            failures.join("; ")
+                        );
+                    }
                     self.links.push((interface.to_owned(), attempt, link));
                     return Ok(attempt);
                 }
