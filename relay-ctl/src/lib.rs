@@ -9,6 +9,7 @@ pub mod ebpf;
 pub mod gate;
 pub mod logging;
 pub mod prefix_set;
+pub mod relay;
 pub mod server;
 pub mod shield;
 pub mod xdp;

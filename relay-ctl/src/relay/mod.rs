@@ -1,0 +1,2 @@
+//! Relaying client connections to Telegram's data centres.
+pub mod pump;

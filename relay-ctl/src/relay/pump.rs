@@ -1,0 +1,260 @@
+//! The relay loop: both directions concurrently, each read transformed and written before the
+//! next read (so back-pressure is TCP's own and nothing sits in a userspace buffer when a
+//! reader goes quiet), half-close propagated, one idle timer for the pair.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    time::Instant,
+};
+
+/// Size of each direction's read buffer: one full TLS record.
+pub const READ_BUF: usize = 16 * 1024;
+
+/// Turns bytes read from one peer into the bytes the other peer must get.
+pub trait Transform: Send {
+    /// Transforms `input` (which may be rewritten in place) and returns the bytes to write:
+    /// either a part of `input` or of `scratch`. May return nothing (e.g. half a TLS record).
+    fn transform<'a>(
+        &mut self,
+        input: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], TransformError>;
+}
+
+/// A peer sent bytes that cannot be relayed (e.g. a TLS record of the wrong type).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransformError(pub String);
+
+/// How a relayed pair ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PumpStats {
+    /// Bytes read from the client.
+    pub from_client: u64,
+    /// Bytes read from the upstream.
+    pub from_upstream: u64,
+    /// Whether the idle timeout ended it.
+    pub idle_timeout: bool,
+}
+
+/// Why a direction stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// Socket error on either side.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Undecodable bytes.
+    #[error("protocol: {0}")]
+    Protocol(#[from] TransformError),
+}
+
+/// Relays between `client` and `upstream` until both directions end, one fails, or nothing
+/// moves for `idle`.
+pub async fn relay<CR, CW, UR, UW>(
+    client: (CR, CW),
+    upstream: (UR, UW),
+    to_upstream: impl Transform,
+    to_client: impl Transform,
+    idle: Duration,
+) -> (PumpStats, Option<PumpError>)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let up_counter = AtomicU64::new(0);
+    let down_counter = AtomicU64::new(0);
+    let up = one_way(
+        client.0,
+        upstream.1,
+        to_upstream,
+        &activity,
+        start,
+        &up_counter,
+    );
+    let down = one_way(
+        upstream.0,
+        client.1,
+        to_client,
+        &activity,
+        start,
+        &down_counter,
+    );
+    let watchdog = idle_watchdog(&activity, start, idle);
+    tokio::pin!(up, down, watchdog);
+
+    let (mut up_done, mut down_done) = (false, false);
+    let mut error = None;
+    let mut idle_timeout = false;
+    while !(up_done && down_done) {
+        tokio::select! {
+            r = &mut up, if !up_done => {
+                up_done = true;
+                if let Err(e) = r { error = Some(e); break; }
+            }
+            r = &mut down, if !down_done => {
+                down_done = true;
+                if let Err(e) = r { error = Some(e); break; }
+            }
+            () = &mut watchdog => { idle_timeout = true; break; }
+        }
+    }
+    let stats = PumpStats {
+        from_client: up_counter.load(Ordering::Relaxed),
+        from_upstream: down_counter.load(Ordering::Relaxed),
+        idle_timeout,
+    };
+    (stats, error)
+}
+
+/// Copies one direction until EOF, then half-closes the writer.
+async fn one_way<R, W>(
+    mut reader: R,
+    mut writer: W,
+    mut transform: impl Transform,
+    activity: &AtomicU64,
+    start: Instant,
+    counter: &AtomicU64,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; READ_BUF];
+    let mut scratch = Vec::new();
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            // Propagate the half-close; the other direction carries on.
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        scratch.clear();
+        let out = transform.transform(&mut buf[..n], &mut scratch)?;
+        if !out.is_empty() {
+            writer.write_all(out).await?;
+            // Unbuffered sockets make this a no-op, but a buffered writer must never keep the
+            // tail of a stream while its reader waits.
+            writer.flush().await?;
+        }
+    }
+}
+
+async fn idle_watchdog(activity: &AtomicU64, start: Instant, idle: Duration) {
+    loop {
+        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+        let quiet = start.elapsed().saturating_sub(last);
+        if quiet >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - quiet).await;
+    }
+}
+
+/// The identity transform (fronting, and fast mode's DC→client direction in `dd`).
+pub struct Passthrough;
+
+impl Transform for Passthrough {
+    fn transform<'a>(
+        &mut self,
+        input: &'a mut [u8],
+        _scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], TransformError> {
+        Ok(input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Xor(u8);
+    impl Transform for Xor {
+        fn transform<'a>(
+            &mut self,
+            input: &'a mut [u8],
+            _scratch: &'a mut Vec<u8>,
+        ) -> Result<&'a [u8], TransformError> {
+            input.iter_mut().for_each(|b| *b ^= self.0);
+            Ok(input)
+        }
+    }
+
+    #[tokio::test]
+    async fn both_directions_with_half_close() {
+        let (client, client_far) = tokio::io::duplex(1024);
+        let (upstream, upstream_far) = tokio::io::duplex(1024);
+        let (cr, cw) = tokio::io::split(client_far);
+        let (ur, uw) = tokio::io::split(upstream_far);
+        let relay = tokio::spawn(relay(
+            (cr, cw),
+            (ur, uw),
+            Xor(1),
+            Xor(2),
+            Duration::from_secs(5),
+        ));
+
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
+        let payload = vec![7u8; 100_000];
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client_w.write_all(&sent).await.expect("write");
+            client_w.shutdown().await.expect("half-close");
+        });
+        let mut got = Vec::new();
+        up_r.read_to_end(&mut got)
+            .await
+            .expect("upstream reads to EOF");
+        assert_eq!(got.len(), payload.len());
+        assert!(got.iter().all(|&b| b == 7 ^ 1));
+        writer.await.expect("writer");
+        // The other direction still works after the half-close.
+        up_w.write_all(b"late reply").await.expect("reply");
+        up_w.shutdown().await.expect("close");
+        let mut reply = Vec::new();
+        client_r
+            .read_to_end(&mut reply)
+            .await
+            .expect("client reads");
+        assert_eq!(
+            reply,
+            b"late reply".iter().map(|b| b ^ 2).collect::<Vec<_>>()
+        );
+        let (stats, err) = relay.await.expect("relay");
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(stats.from_client, 100_000);
+        assert_eq!(stats.from_upstream, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_pair_times_out() {
+        let (_client, client_far) = tokio::io::duplex(64);
+        let (_upstream, upstream_far) = tokio::io::duplex(64);
+        let (cr, cw) = tokio::io::split(client_far);
+        let (ur, uw) = tokio::io::split(upstream_far);
+        let (stats, err) = relay(
+            (cr, cw),
+            (ur, uw),
+            Passthrough,
+            Passthrough,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(stats.idle_timeout);
+        assert!(err.is_none());
+    }
+}
