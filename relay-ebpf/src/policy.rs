@@ -125,7 +125,8 @@ fn limit<K>(
     if let Some(bucket) = buckets.get_ptr_mut(key) {
         // SAFETY: a pointer into the shared LRU value. Two CPUs racing on one source may both
         // spend the last token; for a SYN limit that is harmless.
-        let admitted = unsafe { (*bucket).try_take(now, config.syn_rate_per_sec, config.syn_burst) };
+        let admitted =
+            unsafe { (*bucket).try_take(now, config.syn_rate_per_sec, config.syn_burst) };
         return if admitted {
             Verdict::Passed
         } else {
