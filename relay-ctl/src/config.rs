@@ -4,6 +4,7 @@
 //! turns spans into `file:line:column` messages an operator can act on.
 
 use std::{
+    collections::{BTreeMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
@@ -13,6 +14,8 @@ use std::{
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
+
+use crate::proto::{Mode, ModeSet, Secret};
 
 /// The configuration used when `relay-ctl run` gets no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -79,6 +82,236 @@ pub struct Config {
     /// Sources that bypass every check.
     #[serde(default)]
     pub allowlist: Allowlist,
+    /// Who may use the relay. Empty: one user `default` with a secret kept in the state dir.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Fake-TLS and fronting.
+    #[serde(default)]
+    pub tls: Tls,
+    /// Telegram data centres.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// Connection deadlines.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Anti-replay cache.
+    #[serde(default)]
+    pub replay: Replay,
+    /// Where state (the generated default secret, later bans and usage) is kept.
+    #[serde(default)]
+    pub state: State,
+}
+
+/// `[[users]]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Name shown in logs, metrics and the CLI.
+    pub name: String,
+    /// 32 hex digits.
+    #[serde(deserialize_with = "from_str")]
+    pub secret: Secret,
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The site fake-TLS clients name in SNI (part of their `ee` link).
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Where failed and probing connections are forwarded; default `domain:443`.
+    #[serde(default)]
+    pub mask: Option<String>,
+    /// Forward failed connections to `mask`; off: close them.
+    #[serde(default = "yes")]
+    pub fronting: bool,
+    /// Accepted clock difference of a ClientHello timestamp, in seconds.
+    #[serde(default = "default_time_skew")]
+    pub time_skew_secs: u32,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            domain: default_domain(),
+            mask: None,
+            fronting: true,
+            time_skew_secs: default_time_skew(),
+        }
+    }
+}
+
+impl Tls {
+    /// The fronting target as `host:port`.
+    pub fn mask_target(&self) -> String {
+        self.mask
+            .clone()
+            .unwrap_or_else(|| format!("{}:443", self.domain))
+    }
+}
+
+fn default_domain() -> String {
+    "www.cloudflare.com".to_owned()
+}
+fn default_time_skew() -> u32 {
+    120
+}
+
+/// `[upstream]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// DC used when a client asks for one that is not known.
+    #[serde(default = "default_dc")]
+    pub default_dc: i16,
+    /// Seconds to wait for a DC connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Try IPv6 DC addresses first.
+    #[serde(default)]
+    pub prefer_ipv6: bool,
+    /// Choose the DC leg's key so DC→client bytes need no AES (mtproto.md §1.3).
+    #[serde(default = "yes")]
+    pub fast_mode: bool,
+    /// Per-DC address overrides: `"2" = ["127.0.0.1:9002"]`, negative ids for media DCs.
+    #[serde(default, deserialize_with = "dc_overrides")]
+    pub dc: BTreeMap<i16, Vec<SocketAddr>>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            default_dc: default_dc(),
+            connect_timeout_secs: default_connect_timeout(),
+            prefer_ipv6: false,
+            fast_mode: true,
+            dc: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_dc() -> i16 {
+    2
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+/// `[timeouts]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// A client must complete its handshake within this many seconds.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_secs: u64,
+    /// A relayed connection with no bytes either way for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake_secs: default_handshake_timeout(),
+            idle_secs: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+/// `[replay]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    /// Memory the anti-replay cache may use, in bytes.
+    #[serde(default = "default_replay_memory")]
+    pub memory_bytes: usize,
+}
+
+impl Default for Replay {
+    fn default() -> Self {
+        Replay {
+            memory_bytes: default_replay_memory(),
+        }
+    }
+}
+
+fn default_replay_memory() -> usize {
+    8 * 1024 * 1024
+}
+
+/// `[state]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Directory for state files.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/relay")
+}
+
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn modes<'de, D: Deserializer<'de>>(d: D) -> Result<ModeSet, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    let mut set = ModeSet::EMPTY;
+    for name in names {
+        let mode: Mode = name.parse().map_err(serde::de::Error::custom)?;
+        set = set.with(mode);
+    }
+    if set.is_empty() {
+        return Err(serde::de::Error::custom(
+            "modes must enable at least one of \"classic\", \"secure\", \"tls\"",
+        ));
+    }
+    Ok(set)
+}
+
+fn dc_overrides<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<i16, Vec<SocketAddr>>, D::Error> {
+    let raw = BTreeMap::<String, Vec<SocketAddr>>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(id, addrs)| {
+            let dc: i16 = id.trim().parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "DC id `{id}` is not a number (e.g. \"2\" or \"-2\")"
+                ))
+            })?;
+            if addrs.is_empty() {
+                return Err(serde::de::Error::custom(format!(
+                    "DC {dc} lists no addresses"
+                )));
+            }
+            Ok((dc, addrs))
+        })
+        .collect()
 }
 
 /// `[server]`
@@ -88,6 +321,16 @@ pub struct Server {
     /// Addresses to accept clients on.
     #[serde(deserialize_with = "non_empty")]
     pub listen: Vec<SocketAddr>,
+    /// Enabled client modes: "classic" (plain obfuscated2), "secure" (dd), "tls" (ee).
+    #[serde(default = "default_modes", deserialize_with = "modes")]
+    pub modes: ModeSet,
+    /// Host name or address clients use in links; default: guessed from the listen addresses.
+    #[serde(default)]
+    pub public_host: Option<String>,
+}
+
+fn default_modes() -> ModeSet {
+    ModeSet::DEFAULT
 }
 
 /// `[xdp]`
@@ -303,6 +546,49 @@ impl Config {
                     "at most {} distinct listen ports are supported",
                     relay_common::maps::MAX_LISTEN_PORTS
                 ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut secrets = HashSet::new();
+        for user in &self.users {
+            let valid = !user.name.is_empty()
+                && user
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+            if !valid {
+                return Err(invalid(
+                    "name",
+                    format!(
+                        "user name `{}` must be non-empty letters, digits, - _ . @",
+                        user.name
+                    ),
+                ));
+            }
+            if !names.insert(user.name.as_str()) {
+                return Err(invalid(
+                    "name",
+                    format!("user `{}` is listed twice", user.name),
+                ));
+            }
+            if !secrets.insert(*user.secret.as_bytes()) {
+                return Err(invalid(
+                    "secret",
+                    format!("user `{}` reuses another user's secret", user.name),
+                ));
+            }
+        }
+        if self.tls.domain.is_empty() || self.tls.domain.len() > 253 || !self.tls.domain.is_ascii()
+        {
+            return Err(invalid(
+                "domain",
+                "[tls] domain must be an ASCII host name".to_owned(),
+            ));
+        }
+        if self.timeouts.handshake_secs == 0 || self.timeouts.idle_secs == 0 {
+            return Err(invalid(
+                "handshake_secs",
+                "[timeouts] must be at least 1 second".to_owned(),
             ));
         }
         if self.xdp.interfaces.is_empty() {

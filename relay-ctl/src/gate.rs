@@ -101,25 +101,32 @@ impl Gate {
         std::array::from_fn(|i| self.verdicts[i].load(Ordering::Relaxed))
     }
 
-    fn decide(&self, source: IpAddr, now_ns: u64) -> Verdict {
+    /// The list checks alone (allow, ban, block), without the limiter and without counting.
+    /// With XDP attached this re-checks at accept what the kernel could not see: a SYN behind
+    /// IPv6 extension headers or split across IPv4 fragments passes XDP unparsed.
+    pub fn check_lists(&self, source: IpAddr, now_ns: u64) -> Option<Verdict> {
         let source = source.to_canonical();
-        let config = {
-            let lists = self.lists();
-            if lists.allow.contains(source) {
-                return Verdict::Allowlisted;
-            }
-            if lists.bans.get(&source).is_some_and(|b| b.active_at(now_ns)) {
-                return Verdict::Banned;
-            }
-            if lists.block.contains(source) {
-                return Verdict::BlockedCidr;
-            }
-            match lists.config {
-                Some(config) if config.syn_limit_enabled() => config,
-                _ => return Verdict::Passed,
-            }
+        let lists = self.lists();
+        if lists.allow.contains(source) {
+            Some(Verdict::Allowlisted)
+        } else if lists.bans.get(&source).is_some_and(|b| b.active_at(now_ns)) {
+            Some(Verdict::Banned)
+        } else if lists.block.contains(source) {
+            Some(Verdict::BlockedCidr)
+        } else {
+            None
+        }
+    }
+
+    fn decide(&self, source: IpAddr, now_ns: u64) -> Verdict {
+        if let Some(verdict) = self.check_lists(source, now_ns) {
+            return verdict;
+        }
+        let config = match self.lists().config {
+            Some(config) if config.syn_limit_enabled() => config,
+            _ => return Verdict::Passed,
         };
-        self.limit(SourceKey::from(source), now_ns, &config)
+        self.limit(SourceKey::from(source.to_canonical()), now_ns, &config)
     }
 
     fn limit(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {

@@ -3,17 +3,29 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use relay_ctl::cli::{Cli, Command, ConfigCommand};
+use relay_ctl::cli::{Cli, Command, ConfigCommand, SecretCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     relay_ctl::logging::init();
     let result = match cli.command {
-        Command::Run { config } => tokio::runtime::Builder::new_multi_thread()
+        Command::Run {
+            config,
+            print_links,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(relay_ctl::cli::run::run(config.as_deref()))),
+            .and_then(|rt| rt.block_on(relay_ctl::cli::run::run(config.as_deref(), print_links))),
+        Command::Link { config, user, host } => {
+            relay_ctl::cli::link::run(config.as_deref(), user.as_deref(), host.as_deref())
+        }
+        Command::Secret {
+            command: SecretCommand::New,
+        } => {
+            relay_ctl::cli::link::new_secret();
+            Ok(())
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => relay_ctl::cli::config_check::run(file.as_deref()),

@@ -1,15 +1,13 @@
-//! The accept loop. Until the MTProto relay lands, accepted connections are held open (their
-//! bytes read and discarded) so the fast path can be tested end to end.
+//! Listening sockets and the accept loop: each admitted connection is served by the relay.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
-    io::AsyncReadExt,
     net::{TcpListener, TcpStream},
     sync::RwLock,
 };
 
-use crate::{clock::monotonic_ns, shield::Shield};
+use crate::{clock::monotonic_ns, relay::RelayContext, shield::Shield};
 
 /// Binds every listen address, failing with the address that could not be bound.
 pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
@@ -39,7 +37,11 @@ pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
 }
 
 /// Accepts on `listener` forever, checking each connection against the shield.
-pub async fn accept_loop(listener: TcpListener, shield: Arc<RwLock<Shield>>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    shield: Arc<RwLock<Shield>>,
+    relay: Arc<RelayContext>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -56,7 +58,7 @@ pub async fn accept_loop(listener: TcpListener, shield: Arc<RwLock<Shield>>) {
             reset(stream);
             continue;
         }
-        tokio::spawn(hold(stream));
+        tokio::spawn(crate::relay::serve(stream, relay.clone()));
     }
 }
 
@@ -64,14 +66,4 @@ pub async fn accept_loop(listener: TcpListener, shield: Arc<RwLock<Shield>>) {
 fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
     drop(stream);
-}
-
-/// Reads and discards until the peer closes.
-async fn hold(mut stream: TcpStream) {
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-    }
 }

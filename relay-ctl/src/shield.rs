@@ -80,20 +80,17 @@ impl Shield {
         };
         let allow: BTreeSet<Cidr> = config.allowlist.cidrs.iter().copied().collect();
         let block: BTreeSet<Cidr> = config.blocklist.cidrs.iter().copied().collect();
-        match &mut self.enforcement {
-            Enforcement::Kernel(program) => {
-                let maps = program.maps();
-                maps.set_config(xdp_config)?;
-                maps.set_ports(&config.listen_ports())?;
-                sync_prefixes(maps, PrefixList::Allow, &self.allow, &allow)?;
-                sync_prefixes(maps, PrefixList::Block, &self.block, &block)?;
-            }
-            Enforcement::Userspace { .. } => {
-                self.gate.set_config(xdp_config);
-                self.gate.set_allow(prefix_set(&allow));
-                self.gate.set_block(prefix_set(&block));
-            }
+        if let Enforcement::Kernel(program) = &mut self.enforcement {
+            let maps = program.maps();
+            maps.set_config(xdp_config)?;
+            maps.set_ports(&config.listen_ports())?;
+            sync_prefixes(maps, PrefixList::Allow, &self.allow, &allow)?;
+            sync_prefixes(maps, PrefixList::Block, &self.block, &block)?;
         }
+        // The gate holds the lists in both modes: see `admit`.
+        self.gate.set_config(xdp_config);
+        self.gate.set_allow(prefix_set(&allow));
+        self.gate.set_block(prefix_set(&block));
         self.allow = allow;
         self.block = block;
         Ok(())
@@ -101,20 +98,22 @@ impl Shield {
 
     /// Bans an exact address until `entry.expires_ns`.
     pub fn ban(&mut self, addr: IpAddr, entry: BanEntry) -> Result<(), MapsError> {
-        match &mut self.enforcement {
-            Enforcement::Kernel(program) => program.maps().ban(addr, entry),
-            Enforcement::Userspace { .. } => {
-                self.gate.ban(addr, entry);
-                Ok(())
-            }
+        if let Enforcement::Kernel(program) = &mut self.enforcement {
+            program.maps().ban(addr, entry)?;
         }
+        self.gate.ban(addr, entry);
+        Ok(())
     }
 
     /// Decides on a connection just accepted from `source`. In kernel mode the program already
-    /// decided on its SYN, so everything that reached accept passes.
+    /// rate-limited its SYN; the lists are checked again because a SYN the program could not
+    /// parse (IPv6 extension headers, IPv4 fragments) passed it unchecked.
     pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
         match &self.enforcement {
-            Enforcement::Kernel(_) => Verdict::Passed,
+            Enforcement::Kernel(_) => self
+                .gate
+                .check_lists(source, now_ns)
+                .unwrap_or(Verdict::Passed),
             Enforcement::Userspace { .. } => self.gate.admit(source, now_ns),
         }
     }

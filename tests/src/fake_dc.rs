@@ -41,7 +41,8 @@ pub struct FakeDc {
 impl FakeDc {
     /// Listens on `addr` (port 0 picks one) and serves each connection on its own thread.
     pub fn start(addr: SocketAddr) -> FakeDc {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("fake DC bind {addr}: {e}"));
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("fake DC bind {addr}: {e}"));
         let dc = FakeDc {
             addr: listener.local_addr().expect("local addr"),
             sessions: Arc::default(),
@@ -64,7 +65,13 @@ impl FakeDc {
 
 /// The first u32 values (LE) a DC-bound header must not start with (tdlib's list).
 const FORBIDDEN_FIRST_WORDS: [u32; 7] = [
-    0x4441_4548, 0x5453_4f50, 0x2054_4547, 0x4954_504f, 0xdddd_dddd, 0xeeee_eeee, 0x0201_0316,
+    0x4441_4548,
+    0x5453_4f50,
+    0x2054_4547,
+    0x4954_504f,
+    0xdddd_dddd,
+    0xeeee_eeee,
+    0x0201_0316,
 ];
 
 fn serve(mut stream: TcpStream, sessions: &Mutex<Vec<Session>>) {
@@ -74,9 +81,8 @@ fn serve(mut stream: TcpStream, sessions: &Mutex<Vec<Session>>) {
         return;
     }
     let first = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let forbidden_prefix = header[0] == 0xef
-        || FORBIDDEN_FIRST_WORDS.contains(&first)
-        || header[4..8] == [0, 0, 0, 0];
+    let forbidden_prefix =
+        header[0] == 0xef || FORBIDDEN_FIRST_WORDS.contains(&first) || header[4..8] == [0, 0, 0, 0];
 
     // No secret on the DC leg: the key material is used raw.
     let mut decrypt = AesCtr::new(header[8..40].into(), header[40..56].into());

@@ -3,16 +3,43 @@
 //! Outside CI such a test skips with a visible message; with `CI=true` it fails instead, so a
 //! CI run can never pass by skipping what it was meant to prove.
 
-/// Whether `test` may run its privileged part. Prints `SKIP` and returns false when not root,
-/// unless `CI=true`, where it panics.
+use std::{io::Write as _, sync::OnceLock};
+
+use aya::programs::ProgramType;
+
+/// What every skip message says is missing.
+const NEEDS: &str = "needs root with CAP_BPF/CAP_NET_ADMIN";
+
+/// Whether `test` may run its privileged part: the effective user is root and the kernel
+/// accepts an XDP program from this process. Otherwise prints
+/// `SKIP <test>: needs root with CAP_BPF/CAP_NET_ADMIN` to stderr and returns false, unless
+/// `CI=true`, where it panics.
 pub fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
+    let problem = if !nix::unistd::geteuid().is_root() {
+        Some(format!("{NEEDS} (effective uid is not 0)"))
+    } else {
+        bpf_unusable().map(|why| format!("{NEEDS} (root, but BPF is not usable: {why})"))
+    };
+    let Some(reason) = problem else {
         return true;
-    }
-    let reason = "needs root with CAP_BPF/CAP_NET_ADMIN";
+    };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("privileged test {test} cannot run under CI=true: {reason}");
     }
-    eprintln!("SKIP {test}: {reason}");
+    // Straight to fd 2, past the test harness's output capture, so the skip is always seen.
+    let line = format!("SKIP {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
     false
+}
+
+/// Why BPF cannot be used, probed once per process by loading a trivial XDP program.
+fn bpf_unusable() -> Option<String> {
+    static PROBE: OnceLock<Option<String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| match aya::sys::is_program_supported(ProgramType::Xdp) {
+            Ok(true) => None,
+            Ok(false) => Some("the kernel refused a trivial XDP program".to_owned()),
+            Err(e) => Some(format!("probing XDP support failed: {e}")),
+        })
+        .clone()
 }

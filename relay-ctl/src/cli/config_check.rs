@@ -2,14 +2,9 @@
 
 use std::path::Path;
 
-use crate::config::Config;
-
 /// Parses and validates the file, then prints a summary of the effective configuration.
 pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
-    let config = match file {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded()?,
-    };
+    let config = super::load_config(file)?;
     let name = file.map_or_else(
         || "embedded default".to_owned(),
         |p| p.display().to_string(),
@@ -35,6 +30,26 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
             ""
         } else {
             " (limiter off)"
+        }
+    );
+    let modes: Vec<&str> = config.server.modes.iter().map(|m| m.name()).collect();
+    println!("  modes           {}", modes.join(", "));
+    let users: Vec<&str> = config.users.iter().map(|u| u.name.as_str()).collect();
+    println!(
+        "  users           {}",
+        if users.is_empty() {
+            format!("default (secret in {})", config.state.dir.display())
+        } else {
+            users.join(", ")
+        }
+    );
+    println!(
+        "  tls             domain {}, fronting {}",
+        config.tls.domain,
+        if config.tls.fronting {
+            config.tls.mask_target()
+        } else {
+            "off".to_owned()
         }
     );
     println!(

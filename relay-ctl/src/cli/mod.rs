@@ -1,9 +1,20 @@
 //! Command-line interface: one module per subcommand.
 
 pub mod config_check;
+pub mod link;
 pub mod run;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// The configuration at `path`, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded()?,
+    })
+}
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +35,27 @@ pub enum Command {
         /// Configuration file (TOML); without it the embedded default is used.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Print the users' proxy links on stdout at start (they contain the secrets).
+        #[arg(long)]
+        print_links: bool,
+    },
+    /// Print tg:// and https://t.me proxy links for the enabled modes.
+    Link {
+        /// Configuration file; without it the embedded default is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Host name or address clients connect to.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Secret commands.
+    Secret {
+        /// What to do.
+        #[command(subcommand)]
+        command: SecretCommand,
     },
     /// Configuration commands.
     Config {
@@ -41,4 +73,11 @@ pub enum ConfigCommand {
         /// File to check; without it the embedded default is checked.
         file: Option<PathBuf>,
     },
+}
+
+/// `relay-ctl secret ...`
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print a fresh random secret for a `[[users]]` entry.
+    New,
 }

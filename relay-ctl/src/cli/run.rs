@@ -11,22 +11,29 @@ use tokio::{
 
 use crate::{
     config::{Config, XdpMode},
+    relay::RelayContext,
     server,
     shield::{Enforcement, Shield},
+    users,
     xdp::{self, XdpError, XdpProgram},
 };
 
 /// Runs the relay until a termination signal.
-pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
-    let config = match config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded()?,
-    };
+pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
     tracing::info!(
         config = %config_path.map_or_else(|| "embedded default".to_owned(), |p| p.display().to_string()),
         "relay-ctl {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    let (users, created) = users::resolve(&config).context("resolving users")?;
+    if created {
+        tracing::info!(
+            dir = %config.state.dir.display(),
+            "no [[users]] configured: generated a secret for user `default`"
+        );
+    }
+    let relay = Arc::new(RelayContext::new(&config, users));
     // Bind first: a taken port is the most common start-up failure and needs no BPF to find.
     let listeners = server::bind(&config.server.listen).await?;
 
@@ -54,7 +61,15 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     for listener in listeners {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
-        accept_tasks.push(tokio::spawn(server::accept_loop(listener, shield.clone())));
+        accept_tasks.push(tokio::spawn(server::accept_loop(
+            listener,
+            shield.clone(),
+            relay.clone(),
+        )));
+    }
+    if print_links {
+        // Links carry secrets: stdout only, never the log.
+        super::link::run(config_path, None, None)?;
     }
     tracing::info!(enforcement = %shield.read().await.enforcement(), "ready");
 

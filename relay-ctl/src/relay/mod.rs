@@ -1,2 +1,89 @@
-//! Relaying client connections to Telegram's data centres.
+//! Relaying client connections: the client handshake (obfuscated2 or fake TLS), the DC leg,
+//! the relay loop, and fronting for everything that fails.
+
+pub mod context;
+pub mod front;
+pub mod handshake;
 pub mod pump;
+pub mod transform;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+pub use self::context::RelayContext;
+use self::{
+    handshake::{Accepted, Failure},
+    transform::{ToClient, ToUpstream},
+};
+use crate::proto::tls::record::RecordDecoder;
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(mut client: TcpStream, ctx: Arc<RelayContext>) {
+    let _ = client.set_nodelay(true);
+    let mut seen = Vec::new();
+    let outcome = tokio::time::timeout(
+        ctx.handshake_timeout,
+        handshake::accept(&mut client, &ctx, &mut seen),
+    )
+    .await
+    .unwrap_or(Err(Failure::Timeout));
+    match outcome {
+        Ok(accepted) => relay(client, accepted, &ctx).await,
+        Err(failure) => {
+            tracing::debug!(reason = failure.name(), "handshake failed");
+            if failure.frontable() {
+                front::front(client, seen, failure, &ctx).await;
+            }
+        }
+    }
+}
+
+async fn relay(client: TcpStream, accepted: Accepted, ctx: &RelayContext) {
+    let user = ctx.users[accepted.user].name.as_str();
+    let Accepted {
+        handshake,
+        tls,
+        mut early_data,
+        ..
+    } = accepted;
+    let fast = ctx.fast_mode.then_some(&handshake.encrypt_keys);
+    let (mut dc_stream, leg) = match upstream::connect(ctx, handshake.tag, handshake.dc, fast).await
+    {
+        Ok(connected) => connected,
+        Err(e) => {
+            tracing::info!(user, dc = handshake.dc, "DC connection failed: {e}");
+            return;
+        }
+    };
+    let mut to_upstream =
+        ToUpstream::new(handshake.decrypt, leg.encrypt, tls.then(RecordDecoder::new));
+    // In fast mode the DC already encrypts with the client's keystream.
+    let to_client = ToClient::new(
+        (!ctx.fast_mode).then_some((leg.decrypt, handshake.encrypt)),
+        tls,
+    );
+    to_upstream.crypt(&mut early_data);
+    if dc_stream.write_all(&early_data).await.is_err() {
+        return;
+    }
+    let (client_r, client_w) = client.into_split();
+    let (dc_r, dc_w) = dc_stream.into_split();
+    let (stats, error) = pump::relay(
+        (client_r, client_w),
+        (dc_r, dc_w),
+        to_upstream,
+        to_client,
+        ctx.idle_timeout,
+    )
+    .await;
+    tracing::debug!(
+        user,
+        from_client = stats.from_client,
+        from_dc = stats.from_upstream,
+        idle_timeout = stats.idle_timeout,
+        error = error.as_ref().map(ToString::to_string),
+        "relay ended"
+    );
+}

@@ -1,0 +1,77 @@
+//! `relay-ctl link` and `relay-ctl secret new`.
+
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::{Context as _, bail};
+
+use crate::{config::Config, proto, users};
+
+/// Prints `tg://` and `https://t.me` links for every enabled mode of every (or one) user.
+pub fn run(
+    config_path: Option<&Path>,
+    user: Option<&str>,
+    host: Option<&str>,
+) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
+    let (users, _) = users::resolve(&config).context("resolving users")?;
+    let host = match host
+        .map(str::to_owned)
+        .or_else(|| config.server.public_host.clone())
+    {
+        Some(h) => h,
+        None => guess_host(&config).context(
+            "no public host: pass --host, or set [server] public_host in the configuration",
+        )?,
+    };
+    let port = config.server.listen[0].port();
+    let mut printed = 0;
+    for u in users
+        .iter()
+        .filter(|u| user.is_none_or(|name| name == u.name))
+    {
+        println!("# user {}", u.name);
+        for link in proto::links(
+            &host,
+            port,
+            &u.secret,
+            config.server.modes,
+            &config.tls.domain,
+        ) {
+            println!("{:<7} {}", link.mode.name(), link.tg);
+            println!("{:<7} {}", "", link.https);
+        }
+        printed += 1;
+    }
+    if printed == 0 {
+        bail!("no user named {:?}", user.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// The host for links when none is configured: the first listen address if it is specific,
+/// else the first global address of this host.
+pub fn guess_host(config: &Config) -> anyhow::Result<String> {
+    let first: SocketAddr = config.server.listen[0];
+    if !first.ip().is_unspecified() {
+        return Ok(first.ip().to_string());
+    }
+    let addrs = nix::ifaddrs::getifaddrs().context("listing interfaces")?;
+    for ifa in addrs {
+        let Some(ip) = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in().map(|s| std::net::IpAddr::V4(s.ip())))
+        else {
+            continue;
+        };
+        if !ip.is_loopback() && !ip.is_unspecified() {
+            return Ok(ip.to_string());
+        }
+    }
+    bail!("this host has no non-loopback IPv4 address")
+}
+
+/// Prints a fresh random secret (32 hex digits).
+pub fn new_secret() {
+    println!("{}", proto::Secret::random().to_hex());
+}

@@ -1,0 +1,77 @@
+//! Everything a connection needs from the configuration, prepared once.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
+
+use crate::{
+    config::Config,
+    proto::{ModeSet, Secret, replay::ReplayCache},
+};
+
+/// A user as the relay sees it.
+#[derive(Debug, Clone)]
+pub struct RelayUser {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// The 16-byte secret.
+    pub secret: Secret,
+}
+
+/// Shared, read-mostly state of the relay.
+#[derive(Debug)]
+pub struct RelayContext {
+    /// Users, in config order; handshakes report matches by index.
+    pub users: Vec<RelayUser>,
+    /// The same secrets in the same order, as the protocol functions take them.
+    pub secrets: Vec<Secret>,
+    /// Enabled client modes.
+    pub modes: ModeSet,
+    /// SNI fake-TLS clients must send.
+    pub tls_domain: String,
+    /// Accepted ClientHello clock skew.
+    pub time_skew_secs: u64,
+    /// Where failed connections go, if fronting is on.
+    pub mask: Option<String>,
+    /// DC address overrides.
+    pub dc_overrides: BTreeMap<i16, Vec<SocketAddr>>,
+    /// DC for unknown ids.
+    pub default_dc: i16,
+    /// Try IPv6 DC addresses first.
+    pub prefer_ipv6: bool,
+    /// DC→client without AES.
+    pub fast_mode: bool,
+    /// Limit for connecting to a DC or the mask host.
+    pub connect_timeout: Duration,
+    /// Limit for a client's whole handshake.
+    pub handshake_timeout: Duration,
+    /// Limit for a relayed pair with no traffic.
+    pub idle_timeout: Duration,
+    /// Handshake keys seen recently.
+    pub replay: Mutex<ReplayCache>,
+}
+
+impl RelayContext {
+    /// Builds the context from a validated config and the resolved users.
+    pub fn new(config: &Config, users: Vec<RelayUser>) -> RelayContext {
+        let time_skew_secs = u64::from(config.tls.time_skew_secs);
+        RelayContext {
+            secrets: users.iter().map(|u| u.secret.clone()).collect(),
+            users,
+            modes: config.server.modes,
+            tls_domain: config.tls.domain.clone(),
+            time_skew_secs,
+            mask: config.tls.fronting.then(|| config.tls.mask_target()),
+            dc_overrides: config.upstream.dc.clone(),
+            default_dc: config.upstream.default_dc,
+            prefer_ipv6: config.upstream.prefer_ipv6,
+            fast_mode: config.upstream.fast_mode,
+            connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
+            handshake_timeout: Duration::from_secs(config.timeouts.handshake_secs),
+            idle_timeout: Duration::from_secs(config.timeouts.idle_secs),
+            // Keys must outlive both edges of the timestamp window.
+            replay: Mutex::new(ReplayCache::new(
+                config.replay.memory_bytes,
+                2 * time_skew_secs,
+            )),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The client side of a connection up to the point where relaying starts: mode detection,
+//! fake-TLS hello and server flight, the obfuscated2 header, the replay check. Thin async
+//! code around the sans-IO functions in [`crate::proto`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::RelayContext;
+use crate::proto::{
+    Mode,
+    obfs2::{self, ClientHandshake, HEADER_LEN, Obfs2Error},
+    replay::ReplayKey,
+    tls::{
+        self, HelloError, HelloPolicy, ReadError,
+        reader::{ClientHelloReader, HelloRead, Sniff, sniff},
+        record::RecordDecoder,
+    },
+};
+
+/// Why a client did not get relayed. Distinct reasons because the misuse detector counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No user's secret fits the obfuscated2 header or the ClientHello MAC.
+    BadSecret,
+    /// A fake-TLS hello for another domain.
+    UnknownSni,
+    /// A valid fake-TLS hello with a timestamp outside the window.
+    BadTimestamp,
+    /// A handshake already seen: a replay.
+    Replay,
+    /// The handshake did not complete in time.
+    Timeout,
+    /// Bytes that are neither a ClientHello nor an obfuscated2 header of an enabled mode.
+    Garbage,
+    /// The client spoke a mode this relay has disabled.
+    ModeDisabled,
+    /// The client hung up or the socket failed mid-handshake.
+    Closed,
+    /// After the server flight the client sent something that is not the obfuscated2 header;
+    /// fronting is no longer possible because the relay has already answered.
+    BadAfterFlight,
+}
+
+impl Failure {
+    /// Stable snake_case name for logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Failure::BadSecret => "bad_secret",
+            Failure::UnknownSni => "unknown_sni",
+            Failure::BadTimestamp => "bad_timestamp",
+            Failure::Replay => "replay",
+            Failure::Timeout => "timeout",
+            Failure::Garbage => "garbage",
+            Failure::ModeDisabled => "mode_disabled",
+            Failure::Closed => "closed",
+            Failure::BadAfterFlight => "bad_after_flight",
+        }
+    }
+
+    /// Whether the connection can still be handed to the mask host: only if the relay has not
+    /// said anything yet.
+    pub const fn frontable(self) -> bool {
+        !matches!(self, Failure::BadAfterFlight)
+    }
+}
+
+/// A client ready to be relayed.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Index of the matched user.
+    pub user: usize,
+    /// Mode the client used.
+    pub mode: Mode,
+    /// Keys, tag and DC from the obfuscated2 header.
+    pub handshake: ClientHandshake,
+    /// Whether the stream is wrapped in fake-TLS records.
+    pub tls: bool,
+    /// Decrypted-to-be client bytes that followed the header (still obfuscated2 ciphertext;
+    /// for TLS already stripped of record framing).
+    pub early_data: Vec<u8>,
+}
+
+/// Runs the client handshake. Every byte read is appended to `seen`, so a failed connection
+/// can be replayed to the mask host exactly as the client sent it.
+pub async fn accept(
+    client: &mut TcpStream,
+    ctx: &RelayContext,
+    seen: &mut Vec<u8>,
+) -> Result<Accepted, Failure> {
+    while seen.len() < 3 {
+        read_more(client, seen).await?;
+        if sniff(seen) == Sniff::NotTls {
+            break;
+        }
+    }
+    if sniff(seen) == Sniff::Tls {
+        if !ctx.modes.contains(Mode::Tls) {
+            return Err(Failure::ModeDisabled);
+        }
+        return accept_tls(client, ctx, seen).await;
+    }
+    if !ctx.modes.contains(Mode::Classic) && !ctx.modes.contains(Mode::Secure) {
+        // TLS-only: anything else is a probe.
+        return Err(Failure::Garbage);
+    }
+    accept_obfs2(client, ctx, seen).await
+}
+
+async fn read_more(client: &mut TcpStream, seen: &mut Vec<u8>) -> Result<usize, Failure> {
+    let mut buf = [0u8; 4096];
+    match client.read(&mut buf).await {
+        Ok(0) | Err(_) => Err(Failure::Closed),
+        Ok(n) => {
+            seen.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+}
+
+async fn accept_obfs2(
+    client: &mut TcpStream,
+    ctx: &RelayContext,
+    seen: &mut Vec<u8>,
+) -> Result<Accepted, Failure> {
+    while seen.len() < HEADER_LEN {
+        read_more(client, seen).await?;
+    }
+    let header: [u8; HEADER_LEN] = seen[..HEADER_LEN]
+        .try_into()
+        .map_err(|_| Failure::Garbage)?;
+    let handshake = obfs2::accept_client_header(&header, &ctx.secrets, ctx.modes, false)
+        .map_err(obfs2_failure)?;
+    check_replay(ctx, ReplayKey::obfs2(&handshake.replay_key))?;
+    let mode = Mode::of(handshake.tag, false).ok_or(Failure::ModeDisabled)?;
+    Ok(Accepted {
+        user: handshake.user,
+        mode,
+        early_data: seen[HEADER_LEN..].to_vec(),
+        handshake,
+        tls: false,
+    })
+}
+
+async fn accept_tls(
+    client: &mut TcpStream,
+    ctx: &RelayContext,
+    seen: &mut Vec<u8>,
+) -> Result<Accepted, Failure> {
+    let mut reader = ClientHelloReader::new();
+    let mut fed = 0;
+    let hello = loop {
+        match reader.feed(&seen[fed..]).map_err(read_failure)? {
+            HelloRead::Done(hello) => break hello,
+            HelloRead::NeedMore => {
+                fed = seen.len();
+                read_more(client, seen).await?;
+            }
+        }
+    };
+    let after_hello = fed + hello.consumed;
+    let policy = HelloPolicy {
+        domain: &ctx.tls_domain,
+        now: unix_now(),
+        window_secs: ctx.time_skew_secs,
+        allow_uptime: true,
+    };
+    let verified = tls::hello::verify_client_hello(&hello.handshake, &ctx.secrets, &policy)
+        .map_err(hello_failure)?;
+    check_replay(ctx, ReplayKey::tls(&verified.client_random))?;
+    let user = verified.user;
+    let flight = {
+        let mut rng = rand::rng();
+        let cert_len = tls::flight::plausible_cert_len(&mut rng);
+        tls::flight::server_flight(&mut rng, &ctx.secrets[user], &verified, cert_len)
+    };
+    client
+        .write_all(&flight)
+        .await
+        .map_err(|_| Failure::Closed)?;
+
+    // From here on the client has its answer: failures close instead of fronting.
+    let mut decoder = RecordDecoder::new();
+    let mut payload = seen[after_hello..].to_vec();
+    let n = decoder
+        .decode_in_place(&mut payload)
+        .map_err(|_| Failure::BadAfterFlight)?;
+    payload.truncate(n);
+    let mut buf = vec![0u8; 4096];
+    while payload.len() < HEADER_LEN {
+        let n = match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return Err(Failure::Closed),
+            Ok(n) => n,
+        };
+        let m = decoder
+            .decode_in_place(&mut buf[..n])
+            .map_err(|_| Failure::BadAfterFlight)?;
+        payload.extend_from_slice(&buf[..m]);
+    }
+    let header: [u8; HEADER_LEN] = payload[..HEADER_LEN]
+        .try_into()
+        .map_err(|_| Failure::BadAfterFlight)?;
+    let mut handshake = obfs2::accept_client_header(
+        &header,
+        std::slice::from_ref(&ctx.secrets[user]),
+        ctx.modes,
+        true,
+    )
+    .map_err(|_| Failure::BadAfterFlight)?;
+    handshake.user = user;
+    Ok(Accepted {
+        user,
+        mode: Mode::Tls,
+        handshake,
+        tls: true,
+        early_data: payload[HEADER_LEN..].to_vec(),
+    })
+}
+
+fn check_replay(ctx: &RelayContext, key: ReplayKey) -> Result<(), Failure> {
+    let mut cache = ctx.replay.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.check_and_insert(key, unix_now()) {
+        return Err(Failure::Replay);
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn obfs2_failure(e: Obfs2Error) -> Failure {
+    match e {
+        Obfs2Error::NoMatch | Obfs2Error::BadTag => Failure::BadSecret,
+        Obfs2Error::ModeNotAllowed { .. } => Failure::ModeDisabled,
+    }
+}
+
+fn hello_failure(e: HelloError) -> Failure {
+    match e {
+        HelloError::Malformed(_) | HelloError::UnsupportedCipher(_) => Failure::Garbage,
+        HelloError::UnknownSni { .. } => Failure::UnknownSni,
+        HelloError::BadMac => Failure::BadSecret,
+        HelloError::TimestampOutOfWindow { .. } => Failure::BadTimestamp,
+    }
+}
+
+fn read_failure(_: ReadError) -> Failure {
+    Failure::Garbage
+}
