@@ -42,18 +42,37 @@ pub struct Relay {
 impl Relay {
     /// Starts `relay-ctl run --config <config>` inside `netns` and waits for its `ready` line.
     pub fn start(netns: &str, config: &str) -> Relay {
+        Relay::spawn(Some(netns), config)
+    }
+
+    /// Starts relay-ctl in the test's own network namespace (for loopback-only tests, which
+    /// should use `[xdp] mode = "off"`).
+    pub fn start_local(config: &str) -> Relay {
+        Relay::spawn(None, config)
+    }
+
+    fn spawn(netns: Option<&str>, config: &str) -> Relay {
         let file = tempfile::Builder::new()
             .suffix(".toml")
             .tempfile()
             .expect("temp config");
         std::fs::write(file.path(), config).expect("write config");
         let path = file.into_temp_path();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(relay_ctl_bin())
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(relay_ctl_bin());
+                c
+            }
+            None => Command::new(relay_ctl_bin()),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RELAY_TEST_LOG").unwrap_or_else(|_| "info,relay_ctl=debug".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
