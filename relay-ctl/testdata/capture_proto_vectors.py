@@ -1,4 +1,14 @@
-"""Capture reference vectors from real third-party client code (Telethon 1.45.0, kurigram 2.2.26)."""
+"""Capture reference vectors for relay-ctl/src/proto from real third-party client code.
+
+Usage (writes /tmp/vec/vectors.json; then gen_proto_vectors.py turns it into src/proto/vectors.rs):
+    python3 -m venv /tmp/refvenv
+    /tmp/refvenv/bin/pip install Telethon==1.45.0 kurigram==2.2.26 cryptography
+    mkdir -p /tmp/vec && /tmp/refvenv/bin/python capture_proto_vectors.py
+    python3 gen_proto_vectors.py
+
+Telethon's MTProxy header code builds the obfuscated2 vectors; kurigram's real fake-TLS transport
+is run against a local responder (below) that records what it sends.
+"""
 import asyncio, hashlib, hmac, json, os, struct, sys, time
 from telethon.network.connection.tcpmtproxy import MTProxyIO
 from telethon.network.connection.tcpobfuscated import ObfuscatedIO

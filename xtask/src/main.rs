@@ -94,7 +94,11 @@ fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
         .current_dir(root)
         .run_attached()?;
     let binary = target_dir(root).join("release/relay-ctl");
-    let relay = Cmd::new(&binary).arg("run").args(args).current_dir(root);
+    // A developer's run prints the proxy links so a client can be pointed at it right away.
+    let relay = Cmd::new(&binary)
+        .args(["run", "--print-links"])
+        .args(args)
+        .current_dir(root);
     if !setup::is_root() {
         println!("xtask: note: not root; attaching XDP needs root (or CAP_BPF and CAP_NET_ADMIN)");
     }

@@ -13,9 +13,12 @@ pub mod reader;
 pub mod record;
 
 pub use flight::{FlightError, plausible_cert_len, server_flight, verify_server_flight};
-pub use hello::{HelloError, HelloPolicy, SessionId, TlsClientHello, verify_client_hello};
+pub use hello::{
+    DEFAULT_WINDOW_SECS, HelloError, HelloPolicy, SessionId, TlsClientHello, UPTIME_MAX_SECS,
+    build_client_hello, verify_client_hello,
+};
 pub use reader::{ClientHelloReader, HelloRead, ReadError, ReassembledHello, Sniff, sniff};
-pub use record::{RecordDecoder, RecordError, encode_records};
+pub use record::{MAX_PAYLOAD, RecordDecoder, RecordError, app_data_header, encode_records};
 
 /// Content type of handshake records.
 pub const CONTENT_HANDSHAKE: u8 = 0x16;
