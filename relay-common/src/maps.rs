@@ -17,7 +17,9 @@ pub const BLOCK_V4: &str = "BLOCK_V4";
 pub const BLOCK_V6: &str = "BLOCK_V6";
 /// `HashMap<[u8; 4], BanEntry>`: exact-address bans. A plain hash, so floods cannot evict them.
 pub const BANS_V4: &str = "BANS_V4";
-/// `HashMap<[u8; 16], BanEntry>`: exact-address IPv6 bans.
+/// `HashMap<[u8; 8], BanEntry>`: IPv6 bans per /64 (the first [`V6_LIMIT_PREFIX_BYTES`]
+/// bytes), the granularity the misuse detector counts at: a host owns its /64 and could rotate
+/// addresses inside it.
 pub const BANS_V6: &str = "BANS_V6";
 /// `LruHashMap<[u8; 4], TokenBucket>`: new-connection limiter state per IPv4 source.
 pub const SYN_V4: &str = "SYN_V4";

@@ -18,10 +18,12 @@ use relay_common::{
 
 use crate::prefix_set::PrefixSet;
 
-/// Limiter key: an IPv4 /32 or an IPv6 /64, as in the kernel maps.
+/// Limiter and ban key: an IPv4 /32 or an IPv6 /64, as in the kernel maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum SourceKey {
+pub enum SourceKey {
+    /// An IPv4 address.
     V4([u8; 4]),
+    /// An IPv6 /64.
     V6([u8; V6_LIMIT_PREFIX_BYTES]),
 }
 
@@ -51,7 +53,7 @@ struct Lists {
     config: Option<XdpConfig>,
     allow: PrefixSet,
     block: PrefixSet,
-    bans: HashMap<IpAddr, BanEntry>,
+    bans: HashMap<SourceKey, BanEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -79,14 +81,19 @@ impl Gate {
         self.lists().block = block;
     }
 
-    /// Adds or replaces an exact-address ban.
+    /// Adds or replaces a ban on `addr` (IPv4: the address; IPv6: its /64, as in the kernel).
     pub fn ban(&self, addr: IpAddr, entry: BanEntry) {
-        self.lists().bans.insert(addr, entry);
+        self.lists()
+            .bans
+            .insert(SourceKey::from(addr.to_canonical()), entry);
     }
 
     /// Lifts a ban; returns whether there was one.
     pub fn unban(&self, addr: IpAddr) -> bool {
-        self.lists().bans.remove(&addr).is_some()
+        self.lists()
+            .bans
+            .remove(&SourceKey::from(addr.to_canonical()))
+            .is_some()
     }
 
     /// Decides on a new connection from `source` at `now_ns` and counts the verdict.
@@ -109,7 +116,11 @@ impl Gate {
         let lists = self.lists();
         if lists.allow.contains(source) {
             Some(Verdict::Allowlisted)
-        } else if lists.bans.get(&source).is_some_and(|b| b.active_at(now_ns)) {
+        } else if lists
+            .bans
+            .get(&SourceKey::from(source))
+            .is_some_and(|b| b.active_at(now_ns))
+        {
             Some(Verdict::Banned)
         } else if lists.block.contains(source) {
             Some(Verdict::BlockedCidr)
@@ -235,6 +246,19 @@ mod tests {
             Verdict::SynRateLimited
         );
         assert_eq!(g.admit(ip("2001:db8:1:3::1"), SEC), Verdict::Passed);
+    }
+
+    #[test]
+    fn ipv6_bans_cover_the_64() {
+        let g = gate(1000, 1000);
+        g.ban(
+            ip("2001:db8:1:2::1"),
+            BanEntry::new(BanEntry::NEVER, relay_common::BanReason::Replay),
+        );
+        assert_eq!(g.admit(ip("2001:db8:1:2::99"), SEC), Verdict::Banned);
+        assert_eq!(g.admit(ip("2001:db8:1:3::1"), SEC), Verdict::Passed);
+        assert!(g.unban(ip("2001:db8:1:2::5")));
+        assert_eq!(g.admit(ip("2001:db8:1:2::1"), SEC), Verdict::Passed);
     }
 
     #[test]

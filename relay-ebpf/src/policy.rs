@@ -34,7 +34,8 @@ static BLOCK_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_BLOCK_ENT
 #[map]
 static BANS_V4: HashMap<[u8; 4], BanEntry> = HashMap::with_max_entries(MAX_BANS, 0);
 #[map]
-static BANS_V6: HashMap<[u8; 16], BanEntry> = HashMap::with_max_entries(MAX_BANS, 0);
+static BANS_V6: HashMap<[u8; V6_LIMIT_PREFIX_BYTES], BanEntry> =
+    HashMap::with_max_entries(MAX_BANS, 0);
 #[map]
 static SYN_V4: LruHashMap<[u8; 4], TokenBucket> =
     LruHashMap::with_max_entries(MAX_LIMITER_ENTRIES, 0);
@@ -88,7 +89,9 @@ pub fn decide(ctx: &XdpContext, segment: &Segment) -> Verdict {
             if ALLOW_V6.get(Key::new(128, *addr)).is_some() {
                 return Verdict::Allowlisted;
             }
-            if let Some(ban) = BANS_V6.get_ptr(addr) {
+            let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
+            prefix.copy_from_slice(&addr[..V6_LIMIT_PREFIX_BYTES]);
+            if let Some(ban) = BANS_V6.get_ptr(&prefix) {
                 // SAFETY: as above.
                 if unsafe { (*ban).active_at(now()) } {
                     return Verdict::Banned;
@@ -98,8 +101,6 @@ pub fn decide(ctx: &XdpContext, segment: &Segment) -> Verdict {
                 return Verdict::BlockedCidr;
             }
             if bare_syn && config.syn_limit_enabled() {
-                let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
-                prefix.copy_from_slice(&addr[..V6_LIMIT_PREFIX_BYTES]);
                 return limit(ctx, &SYN_V6, &prefix, config);
             }
         }

@@ -104,7 +104,7 @@ struct Fixture {
     block_v4: LpmTrie<MapData, [u8; 4], u8>,
     block_v6: LpmTrie<MapData, [u8; 16], u8>,
     bans_v4: HashMap<MapData, [u8; 4], BanEntry>,
-    bans_v6: HashMap<MapData, [u8; 16], BanEntry>,
+    bans_v6: HashMap<MapData, [u8; 8], BanEntry>,
     state_budget: PerCpuArray<MapData, StateBudget>,
     verdicts: PerCpuArray<MapData, u64>,
 }
@@ -192,7 +192,11 @@ impl Fixture {
         let entry = BanEntry::new(expires_ns, BanReason::Operator);
         match addr.into() {
             IpAddr::V4(a) => self.bans_v4.insert(a.octets(), entry, 0),
-            IpAddr::V6(a) => self.bans_v6.insert(a.octets(), entry, 0),
+            IpAddr::V6(a) => {
+                let mut prefix = [0u8; 8];
+                prefix.copy_from_slice(&a.octets()[..8]);
+                self.bans_v6.insert(prefix, entry, 0)
+            }
         }
         .expect("insert ban");
     }
@@ -1056,8 +1060,14 @@ fn active_ban_drops() {
             );
         }
     }
-    // Bans are exact addresses: neighbours, even in the same IPv6 /64, are not banned.
-    let neighbours: [IpAddr; 3] = [v4(3).into(), v4(0).into(), v6(1, 2).into()];
+    // IPv4 bans are exact addresses; IPv6 bans cover the /64, so rotating addresses inside
+    // it does not escape.
+    fx.expect(
+        "another address in a banned /64",
+        &Frame::tcp(v6(1, 2), PORT).syn().build(),
+        Verdict::Banned,
+    );
+    let neighbours: [IpAddr; 3] = [v4(3).into(), v4(0).into(), v6(3, 1).into()];
     for src in neighbours {
         fx.expect(
             &format!("{src} next to a banned address"),
@@ -1079,7 +1089,8 @@ fn ban_wins_over_blocklist() {
     fx.ban(v6(1, 1), BanEntry::NEVER);
     for (banned, other) in [
         (IpAddr::V4(v4(1)), IpAddr::V4(v4(2))),
-        (IpAddr::V6(v6(1, 1)), IpAddr::V6(v6(1, 2))),
+        // An IPv6 ban covers its /64: the blocked-only neighbour is in another /64.
+        (IpAddr::V6(v6(1, 1)), IpAddr::V6(v6(2, 1))),
     ] {
         fx.expect(
             &format!("{banned} banned and blocked"),

@@ -53,7 +53,7 @@ pub struct XdpMaps {
     block_v4: LpmTrie<MapData, [u8; 4], u8>,
     block_v6: LpmTrie<MapData, [u8; 16], u8>,
     bans_v4: HashMap<MapData, [u8; 4], BanEntry>,
-    bans_v6: HashMap<MapData, [u8; 16], BanEntry>,
+    bans_v6: HashMap<MapData, [u8; names::V6_LIMIT_PREFIX_BYTES], BanEntry>,
     verdicts: PerCpuArray<MapData, u64>,
 }
 
@@ -185,11 +185,11 @@ impl XdpMaps {
         }
     }
 
-    /// Adds or replaces an exact-address ban.
+    /// Adds or replaces a ban: the exact IPv4 address, or the IPv6 address's /64.
     pub fn ban(&mut self, addr: IpAddr, entry: BanEntry) -> Result<(), MapsError> {
         let result = match addr.to_canonical() {
             IpAddr::V4(a) => self.bans_v4.insert(a.octets(), entry, 0),
-            IpAddr::V6(a) => self.bans_v6.insert(a.octets(), entry, 0),
+            IpAddr::V6(a) => self.bans_v6.insert(v6_prefix(a), entry, 0),
         };
         result.map_err(|source| full_or_update("ban", names::MAX_BANS, addr.to_string(), source))
     }
@@ -198,7 +198,7 @@ impl XdpMaps {
     pub fn unban(&mut self, addr: IpAddr) -> bool {
         match addr.to_canonical() {
             IpAddr::V4(a) => self.bans_v4.remove(&a.octets()).is_ok(),
-            IpAddr::V6(a) => self.bans_v6.remove(&a.octets()).is_ok(),
+            IpAddr::V6(a) => self.bans_v6.remove(&v6_prefix(a)).is_ok(),
         }
     }
 
@@ -218,6 +218,13 @@ impl XdpMaps {
         }
         Ok(out)
     }
+}
+
+/// The /64 an IPv6 ban applies to.
+fn v6_prefix(addr: std::net::Ipv6Addr) -> [u8; names::V6_LIMIT_PREFIX_BYTES] {
+    let mut prefix = [0u8; names::V6_LIMIT_PREFIX_BYTES];
+    prefix.copy_from_slice(&addr.octets()[..names::V6_LIMIT_PREFIX_BYTES]);
+    prefix
 }
 
 /// E2BIG (hash maps) and ENOSPC (LPM tries) mean the map is full.
