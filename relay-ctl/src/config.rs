@@ -100,6 +100,64 @@ pub struct Config {
     /// Where state (the generated default secret, later bans and usage) is kept.
     #[serde(default)]
     pub state: State,
+    /// Automatic bans of misbehaving sources.
+    #[serde(default)]
+    pub misuse: Misuse,
+}
+
+/// `[misuse]`: per-source thresholds per window; crossing one bans the source (IPv4 address,
+/// IPv6 /64) for `ban_secs`. 0 disables a threshold.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Misuse {
+    /// Length of the counting window, seconds.
+    pub window_secs: u64,
+    /// How long a ban lasts, seconds.
+    pub ban_secs: u64,
+    /// Handshakes with an unknown secret or bad MAC per window.
+    pub bad_secret: u32,
+    /// Fake-TLS hellos for another domain per window.
+    pub unknown_sni: u32,
+    /// Replayed handshakes per window.
+    pub replay: u32,
+    /// Handshake timeouts per window.
+    pub timeout: u32,
+    /// Garbage connections per window.
+    pub garbage: u32,
+    /// New connections per window.
+    pub connections: u32,
+    /// Most sources tracked at once (memory bound: about 100 bytes each).
+    pub max_sources: usize,
+}
+
+impl Default for Misuse {
+    fn default() -> Self {
+        Misuse {
+            window_secs: 60,
+            ban_secs: 3600,
+            bad_secret: 10,
+            unknown_sni: 10,
+            replay: 3,
+            timeout: 20,
+            garbage: 10,
+            connections: 1200,
+            max_sources: 100_000,
+        }
+    }
+}
+
+impl Misuse {
+    /// The detector's thresholds.
+    pub fn thresholds(&self) -> crate::misuse::Thresholds {
+        crate::misuse::Thresholds {
+            bad_secret: self.bad_secret,
+            unknown_sni: self.unknown_sni,
+            replay: self.replay,
+            timeout: self.timeout,
+            garbage: self.garbage,
+            connections: self.connections,
+        }
+    }
 }
 
 /// `[[users]]`

@@ -19,7 +19,7 @@ use relay_common::{
 use crate::prefix_set::PrefixSet;
 
 /// Limiter and ban key: an IPv4 /32 or an IPv6 /64, as in the kernel maps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SourceKey {
     /// An IPv4 address.
     V4([u8; 4]),

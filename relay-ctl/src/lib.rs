@@ -8,6 +8,7 @@ pub mod config;
 pub mod ebpf;
 pub mod gate;
 pub mod logging;
+pub mod misuse;
 pub mod prefix_set;
 pub mod proto;
 pub mod relay;

@@ -58,7 +58,7 @@ pub async fn accept_loop(
             reset(stream);
             continue;
         }
-        tokio::spawn(crate::relay::serve(stream, relay.clone()));
+        tokio::spawn(crate::relay::serve(stream, peer, relay.clone()));
     }
 }
 

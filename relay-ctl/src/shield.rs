@@ -1,13 +1,19 @@
 //! Enforcement of the allow/block/ban/limit policy: in the kernel when XDP is attached, in
 //! userspace at accept time otherwise. Callers do not care which.
 
-use std::{collections::BTreeSet, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    time::Duration,
+};
 
-use relay_common::{BanEntry, Verdict, XdpConfig};
+use relay_common::{BanEntry, BanReason, Verdict, XdpConfig};
 
 use crate::{
+    clock::monotonic_ns,
     config::{Cidr, Config},
-    gate::Gate,
+    gate::{Gate, SourceKey},
     prefix_set::PrefixSet,
     xdp::{MapsError, PrefixList, XdpProgram},
 };
@@ -36,12 +42,34 @@ impl fmt::Display for Enforcement {
     }
 }
 
+/// A ban as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanRecord {
+    /// The address that was banned (IPv6 bans cover its /64).
+    pub addr: IpAddr,
+    /// Why.
+    pub reason: BanReason,
+    /// CLOCK_MONOTONIC expiry in ns, [`BanEntry::NEVER`] for permanent.
+    pub expires_ns: u64,
+    /// The count that crossed the threshold (0 for operator bans).
+    pub count: u32,
+}
+
+impl BanRecord {
+    /// Time left, `None` for a permanent ban.
+    pub fn remaining(&self, now_ns: u64) -> Option<Duration> {
+        (self.expires_ns != BanEntry::NEVER)
+            .then(|| Duration::from_nanos(self.expires_ns.saturating_sub(now_ns)))
+    }
+}
+
 /// The policy and where it is enforced.
 pub struct Shield {
     enforcement: Enforcement,
     gate: Gate,
     allow: BTreeSet<Cidr>,
     block: BTreeSet<Cidr>,
+    bans: BTreeMap<SourceKey, BanRecord>,
 }
 
 impl Shield {
@@ -52,6 +80,7 @@ impl Shield {
             gate: Gate::default(),
             allow: BTreeSet::new(),
             block: BTreeSet::new(),
+            bans: BTreeMap::new(),
         }
     }
 
@@ -96,13 +125,66 @@ impl Shield {
         Ok(())
     }
 
-    /// Bans an exact address until `entry.expires_ns`.
-    pub fn ban(&mut self, addr: IpAddr, entry: BanEntry) -> Result<(), MapsError> {
+    /// Whether `addr` is on the allowlist (and so is never banned).
+    pub fn is_allowlisted(&self, addr: IpAddr) -> bool {
+        self.gate.check_lists(addr, 0) == Some(Verdict::Allowlisted)
+    }
+
+    /// Bans `addr` (IPv4: the address; IPv6: its /64) for `ttl`, or for good with `None`.
+    pub fn ban(
+        &mut self,
+        addr: IpAddr,
+        reason: BanReason,
+        ttl: Option<Duration>,
+        count: u32,
+    ) -> Result<(), MapsError> {
+        let addr = addr.to_canonical();
+        let expires_ns = ttl.map_or(BanEntry::NEVER, |ttl| {
+            monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+        });
+        let entry = BanEntry::new(expires_ns, reason);
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             program.maps().ban(addr, entry)?;
         }
         self.gate.ban(addr, entry);
+        self.bans.insert(
+            SourceKey::from(addr),
+            BanRecord {
+                addr,
+                reason,
+                expires_ns,
+                count,
+            },
+        );
         Ok(())
+    }
+
+    /// Lifts the ban covering `addr`; returns it if there was one.
+    pub fn unban(&mut self, addr: IpAddr) -> Option<BanRecord> {
+        let addr = addr.to_canonical();
+        let record = self.bans.remove(&SourceKey::from(addr))?;
+        if let Enforcement::Kernel(program) = &mut self.enforcement {
+            program.maps().unban(addr);
+        }
+        self.gate.unban(addr);
+        Some(record)
+    }
+
+    /// Current bans.
+    pub fn bans(&self) -> impl Iterator<Item = &BanRecord> {
+        self.bans.values()
+    }
+
+    /// Removes bans that have lapsed by `now_ns` (they already stopped matching in the kernel)
+    /// and returns them.
+    pub fn expire_bans(&mut self, now_ns: u64) -> Vec<BanRecord> {
+        let expired: Vec<IpAddr> = self
+            .bans
+            .values()
+            .filter(|b| b.expires_ns <= now_ns)
+            .map(|b| b.addr)
+            .collect();
+        expired.into_iter().filter_map(|a| self.unban(a)).collect()
     }
 
     /// Decides on a connection just accepted from `source`. In kernel mode the program already

@@ -11,6 +11,7 @@ use tokio::{
 
 use crate::{
     config::{Config, XdpMode},
+    misuse::Misuse,
     relay::RelayContext,
     server,
     shield::{Enforcement, Shield},
@@ -33,7 +34,6 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
             "no [[users]] configured: generated a secret for user `default`"
         );
     }
-    let relay = Arc::new(RelayContext::new(&config, users));
     // Bind first: a taken port is the most common start-up failure and needs no BPF to find.
     let listeners = server::bind(&config.server.listen).await?;
 
@@ -57,6 +57,15 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
 
     let shield = Arc::new(RwLock::new(shield));
+    let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
+    let relay = Arc::new(RelayContext::new(&config, users, misuse.clone()));
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            misuse.sweep().await;
+        }
+    });
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr()?;
@@ -77,6 +86,7 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     for task in &accept_tasks {
         task.abort();
     }
+    sweeper.abort();
     shield.write().await.shutdown();
     if let Some(task) = log_task {
         task.abort();

@@ -1,9 +1,15 @@
 //! Everything a connection needs from the configuration, prepared once.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use crate::{
     config::Config,
+    misuse::Misuse,
     proto::{ModeSet, Secret, replay::ReplayCache},
 };
 
@@ -17,7 +23,6 @@ pub struct RelayUser {
 }
 
 /// Shared, read-mostly state of the relay.
-#[derive(Debug)]
 pub struct RelayContext {
     /// Users, in config order; handshakes report matches by index.
     pub users: Vec<RelayUser>,
@@ -47,11 +52,13 @@ pub struct RelayContext {
     pub idle_timeout: Duration,
     /// Handshake keys seen recently.
     pub replay: Mutex<ReplayCache>,
+    /// Counts failures and bans sources.
+    pub misuse: Arc<Misuse>,
 }
 
 impl RelayContext {
     /// Builds the context from a validated config and the resolved users.
-    pub fn new(config: &Config, users: Vec<RelayUser>) -> RelayContext {
+    pub fn new(config: &Config, users: Vec<RelayUser>, misuse: Arc<Misuse>) -> RelayContext {
         let time_skew_secs = u64::from(config.tls.time_skew_secs);
         RelayContext {
             secrets: users.iter().map(|u| u.secret.clone()).collect(),
@@ -72,6 +79,7 @@ impl RelayContext {
                 config.replay.memory_bytes,
                 2 * time_skew_secs,
             )),
+            misuse,
         }
     }
 }

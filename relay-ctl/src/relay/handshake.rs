@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use super::RelayContext;
+use crate::misuse::Offence;
 use crate::proto::{
     Mode,
     obfs2::{self, ClientHandshake, HEADER_LEN, Obfs2Error},
@@ -58,6 +59,20 @@ impl Failure {
             Failure::ModeDisabled => "mode_disabled",
             Failure::Closed => "closed",
             Failure::BadAfterFlight => "bad_after_flight",
+        }
+    }
+
+    /// What the misuse detector counts this as; `None` for a client that just hung up.
+    pub const fn offence(self) -> Option<Offence> {
+        match self {
+            Failure::BadSecret | Failure::BadTimestamp => Some(Offence::BadSecret),
+            Failure::UnknownSni => Some(Offence::UnknownSni),
+            Failure::Replay => Some(Offence::Replay),
+            Failure::Timeout => Some(Offence::Timeout),
+            Failure::Garbage | Failure::ModeDisabled | Failure::BadAfterFlight => {
+                Some(Offence::Garbage)
+            }
+            Failure::Closed => None,
         }
     }
 

@@ -8,7 +8,7 @@ pub mod pump;
 pub mod transform;
 pub mod upstream;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
@@ -17,10 +17,11 @@ use self::{
     handshake::{Accepted, Failure},
     transform::{ToClient, ToUpstream},
 };
-use crate::proto::tls::record::RecordDecoder;
+use crate::{misuse::Offence, proto::tls::record::RecordDecoder};
 
 /// Serves one accepted client connection to its end.
-pub async fn serve(mut client: TcpStream, ctx: Arc<RelayContext>) {
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContext>) {
+    ctx.misuse.report(peer.ip(), Offence::Connection).await;
     let _ = client.set_nodelay(true);
     let mut seen = Vec::new();
     let outcome = tokio::time::timeout(
@@ -33,6 +34,9 @@ pub async fn serve(mut client: TcpStream, ctx: Arc<RelayContext>) {
         Ok(accepted) => relay(client, accepted, &ctx).await,
         Err(failure) => {
             tracing::debug!(reason = failure.name(), "handshake failed");
+            if let Some(offence) = failure.offence() {
+                ctx.misuse.report(peer.ip(), offence).await;
+            }
             if failure.frontable() {
                 front::front(client, seen, failure, &ctx).await;
             }
