@@ -191,3 +191,91 @@ fn unknown_interface_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// The misuse loop end to end: a source sending bad handshakes is fronted until the threshold,
+/// then banned in the XDP map, so its next SYNs die in the kernel; the ban lapses on time.
+#[test]
+fn probe_storm_is_banned_in_the_kernel_and_expires() {
+    if !privileged("probe_storm_is_banned_in_the_kernel_and_expires") {
+        return;
+    }
+    const THRESHOLD: usize = 5;
+    const BAN_SECS: u64 = 3;
+    let pair = NetPair::new("ban", 2);
+    let config = format!(
+        r#"
+[server]
+listen = ["{SERVER_V4}:{PORT}"]
+modes = ["secure"]
+
+[xdp]
+interfaces = ["{iface}"]
+mode = "native"
+
+[tls]
+# Nothing listens there: fronted probes are closed at once.
+mask = "{SERVER_V4}:9"
+
+[misuse]
+bad_secret = {THRESHOLD}
+ban_secs = {BAN_SECS}
+
+[state]
+dir = "/tmp/relay-test-state-{iface}"
+"#,
+        iface = pair.server_if,
+    );
+    let mut relay = Relay::start(&pair.server_ns, &config);
+    let (_, prog_id) = pair.server_xdp().expect("XDP attached");
+    let prober = client_v4(2);
+    let bystander = client_v4(3);
+    let target = SocketAddr::from((SERVER_V4, PORT));
+
+    // Every probe gets a TCP connection (and fronting) until the threshold is crossed.
+    for i in 0..THRESHOLD {
+        let outcome = pair.in_client(|| {
+            use std::io::{Read as _, Write as _};
+            match connect_from(prober, target, CONNECT_TIMEOUT, Duration::from_millis(1)) {
+                Outcome::Held(mut stream) => {
+                    // 64 bytes no secret decrypts: a bad obfuscated2 header.
+                    stream.write_all(&[0x5a; 64]).expect("send probe");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("timeout");
+                    let mut buf = [0u8; 16];
+                    let _ = stream.read(&mut buf);
+                    Outcome::Refused(format!("probe {i} answered by closing"))
+                }
+                other => other,
+            }
+        });
+        assert!(
+            matches!(outcome, Outcome::Refused(_)),
+            "probe {i} should get a connection, got {outcome:?}"
+        );
+    }
+    let banned_line = relay.wait_for("source banned", Duration::from_secs(5));
+    assert!(
+        banned_line.contains("198.18.0.2") && banned_line.contains("bad_secret"),
+        "{banned_line}"
+    );
+    let before = kernel::verdict_counts(prog_id)[Verdict::Banned as usize];
+    assert!(
+        matches!(attempt(&pair, prober), Outcome::NoAnswer),
+        "a banned source's SYN must be dropped in the kernel"
+    );
+    let after = kernel::verdict_counts(prog_id)[Verdict::Banned as usize];
+    // At least the SYN; the last probe's FIN retransmissions are dropped (and counted) too.
+    assert!(
+        after > before,
+        "the kernel counted the banned SYN ({before} → {after})"
+    );
+    assert!(
+        attempt(&pair, bystander).is_held(),
+        "others are not affected"
+    );
+
+    relay.wait_for("ban expired", Duration::from_secs(BAN_SECS + 3));
+    assert!(attempt(&pair, prober).is_held(), "the ban lapsed on time");
+    relay.stop();
+}
