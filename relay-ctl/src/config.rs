@@ -103,6 +103,44 @@ pub struct Config {
     /// Automatic bans of misbehaving sources.
     #[serde(default)]
     pub misuse: Misuse,
+    /// The admin socket the CLI talks to.
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Path of the Unix socket.
+    pub socket: PathBuf,
+    /// Permission bits of the socket, as an octal string (`"0600"`).
+    #[serde(deserialize_with = "octal_mode")]
+    pub mode: u32,
+    /// Group owning the socket (then `mode` typically `"0660"`), if any.
+    pub group: Option<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            socket: PathBuf::from("/run/relay/admin.sock"),
+            mode: 0o600,
+            group: None,
+        }
+    }
+}
+
+fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "mode `{s}` is not octal permission bits like \"0600\""
+            ))
+        })
 }
 
 /// `[misuse]`: per-source thresholds per window; crossing one bans the source (IPv4 address,

@@ -1,0 +1,245 @@
+//! The admin protocol: one JSON request per line on the admin Unix socket, one JSON response
+//! line back. Shared by the daemon (`control::server`) and the CLI (`control::client`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Block an address or CIDR, optionally for a time.
+    BlockAdd {
+        /// Address or CIDR.
+        cidr: String,
+        /// Seconds until the block lapses; none: permanent.
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        /// Free text for the operator.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Remove an operator block.
+    BlockRm {
+        /// Address or CIDR, as added.
+        cidr: String,
+    },
+    /// Every blocked prefix, from every source.
+    BlockList,
+    /// Add many operator blocks at once (a parsed netset).
+    BlockImport {
+        /// Addresses and CIDRs.
+        entries: Vec<String>,
+        /// Where they came from (file name), recorded as the reason.
+        source: String,
+    },
+    /// Allowlist an address or CIDR.
+    AllowAdd {
+        /// Address or CIDR.
+        cidr: String,
+    },
+    /// Remove an operator allowlist entry.
+    AllowRm {
+        /// Address or CIDR, as added.
+        cidr: String,
+    },
+    /// Every allowlisted prefix.
+    AllowList,
+    /// Current bans.
+    BansList,
+    /// Lift the ban covering an address.
+    BansRm {
+        /// The address.
+        addr: String,
+    },
+    /// Lift every ban.
+    BansClear,
+    /// Users with their usage.
+    UsersList,
+    /// One user.
+    UsersShow {
+        /// User name.
+        name: String,
+    },
+    /// Enable a user.
+    UsersEnable {
+        /// User name.
+        name: String,
+    },
+    /// Disable a user (new connections refused; persisted).
+    UsersDisable {
+        /// User name.
+        name: String,
+    },
+    /// A snapshot of the daemon's counters.
+    Stats,
+}
+
+impl Request {
+    /// Whether the request changes state (and is written to the audit log).
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Request::BlockList
+                | Request::AllowList
+                | Request::BansList
+                | Request::UsersList
+                | Request::UsersShow { .. }
+                | Request::Stats
+        )
+    }
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; `data` depends on the request.
+    Ok {
+        /// The result.
+        #[serde(default)]
+        data: Reply,
+    },
+    /// Not done.
+    Error {
+        /// What kind of failure (drives the CLI's exit code).
+        kind: ErrorKind,
+        /// Human-readable message.
+        message: String,
+    },
+}
+
+/// Failure classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was malformed or named something invalid (bad CIDR, unknown user).
+    BadRequest,
+    /// The thing to remove or show does not exist.
+    NotFound,
+    /// The daemon could not do it (map full, disk full).
+    Failed,
+}
+
+/// Payload of a successful response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// Nothing to report.
+    #[default]
+    Done,
+    /// How many entries a bulk change touched.
+    Count {
+        /// Entries changed.
+        changed: usize,
+    },
+    /// Prefix list entries.
+    Prefixes {
+        /// The entries.
+        entries: Vec<PrefixEntry>,
+    },
+    /// Bans.
+    Bans {
+        /// The bans.
+        bans: Vec<BanInfo>,
+    },
+    /// Users.
+    Users {
+        /// The users.
+        users: Vec<UserInfo>,
+    },
+    /// Counters.
+    Stats(Stats),
+}
+
+/// One allow- or blocklist entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixEntry {
+    /// The CIDR.
+    pub cidr: String,
+    /// `config`, `operator` or `feed:<path>`.
+    pub source: String,
+    /// Operator's reason, if given.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Seconds left for a timed block.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// One ban.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanInfo {
+    /// Banned address (IPv6 bans cover its /64).
+    pub addr: String,
+    /// Why.
+    pub reason: String,
+    /// Count that crossed the threshold.
+    pub count: u32,
+    /// Seconds left; none: permanent.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// One user and its usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// Name.
+    pub name: String,
+    /// Whether new connections are admitted (config and operator switch combined).
+    pub enabled: bool,
+    /// Why not, when disabled (e.g. `disabled by operator`, `expired`, `quota exhausted`).
+    #[serde(default)]
+    pub blocked_reason: Option<String>,
+    /// Connections relayed now.
+    pub active_connections: u64,
+    /// Distinct client addresses in the unique-IP window.
+    pub unique_ips: u64,
+    /// Bytes client → DC, all time (persisted).
+    pub bytes_up: u64,
+    /// Bytes DC → client, all time (persisted).
+    pub bytes_down: u64,
+    /// Byte quota (both directions), if any.
+    #[serde(default)]
+    pub quota: Option<u64>,
+    /// Expiry (RFC 3339), if any.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// Concurrent connection limit, if any.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    /// Unique address limit, if any.
+    #[serde(default)]
+    pub max_unique_ips: Option<u64>,
+    /// Connections refused by a limit, by reason.
+    #[serde(default)]
+    pub rejections: BTreeMap<String, u64>,
+}
+
+/// Daemon counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// relay-ctl version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Where the policy is enforced (`XDP on eth0 (native)` or `userspace (...)`).
+    pub enforcement: String,
+    /// Packets (XDP) or connections (userspace) per verdict.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Connections open now.
+    pub connections_active: u64,
+    /// Handshake failures by reason.
+    pub handshake_failures: BTreeMap<String, u64>,
+    /// Bans in force.
+    pub bans_active: u64,
+    /// Bans issued since start, by reason.
+    pub bans_total: BTreeMap<String, u64>,
+    /// Blocklist entries by source.
+    pub blocklist_entries: BTreeMap<String, u64>,
+    /// Users with usage.
+    pub users: Vec<UserInfo>,
+}

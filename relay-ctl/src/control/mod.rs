@@ -1,0 +1,14 @@
+//! Operator control of the running daemon: the admin protocol ([`api`]), its Unix-socket server
+//! and client, and the daemon-side state it acts on.
+
+pub mod api;
+
+use std::future::Future;
+
+pub use self::api::{Request, Response};
+
+/// Something that answers admin requests (the daemon's control state).
+pub trait Handler: Send + Sync + 'static {
+    /// Carries out `request` for the caller with uid `caller_uid`.
+    fn handle(&self, request: Request, caller_uid: u32) -> impl Future<Output = Response> + Send;
+}
