@@ -63,12 +63,73 @@ impl BanRecord {
     }
 }
 
+/// Where a list entry comes from. The effective list is the union of all sources.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ListSource {
+    /// `[blocklist] cidrs` / `[allowlist] cidrs` in the config file.
+    Config,
+    /// Added with the CLI (persisted in the state dir).
+    Operator,
+    /// A feed file from `[blocklist] files`.
+    Feed(std::path::PathBuf),
+}
+
+impl fmt::Display for ListSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListSource::Config => f.write_str("config"),
+            ListSource::Operator => f.write_str("operator"),
+            ListSource::Feed(path) => write!(f, "feed:{}", path.display()),
+        }
+    }
+}
+
+/// One list (allow or block): entries per source, and how many sources hold each prefix.
+#[derive(Debug, Default)]
+struct SourcedList {
+    by_source: BTreeMap<ListSource, BTreeSet<Cidr>>,
+    holders: BTreeMap<Cidr, u32>,
+}
+
+impl SourcedList {
+    /// Replaces one source's entries; returns the prefixes that entered and left the union.
+    fn replace(&mut self, source: ListSource, new: BTreeSet<Cidr>) -> (Vec<Cidr>, Vec<Cidr>) {
+        let old = self.by_source.remove(&source).unwrap_or_default();
+        let mut entered = Vec::new();
+        let mut left = Vec::new();
+        for cidr in new.difference(&old) {
+            let n = self.holders.entry(*cidr).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                entered.push(*cidr);
+            }
+        }
+        for cidr in old.difference(&new) {
+            if let Some(n) = self.holders.get_mut(cidr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.holders.remove(cidr);
+                    left.push(*cidr);
+                }
+            }
+        }
+        if !new.is_empty() {
+            self.by_source.insert(source, new);
+        }
+        (entered, left)
+    }
+
+    fn union(&self) -> impl Iterator<Item = &Cidr> {
+        self.holders.keys()
+    }
+}
+
 /// The policy and where it is enforced.
 pub struct Shield {
     enforcement: Enforcement,
     gate: Gate,
-    allow: BTreeSet<Cidr>,
-    block: BTreeSet<Cidr>,
+    allow: SourcedList,
+    block: SourcedList,
     bans: BTreeMap<SourceKey, BanRecord>,
 }
 
@@ -78,8 +139,8 @@ impl Shield {
         Shield {
             enforcement,
             gate: Gate::default(),
-            allow: BTreeSet::new(),
-            block: BTreeSet::new(),
+            allow: SourcedList::default(),
+            block: SourcedList::default(),
             bans: BTreeMap::new(),
         }
     }
@@ -107,22 +168,84 @@ impl Shield {
                 0
             },
         };
-        let allow: BTreeSet<Cidr> = config.allowlist.cidrs.iter().copied().collect();
-        let block: BTreeSet<Cidr> = config.blocklist.cidrs.iter().copied().collect();
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             let maps = program.maps();
             maps.set_config(xdp_config)?;
             maps.set_ports(&config.listen_ports())?;
-            sync_prefixes(maps, PrefixList::Allow, &self.allow, &allow)?;
-            sync_prefixes(maps, PrefixList::Block, &self.block, &block)?;
+        }
+        self.gate.set_config(xdp_config);
+        self.set_prefixes(
+            PrefixList::Allow,
+            ListSource::Config,
+            config.allowlist.cidrs.iter().copied().collect(),
+        )?;
+        self.set_prefixes(
+            PrefixList::Block,
+            ListSource::Config,
+            config.blocklist.cidrs.iter().copied().collect(),
+        )
+    }
+
+    /// Replaces the entries `source` contributes to `list`; only the prefixes that enter or
+    /// leave the union touch the kernel maps. On a full map the entries added so far stay and
+    /// the error names the first that did not fit.
+    pub fn set_prefixes(
+        &mut self,
+        list: PrefixList,
+        source: ListSource,
+        cidrs: BTreeSet<Cidr>,
+    ) -> Result<(), MapsError> {
+        let sourced = match list {
+            PrefixList::Allow => &mut self.allow,
+            PrefixList::Block => &mut self.block,
+        };
+        let (entered, left) = sourced.replace(source, cidrs);
+        let mut result = Ok(());
+        if let Enforcement::Kernel(program) = &mut self.enforcement {
+            let maps = program.maps();
+            for cidr in &left {
+                maps.remove_prefix(list, cidr.0);
+            }
+            for cidr in &entered {
+                if let Err(e) = maps.insert_prefix(list, cidr.0) {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
         // The gate holds the lists in both modes: see `admit`.
-        self.gate.set_config(xdp_config);
-        self.gate.set_allow(prefix_set(&allow));
-        self.gate.set_block(prefix_set(&block));
-        self.allow = allow;
-        self.block = block;
-        Ok(())
+        let set = prefix_set(sourced.union());
+        match list {
+            PrefixList::Allow => self.gate.set_allow(set),
+            PrefixList::Block => self.gate.set_block(set),
+        }
+        result
+    }
+
+    /// Every entry of `list` with its source.
+    pub fn prefixes(&self, list: PrefixList) -> Vec<(Cidr, ListSource)> {
+        let sourced = match list {
+            PrefixList::Allow => &self.allow,
+            PrefixList::Block => &self.block,
+        };
+        sourced
+            .by_source
+            .iter()
+            .flat_map(|(source, cidrs)| cidrs.iter().map(move |c| (*c, source.clone())))
+            .collect()
+    }
+
+    /// Number of entries `list` has from each source.
+    pub fn prefix_counts(&self, list: PrefixList) -> BTreeMap<String, u64> {
+        let sourced = match list {
+            PrefixList::Allow => &self.allow,
+            PrefixList::Block => &self.block,
+        };
+        sourced
+            .by_source
+            .iter()
+            .map(|(source, cidrs)| (source.to_string(), cidrs.len() as u64))
+            .collect()
     }
 
     /// Whether `addr` is on the allowlist (and so is never banned).
@@ -216,7 +339,7 @@ impl Shield {
     }
 }
 
-fn prefix_set(cidrs: &BTreeSet<Cidr>) -> PrefixSet {
+fn prefix_set<'a>(cidrs: impl Iterator<Item = &'a Cidr>) -> PrefixSet {
     let mut set = PrefixSet::default();
     for c in cidrs {
         set.insert(c.0);
@@ -224,18 +347,37 @@ fn prefix_set(cidrs: &BTreeSet<Cidr>) -> PrefixSet {
     set
 }
 
-/// Applies the difference between two versions of a list to the kernel maps.
-fn sync_prefixes(
-    maps: &mut crate::xdp::XdpMaps,
-    list: PrefixList,
-    old: &BTreeSet<Cidr>,
-    new: &BTreeSet<Cidr>,
-) -> Result<(), MapsError> {
-    for cidr in new.difference(old) {
-        maps.insert_prefix(list, cidr.0)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(list: &[&str]) -> BTreeSet<Cidr> {
+        list.iter().map(|c| c.parse().expect("test CIDR")).collect()
     }
-    for cidr in old.difference(new) {
-        maps.remove_prefix(list, cidr.0);
+
+    #[test]
+    fn union_counts_every_source() {
+        let mut list = SourcedList::default();
+        let (entered, left) = list.replace(ListSource::Config, cidrs(&["10.0.0.0/8", "192.0.2.1"]));
+        assert_eq!((entered.len(), left.len()), (2, 0));
+        let (entered, left) =
+            list.replace(ListSource::Operator, cidrs(&["10.0.0.0/8", "192.0.2.2"]));
+        assert_eq!(
+            entered,
+            vec![cidrs(&["192.0.2.2"]).into_iter().next().expect("one")]
+        );
+        assert!(left.is_empty());
+        // 10/8 is still held by the operator after the config drops it.
+        let (entered, left) = list.replace(ListSource::Config, BTreeSet::new());
+        assert!(entered.is_empty());
+        assert_eq!(
+            left,
+            vec![cidrs(&["192.0.2.1"]).into_iter().next().expect("one")]
+        );
+        assert_eq!(list.union().count(), 2);
+        let (_, left) = list.replace(ListSource::Operator, BTreeSet::new());
+        assert_eq!(left.len(), 2);
+        assert_eq!(list.union().count(), 0);
+        assert!(list.by_source.is_empty());
     }
-    Ok(())
 }
