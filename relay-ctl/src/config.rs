@@ -207,6 +207,80 @@ pub struct User {
     /// 32 hex digits.
     #[serde(deserialize_with = "from_str")]
     pub secret: Secret,
+    /// Off: new connections are refused.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Concurrent connections.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    /// Distinct client addresses within `[server] unique_ips_window_secs`.
+    #[serde(default)]
+    pub max_unique_ips: Option<u64>,
+    /// Bytes in both directions, all time (persisted): `10737418240` or `"10GiB"`.
+    #[serde(default, deserialize_with = "byte_size")]
+    pub quota: Option<u64>,
+    /// No new connections after this time (RFC 3339, e.g. `"2027-01-01T00:00:00Z"`).
+    #[serde(default, deserialize_with = "rfc3339")]
+    pub expires: Option<std::time::SystemTime>,
+}
+
+impl User {
+    /// The limits the relay enforces for this user.
+    pub fn limits(&self) -> crate::relay::accounts::Limits {
+        crate::relay::accounts::Limits {
+            disabled: !self.enabled,
+            max_connections: self.max_connections,
+            max_unique_ips: self.max_unique_ips,
+            quota: self.quota,
+            expires: self.expires,
+        }
+    }
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Bytes(n) => return Ok(Some(n)),
+        Raw::Text(t) => t,
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => u64::MAX,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| unit_bytes != u64::MAX)
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "quota `{text}` is not a size like 10737418240, \"500MiB\" or \"10GB\""
+            ))
+        })
+}
+
+fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::SystemTime>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_rfc3339_weak(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("`{s}` is not an RFC 3339 time: {e}")))
 }
 
 /// `[tls]`
@@ -423,6 +497,28 @@ pub struct Server {
     /// Host name or address clients use in links; default: guessed from the listen addresses.
     #[serde(default)]
     pub public_host: Option<String>,
+    /// Window for users' `max_unique_ips`, seconds.
+    #[serde(default = "default_unique_ips_window")]
+    pub unique_ips_window_secs: u64,
+    /// What a connection refused by a user limit gets: `"close"` or `"front"` (to the mask;
+    /// only possible for obfuscated2, as a fake-TLS client has already been answered).
+    #[serde(default)]
+    pub on_limit: OnLimit,
+}
+
+fn default_unique_ips_window() -> u64 {
+    600
+}
+
+/// See [`Server::on_limit`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimit {
+    /// Close the connection.
+    #[default]
+    Close,
+    /// Hand it to the mask host.
+    Front,
 }
 
 fn default_modes() -> ModeSet {

@@ -126,3 +126,41 @@ fn missing_file_names_the_path() {
     let err = Config::load(Path::new("/nonexistent/relay.toml")).expect_err("missing");
     assert!(err.to_string().contains("/nonexistent/relay.toml"), "{err}");
 }
+
+#[test]
+fn user_limits_parse() {
+    let config = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"alice\"\nsecret = \"00112233445566778899aabbccddeeff\"\nmax_connections = 4\nmax_unique_ips = 2\nquota = \"1GiB\"\nexpires = \"2030-01-01T00:00:00Z\"\n[[users]]\nname = \"bob\"\nsecret = \"ffeeddccbbaa99887766554433221100\"\nquota = 1000\nenabled = false\n",
+    )
+    .expect("valid");
+    let alice = config.users[0].limits();
+    assert_eq!(alice.max_connections, Some(4));
+    assert_eq!(alice.quota, Some(1 << 30));
+    assert!(alice.expires.is_some());
+    let bob = config.users[1].limits();
+    assert_eq!(bob.quota, Some(1000));
+    assert!(bob.disabled);
+}
+
+#[test]
+fn bad_quota_and_expiry_are_reported_with_lines() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\nsecret = \"00112233445566778899aabbccddeeff\"\nquota = \"lots\"\n",
+        6,
+        "lots",
+    );
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\nsecret = \"00112233445566778899aabbccddeeff\"\nexpires = \"next week\"\n",
+        6,
+        "RFC 3339",
+    );
+}
+
+#[test]
+fn duplicate_users_are_rejected() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\nsecret = \"00112233445566778899aabbccddeeff\"\n[[users]]\nname = \"a\"\nsecret = \"ffeeddccbbaa99887766554433221100\"\n",
+        4,
+        "twice",
+    );
+}

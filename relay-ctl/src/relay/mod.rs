@@ -1,6 +1,7 @@
 //! Relaying client connections: the client handshake (obfuscated2 or fake TLS), the DC leg,
 //! the relay loop, and fronting for everything that fails.
 
+pub mod accounts;
 pub mod context;
 pub mod front;
 pub mod handshake;

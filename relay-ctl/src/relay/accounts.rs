@@ -1,0 +1,389 @@
+//! Per-user accounting and limits: concurrent connections, distinct client addresses over a
+//! window, a byte quota (both directions, persisted), an expiry date, and an enable switch
+//! (config and operator). Accounts outlive config reloads; only their limits change.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+/// Limits of one user, from the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Disabled in the config.
+    pub disabled: bool,
+    /// Concurrent connections.
+    pub max_connections: Option<u64>,
+    /// Distinct client addresses within the unique-IP window.
+    pub max_unique_ips: Option<u64>,
+    /// Bytes in both directions, all time.
+    pub quota: Option<u64>,
+    /// No new connections after this instant.
+    pub expires: Option<SystemTime>,
+}
+
+/// Why a user's connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Disabled in the config or by the operator.
+    Disabled,
+    /// Past its expiry date.
+    Expired,
+    /// Quota used up.
+    Quota,
+    /// Too many concurrent connections.
+    MaxConnections,
+    /// Too many distinct addresses in the window.
+    MaxUniqueIps,
+}
+
+impl Rejection {
+    /// Stable snake_case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Rejection::Disabled => "disabled",
+            Rejection::Expired => "expired",
+            Rejection::Quota => "quota",
+            Rejection::MaxConnections => "max_connections",
+            Rejection::MaxUniqueIps => "max_unique_ips",
+        }
+    }
+}
+
+/// One user's live state.
+#[derive(Debug)]
+pub struct Account {
+    /// User name.
+    pub name: String,
+    limits: RwLock<Limits>,
+    operator_disabled: AtomicBool,
+    active: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    recent_ips: Mutex<HashMap<IpAddr, Instant>>,
+    rejections: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Account {
+    fn new(name: &str, limits: Limits) -> Account {
+        Account {
+            name: name.to_owned(),
+            limits: RwLock::new(limits),
+            operator_disabled: AtomicBool::new(false),
+            active: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            recent_ips: Mutex::new(HashMap::new()),
+            rejections: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        read(&self.limits).clone()
+    }
+
+    /// Why new connections are refused right now, if they are (ignoring per-connection limits).
+    pub fn blocked(&self, now: SystemTime) -> Option<Rejection> {
+        let limits = read(&self.limits);
+        if limits.disabled || self.operator_disabled.load(Ordering::Relaxed) {
+            Some(Rejection::Disabled)
+        } else if limits.expires.is_some_and(|e| now >= e) {
+            Some(Rejection::Expired)
+        } else if limits.quota.is_some_and(|q| self.bytes_total() >= q) {
+            Some(Rejection::Quota)
+        } else {
+            None
+        }
+    }
+
+    /// Admits a connection from `ip`, or says why not (and counts the refusal).
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        now: Instant,
+        wall: SystemTime,
+        ip_window: Duration,
+    ) -> Result<ActiveConnection, Rejection> {
+        let result = self.check(ip, now, wall, ip_window);
+        if let Err(rejection) = result {
+            *lock(&self.rejections).entry(rejection.name()).or_insert(0) += 1;
+            return Err(rejection);
+        }
+        Ok(ActiveConnection(self.clone()))
+    }
+
+    fn check(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        wall: SystemTime,
+        ip_window: Duration,
+    ) -> Result<(), Rejection> {
+        if let Some(rejection) = self.blocked(wall) {
+            return Err(rejection);
+        }
+        let limits = self.limits();
+        if let Some(max) = limits.max_unique_ips {
+            let mut recent = lock(&self.recent_ips);
+            // Addresses are kept only as long as the window.
+            recent.retain(|_, seen| now.duration_since(*seen) < ip_window);
+            if !recent.contains_key(&ip) && recent.len() as u64 >= max {
+                return Err(Rejection::MaxUniqueIps);
+            }
+            recent.insert(ip, now);
+        }
+        let active = self.active.fetch_add(1, Ordering::AcqRel) + 1;
+        if limits.max_connections.is_some_and(|max| active > max) {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Rejection::MaxConnections);
+        }
+        Ok(())
+    }
+
+    /// Counts bytes read from the client.
+    pub fn add_up(&self, n: u64) {
+        self.bytes_up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts bytes read from the DC.
+    pub fn add_down(&self, n: u64) {
+        self.bytes_down.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes both ways.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_up.load(Ordering::Relaxed) + self.bytes_down.load(Ordering::Relaxed)
+    }
+
+    /// Whether the quota is used up.
+    pub fn over_quota(&self) -> bool {
+        read(&self.limits)
+            .quota
+            .is_some_and(|q| self.bytes_total() >= q)
+    }
+
+    /// A snapshot for the CLI, metrics and persistence.
+    pub fn usage(&self, now: Instant, ip_window: Duration) -> Usage {
+        let unique_ips = lock(&self.recent_ips)
+            .values()
+            .filter(|seen| now.duration_since(**seen) < ip_window)
+            .count() as u64;
+        Usage {
+            active_connections: self.active.load(Ordering::Relaxed),
+            unique_ips,
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            operator_disabled: self.operator_disabled.load(Ordering::Relaxed),
+            rejections: lock(&self.rejections)
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+        }
+    }
+
+    /// Sets the operator's switch; returns the previous value.
+    pub fn set_operator_disabled(&self, disabled: bool) -> bool {
+        self.operator_disabled.swap(disabled, Ordering::Relaxed)
+    }
+
+    /// Restores persisted usage.
+    pub fn restore(&self, bytes_up: u64, bytes_down: u64, operator_disabled: bool) {
+        self.bytes_up.store(bytes_up, Ordering::Relaxed);
+        self.bytes_down.store(bytes_down, Ordering::Relaxed);
+        self.operator_disabled
+            .store(operator_disabled, Ordering::Relaxed);
+    }
+}
+
+/// A user's usage at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// Connections open.
+    pub active_connections: u64,
+    /// Distinct addresses in the window.
+    pub unique_ips: u64,
+    /// Bytes from clients.
+    pub bytes_up: u64,
+    /// Bytes from DCs.
+    pub bytes_down: u64,
+    /// Disabled by the operator.
+    pub operator_disabled: bool,
+    /// Refusals by reason.
+    pub rejections: BTreeMap<String, u64>,
+}
+
+/// An admitted connection; releases its slot when dropped.
+#[derive(Debug)]
+pub struct ActiveConnection(Arc<Account>);
+
+impl ActiveConnection {
+    /// The account it belongs to.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// All accounts by name.
+#[derive(Debug, Default)]
+pub struct Accounts {
+    by_name: RwLock<BTreeMap<String, Arc<Account>>>,
+}
+
+impl Accounts {
+    /// The account for `name`, created if new, with `limits` applied.
+    pub fn upsert(&self, name: &str, limits: Limits) -> Arc<Account> {
+        let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        let account = map
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Account::new(name, limits.clone())));
+        *account.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+        account.clone()
+    }
+
+    /// Drops accounts whose names are not in `keep` (users removed from the config). Their
+    /// open connections finish normally.
+    pub fn retain(&self, keep: &[&str]) {
+        self.by_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| keep.contains(&name.as_str()));
+    }
+
+    /// One account.
+    pub fn get(&self, name: &str) -> Option<Arc<Account>> {
+        read(&self.by_name).get(name).cloned()
+    }
+
+    /// All accounts, by name.
+    pub fn all(&self) -> Vec<Arc<Account>> {
+        read(&self.by_name).values().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(600);
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([198, 18, 0, n])
+    }
+
+    fn account(limits: Limits) -> Arc<Account> {
+        Accounts::default().upsert("alice", limits)
+    }
+
+    #[test]
+    fn max_connections_counts_open_ones() {
+        let a = account(Limits {
+            max_connections: Some(2),
+            ..Limits::default()
+        });
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let c1 = a.admit(ip(1), now, wall, WINDOW).expect("first");
+        let _c2 = a.admit(ip(1), now, wall, WINDOW).expect("second");
+        assert_eq!(
+            a.admit(ip(1), now, wall, WINDOW).map(|_| ()),
+            Err(Rejection::MaxConnections)
+        );
+        drop(c1);
+        assert!(a.admit(ip(1), now, wall, WINDOW).is_ok());
+        assert_eq!(a.usage(now, WINDOW).rejections["max_connections"], 1);
+    }
+
+    #[test]
+    fn unique_ips_over_a_window() {
+        let a = account(Limits {
+            max_unique_ips: Some(2),
+            ..Limits::default()
+        });
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        assert!(a.admit(ip(1), t0, wall, WINDOW).is_ok());
+        assert!(a.admit(ip(2), t0, wall, WINDOW).is_ok());
+        assert!(a.admit(ip(1), t0, wall, WINDOW).is_ok(), "known address");
+        assert_eq!(
+            a.admit(ip(3), t0, wall, WINDOW).map(|_| ()),
+            Err(Rejection::MaxUniqueIps)
+        );
+        let later = t0 + WINDOW + Duration::from_secs(1);
+        assert!(
+            a.admit(ip(3), later, wall, WINDOW).is_ok(),
+            "old ones aged out"
+        );
+        assert_eq!(a.usage(later, WINDOW).unique_ips, 1);
+    }
+
+    #[test]
+    fn quota_expiry_and_switches() {
+        let a = account(Limits {
+            quota: Some(1000),
+            ..Limits::default()
+        });
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        a.add_up(600);
+        assert!(!a.over_quota());
+        a.add_down(400);
+        assert!(a.over_quota());
+        assert_eq!(
+            a.admit(ip(1), now, wall, WINDOW).map(|_| ()),
+            Err(Rejection::Quota)
+        );
+
+        let b = account(Limits {
+            expires: Some(wall - Duration::from_secs(1)),
+            ..Limits::default()
+        });
+        assert_eq!(
+            b.admit(ip(1), now, wall, WINDOW).map(|_| ()),
+            Err(Rejection::Expired)
+        );
+
+        let c = account(Limits::default());
+        c.set_operator_disabled(true);
+        assert_eq!(
+            c.admit(ip(1), now, wall, WINDOW).map(|_| ()),
+            Err(Rejection::Disabled)
+        );
+        c.set_operator_disabled(false);
+        assert!(c.admit(ip(1), now, wall, WINDOW).is_ok());
+    }
+
+    #[test]
+    fn accounts_survive_limit_changes() {
+        let accounts = Accounts::default();
+        let a = accounts.upsert("alice", Limits::default());
+        a.add_up(5);
+        let again = accounts.upsert(
+            "alice",
+            Limits {
+                quota: Some(10),
+                ..Limits::default()
+            },
+        );
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(again.limits().quota, Some(10));
+        accounts.retain(&[]);
+        assert!(accounts.get("alice").is_none());
+    }
+}
