@@ -12,7 +12,7 @@ use tokio::{
 use crate::{
     config::{Config, XdpMode},
     misuse::Misuse,
-    relay::RelayContext,
+    relay::{RelayContext, accounts::Accounts, context::replay_cache},
     server,
     shield::{Enforcement, Shield},
     users,
@@ -58,7 +58,15 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
 
     let shield = Arc::new(RwLock::new(shield));
     let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
-    let relay = Arc::new(RelayContext::new(&config, users, misuse.clone()));
+    let accounts = Arc::new(Accounts::default());
+    let replay = replay_cache(&config);
+    let relay = Arc::new(RelayContext::new(
+        &config,
+        users,
+        &accounts,
+        replay.clone(),
+        misuse.clone(),
+    ));
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {

@@ -2,6 +2,7 @@
 //! and client, and the daemon-side state it acts on.
 
 pub mod api;
+pub mod store;
 
 use std::future::Future;
 

@@ -201,6 +201,18 @@ impl Account {
     }
 }
 
+impl super::pump::Meter for Account {
+    fn from_client(&self, n: u64) {
+        self.add_up(n);
+    }
+    fn from_upstream(&self, n: u64) {
+        self.add_down(n);
+    }
+    fn exhausted(&self) -> bool {
+        self.over_quota()
+    }
+}
+
 /// A user's usage at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {

@@ -7,8 +7,9 @@ use std::{
     time::Duration,
 };
 
+use super::accounts::{Account, Accounts};
 use crate::{
-    config::Config,
+    config::{Config, OnLimit},
     misuse::Misuse,
     proto::{ModeSet, Secret, replay::ReplayCache},
 };
@@ -50,17 +51,55 @@ pub struct RelayContext {
     pub handshake_timeout: Duration,
     /// Limit for a relayed pair with no traffic.
     pub idle_timeout: Duration,
-    /// Handshake keys seen recently.
-    pub replay: Mutex<ReplayCache>,
+    /// Each user's account, same order as `users`.
+    pub accounts: Vec<Arc<Account>>,
+    /// Window for `max_unique_ips`.
+    pub unique_ips_window: Duration,
+    /// What a connection refused by a user limit gets.
+    pub on_limit: OnLimit,
+    /// Handshake keys seen recently (shared across reloads).
+    pub replay: Arc<Mutex<ReplayCache>>,
     /// Counts failures and bans sources.
     pub misuse: Arc<Misuse>,
 }
 
+/// A replay cache sized by `[replay]`, remembering keys for both edges of the timestamp window.
+pub fn replay_cache(config: &Config) -> Arc<Mutex<ReplayCache>> {
+    Arc::new(Mutex::new(ReplayCache::new(
+        config.replay.memory_bytes,
+        2 * u64::from(config.tls.time_skew_secs),
+    )))
+}
+
 impl RelayContext {
-    /// Builds the context from a validated config and the resolved users.
-    pub fn new(config: &Config, users: Vec<RelayUser>, misuse: Arc<Misuse>) -> RelayContext {
+    /// Builds the context from a validated config and the resolved users. `accounts` and
+    /// `replay` carry over from the previous context on reload.
+    pub fn new(
+        config: &Config,
+        users: Vec<RelayUser>,
+        accounts: &Accounts,
+        replay: Arc<Mutex<ReplayCache>>,
+        misuse: Arc<Misuse>,
+    ) -> RelayContext {
         let time_skew_secs = u64::from(config.tls.time_skew_secs);
+        let limits: std::collections::HashMap<&str, _> = config
+            .users
+            .iter()
+            .map(|u| (u.name.as_str(), u.limits()))
+            .collect();
+        let accounts: Vec<Arc<Account>> = users
+            .iter()
+            .map(|u| {
+                accounts.upsert(
+                    &u.name,
+                    limits.get(u.name.as_str()).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
         RelayContext {
+            accounts,
+            unique_ips_window: Duration::from_secs(config.server.unique_ips_window_secs),
+            on_limit: config.server.on_limit,
             secrets: users.iter().map(|u| u.secret.clone()).collect(),
             users,
             modes: config.server.modes,
@@ -74,11 +113,7 @@ impl RelayContext {
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             handshake_timeout: Duration::from_secs(config.timeouts.handshake_secs),
             idle_timeout: Duration::from_secs(config.timeouts.idle_secs),
-            // Keys must outlive both edges of the timestamp window.
-            replay: Mutex::new(ReplayCache::new(
-                config.replay.memory_bytes,
-                2 * time_skew_secs,
-            )),
+            replay,
             misuse,
         }
     }

@@ -37,6 +37,7 @@ pub async fn front(client: TcpStream, seen: Vec<u8>, failure: Failure, ctx: &Rel
         Passthrough,
         Passthrough,
         ctx.idle_timeout,
+        &(),
     )
     .await;
     tracing::debug!(

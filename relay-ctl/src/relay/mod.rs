@@ -9,16 +9,21 @@ pub mod pump;
 pub mod transform;
 pub mod upstream;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 pub use self::context::RelayContext;
 use self::{
+    accounts::Account,
     handshake::{Accepted, Failure},
     transform::{ToClient, ToUpstream},
 };
-use crate::{misuse::Offence, proto::tls::record::RecordDecoder};
+use crate::{config::OnLimit, misuse::Offence, proto::tls::record::RecordDecoder};
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContext>) {
@@ -32,7 +37,27 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContex
     .await
     .unwrap_or(Err(Failure::Timeout));
     match outcome {
-        Ok(accepted) => relay(client, accepted, &ctx).await,
+        Ok(accepted) => {
+            let account = &ctx.accounts[accepted.user];
+            match account.admit(
+                peer.ip(),
+                Instant::now(),
+                SystemTime::now(),
+                ctx.unique_ips_window,
+            ) {
+                Ok(active) => relay(client, accepted, active.account(), &ctx).await,
+                Err(rejection) => {
+                    tracing::info!(
+                        user = account.name,
+                        reason = rejection.name(),
+                        "connection refused by user limit"
+                    );
+                    if ctx.on_limit == OnLimit::Front && !accepted.tls {
+                        front::front(client, seen, Failure::Garbage, &ctx).await;
+                    }
+                }
+            }
+        }
         Err(failure) => {
             tracing::debug!(reason = failure.name(), "handshake failed");
             if let Some(offence) = failure.offence() {
@@ -45,8 +70,8 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContex
     }
 }
 
-async fn relay(client: TcpStream, accepted: Accepted, ctx: &RelayContext) {
-    let user = ctx.users[accepted.user].name.as_str();
+async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &RelayContext) {
+    let user = account.name.as_str();
     let Accepted {
         handshake,
         tls,
@@ -81,6 +106,7 @@ async fn relay(client: TcpStream, accepted: Accepted, ctx: &RelayContext) {
         to_upstream,
         to_client,
         ctx.idle_timeout,
+        account,
     )
     .await;
     tracing::debug!(

@@ -34,6 +34,25 @@ pub trait Transform: Send {
 #[error("{0}")]
 pub struct TransformError(pub String);
 
+/// Observes the bytes of a relayed pair (per-user accounting) and can stop it.
+pub trait Meter: Sync {
+    /// `n` bytes were read from the client.
+    fn from_client(&self, n: u64) {
+        let _ = n;
+    }
+    /// `n` bytes were read from the upstream.
+    fn from_upstream(&self, n: u64) {
+        let _ = n;
+    }
+    /// Whether the pair must stop now (a quota is used up).
+    fn exhausted(&self) -> bool {
+        false
+    }
+}
+
+/// No accounting (fronting).
+impl Meter for () {}
+
 /// How a relayed pair ended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PumpStats {
@@ -54,6 +73,9 @@ pub enum PumpError {
     /// Undecodable bytes.
     #[error("protocol: {0}")]
     Protocol(#[from] TransformError),
+    /// The meter said stop.
+    #[error("quota exhausted")]
+    Exhausted,
 }
 
 /// Relays between `client` and `upstream` until both directions end, one fails, or nothing
@@ -64,6 +86,7 @@ pub async fn relay<CR, CW, UR, UW>(
     to_upstream: impl Transform,
     to_client: impl Transform,
     idle: Duration,
+    meter: &dyn Meter,
 ) -> (PumpStats, Option<PumpError>)
 where
     CR: AsyncRead + Unpin,
@@ -75,13 +98,23 @@ where
     let activity = Arc::new(AtomicU64::new(0));
     let up_counter = AtomicU64::new(0);
     let down_counter = AtomicU64::new(0);
+    let count_up = |n| {
+        up_counter.fetch_add(n, Ordering::Relaxed);
+        meter.from_client(n);
+        !meter.exhausted()
+    };
+    let count_down = |n| {
+        down_counter.fetch_add(n, Ordering::Relaxed);
+        meter.from_upstream(n);
+        !meter.exhausted()
+    };
     let up = one_way(
         client.0,
         upstream.1,
         to_upstream,
         &activity,
         start,
-        &up_counter,
+        &count_up,
     );
     let down = one_way(
         upstream.0,
@@ -89,7 +122,7 @@ where
         to_client,
         &activity,
         start,
-        &down_counter,
+        &count_down,
     );
     let watchdog = idle_watchdog(&activity, start, idle);
     tokio::pin!(up, down, watchdog);
@@ -125,7 +158,7 @@ async fn one_way<R, W>(
     mut transform: impl Transform,
     activity: &AtomicU64,
     start: Instant,
-    counter: &AtomicU64,
+    count: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<(), PumpError>
 where
     R: AsyncRead + Unpin,
@@ -140,7 +173,9 @@ where
             writer.shutdown().await?;
             return Ok(());
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if !count(n as u64) {
+            return Err(PumpError::Exhausted);
+        }
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         scratch.clear();
         let out = transform.transform(&mut buf[..n], &mut scratch)?;
@@ -205,6 +240,7 @@ mod tests {
             Xor(1),
             Xor(2),
             Duration::from_secs(5),
+            &(),
         ));
 
         let (mut client_r, mut client_w) = tokio::io::split(client);
@@ -252,6 +288,7 @@ mod tests {
             Passthrough,
             Passthrough,
             Duration::from_secs(30),
+            &(),
         )
         .await;
         assert!(stats.idle_timeout);

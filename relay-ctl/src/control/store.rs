@@ -1,0 +1,203 @@
+//! Persistence of operator state in `[state] dir`: operator lists, bans with their expiry, and
+//! per-user usage. Each file is replaced atomically (temp, fsync, rename, fsync dir), so a crash
+//! leaves the old or the new version. A file that cannot be parsed is renamed aside and
+//! reported, never silently emptied.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::state::{StateError, write_atomic};
+
+/// Operator-managed list entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lists {
+    /// Operator blocks.
+    #[serde(default)]
+    pub block: BTreeMap<String, BlockEntry>,
+    /// Operator allowlist entries.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// One operator block.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockEntry {
+    /// Operator's note.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Unix time the block lapses; none: permanent.
+    #[serde(default)]
+    pub expires_unix: Option<u64>,
+}
+
+/// A persisted ban.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedBan {
+    /// Banned address.
+    pub addr: String,
+    /// Ban reason name.
+    pub reason: String,
+    /// Count that crossed the threshold.
+    pub count: u32,
+    /// Unix time the ban lapses; none: permanent.
+    #[serde(default)]
+    pub expires_unix: Option<u64>,
+}
+
+/// A user's persisted usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedUsage {
+    /// Bytes from clients.
+    pub bytes_up: u64,
+    /// Bytes from DCs.
+    pub bytes_down: u64,
+    /// Disabled by the operator.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+const LISTS: &str = "lists.json";
+const BANS: &str = "bans.json";
+const USAGE: &str = "usage.json";
+
+impl Store {
+    /// A store in `dir` (created on first save).
+    pub fn new(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Operator lists; empty if never saved.
+    pub fn load_lists(&self) -> Result<Lists, StateError> {
+        self.load(LISTS)
+    }
+
+    /// Saved bans.
+    pub fn load_bans(&self) -> Result<Vec<SavedBan>, StateError> {
+        self.load(BANS)
+    }
+
+    /// Saved usage by user name.
+    pub fn load_usage(&self) -> Result<BTreeMap<String, SavedUsage>, StateError> {
+        self.load(USAGE)
+    }
+
+    /// Saves the operator lists.
+    pub fn save_lists(&self, lists: &Lists) -> Result<(), StateError> {
+        self.save(LISTS, lists)
+    }
+
+    /// Saves the bans.
+    pub fn save_bans(&self, bans: &[SavedBan]) -> Result<(), StateError> {
+        self.save(BANS, &bans)
+    }
+
+    /// Saves usage.
+    pub fn save_usage(&self, usage: &BTreeMap<String, SavedUsage>) -> Result<(), StateError> {
+        self.save(USAGE, usage)
+    }
+
+    fn load<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, StateError> {
+        let path = self.dir.join(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            // Keep the bad file for inspection; the caller starts from empty and says so.
+            let aside = path.with_extension(format!("json.corrupt-{}", unix_now()));
+            let moved = fs::rename(&path, &aside).is_ok();
+            StateError::Corrupt {
+                path: path.clone(),
+                message: if moved {
+                    format!("{e}; moved to {}", aside.display())
+                } else {
+                    format!("{e}; could not move it aside")
+                },
+            }
+        })
+    }
+
+    fn save<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        fs::create_dir_all(&self.dir).map_err(|source| StateError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let json = serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
+            path: self.dir.join(name),
+            message: format!("cannot serialise: {e}"),
+        })?;
+        write_atomic(&self.dir.join(name), &json)
+    }
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(&dir.path().join("state"));
+        assert_eq!(store.load_lists().expect("empty"), Lists::default());
+        let mut lists = Lists::default();
+        lists.block.insert(
+            "192.0.2.0/24".into(),
+            BlockEntry {
+                reason: Some("scanner".into()),
+                expires_unix: Some(4_000_000_000),
+            },
+        );
+        lists.allow.push("198.18.0.1/32".into());
+        store.save_lists(&lists).expect("save");
+        assert_eq!(store.load_lists().expect("load"), lists);
+    }
+
+    #[test]
+    fn corrupt_file_is_set_aside_and_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        fs::write(dir.path().join(BANS), "[{\"addr\": ").expect("write");
+        let err = store.load_bans().expect_err("corrupt");
+        assert!(err.to_string().contains("moved to"), "{err}");
+        let kept: Vec<_> = fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(kept.iter().any(|n| n.starts_with("bans.json.corrupt-")), "{kept:?}");
+        // The next load starts from empty.
+        assert!(store.load_bans().expect("gone").is_empty());
+    }
+
+    #[test]
+    fn unwritable_dir_is_an_error_not_a_panic() {
+        let store = Store::new(Path::new("/proc/relay-cannot-write-here"));
+        assert!(store.save_usage(&BTreeMap::new()).is_err());
+    }
+}
