@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod ebpf;
 pub mod gate;
 pub mod logging;

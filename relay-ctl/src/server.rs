@@ -2,12 +2,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::RwLock,
-};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::{clock::monotonic_ns, relay::RelayContext, shield::Shield};
+use crate::{clock::monotonic_ns, daemon::Daemon};
 
 /// Binds every listen address, failing with the address that could not be bound.
 pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
@@ -37,11 +34,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
 }
 
 /// Accepts on `listener` forever, checking each connection against the shield.
-pub async fn accept_loop(
-    listener: TcpListener,
-    shield: Arc<RwLock<Shield>>,
-    relay: Arc<RelayContext>,
-) {
+pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -52,13 +45,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let verdict = shield.read().await.admit(peer.ip(), monotonic_ns());
+        let verdict = daemon.shield.read().await.admit(peer.ip(), monotonic_ns());
         if verdict.drops() {
             tracing::debug!(verdict = verdict.name(), "connection refused");
             reset(stream);
             continue;
         }
-        tokio::spawn(crate::relay::serve(stream, peer, relay.clone()));
+        // Each connection keeps the context it started with; a reload affects only new ones.
+        tokio::spawn(crate::relay::serve(stream, peer, daemon.relay.load_full()));
     }
 }
 

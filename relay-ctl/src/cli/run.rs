@@ -1,23 +1,22 @@
 //! `relay-ctl run`: load and attach XDP (or fall back to userspace), listen, serve until
-//! SIGINT/SIGTERM, then detach.
+//! SIGINT/SIGTERM, then save state and detach. SIGHUP reloads the configuration.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::RwLock,
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{Config, XdpMode},
-    misuse::Misuse,
-    relay::{RelayContext, accounts::Accounts, context::replay_cache},
+    daemon::Daemon,
     server,
     shield::{Enforcement, Shield},
-    users,
     xdp::{self, XdpError, XdpProgram},
 };
+
+/// How often bans and usage are written to the state dir (operator changes are written at
+/// once).
+const SAVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs the relay until a termination signal.
 pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Result<()> {
@@ -27,13 +26,6 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
         "relay-ctl {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let (users, created) = users::resolve(&config).context("resolving users")?;
-    if created {
-        tracing::info!(
-            dir = %config.state.dir.display(),
-            "no [[users]] configured: generated a secret for user `default`"
-        );
-    }
     // Bind first: a taken port is the most common start-up failure and needs no BPF to find.
     let listeners = server::bind(&config.server.listen).await?;
 
@@ -55,52 +47,63 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
         }
     }
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
+    let daemon = Daemon::start(config_path.map(Path::to_owned), config, shield).await?;
 
-    let shield = Arc::new(RwLock::new(shield));
-    let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
-    let accounts = Arc::new(Accounts::default());
-    let replay = replay_cache(&config);
-    let relay = Arc::new(RelayContext::new(
-        &config,
-        users,
-        &accounts,
-        replay.clone(),
-        misuse.clone(),
-    ));
-    let sweeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            misuse.sweep().await;
-        }
-    });
-    let mut accept_tasks = Vec::new();
+    let mut tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
-        accept_tasks.push(tokio::spawn(server::accept_loop(
-            listener,
-            shield.clone(),
-            relay.clone(),
-        )));
+        tasks.push(tokio::spawn(server::accept_loop(listener, daemon.clone())));
     }
+    tasks.push(tokio::spawn(upkeep(daemon.clone())));
     if print_links {
         // Links carry secrets: stdout only, never the log.
         super::link::run(config_path, None, None)?;
     }
-    tracing::info!(enforcement = %shield.read().await.enforcement(), "ready");
+    tracing::info!(enforcement = %daemon.shield.read().await.enforcement(), "ready");
 
-    wait_for_termination().await?;
-    for task in &accept_tasks {
+    serve_signals(&daemon).await?;
+    for task in &tasks {
         task.abort();
     }
-    sweeper.abort();
-    shield.write().await.shutdown();
+    daemon.save_runtime_state().await;
+    daemon.shield.write().await.shutdown();
     if let Some(task) = log_task {
         task.abort();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sweeps expiries every second and saves runtime state every [`SAVE_EVERY`].
+async fn upkeep(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_save = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        daemon.sweep().await;
+        if last_save.elapsed() >= SAVE_EVERY {
+            daemon.save_runtime_state().await;
+            last_save = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Handles SIGHUP (reload) until SIGINT or SIGTERM.
+async fn serve_signals(daemon: &Daemon) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
+            _ = hup.recv() => match daemon.reload().await {
+                Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                Err(e) => tracing::error!("SIGHUP: configuration rejected, keeping the running one: {e:#}"),
+            },
+        }
+    }
 }
 
 /// Loads and attaches XDP as the config asks; where XDP cannot be used, explains why once and
@@ -140,14 +143,4 @@ fn fall_back(
         // The operator asked for a specific mode: not getting it is an error, not a fallback.
         Err(anyhow::anyhow!("{reason}"))
     }
-}
-
-async fn wait_for_termination() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    Ok(())
 }

@@ -14,6 +14,7 @@ use crate::{clock::monotonic_ns, config, gate::SourceKey, shield::Shield};
 /// Detector plus the shield it bans through.
 pub struct Misuse {
     detector: std::sync::Mutex<Detector>,
+    bans_total: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     shield: Arc<RwLock<Shield>>,
     ban_ttl: std::sync::Mutex<Duration>,
 }
@@ -28,6 +29,7 @@ impl Misuse {
                 config.max_sources,
             )),
             shield,
+            bans_total: std::sync::Mutex::default(),
             ban_ttl: std::sync::Mutex::new(Duration::from_secs(config.ban_secs)),
         }
     }
@@ -60,15 +62,25 @@ impl Misuse {
             .await
             .ban(source, ban.reason, Some(ttl), ban.count)
         {
-            Ok(()) => tracing::warn!(
+            Ok(()) => {
+                *lock(&self.bans_total)
+                    .entry(ban.reason.name().to_owned())
+                    .or_insert(0) += 1;
+                tracing::warn!(
                 %source,
                 reason = ban.reason.name(),
                 count = ban.count,
                 ttl_secs = ttl.as_secs(),
                 "source banned"
-            ),
+                );
+            }
             Err(e) => tracing::error!(%source, "ban could not be written: {e}"),
         }
+    }
+
+    /// Bans issued since start, by reason.
+    pub fn bans_total(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.bans_total).clone()
     }
 
     /// Lifts expired bans and forgets aged-out counts; run periodically.

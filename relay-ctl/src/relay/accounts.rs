@@ -202,10 +202,10 @@ impl Account {
 }
 
 impl super::pump::Meter for Account {
-    fn from_client(&self, n: u64) {
+    fn client_bytes(&self, n: u64) {
         self.add_up(n);
     }
-    fn from_upstream(&self, n: u64) {
+    fn upstream_bytes(&self, n: u64) {
         self.add_down(n);
     }
     fn exhausted(&self) -> bool {

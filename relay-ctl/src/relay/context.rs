@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use super::accounts::{Account, Accounts};
+use super::{
+    accounts::{Account, Accounts},
+    stats::RelayStats,
+};
 use crate::{
     config::{Config, OnLimit},
     misuse::Misuse,
@@ -61,6 +64,8 @@ pub struct RelayContext {
     pub replay: Arc<Mutex<ReplayCache>>,
     /// Counts failures and bans sources.
     pub misuse: Arc<Misuse>,
+    /// Relay-wide counters (shared across reloads).
+    pub stats: Arc<RelayStats>,
 }
 
 /// A replay cache sized by `[replay]`, remembering keys for both edges of the timestamp window.
@@ -80,6 +85,7 @@ impl RelayContext {
         accounts: &Accounts,
         replay: Arc<Mutex<ReplayCache>>,
         misuse: Arc<Misuse>,
+        stats: Arc<RelayStats>,
     ) -> RelayContext {
         let time_skew_secs = u64::from(config.tls.time_skew_secs);
         let limits: std::collections::HashMap<&str, _> = config
@@ -115,6 +121,7 @@ impl RelayContext {
             idle_timeout: Duration::from_secs(config.timeouts.idle_secs),
             replay,
             misuse,
+            stats,
         }
     }
 }

@@ -47,6 +47,19 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every failure, in discriminant order.
+    pub const ALL: [Failure; 9] = [
+        Failure::BadSecret,
+        Failure::UnknownSni,
+        Failure::BadTimestamp,
+        Failure::Replay,
+        Failure::Timeout,
+        Failure::Garbage,
+        Failure::ModeDisabled,
+        Failure::Closed,
+        Failure::BadAfterFlight,
+    ];
+
     /// Stable snake_case name for logs and metrics.
     pub const fn name(self) -> &'static str {
         match self {
@@ -97,14 +110,21 @@ pub struct Accepted {
     /// Decrypted-to-be client bytes that followed the header (still obfuscated2 ciphertext;
     /// for TLS already stripped of record framing).
     pub early_data: Vec<u8>,
+    /// For fake TLS: the record decoder, possibly inside a record, to continue with.
+    pub records: Option<RecordDecoder>,
 }
 
 /// Runs the client handshake. Every byte read is appended to `seen`, so a failed connection
 /// can be replayed to the mask host exactly as the client sent it.
+///
+/// `answered` is set once the fake-TLS server flight has been sent: from then on the client
+/// has seen the relay speak, so whatever happens (even a timeout that cancels this future) the
+/// connection must be closed, not fronted.
 pub async fn accept(
     client: &mut TcpStream,
     ctx: &RelayContext,
     seen: &mut Vec<u8>,
+    answered: &mut bool,
 ) -> Result<Accepted, Failure> {
     while seen.len() < 3 {
         read_more(client, seen).await?;
@@ -116,7 +136,7 @@ pub async fn accept(
         if !ctx.modes.contains(Mode::Tls) {
             return Err(Failure::ModeDisabled);
         }
-        return accept_tls(client, ctx, seen).await;
+        return accept_tls(client, ctx, seen, answered).await;
     }
     if !ctx.modes.contains(Mode::Classic) && !ctx.modes.contains(Mode::Secure) {
         // TLS-only: anything else is a probe.
@@ -157,6 +177,7 @@ async fn accept_obfs2(
         early_data: seen[HEADER_LEN..].to_vec(),
         handshake,
         tls: false,
+        records: None,
     })
 }
 
@@ -164,6 +185,7 @@ async fn accept_tls(
     client: &mut TcpStream,
     ctx: &RelayContext,
     seen: &mut Vec<u8>,
+    answered: &mut bool,
 ) -> Result<Accepted, Failure> {
     let mut reader = ClientHelloReader::new();
     let mut fed = 0;
@@ -192,10 +214,11 @@ async fn accept_tls(
         let cert_len = tls::flight::plausible_cert_len(&mut rng);
         tls::flight::server_flight(&mut rng, &ctx.secrets[user], &verified, cert_len)
     };
+    *answered = true;
     client
         .write_all(&flight)
         .await
-        .map_err(|_| Failure::Closed)?;
+        .map_err(|_| Failure::BadAfterFlight)?;
 
     // From here on the client has its answer: failures close instead of fronting.
     let mut decoder = RecordDecoder::new();
@@ -207,7 +230,7 @@ async fn accept_tls(
     let mut buf = vec![0u8; 4096];
     while payload.len() < HEADER_LEN {
         let n = match client.read(&mut buf).await {
-            Ok(0) | Err(_) => return Err(Failure::Closed),
+            Ok(0) | Err(_) => return Err(Failure::BadAfterFlight),
             Ok(n) => n,
         };
         let m = decoder
@@ -232,6 +255,7 @@ async fn accept_tls(
         handshake,
         tls: true,
         early_data: payload[HEADER_LEN..].to_vec(),
+        records: Some(decoder),
     })
 }
 

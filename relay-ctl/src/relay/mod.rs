@@ -6,6 +6,7 @@ pub mod context;
 pub mod front;
 pub mod handshake;
 pub mod pump;
+pub mod stats;
 pub mod transform;
 pub mod upstream;
 
@@ -23,19 +24,28 @@ use self::{
     handshake::{Accepted, Failure},
     transform::{ToClient, ToUpstream},
 };
-use crate::{config::OnLimit, misuse::Offence, proto::tls::record::RecordDecoder};
+use crate::{config::OnLimit, misuse::Offence};
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContext>) {
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
     let _ = client.set_nodelay(true);
+    let _active = ctx.stats.connection();
     let mut seen = Vec::new();
+    let mut answered = false;
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::accept(&mut client, &ctx, &mut seen),
+        handshake::accept(&mut client, &ctx, &mut seen, &mut answered),
     )
     .await
-    .unwrap_or(Err(Failure::Timeout));
+    .unwrap_or(Err(Failure::Timeout))
+    .map_err(|failure| {
+        if answered {
+            Failure::BadAfterFlight
+        } else {
+            failure
+        }
+    });
     match outcome {
         Ok(accepted) => {
             let account = &ctx.accounts[accepted.user];
@@ -60,6 +70,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContex
         }
         Err(failure) => {
             tracing::debug!(reason = failure.name(), "handshake failed");
+            ctx.stats.failure(failure);
             if let Some(offence) = failure.offence() {
                 ctx.misuse.report(peer.ip(), offence).await;
             }
@@ -76,6 +87,7 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
         handshake,
         tls,
         mut early_data,
+        records,
         ..
     } = accepted;
     let fast = ctx.fast_mode.then_some(&handshake.encrypt_keys);
@@ -87,8 +99,7 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
             return;
         }
     };
-    let mut to_upstream =
-        ToUpstream::new(handshake.decrypt, leg.encrypt, tls.then(RecordDecoder::new));
+    let mut to_upstream = ToUpstream::new(handshake.decrypt, leg.encrypt, records);
     // In fast mode the DC already encrypts with the client's keystream.
     let to_client = ToClient::new(
         (!ctx.fast_mode).then_some((leg.decrypt, handshake.encrypt)),

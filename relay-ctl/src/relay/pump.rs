@@ -37,11 +37,11 @@ pub struct TransformError(pub String);
 /// Observes the bytes of a relayed pair (per-user accounting) and can stop it.
 pub trait Meter: Sync {
     /// `n` bytes were read from the client.
-    fn from_client(&self, n: u64) {
+    fn client_bytes(&self, n: u64) {
         let _ = n;
     }
     /// `n` bytes were read from the upstream.
-    fn from_upstream(&self, n: u64) {
+    fn upstream_bytes(&self, n: u64) {
         let _ = n;
     }
     /// Whether the pair must stop now (a quota is used up).
@@ -100,12 +100,12 @@ where
     let down_counter = AtomicU64::new(0);
     let count_up = |n| {
         up_counter.fetch_add(n, Ordering::Relaxed);
-        meter.from_client(n);
+        meter.client_bytes(n);
         !meter.exhausted()
     };
     let count_down = |n| {
         down_counter.fetch_add(n, Ordering::Relaxed);
-        meter.from_upstream(n);
+        meter.upstream_bytes(n);
         !meter.exhausted()
     };
     let up = one_way(

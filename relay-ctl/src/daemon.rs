@@ -1,0 +1,605 @@
+//! The running daemon's state and the operations on it: admin requests, config reload,
+//! persistence, periodic upkeep. `cli::run` wires it to sockets and signals.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use relay_common::{BanReason, Verdict};
+use tokio::sync::RwLock;
+
+use crate::{
+    clock::monotonic_ns,
+    config::{Cidr, Config},
+    control::{
+        Handler,
+        api::{BanInfo, ErrorKind, PrefixEntry, Reply, Request, Response, Stats, UserInfo},
+        store::{BlockEntry, Lists, SavedBan, SavedUsage, Store, unix_now},
+    },
+    misuse::Misuse,
+    proto::replay::ReplayCache,
+    relay::{
+        RelayContext,
+        accounts::{Account, Accounts},
+        context::replay_cache,
+        stats::RelayStats,
+    },
+    shield::{ListSource, Shield},
+    users,
+    xdp::PrefixList,
+};
+
+/// Everything the running relay shares between its tasks.
+pub struct Daemon {
+    config_path: Option<PathBuf>,
+    config: ArcSwap<Config>,
+    /// The enforcement policy.
+    pub shield: Arc<RwLock<Shield>>,
+    /// The misuse detector.
+    pub misuse: Arc<Misuse>,
+    accounts: Arc<Accounts>,
+    replay: Arc<Mutex<ReplayCache>>,
+    /// What new connections are served with; replaced on reload.
+    pub relay: ArcSwap<RelayContext>,
+    store: Store,
+    /// Operator lists, as persisted. Serialises changes (and their saves).
+    lists: tokio::sync::Mutex<Lists>,
+    started: Instant,
+}
+
+/// Why the daemon could not start or reload.
+pub type DaemonResult<T> = anyhow::Result<T>;
+
+impl Daemon {
+    /// Builds the daemon around an enforcement `shield`, restoring persisted state.
+    pub async fn start(
+        config_path: Option<PathBuf>,
+        config: Config,
+        shield: Shield,
+    ) -> DaemonResult<Arc<Daemon>> {
+        let (users, created) = users::resolve(&config)?;
+        if created {
+            tracing::info!(
+                dir = %config.state.dir.display(),
+                "no [[users]] configured: generated a secret for user `default`"
+            );
+        }
+        let shield = Arc::new(RwLock::new(shield));
+        let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
+        let accounts = Arc::new(Accounts::default());
+        let replay = replay_cache(&config);
+        let stats = Arc::new(RelayStats::default());
+        let relay = RelayContext::new(
+            &config,
+            users,
+            &accounts,
+            replay.clone(),
+            misuse.clone(),
+            stats.clone(),
+        );
+        let store = Store::new(&config.state.dir);
+        let daemon = Arc::new(Daemon {
+            config_path,
+            config: ArcSwap::from_pointee(config),
+            shield,
+            misuse,
+            accounts,
+            replay,
+            relay: ArcSwap::from_pointee(relay),
+            store,
+            lists: tokio::sync::Mutex::new(Lists::default()),
+            started: Instant::now(),
+        });
+        daemon.restore().await;
+        Ok(daemon)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Reloads the config file: on success users, limits, lists and thresholds change for new
+    /// connections (established ones and XDP stay); on failure the old config stays.
+    pub async fn reload(&self) -> DaemonResult<()> {
+        let Some(path) = &self.config_path else {
+            anyhow::bail!("running on the embedded default configuration: nothing to reload");
+        };
+        let new = Config::load(path)?;
+        let old = self.config();
+        if new.server.listen != old.server.listen {
+            tracing::warn!("[server] listen changed: takes effect only after a restart");
+        }
+        let (users, _) = users::resolve(&new)?;
+        self.shield
+            .write()
+            .await
+            .apply(&new)
+            .map_err(|e| anyhow::anyhow!("applying lists and limits: {e}"))?;
+        self.misuse.reconfigure(&new.misuse);
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        self.accounts.retain(&names);
+        let relay = RelayContext::new(
+            &new,
+            users,
+            &self.accounts,
+            self.replay.clone(),
+            self.misuse.clone(),
+            self.relay.load().stats.clone(),
+        );
+        self.relay.store(Arc::new(relay));
+        self.config.store(Arc::new(new));
+        Ok(())
+    }
+
+    /// Loads operator lists, bans and usage from the state dir. A corrupt file is reported
+    /// (and set aside by the store) and its part starts empty.
+    async fn restore(&self) {
+        match self.store.load_lists() {
+            Ok(lists) => {
+                if let Err(e) = self.apply_lists(&lists).await {
+                    tracing::error!("restoring operator lists: {e}");
+                }
+                *self.lists.lock().await = lists;
+            }
+            Err(e) => tracing::error!("state: {e}"),
+        }
+        match self.store.load_bans() {
+            Ok(bans) => {
+                let now = unix_now();
+                let mut shield = self.shield.write().await;
+                for ban in bans {
+                    let (Ok(addr), Some(reason)) = (
+                        ban.addr.parse::<IpAddr>(),
+                        BanReason::ALL.into_iter().find(|r| r.name() == ban.reason),
+                    ) else {
+                        tracing::warn!(addr = ban.addr, "state: skipping unreadable ban");
+                        continue;
+                    };
+                    let ttl = match ban.expires_unix {
+                        None => None,
+                        Some(t) if t > now => Some(Duration::from_secs(t - now)),
+                        Some(_) => continue,
+                    };
+                    if let Err(e) = shield.ban(addr, reason, ttl, ban.count) {
+                        tracing::error!(%addr, "restoring ban: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!("state: {e}"),
+        }
+        match self.store.load_usage() {
+            Ok(usage) => {
+                for (name, saved) in usage {
+                    if let Some(account) = self.accounts.get(&name) {
+                        account.restore(saved.bytes_up, saved.bytes_down, saved.disabled);
+                    }
+                }
+            }
+            Err(e) => tracing::error!("state: {e}"),
+        }
+    }
+
+    /// Pushes operator lists into the shield.
+    async fn apply_lists(&self, lists: &Lists) -> Result<(), String> {
+        let now = unix_now();
+        let block: BTreeSet<Cidr> = lists
+            .block
+            .iter()
+            .filter(|(_, e)| e.expires_unix.is_none_or(|t| t > now))
+            .filter_map(|(c, _)| c.parse().ok())
+            .collect();
+        let allow: BTreeSet<Cidr> = lists.allow.iter().filter_map(|c| c.parse().ok()).collect();
+        let mut shield = self.shield.write().await;
+        shield
+            .set_prefixes(PrefixList::Block, ListSource::Operator, block)
+            .map_err(|e| e.to_string())?;
+        shield
+            .set_prefixes(PrefixList::Allow, ListSource::Operator, allow)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Persists the changed operator lists, then applies them: a change the disk could not keep
+    /// is not made. `change` returns `Err(message)` when the thing to change does not exist.
+    async fn change_lists(
+        &self,
+        change: impl FnOnce(&mut Lists) -> Result<Reply, String>,
+    ) -> Response {
+        let mut lists = self.lists.lock().await;
+        let mut new = lists.clone();
+        let reply = match change(&mut new) {
+            Ok(reply) => reply,
+            Err(message) => return not_found(message),
+        };
+        if let Err(e) = self.store.save_lists(&new) {
+            return failed(format!("not saved, nothing changed: {e}"));
+        }
+        if let Err(e) = self.apply_lists(&new).await {
+            *lists = new;
+            return failed(format!("saved, but the kernel map refused it: {e}"));
+        }
+        *lists = new;
+        Response::Ok { data: reply }
+    }
+
+    /// Saves bans and usage; called periodically and at shutdown.
+    pub async fn save_runtime_state(&self) {
+        let bans = self.saved_bans().await;
+        if let Err(e) = self.store.save_bans(&bans) {
+            tracing::error!("saving bans: {e}");
+        }
+        let usage: BTreeMap<String, SavedUsage> = self
+            .accounts
+            .all()
+            .iter()
+            .map(|a| {
+                let u = a.usage(Instant::now(), Duration::ZERO);
+                (
+                    a.name.clone(),
+                    SavedUsage {
+                        bytes_up: u.bytes_up,
+                        bytes_down: u.bytes_down,
+                        disabled: u.operator_disabled,
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = self.store.save_usage(&usage) {
+            tracing::error!("saving usage: {e}");
+        }
+    }
+
+    async fn saved_bans(&self) -> Vec<SavedBan> {
+        let now_mono = monotonic_ns();
+        let now = unix_now();
+        self.shield
+            .read()
+            .await
+            .bans()
+            .map(|b| SavedBan {
+                addr: b.addr.to_string(),
+                reason: b.reason.name().to_owned(),
+                count: b.count,
+                expires_unix: b.remaining(now_mono).map(|d| now + d.as_secs()),
+            })
+            .collect()
+    }
+
+    /// Periodic upkeep: lapsed bans and operator blocks, aged-out detector state.
+    pub async fn sweep(&self) {
+        self.misuse.sweep().await;
+        let now = unix_now();
+        let expired: Vec<String> = self
+            .lists
+            .lock()
+            .await
+            .block
+            .iter()
+            .filter(|(_, e)| e.expires_unix.is_some_and(|t| t <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        if !expired.is_empty() {
+            let response = self
+                .change_lists(|lists| {
+                    for cidr in &expired {
+                        lists.block.remove(cidr);
+                    }
+                    Ok(Reply::Done)
+                })
+                .await;
+            tracing::info!(
+                count = expired.len(),
+                ok = matches!(response, Response::Ok { .. }),
+                "operator blocks lapsed"
+            );
+        }
+    }
+
+    fn user_info(&self, account: &Account) -> UserInfo {
+        let relay = self.relay.load();
+        let usage = account.usage(Instant::now(), relay.unique_ips_window);
+        let limits = account.limits();
+        let blocked = account.blocked(std::time::SystemTime::now());
+        UserInfo {
+            name: account.name.clone(),
+            enabled: blocked.is_none(),
+            blocked_reason: blocked.map(|r| r.name().to_owned()),
+            active_connections: usage.active_connections,
+            unique_ips: usage.unique_ips,
+            bytes_up: usage.bytes_up,
+            bytes_down: usage.bytes_down,
+            quota: limits.quota,
+            expires: limits
+                .expires
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            max_connections: limits.max_connections,
+            max_unique_ips: limits.max_unique_ips,
+            rejections: usage.rejections,
+        }
+    }
+
+    async fn stats(&self) -> Stats {
+        let shield = self.shield.read().await;
+        let verdicts = shield
+            .verdict_counts()
+            .map(|counts| {
+                Verdict::ALL
+                    .iter()
+                    .map(|v| (v.name().to_owned(), counts[*v as usize]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let relay = self.relay.load();
+        Stats {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            enforcement: shield.enforcement().to_string(),
+            verdicts,
+            connections_accepted: relay.stats.accepted(),
+            connections_active: relay.stats.active(),
+            handshake_failures: relay.stats.failures(),
+            bans_active: shield.bans().count() as u64,
+            bans_total: self.misuse.bans_total(),
+            blocklist_entries: shield.prefix_counts(PrefixList::Block),
+            users: self
+                .accounts
+                .all()
+                .iter()
+                .map(|a| self.user_info(a))
+                .collect(),
+        }
+    }
+
+    async fn handle_request(&self, request: Request) -> Response {
+        match request {
+            Request::BlockAdd {
+                cidr,
+                ttl_secs,
+                reason,
+            } => {
+                let cidr = match parse_cidr(&cidr) {
+                    Ok(c) => c,
+                    Err(message) => return bad_request(message),
+                };
+                self.change_lists(|lists| {
+                    lists.block.insert(
+                        cidr.to_string(),
+                        BlockEntry {
+                            reason,
+                            expires_unix: ttl_secs.map(|t| unix_now() + t),
+                        },
+                    );
+                    Ok(Reply::Done)
+                })
+                .await
+            }
+            Request::BlockRm { cidr } => {
+                let cidr = match parse_cidr(&cidr) {
+                    Ok(c) => c,
+                    Err(message) => return bad_request(message),
+                };
+                self.change_lists(|lists| match lists.block.remove(&cidr.to_string()) {
+                    Some(_) => Ok(Reply::Done),
+                    None => Err(format!("{cidr} is not an operator block")),
+                })
+                .await
+            }
+            Request::BlockImport { entries, source } => {
+                let mut parsed = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    match parse_cidr(e) {
+                        Ok(c) => parsed.push(c),
+                        Err(message) => return bad_request(message),
+                    }
+                }
+                self.change_lists(|lists| {
+                    let mut changed = 0;
+                    for cidr in parsed {
+                        let entry = BlockEntry {
+                            reason: Some(format!("imported from {source}")),
+                            expires_unix: None,
+                        };
+                        if lists.block.insert(cidr.to_string(), entry).is_none() {
+                            changed += 1;
+                        }
+                    }
+                    Ok(Reply::Count { changed })
+                })
+                .await
+            }
+            Request::BlockList => self.list(PrefixList::Block).await,
+            Request::AllowAdd { cidr } => {
+                let cidr = match parse_cidr(&cidr) {
+                    Ok(c) => c.to_string(),
+                    Err(message) => return bad_request(message),
+                };
+                self.change_lists(|lists| {
+                    if !lists.allow.contains(&cidr) {
+                        lists.allow.push(cidr);
+                    }
+                    Ok(Reply::Done)
+                })
+                .await
+            }
+            Request::AllowRm { cidr } => {
+                let cidr = match parse_cidr(&cidr) {
+                    Ok(c) => c.to_string(),
+                    Err(message) => return bad_request(message),
+                };
+                self.change_lists(|lists| {
+                    let before = lists.allow.len();
+                    lists.allow.retain(|c| *c != cidr);
+                    if lists.allow.len() == before {
+                        return Err(format!("{cidr} is not an operator allowlist entry"));
+                    }
+                    Ok(Reply::Done)
+                })
+                .await
+            }
+            Request::AllowList => self.list(PrefixList::Allow).await,
+            Request::BansList => {
+                let now = monotonic_ns();
+                let bans = self
+                    .shield
+                    .read()
+                    .await
+                    .bans()
+                    .map(|b| BanInfo {
+                        addr: b.addr.to_string(),
+                        reason: b.reason.name().to_owned(),
+                        count: b.count,
+                        expires_in_secs: b.remaining(now).map(|d| d.as_secs()),
+                    })
+                    .collect();
+                Response::Ok {
+                    data: Reply::Bans { bans },
+                }
+            }
+            Request::BansRm { addr } => {
+                let Ok(addr) = addr.parse::<IpAddr>() else {
+                    return bad_request(format!("`{addr}` is not an IP address"));
+                };
+                let removed = self.shield.write().await.unban(addr);
+                if removed.is_none() {
+                    return not_found(format!("no ban covers {addr}"));
+                }
+                self.persist_bans().await
+            }
+            Request::BansClear => {
+                let changed = {
+                    let mut shield = self.shield.write().await;
+                    let addrs: Vec<IpAddr> = shield.bans().map(|b| b.addr).collect();
+                    addrs
+                        .into_iter()
+                        .filter(|a| shield.unban(*a).is_some())
+                        .count()
+                };
+                match self.persist_bans().await {
+                    Response::Ok { .. } => Response::Ok {
+                        data: Reply::Count { changed },
+                    },
+                    err => err,
+                }
+            }
+            Request::UsersList => Response::Ok {
+                data: Reply::Users {
+                    users: self
+                        .accounts
+                        .all()
+                        .iter()
+                        .map(|a| self.user_info(a))
+                        .collect(),
+                },
+            },
+            Request::UsersShow { name } => match self.accounts.get(&name) {
+                Some(a) => Response::Ok {
+                    data: Reply::Users {
+                        users: vec![self.user_info(&a)],
+                    },
+                },
+                None => not_found(format!("no user named `{name}`")),
+            },
+            Request::UsersEnable { name } => self.set_user_disabled(&name, false).await,
+            Request::UsersDisable { name } => self.set_user_disabled(&name, true).await,
+            Request::Stats => Response::Ok {
+                data: Reply::Stats(self.stats().await),
+            },
+        }
+    }
+
+    async fn list(&self, list: PrefixList) -> Response {
+        let operator = self.lists.lock().await.clone();
+        let now = unix_now();
+        let entries = self
+            .shield
+            .read()
+            .await
+            .prefixes(list)
+            .into_iter()
+            .map(|(cidr, source)| {
+                let op = (source == ListSource::Operator)
+                    .then(|| operator.block.get(&cidr.to_string()))
+                    .flatten();
+                PrefixEntry {
+                    cidr: cidr.to_string(),
+                    source: source.to_string(),
+                    reason: op.and_then(|e| e.reason.clone()),
+                    expires_in_secs: op
+                        .and_then(|e| e.expires_unix)
+                        .map(|t| t.saturating_sub(now)),
+                }
+            })
+            .collect();
+        Response::Ok {
+            data: Reply::Prefixes { entries },
+        }
+    }
+
+    async fn persist_bans(&self) -> Response {
+        let bans = self.saved_bans().await;
+        match self.store.save_bans(&bans) {
+            Ok(()) => Response::Ok { data: Reply::Done },
+            Err(e) => failed(format!("ban state not saved: {e}")),
+        }
+    }
+
+    async fn set_user_disabled(&self, name: &str, disabled: bool) -> Response {
+        let Some(account) = self.accounts.get(name) else {
+            return not_found(format!("no user named `{name}`"));
+        };
+        let before = account.set_operator_disabled(disabled);
+        // Persist now: the operator was told it is done.
+        let mut usage = self.store.load_usage().unwrap_or_default();
+        let u = account.usage(Instant::now(), Duration::ZERO);
+        usage.insert(
+            name.to_owned(),
+            SavedUsage {
+                bytes_up: u.bytes_up,
+                bytes_down: u.bytes_down,
+                disabled,
+            },
+        );
+        if let Err(e) = self.store.save_usage(&usage) {
+            account.set_operator_disabled(before);
+            return failed(format!("not saved, nothing changed: {e}"));
+        }
+        Response::Ok { data: Reply::Done }
+    }
+}
+
+impl Handler for Daemon {
+    async fn handle(&self, request: Request, _caller_uid: u32) -> Response {
+        self.handle_request(request).await
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::from_str(s)
+}
+
+fn bad_request(message: String) -> Response {
+    Response::Error {
+        kind: ErrorKind::BadRequest,
+        message,
+    }
+}
+
+fn not_found(message: String) -> Response {
+    Response::Error {
+        kind: ErrorKind::NotFound,
+        message,
+    }
+}
+
+fn failed(message: String) -> Response {
+    Response::Error {
+        kind: ErrorKind::Failed,
+        message,
+    }
+}
