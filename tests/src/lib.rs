@@ -1,6 +1,8 @@
 //! Test support for relay: network namespaces, the relay process, probes, kernel state, frames.
 pub mod fake_dc;
 pub mod kernel;
+pub mod mask;
+pub mod mtproto_client;
 pub mod netns;
 pub mod packet;
 pub mod privilege;
