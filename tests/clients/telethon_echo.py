@@ -35,7 +35,7 @@ async def run(args):
         for size in args.sizes:
             # Telethon's codecs need whole 32-bit words.
             payload = os.urandom(size)
-            conn.send(payload)
+            await conn.send(payload)
             got = await asyncio.wait_for(conn.recv(), args.timeout)
             if got != payload:
                 return {"ok": False, "size": size, "got": len(got or b""), "echoed": echoed}

@@ -7,4 +7,5 @@ pub mod netns;
 pub mod packet;
 pub mod privilege;
 pub mod probe;
+pub mod pyclient;
 pub mod relay;

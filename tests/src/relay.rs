@@ -36,7 +36,11 @@ pub struct Relay {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     lines: mpsc::Receiver<String>,
-    _config: tempfile::TempPath,
+    /// The config text the relay runs with (including the added `[admin]`/`[state]`).
+    pub config: String,
+    /// Where that config is (rewrite it and [`Relay::reload`] to change it).
+    pub config_path: tempfile::TempPath,
+    _dir: tempfile::TempDir,
 }
 
 impl Relay {
@@ -52,11 +56,22 @@ impl Relay {
     }
 
     fn spawn(netns: Option<&str>, config: &str) -> Relay {
+        // Each relay gets its own admin socket and state dir unless the test chose them.
+        let dir = tempfile::tempdir().expect("relay temp dir");
+        let mut config = config.to_owned();
+        if !config.contains("[admin]") {
+            let socket = dir.path().join("admin.sock");
+            config.push_str(&format!("\n[admin]\nsocket = {:?}\n", socket.display().to_string()));
+        }
+        if !config.contains("[state]") {
+            let state = dir.path().join("state");
+            config.push_str(&format!("\n[state]\ndir = {:?}\n", state.display().to_string()));
+        }
         let file = tempfile::Builder::new()
             .suffix(".toml")
             .tempfile()
             .expect("temp config");
-        std::fs::write(file.path(), config).expect("write config");
+        std::fs::write(file.path(), &config).expect("write config");
         let path = file.into_temp_path();
         let mut command = match netns {
             Some(ns) => {
@@ -93,7 +108,9 @@ impl Relay {
             child,
             log,
             lines,
-            _config: path,
+            config: config.clone(),
+            config_path: path,
+            _dir: dir,
         };
         relay.wait_for("ready", Duration::from_secs(30));
         relay
@@ -133,6 +150,17 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGHUP (config reload).
+    pub fn reload(&self) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, Signal::SIGHUP).expect("SIGHUP");
     }
 
     /// Everything logged so far.

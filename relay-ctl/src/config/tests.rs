@@ -164,3 +164,12 @@ fn duplicate_users_are_rejected() {
         "twice",
     );
 }
+
+#[test]
+fn the_documented_example_parses() {
+    let text = include_str!("../../../contrib/relay.example.toml");
+    let config = Config::parse(text, Origin::Embedded).expect("contrib/relay.example.toml");
+    assert_eq!(config.users.len(), 2);
+    assert_eq!(config.users[1].limits().quota, Some(50 << 30));
+    assert_eq!(config.admin.mode, 0o600);
+}

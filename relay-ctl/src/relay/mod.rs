@@ -99,6 +99,7 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
             return;
         }
     };
+    tracing::debug!(user, dc = handshake.dc, "relaying");
     let mut to_upstream = ToUpstream::new(handshake.decrypt, leg.encrypt, records);
     // In fast mode the DC already encrypts with the client's keystream.
     let to_client = ToClient::new(
