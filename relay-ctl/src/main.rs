@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use relay_ctl::cli::{Cli, Command, ConfigCommand, SecretCommand};
+use relay_ctl::cli::{
+    Cli, Command, ConfigCommand, SecretCommand,
+    admin::{self, AdminCommand},
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,6 +32,18 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => relay_ctl::cli::config_check::run(file.as_deref()),
+        // Admin commands have their own exit statuses (see `relay-ctl block --help`).
+        Command::Block { admin, command } => {
+            return admin::run(&admin, AdminCommand::Block(command));
+        }
+        Command::Allow { admin, command } => {
+            return admin::run(&admin, AdminCommand::Allow(command));
+        }
+        Command::Bans { admin, command } => return admin::run(&admin, AdminCommand::Bans(command)),
+        Command::Users { admin, command } => {
+            return admin::run(&admin, AdminCommand::Users(command));
+        }
+        Command::Stats { admin } => return admin::run(&admin, AdminCommand::Stats),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -61,11 +61,17 @@ impl Relay {
         let mut config = config.to_owned();
         if !config.contains("[admin]") {
             let socket = dir.path().join("admin.sock");
-            config.push_str(&format!("\n[admin]\nsocket = {:?}\n", socket.display().to_string()));
+            config.push_str(&format!(
+                "\n[admin]\nsocket = {:?}\n",
+                socket.display().to_string()
+            ));
         }
         if !config.contains("[state]") {
             let state = dir.path().join("state");
-            config.push_str(&format!("\n[state]\ndir = {:?}\n", state.display().to_string()));
+            config.push_str(&format!(
+                "\n[state]\ndir = {:?}\n",
+                state.display().to_string()
+            ));
         }
         let file = tempfile::Builder::new()
             .suffix(".toml")

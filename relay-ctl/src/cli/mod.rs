@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+pub mod admin;
 pub mod config_check;
 pub mod link;
 pub mod run;
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 /// relay: a Telegram MTProto proxy whose abuse defences run in the kernel.
 #[derive(Debug, Parser)]
-#[command(name = "relay-ctl", version, about)]
+#[command(name = "relay-ctl", version, about, after_help = admin::EXIT_STATUS_HELP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -62,6 +63,53 @@ pub enum Command {
         /// What to do with the configuration.
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Operator blocklist of the running daemon: add, remove, list, import netsets.
+    #[command(after_help = admin::EXIT_STATUS_HELP)]
+    Block {
+        /// Admin socket and output options.
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::BlockCommand,
+    },
+    /// Operator allowlist of the running daemon.
+    #[command(after_help = admin::EXIT_STATUS_HELP)]
+    Allow {
+        /// Admin socket and output options.
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::AllowCommand,
+    },
+    /// Automatic bans of misbehaving sources.
+    #[command(after_help = admin::EXIT_STATUS_HELP)]
+    Bans {
+        /// Admin socket and output options.
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::BansCommand,
+    },
+    /// Users of the running daemon: usage, enable, disable.
+    #[command(after_help = admin::EXIT_STATUS_HELP)]
+    Users {
+        /// Admin socket and output options.
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::UsersCommand,
+    },
+    /// Counters of the running daemon.
+    #[command(after_help = admin::EXIT_STATUS_HELP)]
+    Stats {
+        /// Admin socket and output options.
+        #[command(flatten)]
+        admin: admin::AdminArgs,
     },
 }
 

@@ -47,7 +47,18 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
         }
     }
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
+    let admin = config.admin.clone();
     let daemon = Daemon::start(config_path.map(Path::to_owned), config, shield).await?;
+
+    let admin_server = crate::control::server::serve(
+        &admin.socket,
+        admin.mode,
+        admin.group.as_deref(),
+        daemon.clone(),
+    )
+    .await
+    .context("starting the admin socket")?;
+    tracing::info!(socket = %admin.socket.display(), "admin socket ready");
 
     let mut tasks = Vec::new();
     for listener in listeners {
@@ -66,6 +77,7 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     for task in &tasks {
         task.abort();
     }
+    drop(admin_server);
     daemon.save_runtime_state().await;
     daemon.shield.write().await.shutdown();
     if let Some(task) = log_task {
@@ -75,16 +87,23 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     Ok(())
 }
 
-/// Sweeps expiries every second and saves runtime state every [`SAVE_EVERY`].
+/// Sweeps expiries every second, saves runtime state every [`SAVE_EVERY`], re-reads feeds
+/// every `[blocklist] refresh_secs`.
 async fn upkeep(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_save = tokio::time::Instant::now();
+    let mut last_feeds = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         daemon.sweep().await;
         if last_save.elapsed() >= SAVE_EVERY {
             daemon.save_runtime_state().await;
             last_save = tokio::time::Instant::now();
+        }
+        let refresh = Duration::from_secs(daemon.config().blocklist.refresh_secs.max(1));
+        if last_feeds.elapsed() >= refresh {
+            daemon.refresh_feeds().await;
+            last_feeds = tokio::time::Instant::now();
         }
     }
 }

@@ -2,6 +2,9 @@
 //! and client, and the daemon-side state it acts on.
 
 pub mod api;
+pub mod client;
+pub mod netset;
+pub mod server;
 pub mod store;
 
 use std::future::Future;

@@ -190,7 +190,10 @@ mod tests {
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(kept.iter().any(|n| n.starts_with("bans.json.corrupt-")), "{kept:?}");
+        assert!(
+            kept.iter().any(|n| n.starts_with("bans.json.corrupt-")),
+            "{kept:?}"
+        );
         // The next load starts from empty.
         assert!(store.load_bans().expect("gone").is_empty());
     }

@@ -1,0 +1,388 @@
+//! Human-readable renderings of the daemon's replies.
+
+use std::collections::BTreeMap;
+
+use super::{
+    duration,
+    table::{NONE, Table, pairs},
+};
+use crate::control::api::{BanInfo, PrefixEntry, Reply, Stats, UserInfo};
+
+/// What to say for replies that carry no listing.
+#[derive(Debug, Clone, Copy)]
+pub struct Messages<'a> {
+    /// For [`Reply::Done`], e.g. `blocked 192.0.2.0/24`.
+    pub done: &'a str,
+    /// For [`Reply::Count`], after the number, e.g. `bans lifted`.
+    pub counted: &'a str,
+}
+
+/// Renders any reply; `detail` shows users one by one instead of as a table.
+pub fn reply(reply: &Reply, messages: Messages<'_>, detail: bool) -> String {
+    match reply {
+        Reply::Done => format!("{}\n", messages.done),
+        Reply::Count { changed } => format!("{changed} {}\n", messages.counted),
+        Reply::Prefixes { entries } => prefixes(entries),
+        Reply::Bans { bans: list } => bans(list),
+        Reply::Users { users: list } if detail => {
+            if list.is_empty() {
+                "no such user\n".to_owned()
+            } else {
+                list.iter().map(user_detail).collect::<Vec<_>>().join("\n")
+            }
+        }
+        Reply::Users { users: list } => users(list),
+        Reply::Stats(s) => stats(s),
+    }
+}
+
+fn expires(secs: Option<u64>) -> String {
+    secs.map_or_else(|| "never".to_owned(), duration::format)
+}
+
+fn or_none(value: Option<&str>) -> String {
+    value.unwrap_or(NONE).to_owned()
+}
+
+/// Block- or allowlist entries.
+pub fn prefixes(entries: &[PrefixEntry]) -> String {
+    if entries.is_empty() {
+        return "no entries\n".to_owned();
+    }
+    let mut t = Table::new(&["CIDR", "SOURCE", "EXPIRES", "REASON"])
+        .optional("EXPIRES")
+        .optional("REASON");
+    for e in entries {
+        t.row(vec![
+            e.cidr.clone(),
+            e.source.clone(),
+            e.expires_in_secs
+                .map_or_else(|| NONE.to_owned(), duration::format),
+            or_none(e.reason.as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// Bans in force.
+pub fn bans(list: &[BanInfo]) -> String {
+    if list.is_empty() {
+        return "no bans\n".to_owned();
+    }
+    let mut t = Table::new(&["ADDR", "REASON", "COUNT", "EXPIRES"]);
+    for b in list {
+        t.row(vec![
+            b.addr.clone(),
+            b.reason.clone(),
+            b.count.to_string(),
+            expires(b.expires_in_secs),
+        ]);
+    }
+    t.render()
+}
+
+fn status(u: &UserInfo) -> String {
+    match (u.enabled, &u.blocked_reason) {
+        (true, _) => "enabled".to_owned(),
+        // The daemon's reasons may already say so ("disabled by operator").
+        (false, Some(reason)) if reason.starts_with("disabled") => reason.clone(),
+        (false, Some(reason)) => format!("disabled ({reason})"),
+        (false, None) => "disabled".to_owned(),
+    }
+}
+
+fn of_limit(used: u64, limit: Option<u64>) -> String {
+    match limit {
+        Some(limit) => format!("{used}/{limit}"),
+        None => used.to_string(),
+    }
+}
+
+fn quota(u: &UserInfo) -> String {
+    match u.quota {
+        Some(q) => format!(
+            "{}/{}",
+            bytes(u.bytes_up.saturating_add(u.bytes_down)),
+            bytes(q)
+        ),
+        None => NONE.to_owned(),
+    }
+}
+
+/// Users as a table.
+pub fn users(list: &[UserInfo]) -> String {
+    if list.is_empty() {
+        return "no users\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        "NAME", "STATUS", "CONNS", "IPS", "UP", "DOWN", "QUOTA", "EXPIRES",
+    ])
+    .optional("QUOTA")
+    .optional("EXPIRES");
+    for u in list {
+        t.row(vec![
+            u.name.clone(),
+            status(u),
+            of_limit(u.active_connections, u.max_connections),
+            of_limit(u.unique_ips, u.max_unique_ips),
+            bytes(u.bytes_up),
+            bytes(u.bytes_down),
+            quota(u),
+            or_none(u.expires.as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// One user, field by field.
+pub fn user_detail(u: &UserInfo) -> String {
+    let limit = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+    let mut out = pairs(&[
+        ("name", u.name.clone()),
+        ("status", status(u)),
+        (
+            "connections",
+            format!(
+                "{} (limit {})",
+                u.active_connections,
+                limit(u.max_connections)
+            ),
+        ),
+        (
+            "unique ips",
+            format!("{} (limit {})", u.unique_ips, limit(u.max_unique_ips)),
+        ),
+        ("bytes up", bytes(u.bytes_up)),
+        ("bytes down", bytes(u.bytes_down)),
+        (
+            "quota",
+            u.quota.map_or_else(|| "none".to_owned(), |_| quota(u)),
+        ),
+        (
+            "expires",
+            u.expires.clone().unwrap_or_else(|| "never".to_owned()),
+        ),
+    ]);
+    if !u.rejections.is_empty() {
+        out.push('\n');
+        out.push_str(&counts("REJECTED BY", &u.rejections));
+    }
+    out
+}
+
+fn counts(header: &'static str, map: &BTreeMap<String, u64>) -> String {
+    let mut t = Table::new(&[header, "COUNT"]);
+    for (k, v) in map {
+        t.row(vec![k.clone(), v.to_string()]);
+    }
+    t.render()
+}
+
+/// The daemon's counters.
+pub fn stats(s: &Stats) -> String {
+    let mut out = pairs(&[
+        ("version", s.version.clone()),
+        ("uptime", duration::format(s.uptime_secs)),
+        ("enforcement", s.enforcement.clone()),
+        (
+            "connections",
+            format!(
+                "{} active, {} accepted",
+                s.connections_active, s.connections_accepted
+            ),
+        ),
+        (
+            "bans",
+            format!(
+                "{} active, {} issued",
+                s.bans_active,
+                s.bans_total.values().sum::<u64>()
+            ),
+        ),
+    ]);
+    for (header, map) in [
+        ("VERDICT", &s.verdicts),
+        ("HANDSHAKE FAILURE", &s.handshake_failures),
+        ("BAN REASON", &s.bans_total),
+        ("BLOCKLIST SOURCE", &s.blocklist_entries),
+    ] {
+        if !map.is_empty() {
+            out.push('\n');
+            out.push_str(&counts(header, map));
+        }
+    }
+    if !s.users.is_empty() {
+        out.push('\n');
+        out.push_str(&users(&s.users));
+    }
+    out
+}
+
+/// Bytes in IEC units: `512 B`, `1.5 KiB`, `3.2 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            enabled: true,
+            blocked_reason: None,
+            active_connections: 2,
+            unique_ips: 1,
+            bytes_up: 1536,
+            bytes_down: 10 << 20,
+            quota: None,
+            expires: None,
+            max_connections: Some(10),
+            max_unique_ips: None,
+            rejections: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(10 << 20), "10.0 MiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn prefix_table_with_ipv6_and_expiry() {
+        let entries = vec![
+            PrefixEntry {
+                cidr: "192.0.2.0/24".into(),
+                source: "operator".into(),
+                reason: Some("scanner".into()),
+                expires_in_secs: Some(7_380),
+            },
+            PrefixEntry {
+                cidr: "2001:db8:1234:5678::/64".into(),
+                source: "config".into(),
+                reason: None,
+                expires_in_secs: None,
+            },
+        ];
+        assert_eq!(
+            prefixes(&entries),
+            "\
+CIDR                     SOURCE    EXPIRES  REASON
+192.0.2.0/24             operator  2h3m     scanner
+2001:db8:1234:5678::/64  config    -        -
+"
+        );
+        assert_eq!(prefixes(&[]), "no entries\n");
+    }
+
+    #[test]
+    fn allowlist_without_expiry_or_reason_drops_those_columns() {
+        let entries = vec![PrefixEntry {
+            cidr: "10.0.0.0/8".into(),
+            source: "config".into(),
+            reason: None,
+            expires_in_secs: None,
+        }];
+        assert_eq!(
+            prefixes(&entries),
+            "CIDR        SOURCE\n10.0.0.0/8  config\n"
+        );
+    }
+
+    #[test]
+    fn ban_table() {
+        let list = vec![BanInfo {
+            addr: "2001:db8::1".into(),
+            reason: "bad_secret".into(),
+            count: 20,
+            expires_in_secs: Some(600),
+        }];
+        assert_eq!(
+            bans(&list),
+            "ADDR         REASON      COUNT  EXPIRES\n2001:db8::1  bad_secret  20     10m\n"
+        );
+    }
+
+    #[test]
+    fn user_table_and_detail() {
+        let mut bob = user("bob");
+        bob.enabled = false;
+        bob.blocked_reason = Some("quota exhausted".into());
+        bob.quota = Some(1 << 30);
+        bob.rejections.insert("quota".into(), 3);
+        let table = users(&[user("alice"), bob.clone()]);
+        assert_eq!(
+            table,
+            "\
+NAME   STATUS                      CONNS  IPS  UP       DOWN      QUOTA
+alice  enabled                     2/10   1    1.5 KiB  10.0 MiB  -
+bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 GiB
+"
+        );
+        let mut carol = user("carol");
+        carol.enabled = false;
+        carol.blocked_reason = Some("disabled by operator".into());
+        assert_eq!(status(&carol), "disabled by operator");
+        let detail = user_detail(&bob);
+        assert!(
+            detail.contains("status       disabled (quota exhausted)\n"),
+            "{detail}"
+        );
+        assert!(detail.contains("unique ips   1 (limit none)\n"), "{detail}");
+        assert!(
+            detail.contains("REJECTED BY  COUNT\nquota        3\n"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn stats_summary_and_sections() {
+        let mut s = Stats {
+            version: "0.1.0".into(),
+            uptime_secs: 3_700,
+            enforcement: "XDP on eth0 (native)".into(),
+            connections_accepted: 10,
+            connections_active: 1,
+            bans_active: 1,
+            ..Stats::default()
+        };
+        s.verdicts.insert("pass".into(), 100);
+        s.bans_total.insert("bad_secret".into(), 2);
+        let text = stats(&s);
+        assert!(
+            text.starts_with("version      0.1.0\nuptime       1h1m\n"),
+            "{text}"
+        );
+        assert!(text.contains("bans         1 active, 2 issued\n"), "{text}");
+        assert!(text.contains("VERDICT  COUNT\npass     100\n"), "{text}");
+        assert!(!text.contains("HANDSHAKE FAILURE"), "{text}");
+    }
+
+    #[test]
+    fn done_and_count_messages() {
+        let m = Messages {
+            done: "blocked 192.0.2.0/24",
+            counted: "bans lifted",
+        };
+        assert_eq!(reply(&Reply::Done, m, false), "blocked 192.0.2.0/24\n");
+        assert_eq!(
+            reply(&Reply::Count { changed: 3 }, m, false),
+            "3 bans lifted\n"
+        );
+    }
+}
