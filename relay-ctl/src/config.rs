@@ -106,6 +106,70 @@ pub struct Config {
     /// The admin socket the CLI talks to.
     #[serde(default)]
     pub admin: Admin,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// Logging.
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// `[metrics]`: Prometheus text exposition over HTTP.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Address of the HTTP listener. The default is loopback: the figures (per-user traffic
+    /// among them) are for the operator, not the internet.
+    pub listen: SocketAddr,
+}
+
+/// Where the metrics endpoint listens unless configured.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9810);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            listen: DEFAULT_METRICS_LISTEN,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `"text"` (readable, for a terminal or journald) or `"json"` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `"info"` or `"warn,relay_ctl=debug"`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// How much of a client's address log lines show: `"none"`, `"truncated"` (/24, /48) or
+    /// `"full"`. Ban entries always show the banned address.
+    pub client_ips: crate::privacy::ClientIps,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+            client_ips: crate::privacy::ClientIps::Truncated,
+        }
+    }
+}
+
+/// See [`Log::format`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON objects, one per line.
+    Json,
 }
 
 /// `[admin]`
@@ -802,6 +866,15 @@ impl Config {
             return Err(invalid(
                 "handshake_secs",
                 "[timeouts] must be at least 1 second".to_owned(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "level",
+                format!(
+                    "[log] level `{}` is not a filter like \"info\" or \"warn,relay_ctl=debug\": {e}",
+                    self.log.level
+                ),
             ));
         }
         if self.xdp.interfaces.is_empty() {

@@ -6,7 +6,10 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -19,18 +22,22 @@ use crate::{
     config::{Cidr, Config},
     control::{
         Handler,
-        api::{BanInfo, ErrorKind, PrefixEntry, Reply, Request, Response, Stats, UserInfo},
+        api::{
+            BanInfo, ErrorKind, PrefixEntry, Reply, Request, Response, Stats, UserInfo,
+            XdpAttachment,
+        },
         store::{BlockEntry, Lists, SavedBan, SavedUsage, Store, unix_now},
     },
     misuse::Misuse,
     proto::replay::ReplayCache,
     relay::{
         RelayContext,
-        accounts::{Account, Accounts},
+        accounts::{Account, Accounts, Rejection},
         context::replay_cache,
         stats::RelayStats,
     },
-    shield::{ListSource, Shield},
+    shield::{Enforcement, ListSource, Shield},
+    state::StateError,
     users,
     xdp::PrefixList,
 };
@@ -50,7 +57,11 @@ pub struct Daemon {
     store: Store,
     /// Operator lists, as persisted. Serialises changes (and their saves).
     lists: tokio::sync::Mutex<Lists>,
+    /// Orders writes of bans.json and usage.json (snapshot and write under one lock).
+    saves: tokio::sync::Mutex<()>,
     started: Instant,
+    /// Configuration reloads that succeeded and that failed.
+    reloads: [AtomicU64; 2],
 }
 
 /// Why the daemon could not start or reload.
@@ -94,7 +105,9 @@ impl Daemon {
             relay: ArcSwap::from_pointee(relay),
             store,
             lists: tokio::sync::Mutex::new(Lists::default()),
+            saves: tokio::sync::Mutex::new(()),
             started: Instant::now(),
+            reloads: Default::default(),
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;
@@ -107,8 +120,15 @@ impl Daemon {
     }
 
     /// Reloads the config file: on success users, limits, lists and thresholds change for new
-    /// connections (established ones and XDP stay); on failure the old config stays.
+    /// connections (established ones and XDP stay); on failure the old config stays. Counted
+    /// for `relay_config_reloads_total`.
     pub async fn reload(&self) -> DaemonResult<()> {
+        let result = self.try_reload().await;
+        self.reloads[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn try_reload(&self) -> DaemonResult<()> {
         let Some(path) = &self.config_path else {
             anyhow::bail!("running on the embedded default configuration: nothing to reload");
         };
@@ -116,6 +136,12 @@ impl Daemon {
         let old = self.config();
         if new.server.listen != old.server.listen {
             tracing::warn!("[server] listen changed: takes effect only after a restart");
+        }
+        if new.metrics != old.metrics {
+            tracing::warn!("[metrics] changed: takes effect only after a restart");
+        }
+        if new.log.format != old.log.format {
+            tracing::warn!("[log] format changed: takes effect only after a restart");
         }
         let (users, _) = users::resolve(&new)?;
         self.shield
@@ -135,6 +161,7 @@ impl Daemon {
             self.relay.load().stats.clone(),
         );
         self.relay.store(Arc::new(relay));
+        crate::logging::reconfigure(&new.log);
         self.config.store(Arc::new(new));
         self.refresh_feeds().await;
         Ok(())
@@ -293,10 +320,25 @@ impl Daemon {
 
     /// Saves bans and usage; called periodically and at shutdown.
     pub async fn save_runtime_state(&self) {
-        let bans = self.saved_bans().await;
-        if let Err(e) = self.store.save_bans(&bans) {
+        if let Err(e) = self.save_bans().await {
             tracing::error!("saving bans: {e}");
         }
+        if let Err(e) = self.save_usage().await {
+            tracing::error!("saving usage: {e}");
+        }
+    }
+
+    /// Writes the current bans. The snapshot is taken under the save lock, so a save can never
+    /// overwrite a newer one with an older snapshot.
+    async fn save_bans(&self) -> Result<(), StateError> {
+        let _order = self.saves.lock().await;
+        let bans = self.saved_bans().await;
+        self.store.save_bans(&bans)
+    }
+
+    /// Writes every account's usage and operator switch (snapshot under the save lock).
+    async fn save_usage(&self) -> Result<(), StateError> {
+        let _order = self.saves.lock().await;
         let usage: BTreeMap<String, SavedUsage> = self
             .accounts
             .all()
@@ -313,9 +355,7 @@ impl Daemon {
                 )
             })
             .collect();
-        if let Err(e) = self.store.save_usage(&usage) {
-            tracing::error!("saving usage: {e}");
-        }
+        self.store.save_usage(&usage)
     }
 
     async fn saved_bans(&self) -> Vec<SavedBan> {
@@ -334,9 +374,16 @@ impl Daemon {
             .collect()
     }
 
-    /// Periodic upkeep: lapsed bans and operator blocks, aged-out detector state.
+    /// Periodic upkeep: lapsed bans and operator blocks, aged-out detector state, client
+    /// addresses older than the unique-IP window, idle userspace limiter state.
     pub async fn sweep(&self) {
         self.misuse.sweep().await;
+        let window = self.relay.load().unique_ips_window;
+        let now = Instant::now();
+        for account in self.accounts.all() {
+            account.forget_ips(now, window);
+        }
+        self.shield.read().await.forget_idle(monotonic_ns());
         let now = unix_now();
         let expired: Vec<String> = self
             .lists
@@ -372,7 +419,13 @@ impl Daemon {
         UserInfo {
             name: account.name.clone(),
             enabled: blocked.is_none(),
-            blocked_reason: blocked.map(|r| r.name().to_owned()),
+            blocked_reason: blocked.map(|r| match r {
+                Rejection::Disabled if account.disabled_in_config() => {
+                    "disabled in config".to_owned()
+                }
+                Rejection::Disabled => "disabled by operator".to_owned(),
+                other => other.name().to_owned(),
+            }),
             active_connections: usage.active_connections,
             unique_ips: usage.unique_ips,
             bytes_up: usage.bytes_up,
@@ -387,7 +440,8 @@ impl Daemon {
         }
     }
 
-    async fn stats(&self) -> Stats {
+    /// A snapshot of every counter: what `relay-ctl stats` shows and the metrics export.
+    pub async fn stats(&self) -> Stats {
         let shield = self.shield.read().await;
         let verdicts = shield
             .verdict_counts()
@@ -399,6 +453,27 @@ impl Daemon {
             })
             .unwrap_or_default();
         let relay = self.relay.load();
+        let mut bans_active_by_reason = BTreeMap::new();
+        for ban in shield.bans() {
+            *bans_active_by_reason
+                .entry(ban.reason.name().to_owned())
+                .or_insert(0) += 1;
+        }
+        let xdp_attached = match shield.enforcement() {
+            Enforcement::Kernel(program) => program
+                .attachments()
+                .map(|(interface, mode)| XdpAttachment {
+                    interface: interface.to_owned(),
+                    mode: mode.to_string(),
+                })
+                .collect(),
+            Enforcement::Userspace { .. } => Vec::new(),
+        };
+        let config_reloads = ["success", "failure"]
+            .iter()
+            .zip(&self.reloads)
+            .map(|(result, n)| ((*result).to_owned(), n.load(Ordering::Relaxed)))
+            .collect();
         Stats {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -416,6 +491,15 @@ impl Daemon {
                 .iter()
                 .map(|a| self.user_info(a))
                 .collect(),
+            connections_active_by_mode: relay.stats.active_by_state(),
+            handshakes: relay.stats.handshakes(),
+            fronted: relay.stats.fronted_by_reason(),
+            replays_detected: relay.stats.replays(),
+            relayed_bytes: relay.stats.relayed_bytes(),
+            bans_active_by_reason,
+            xdp_attached,
+            dc_connect: relay.stats.dc_connect_times(),
+            config_reloads,
         }
     }
 
@@ -571,7 +655,7 @@ impl Daemon {
             Request::UsersEnable { name } => self.set_user_disabled(&name, false).await,
             Request::UsersDisable { name } => self.set_user_disabled(&name, true).await,
             Request::Stats => Response::Ok {
-                data: Reply::Stats(self.stats().await),
+                data: Reply::Stats(Box::new(self.stats().await)),
             },
         }
     }
@@ -605,8 +689,7 @@ impl Daemon {
     }
 
     async fn persist_bans(&self) -> Response {
-        let bans = self.saved_bans().await;
-        match self.store.save_bans(&bans) {
+        match self.save_bans().await {
             Ok(()) => Response::Ok { data: Reply::Done },
             Err(e) => failed(format!("ban state not saved: {e}")),
         }
@@ -616,19 +699,14 @@ impl Daemon {
         let Some(account) = self.accounts.get(name) else {
             return not_found(format!("no user named `{name}`"));
         };
+        if !disabled && account.disabled_in_config() {
+            return bad_request(format!(
+                "user `{name}` is disabled in the configuration (enabled = false): enable it there and reload"
+            ));
+        }
         let before = account.set_operator_disabled(disabled);
-        // Persist now: the operator was told it is done.
-        let mut usage = self.store.load_usage().unwrap_or_default();
-        let u = account.usage(Instant::now(), Duration::ZERO);
-        usage.insert(
-            name.to_owned(),
-            SavedUsage {
-                bytes_up: u.bytes_up,
-                bytes_down: u.bytes_down,
-                disabled,
-            },
-        );
-        if let Err(e) = self.store.save_usage(&usage) {
+        // Persist now: the operator is told it is done only once it is on disk.
+        if let Err(e) = self.save_usage().await {
             account.set_operator_disabled(before);
             return failed(format!("not saved, nothing changed: {e}"));
         }

@@ -66,6 +66,16 @@ struct Limiter {
 const IDLE_FORGET_NS: u64 = 60 * 1_000_000_000;
 
 impl Gate {
+    /// Forgets limiter state of sources idle for a minute (their buckets are full again), so
+    /// the userspace limiter keeps an address no longer than that.
+    pub fn forget_idle(&self, now_ns: u64) {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .buckets
+            .retain(|_, b| now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS);
+    }
+
     /// Sets the tunables (same struct the kernel reads).
     pub fn set_config(&self, config: XdpConfig) {
         self.lists().config = Some(config);

@@ -10,7 +10,10 @@ use relay_ctl::cli::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    relay_ctl::logging::init();
+    // `run` installs the logger itself, as its configuration's `[log]` says.
+    if !matches!(cli.command, Command::Run { .. }) {
+        relay_ctl::logging::init();
+    }
     let result = match cli.command {
         Command::Run {
             config,

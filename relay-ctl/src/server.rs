@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument as _;
 
 use crate::{clock::monotonic_ns, daemon::Daemon};
 
@@ -40,19 +41,25 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
             Ok(conn) => conn,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                crate::warn_limited!((1, 5), "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let verdict = daemon.shield.read().await.admit(peer.ip(), monotonic_ns());
         if verdict.drops() {
-            tracing::debug!(verdict = verdict.name(), "connection refused");
+            tracing::debug!(
+                peer = %crate::privacy::addr(peer),
+                verdict = verdict.name(),
+                "connection refused"
+            );
             reset(stream);
             continue;
         }
+        // One span per connection; the peer in it is masked as `[log] client_ips` says.
+        let span = tracing::info_span!("conn", peer = %crate::privacy::addr(peer));
         // Each connection keeps the context it started with; a reload affects only new ones.
-        tokio::spawn(crate::relay::serve(stream, peer, daemon.relay.load_full()));
+        tokio::spawn(crate::relay::serve(stream, peer, daemon.relay.load_full()).instrument(span));
     }
 }
 

@@ -323,6 +323,11 @@ impl Shield {
         }
     }
 
+    /// Forgets idle userspace limiter state (see [`Gate::forget_idle`]).
+    pub fn forget_idle(&self, now_ns: u64) {
+        self.gate.forget_idle(now_ns);
+    }
+
     /// Verdict counters from wherever the policy is enforced.
     pub fn verdict_counts(&self) -> Result<[u64; Verdict::COUNT as usize], MapsError> {
         match &self.enforcement {

@@ -72,7 +72,10 @@ pub fn default_secret(dir: &Path) -> Result<(Secret, bool), StateError> {
 /// fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
+    // A unique temp name per write: two writers never interleave in one temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)

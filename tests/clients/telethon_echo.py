@@ -29,6 +29,10 @@ async def run(args):
         "149.154.167.51", 443, args.dc, loggers=loggers,
         proxy=(args.host, args.port, args.secret),
     )
+    if args.local_addr:
+        # Connection takes local_addr, but the MTProxy connections' __init__ (TcpMTProxy in
+        # tcpmtproxy.py) does not pass it on; Connection._connect still honours the attribute.
+        conn._local_addr = (args.local_addr, 0)
     await asyncio.wait_for(conn.connect(timeout=args.timeout), args.timeout + 5)
     echoed = []
     try:
@@ -40,6 +44,8 @@ async def run(args):
             if got != payload:
                 return {"ok": False, "size": size, "got": len(got or b""), "echoed": echoed}
             echoed.append(size)
+    except Exception as e:  # keep what was echoed before the failure
+        return {"ok": False, "error": f"{type(e).__name__}: {e}", "echoed": echoed}
     finally:
         await conn.disconnect()
     return {"ok": True, "echoed": echoed}
@@ -54,6 +60,7 @@ def main():
     p.add_argument("--transport", choices=sorted(TRANSPORTS), required=True)
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[16])
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--local-addr", help="source address to connect from (e.g. 127.0.0.2)")
     args = p.parse_args()
     for size in args.sizes:
         if size % 4 or size < 8:

@@ -1,7 +1,9 @@
 //! Test support for relay: network namespaces, the relay process, probes, kernel state, frames.
+pub mod bench;
 pub mod fake_dc;
 pub mod kernel;
 pub mod mask;
+pub mod metrics;
 pub mod mtproto_client;
 pub mod netns;
 pub mod packet;

@@ -102,6 +102,8 @@ pub struct Echo {
     pub op_timeout: Duration,
     /// Hard limit for the whole process; it is killed after this.
     pub deadline: Duration,
+    /// Source address to connect from (Telethon only; `None`: the kernel's choice).
+    pub local_addr: Option<String>,
 }
 
 impl Echo {
@@ -115,6 +117,7 @@ impl Echo {
             sizes: sizes.to_vec(),
             op_timeout: Duration::from_secs(90),
             deadline: Duration::from_secs(180),
+            local_addr: None,
         }
     }
 
@@ -122,6 +125,9 @@ impl Echo {
     pub fn telethon(&self, python: &Path, transport: Transport) -> ClientRun {
         let mut args = self.common_args();
         args.extend(["--transport".to_owned(), transport.name().to_owned()]);
+        if let Some(addr) = &self.local_addr {
+            args.extend(["--local-addr".to_owned(), addr.clone()]);
+        }
         run_script(python, "telethon_echo.py", &args, self.deadline)
     }
 

@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -40,22 +41,38 @@ pub struct Relay {
     pub config: String,
     /// Where that config is (rewrite it and [`Relay::reload`] to change it).
     pub config_path: tempfile::TempPath,
+    /// The metrics endpoint (`[metrics] listen`), if enabled. Unless the test's config has a
+    /// `[metrics]` section, each relay gets a free loopback port.
+    pub metrics: Option<SocketAddr>,
+    netns: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Relay {
     /// Starts `relay-ctl run --config <config>` inside `netns` and waits for its `ready` line.
     pub fn start(netns: &str, config: &str) -> Relay {
-        Relay::spawn(Some(netns), config)
+        Relay::spawn(Some(netns), config, None)
+    }
+
+    /// Like [`Relay::start`], logging with the tracing filter `log` instead of
+    /// `RELAY_TEST_LOG`.
+    pub fn start_with_log(netns: &str, config: &str, log: &str) -> Relay {
+        Relay::spawn(Some(netns), config, Some(log))
+    }
+
+    /// Like [`Relay::start_local`], logging with the tracing filter `log` (e.g. `trace`)
+    /// instead of `RELAY_TEST_LOG`.
+    pub fn start_local_with_log(config: &str, log: &str) -> Relay {
+        Relay::spawn(None, config, Some(log))
     }
 
     /// Starts relay-ctl in the test's own network namespace (for loopback-only tests, which
     /// should use `[xdp] mode = "off"`).
     pub fn start_local(config: &str) -> Relay {
-        Relay::spawn(None, config)
+        Relay::spawn(None, config, None)
     }
 
-    fn spawn(netns: Option<&str>, config: &str) -> Relay {
+    fn spawn(netns: Option<&str>, config: &str, log: Option<&str>) -> Relay {
         // Each relay gets its own admin socket and state dir unless the test chose them.
         let dir = tempfile::tempdir().expect("relay temp dir");
         let mut config = config.to_owned();
@@ -73,6 +90,19 @@ impl Relay {
                 state.display().to_string()
             ));
         }
+        if !config.contains("[metrics]") {
+            // Relays run in parallel: never the shared default port.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port for metrics")
+                .port();
+            config.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+        }
+        let metrics =
+            relay_ctl::config::Config::parse(&config, relay_ctl::config::Origin::Embedded)
+                .ok()
+                .filter(|c| c.metrics.enabled)
+                .map(|c| c.metrics.listen);
         let file = tempfile::Builder::new()
             .suffix(".toml")
             .tempfile()
@@ -92,7 +122,10 @@ impl Relay {
             .arg(&path)
             .env(
                 "RUST_LOG",
-                std::env::var("RELAY_TEST_LOG").unwrap_or_else(|_| "info,relay_ctl=debug".into()),
+                log.map(str::to_owned).unwrap_or_else(|| {
+                    std::env::var("RELAY_TEST_LOG")
+                        .unwrap_or_else(|_| "info,relay_ctl=debug".into())
+                }),
             )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -116,9 +149,20 @@ impl Relay {
             lines,
             config: config.clone(),
             config_path: path,
+            metrics,
+            netns: netns.map(str::to_owned),
             _dir: dir,
         };
-        relay.wait_for("ready", Duration::from_secs(30));
+        // The daemon's last start-up line is `ready` (text) or `"message":"ready"` (JSON);
+        // earlier ones such as `admin socket ready` come before it listens.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = relay.wait_for("ready", left.max(Duration::from_millis(1)));
+            if line.contains(": ready") || line.contains("\"message\":\"ready\"") {
+                break;
+            }
+        }
         relay
     }
 
@@ -158,6 +202,24 @@ impl Relay {
         }
     }
 
+    /// The metrics endpoint's current text (an HTTP GET of `/metrics`, from the relay's
+    /// namespace); panics if metrics are off or the request fails.
+    pub fn scrape(&self) -> String {
+        self.try_scrape()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
+    /// Like [`Relay::scrape`], returning the error.
+    pub fn try_scrape(&self) -> Result<String, String> {
+        let addr = self.metrics.ok_or("this relay has no metrics endpoint")?;
+        let get = move || crate::metrics::scrape(addr);
+        match &self.netns {
+            Some(ns) => crate::netns::in_namespace(ns, get),
+            None => get(),
+        }
+        .map_err(|e| format!("scraping {addr}: {e}"))
+    }
+
     /// The relay's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -167,6 +229,21 @@ impl Relay {
     pub fn reload(&self) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         nix::sys::signal::kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    }
+
+    /// Sends SIGKILL (the daemon gets no chance to save anything) and waits (bounded) for it to
+    /// die; returns the full log.
+    pub fn kill9(mut self) -> String {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, Signal::SIGKILL).expect("SIGKILL");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "relay-ctl survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let the reader thread catch the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        self.log()
     }
 
     /// Everything logged so far.

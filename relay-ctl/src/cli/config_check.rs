@@ -57,5 +57,24 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
         config.blocklist.cidrs.len(),
         config.allowlist.cidrs.len()
     );
+    println!(
+        "  metrics         {}",
+        if config.metrics.enabled {
+            let public = if config.metrics.listen.ip().is_loopback() {
+                ""
+            } else {
+                " (not loopback: firewall it)"
+            };
+            format!("http://{}/metrics{public}", config.metrics.listen)
+        } else {
+            "off".to_owned()
+        }
+    );
+    println!(
+        "  log             {:?}, level {}, client addresses {}",
+        config.log.format,
+        config.log.level,
+        config.log.client_ips.name()
+    );
     Ok(())
 }

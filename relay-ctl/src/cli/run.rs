@@ -21,6 +21,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Runs the relay until a termination signal.
 pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
+    crate::logging::init_with(&config.log);
     tracing::info!(
         config = %config_path.map_or_else(|| "embedded default".to_owned(), |p| p.display().to_string()),
         "relay-ctl {} starting",
@@ -59,6 +60,7 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     .await
     .context("starting the admin socket")?;
     tracing::info!(socket = %admin.socket.display(), "admin socket ready");
+    let metrics = crate::telemetry::install(&daemon.config().metrics)?;
 
     let mut tasks = Vec::new();
     for listener in listeners {
@@ -67,6 +69,10 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
         tasks.push(tokio::spawn(server::accept_loop(listener, daemon.clone())));
     }
     tasks.push(tokio::spawn(upkeep(daemon.clone())));
+    if let Some(listen) = metrics {
+        tasks.push(tokio::spawn(crate::telemetry::export(daemon.clone())));
+        tracing::info!(%listen, "metrics endpoint listening");
+    }
     if print_links {
         // Links carry secrets: stdout only, never the log.
         super::link::run(config_path, None, None)?;

@@ -172,4 +172,46 @@ fn the_documented_example_parses() {
     assert_eq!(config.users.len(), 2);
     assert_eq!(config.users[1].limits().quota, Some(50 << 30));
     assert_eq!(config.admin.mode, 0o600);
+    assert_eq!(config.metrics, crate::config::Metrics::default());
+    assert_eq!(config.log, crate::config::Log::default());
+}
+
+#[test]
+fn metrics_and_log_defaults_are_private() {
+    let config = Config::parse("[server]\nlisten = [\"0.0.0.0:443\"]\n", Origin::Embedded)
+        .expect("minimal config");
+    assert!(config.metrics.enabled);
+    assert!(config.metrics.listen.ip().is_loopback());
+    assert_eq!(config.metrics.listen.port(), 9810);
+    assert_eq!(config.log.format, crate::config::LogFormat::Text);
+    assert_eq!(config.log.level, "info");
+    assert_eq!(config.log.client_ips, crate::privacy::ClientIps::Truncated);
+    let config = Config::parse(
+        "[server]\nlisten = [\"0.0.0.0:443\"]\n[metrics]\nenabled = false\nlisten = \"[::1]:9000\"\n[log]\nformat = \"json\"\nlevel = \"warn,relay_ctl=debug\"\nclient_ips = \"none\"\n",
+        Origin::Embedded,
+    )
+    .expect("metrics and log");
+    assert!(!config.metrics.enabled);
+    assert_eq!(config.metrics.listen, "[::1]:9000".parse().expect("addr"));
+    assert_eq!(config.log.format, crate::config::LogFormat::Json);
+    assert_eq!(config.log.client_ips, crate::privacy::ClientIps::None);
+}
+
+#[test]
+fn bad_log_settings_are_rejected() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[log]\nclient_ips = \"partial\"\n",
+        4,
+        "unknown variant",
+    );
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[log]\nlevel = \"info,relay_ctl=loud\"\n",
+        4,
+        "[log] level",
+    );
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[metrics]\nlisten = \"localhost\"\n",
+        4,
+        "",
+    );
 }

@@ -149,8 +149,8 @@ pub enum Reply {
         /// The users.
         users: Vec<UserInfo>,
     },
-    /// Counters.
-    Stats(Stats),
+    /// Counters (boxed: much larger than the other replies).
+    Stats(Box<Stats>),
 }
 
 /// One allow- or blocklist entry.
@@ -242,4 +242,55 @@ pub struct Stats {
     pub blocklist_entries: BTreeMap<String, u64>,
     /// Users with usage.
     pub users: Vec<UserInfo>,
+    /// Connections open now by state: `handshake`, `classic`, `secure`, `tls`, `fronted`.
+    #[serde(default)]
+    pub connections_active_by_mode: BTreeMap<String, u64>,
+    /// Handshakes by mode (`classic`, `secure`, `tls`, `unknown`), then result (`ok`,
+    /// `failed`, `rejected`).
+    #[serde(default)]
+    pub handshakes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Connections handed to the mask host, by reason.
+    #[serde(default)]
+    pub fronted: BTreeMap<String, u64>,
+    /// Replayed handshakes caught.
+    #[serde(default)]
+    pub replays_detected: u64,
+    /// Bytes relayed between clients and DCs since start, by direction (`client_to_dc`,
+    /// `dc_to_client`).
+    #[serde(default)]
+    pub relayed_bytes: BTreeMap<String, u64>,
+    /// Bans in force, by reason.
+    #[serde(default)]
+    pub bans_active_by_reason: BTreeMap<String, u64>,
+    /// Interfaces XDP is attached to.
+    #[serde(default)]
+    pub xdp_attached: Vec<XdpAttachment>,
+    /// Time to connect to each DC (by id).
+    #[serde(default)]
+    pub dc_connect: BTreeMap<String, DcConnect>,
+    /// Configuration reloads by result (`success`, `failure`).
+    #[serde(default)]
+    pub config_reloads: BTreeMap<String, u64>,
+}
+
+/// One XDP attachment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpAttachment {
+    /// Interface name.
+    pub interface: String,
+    /// `native` or `generic`.
+    pub mode: String,
+}
+
+/// Connect times to one DC since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DcConnect {
+    /// Connections established.
+    pub connects: u64,
+    /// Mean time, microseconds.
+    pub mean_us: u64,
+    /// Median, microseconds (estimated from histogram buckets).
+    pub p50_us: u64,
+    /// 99th percentile, microseconds (estimated from histogram buckets).
+    pub p99_us: u64,
 }

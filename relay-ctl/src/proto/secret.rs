@@ -81,9 +81,16 @@ impl Secret {
         hex::encode(self.0)
     }
 
-    /// A fresh secret from the thread-local CSPRNG.
+    /// A fresh secret from the thread-local CSPRNG. It never starts with `dd` or `ee`: some
+    /// clients (Telethon) strip such a prefix from a plain 32-hex secret as if it were a mode
+    /// marker, and then reject it.
     pub fn random() -> Secret {
-        Secret(rand::random())
+        loop {
+            let bytes: [u8; SECRET_LEN] = rand::random();
+            if bytes[0] != 0xdd && bytes[0] != 0xee {
+                return Secret(bytes);
+            }
+        }
     }
 }
 

@@ -43,6 +43,15 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason.
+    pub const ALL: [Rejection; 5] = [
+        Rejection::Disabled,
+        Rejection::Expired,
+        Rejection::Quota,
+        Rejection::MaxConnections,
+        Rejection::MaxUniqueIps,
+    ];
+
     /// Stable snake_case name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -129,19 +138,21 @@ impl Account {
             return Err(rejection);
         }
         let limits = self.limits();
+        // The connection slot first: a refused connection must not take an address slot.
+        let active = self.active.fetch_add(1, Ordering::AcqRel) + 1;
+        if limits.max_connections.is_some_and(|max| active > max) {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Rejection::MaxConnections);
+        }
         if let Some(max) = limits.max_unique_ips {
             let mut recent = lock(&self.recent_ips);
             // Addresses are kept only as long as the window.
             recent.retain(|_, seen| now.duration_since(*seen) < ip_window);
             if !recent.contains_key(&ip) && recent.len() as u64 >= max {
+                self.active.fetch_sub(1, Ordering::AcqRel);
                 return Err(Rejection::MaxUniqueIps);
             }
             recent.insert(ip, now);
-        }
-        let active = self.active.fetch_add(1, Ordering::AcqRel) + 1;
-        if limits.max_connections.is_some_and(|max| active > max) {
-            self.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(Rejection::MaxConnections);
         }
         Ok(())
     }
@@ -185,6 +196,17 @@ impl Account {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
         }
+    }
+
+    /// Forgets client addresses last seen `window` or longer before `now` (run periodically, so
+    /// an address is kept no longer than the unique-IP window even if the user goes quiet).
+    pub fn forget_ips(&self, now: Instant, window: Duration) {
+        lock(&self.recent_ips).retain(|_, seen| now.duration_since(*seen) < window);
+    }
+
+    /// Whether the config (not the operator) disables the user.
+    pub fn disabled_in_config(&self) -> bool {
+        read(&self.limits).disabled
     }
 
     /// Sets the operator's switch; returns the previous value.
@@ -344,6 +366,23 @@ mod tests {
             "old ones aged out"
         );
         assert_eq!(a.usage(later, WINDOW).unique_ips, 1);
+    }
+
+    #[test]
+    fn addresses_are_forgotten_after_the_window() {
+        let a = account(Limits {
+            max_unique_ips: Some(5),
+            ..Limits::default()
+        });
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        drop(a.admit(ip(1), t0, wall, WINDOW));
+        a.forget_ips(t0 + WINDOW / 2, WINDOW);
+        assert_eq!(lock(&a.recent_ips).len(), 1, "still inside the window");
+        a.forget_ips(t0 + WINDOW, WINDOW);
+        assert!(
+            lock(&a.recent_ips).is_empty(),
+            "gone once the window passed"
+        );
     }
 
     #[test]

@@ -5,27 +5,29 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
     RelayContext,
-    handshake::Failure,
     pump::{self, Passthrough},
+    stats::FrontReason,
 };
 
 /// Forwards `client` (after the bytes in `seen`) to the mask host both ways, or closes it when
 /// fronting is off or the mask host is unreachable.
-pub async fn front(client: TcpStream, seen: Vec<u8>, failure: Failure, ctx: &RelayContext) {
+pub async fn front(client: TcpStream, seen: Vec<u8>, reason: FrontReason, ctx: &RelayContext) {
     let Some(mask) = ctx.mask.as_deref() else {
         return;
     };
     let upstream = match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(mask)).await {
         Ok(Ok(s)) => s,
+        // A probe flood while the mask host is down would make these once per connection.
         Ok(Err(e)) => {
-            tracing::warn!(mask, "fronting target unreachable: {e}");
+            crate::warn_limited!((1, 10), mask, "fronting target unreachable: {e}");
             return;
         }
         Err(_) => {
-            tracing::warn!(mask, "fronting target timed out");
+            crate::warn_limited!((1, 10), mask, "fronting target timed out");
             return;
         }
     };
+    ctx.stats.fronted(reason);
     let (up_r, mut up_w) = upstream.into_split();
     if up_w.write_all(&seen).await.is_err() {
         return;
@@ -41,7 +43,7 @@ pub async fn front(client: TcpStream, seen: Vec<u8>, failure: Failure, ctx: &Rel
     )
     .await;
     tracing::debug!(
-        reason = failure.name(),
+        reason = reason.name(),
         to_mask = stats.from_client + seen.len() as u64,
         from_mask = stats.from_upstream,
         "fronted"

@@ -262,6 +262,7 @@ async fn accept_tls(
 fn check_replay(ctx: &RelayContext, key: ReplayKey) -> Result<(), Failure> {
     let mut cache = ctx.replay.lock().unwrap_or_else(|e| e.into_inner());
     if cache.check_and_insert(key, unix_now()) {
+        ctx.stats.replay();
         return Err(Failure::Replay);
     }
     Ok(())

@@ -22,15 +22,24 @@ pub use self::context::RelayContext;
 use self::{
     accounts::Account,
     handshake::{Accepted, Failure},
+    stats::{ConnState, FrontReason, HandshakeResult, Metered},
     transform::{ToClient, ToUpstream},
 };
-use crate::{config::OnLimit, misuse::Offence};
+use crate::{
+    config::OnLimit,
+    misuse::Offence,
+    proto::{
+        Mode,
+        tls::reader::{Sniff, sniff},
+    },
+};
 
-/// Serves one accepted client connection to its end.
+/// Serves one accepted client connection to its end. The caller runs it inside a `conn` span
+/// carrying the (masked) peer, so nothing in here logs the address again.
 pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContext>) {
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
     let _ = client.set_nodelay(true);
-    let _active = ctx.stats.connection();
+    let mut active = ctx.stats.connection();
     let mut seen = Vec::new();
     let mut answered = false;
     let outcome = tokio::time::timeout(
@@ -49,21 +58,30 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContex
     match outcome {
         Ok(accepted) => {
             let account = &ctx.accounts[accepted.user];
+            let mode = accepted.mode;
             match account.admit(
                 peer.ip(),
                 Instant::now(),
                 SystemTime::now(),
                 ctx.unique_ips_window,
             ) {
-                Ok(active) => relay(client, accepted, active.account(), &ctx).await,
+                Ok(admitted) => {
+                    ctx.stats.handshake(Some(mode), HandshakeResult::Ok);
+                    active.enter(ConnState::Relayed(mode));
+                    relay(client, accepted, admitted.account(), &ctx).await;
+                }
                 Err(rejection) => {
-                    tracing::info!(
+                    ctx.stats.handshake(Some(mode), HandshakeResult::Rejected);
+                    // A shared link can make this once per connection: rate-limited.
+                    crate::info_limited!(
+                        (10, 50),
                         user = account.name,
                         reason = rejection.name(),
                         "connection refused by user limit"
                     );
                     if ctx.on_limit == OnLimit::Front && !accepted.tls {
-                        front::front(client, seen, Failure::Garbage, &ctx).await;
+                        active.enter(ConnState::Fronted);
+                        front::front(client, seen, FrontReason::UserLimit, &ctx).await;
                     }
                 }
             }
@@ -71,11 +89,15 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContex
         Err(failure) => {
             tracing::debug!(reason = failure.name(), "handshake failed");
             ctx.stats.failure(failure);
+            // An obfuscated2 header no secret decrypts does not tell its mode.
+            let mode = (sniff(&seen) == Sniff::Tls).then_some(Mode::Tls);
+            ctx.stats.handshake(mode, HandshakeResult::Failed);
             if let Some(offence) = failure.offence() {
                 ctx.misuse.report(peer.ip(), offence).await;
             }
             if failure.frontable() {
-                front::front(client, seen, failure, &ctx).await;
+                active.enter(ConnState::Fronted);
+                front::front(client, seen, FrontReason::Failure(failure), &ctx).await;
             }
         }
     }
@@ -95,7 +117,13 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
     {
         Ok(connected) => connected,
         Err(e) => {
-            tracing::info!(user, dc = handshake.dc, "DC connection failed: {e}");
+            // A DC outage makes this once per connection: rate-limited.
+            crate::info_limited!(
+                (5, 20),
+                user,
+                dc = handshake.dc,
+                "DC connection failed: {e}"
+            );
             return;
         }
     };
@@ -106,10 +134,16 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
         (!ctx.fast_mode).then_some((leg.decrypt, handshake.encrypt)),
         tls,
     );
+    let meter = Metered {
+        account,
+        stats: &ctx.stats,
+    };
     to_upstream.crypt(&mut early_data);
     if dc_stream.write_all(&early_data).await.is_err() {
         return;
     }
+    // What arrived with the header is client traffic too (for usage and quota).
+    pump::Meter::client_bytes(&meter, early_data.len() as u64);
     let (client_r, client_w) = client.into_split();
     let (dc_r, dc_w) = dc_stream.into_split();
     let (stats, error) = pump::relay(
@@ -118,7 +152,7 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
         to_upstream,
         to_client,
         ctx.idle_timeout,
-        account,
+        &meter,
     )
     .await;
     tracing::debug!(

@@ -1,31 +1,256 @@
-//! Relay-wide counters, shared across config reloads (read by `relay-ctl stats` and metrics).
+//! Relay-wide counters, shared across config reloads (read by `relay-ctl stats` and copied into
+//! the Prometheus metrics by [`crate::telemetry`]). Plain atomics: the connection path never
+//! waits on the exporter.
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
-use super::handshake::Failure;
+use super::{accounts::Account, handshake::Failure, pump::Meter};
+use crate::{control::api::DcConnect, proto::Mode};
+
+/// Where an open connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Accepted, handshake not finished.
+    Handshake,
+    /// Relayed to a DC in this mode.
+    Relayed(Mode),
+    /// Handed to the mask host.
+    Fronted,
+}
+
+impl ConnState {
+    /// Every state, in index order.
+    pub const ALL: [ConnState; 5] = [
+        ConnState::Handshake,
+        ConnState::Relayed(Mode::Classic),
+        ConnState::Relayed(Mode::Secure),
+        ConnState::Relayed(Mode::Tls),
+        ConnState::Fronted,
+    ];
+
+    /// Label value: `handshake`, `classic`, `secure`, `tls`, `fronted`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ConnState::Handshake => "handshake",
+            ConnState::Relayed(mode) => mode.name(),
+            ConnState::Fronted => "fronted",
+        }
+    }
+
+    const fn index(self) -> usize {
+        match self {
+            ConnState::Handshake => 0,
+            ConnState::Relayed(Mode::Classic) => 1,
+            ConnState::Relayed(Mode::Secure) => 2,
+            ConnState::Relayed(Mode::Tls) => 3,
+            ConnState::Fronted => 4,
+        }
+    }
+}
+
+/// How a client handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeResult {
+    /// Authenticated and admitted by the user's limits.
+    Ok,
+    /// Not authenticated (see [`Failure`]).
+    Failed,
+    /// Authenticated, but refused by a user limit.
+    Rejected,
+}
+
+impl HandshakeResult {
+    /// Every result, in index order.
+    pub const ALL: [HandshakeResult; 3] = [
+        HandshakeResult::Ok,
+        HandshakeResult::Failed,
+        HandshakeResult::Rejected,
+    ];
+
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HandshakeResult::Ok => "ok",
+            HandshakeResult::Failed => "failed",
+            HandshakeResult::Rejected => "rejected",
+        }
+    }
+}
+
+/// Label value of a handshake's mode when it is not known (an obfuscated2 header no secret
+/// decrypts says nothing about its mode).
+pub const UNKNOWN_MODE: &str = "unknown";
+
+fn mode_index(mode: Option<Mode>) -> usize {
+    match mode {
+        Some(Mode::Classic) => 0,
+        Some(Mode::Secure) => 1,
+        Some(Mode::Tls) => 2,
+        None => 3,
+    }
+}
+
+const HANDSHAKE_MODES: [Option<Mode>; 4] = [
+    Some(Mode::Classic),
+    Some(Mode::Secure),
+    Some(Mode::Tls),
+    None,
+];
+
+/// Why a connection was handed to the mask host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontReason {
+    /// Its handshake failed.
+    Failure(Failure),
+    /// A user limit refused it and `[server] on_limit = "front"`.
+    UserLimit,
+}
+
+impl FrontReason {
+    /// Label value: the failure's name, or `user_limit`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FrontReason::Failure(f) => f.name(),
+            FrontReason::UserLimit => "user_limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            FrontReason::Failure(f) => f as usize,
+            FrontReason::UserLimit => Failure::ALL.len(),
+        }
+    }
+
+    fn all() -> impl Iterator<Item = FrontReason> {
+        Failure::ALL
+            .into_iter()
+            .map(FrontReason::Failure)
+            .chain([FrontReason::UserLimit])
+    }
+}
+
+/// Direction of relayed bytes: label values of `relay_relayed_bytes_total`.
+pub const DIRECTIONS: [&str; 2] = ["client_to_dc", "dc_to_client"];
+
+/// Upper bounds (seconds) of the DC connect time buckets, also used for the Prometheus
+/// histogram.
+pub const DC_CONNECT_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Connect times to one DC.
+#[derive(Debug, Clone, Default)]
+struct DcTimes {
+    count: u64,
+    sum_us: u64,
+    /// Per bucket of [`DC_CONNECT_BUCKETS`], then one for slower connects.
+    buckets: [u64; DC_CONNECT_BUCKETS.len() + 1],
+}
+
+impl DcTimes {
+    fn record(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = DC_CONNECT_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(DC_CONNECT_BUCKETS.len());
+        self.buckets[bucket] += 1;
+        self.count += 1;
+        self.sum_us = self
+            .sum_us
+            .saturating_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// The `q` quantile in µs, interpolated inside its bucket as Prometheus'
+    /// `histogram_quantile` does.
+    fn quantile_us(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = q * self.count as f64;
+        let mut below = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            if *n > 0 && (below + n) as f64 >= rank {
+                let lower = if i == 0 {
+                    0.0
+                } else {
+                    DC_CONNECT_BUCKETS[i - 1]
+                };
+                let Some(upper) = DC_CONNECT_BUCKETS.get(i) else {
+                    // Slower than the last bucket: the last bound is all that is known.
+                    return (lower * 1e6) as u64;
+                };
+                let within = (rank - below as f64).max(0.0) / *n as f64;
+                return ((lower + (upper - lower) * within) * 1e6) as u64;
+            }
+            below += n;
+        }
+        0
+    }
+}
 
 /// Counters of the relay.
 #[derive(Debug, Default)]
 pub struct RelayStats {
     accepted: AtomicU64,
-    active: AtomicU64,
+    active: [AtomicU64; ConnState::ALL.len()],
     failures: [AtomicU64; Failure::ALL.len()],
+    handshakes: [[AtomicU64; HandshakeResult::ALL.len()]; HANDSHAKE_MODES.len()],
+    fronted: [AtomicU64; Failure::ALL.len() + 1],
+    replays: AtomicU64,
+    bytes: [AtomicU64; DIRECTIONS.len()],
+    dc_connect: Mutex<BTreeMap<i16, DcTimes>>,
 }
 
 impl RelayStats {
-    /// A connection was accepted; it is active until the guard drops.
+    /// A connection was accepted; it is active (in [`ConnState::Handshake`]) until the guard
+    /// drops.
     pub fn connection(&self) -> ActiveGuard<'_> {
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self)
+        self.active[ConnState::Handshake.index()].fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            stats: self,
+            state: ConnState::Handshake,
+        }
     }
 
     /// A handshake failed.
     pub fn failure(&self, failure: Failure) {
         self.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handshake in `mode` (`None`: not known) ended with `result`.
+    pub fn handshake(&self, mode: Option<Mode>, result: HandshakeResult) {
+        self.handshakes[mode_index(mode)][result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was handed to the mask host.
+    pub fn fronted(&self, reason: FrontReason) {
+        self.fronted[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A replayed handshake was caught.
+    pub fn replay(&self) {
+        self.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A DC connection took `took` to establish.
+    pub fn dc_connected(&self, dc: i16, took: Duration) {
+        self.dc_connect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dc)
+            .or_default()
+            .record(took);
+        crate::telemetry::record_dc_connect(dc, took);
     }
 
     /// Connections accepted.
@@ -35,7 +260,20 @@ impl RelayStats {
 
     /// Connections open.
     pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        self.active.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Connections open, by [`ConnState::name`].
+    pub fn active_by_state(&self) -> BTreeMap<String, u64> {
+        ConnState::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.name().to_owned(),
+                    self.active[s.index()].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Handshake failures by reason name.
@@ -50,13 +288,173 @@ impl RelayStats {
             })
             .collect()
     }
+
+    /// Handshakes by mode (or `unknown`), then result.
+    pub fn handshakes(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        HANDSHAKE_MODES
+            .iter()
+            .map(|mode| {
+                let results = HandshakeResult::ALL
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.name().to_owned(),
+                            self.handshakes[mode_index(*mode)][*r as usize].load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect();
+                (mode.map_or(UNKNOWN_MODE, Mode::name).to_owned(), results)
+            })
+            .collect()
+    }
+
+    /// Fronted connections by reason.
+    pub fn fronted_by_reason(&self) -> BTreeMap<String, u64> {
+        FrontReason::all()
+            .map(|r| {
+                (
+                    r.name().to_owned(),
+                    self.fronted[r.index()].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// Replayed handshakes caught.
+    pub fn replays(&self) -> u64 {
+        self.replays.load(Ordering::Relaxed)
+    }
+
+    /// Bytes relayed between clients and DCs, by direction ([`DIRECTIONS`]).
+    pub fn relayed_bytes(&self) -> BTreeMap<String, u64> {
+        DIRECTIONS
+            .iter()
+            .zip(&self.bytes)
+            .map(|(d, n)| ((*d).to_owned(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// DC connect times by DC id.
+    pub fn dc_connect_times(&self) -> BTreeMap<String, DcConnect> {
+        self.dc_connect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(dc, t)| {
+                (
+                    dc.to_string(),
+                    DcConnect {
+                        connects: t.count,
+                        mean_us: t.sum_us.checked_div(t.count).unwrap_or(0),
+                        p50_us: t.quantile_us(0.5),
+                        p99_us: t.quantile_us(0.99),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
-/// Decrements the active count when dropped.
-pub struct ActiveGuard<'a>(&'a RelayStats);
+/// Keeps a connection counted as active, in one state at a time, until dropped.
+pub struct ActiveGuard<'a> {
+    stats: &'a RelayStats,
+    state: ConnState,
+}
+
+impl ActiveGuard<'_> {
+    /// Moves the connection to `state`.
+    pub fn enter(&mut self, state: ConnState) {
+        if state == self.state {
+            return;
+        }
+        self.stats.active[state.index()].fetch_add(1, Ordering::Relaxed);
+        self.stats.active[self.state.index()].fetch_sub(1, Ordering::Relaxed);
+        self.state = state;
+    }
+}
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.active[self.state.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Meters a relayed pair for both its user's account and the relay-wide byte counters.
+pub struct Metered<'a> {
+    /// The user's account (quota and usage).
+    pub account: &'a Account,
+    /// The relay's counters.
+    pub stats: &'a RelayStats,
+}
+
+impl Meter for Metered<'_> {
+    fn client_bytes(&self, n: u64) {
+        self.account.add_up(n);
+        self.stats.bytes[0].fetch_add(n, Ordering::Relaxed);
+    }
+    fn upstream_bytes(&self, n: u64) {
+        self.account.add_down(n);
+        self.stats.bytes[1].fetch_add(n, Ordering::Relaxed);
+    }
+    fn exhausted(&self) -> bool {
+        self.account.over_quota()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_connections_move_between_states() {
+        let stats = RelayStats::default();
+        let mut a = stats.connection();
+        let mut b = stats.connection();
+        assert_eq!(stats.active_by_state()["handshake"], 2);
+        a.enter(ConnState::Relayed(Mode::Tls));
+        b.enter(ConnState::Fronted);
+        let by = stats.active_by_state();
+        assert_eq!((by["handshake"], by["tls"], by["fronted"]), (0, 1, 1));
+        assert_eq!(stats.active(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(stats.active(), 0);
+        assert_eq!(stats.accepted(), 2);
+    }
+
+    #[test]
+    fn handshakes_and_fronting_by_label() {
+        let stats = RelayStats::default();
+        stats.handshake(Some(Mode::Secure), HandshakeResult::Ok);
+        stats.handshake(None, HandshakeResult::Failed);
+        stats.handshake(None, HandshakeResult::Failed);
+        stats.fronted(FrontReason::Failure(Failure::BadSecret));
+        stats.fronted(FrontReason::UserLimit);
+        let h = stats.handshakes();
+        assert_eq!(h["secure"]["ok"], 1);
+        assert_eq!(h["unknown"]["failed"], 2);
+        assert_eq!(h["tls"]["rejected"], 0);
+        let f = stats.fronted_by_reason();
+        assert_eq!((f["bad_secret"], f["user_limit"], f["replay"]), (1, 1, 0));
+    }
+
+    #[test]
+    fn dc_connect_quantiles_interpolate_within_buckets() {
+        let mut t = DcTimes::default();
+        for _ in 0..99 {
+            t.record(Duration::from_millis(3)); // bucket (1 ms, 5 ms]
+        }
+        t.record(Duration::from_millis(700)); // bucket (0.5 s, 1 s]
+        let p50 = t.quantile_us(0.5);
+        assert!((1_000..=5_000).contains(&p50), "{p50}");
+        let p99 = t.quantile_us(0.99);
+        assert!(p99 <= 5_000, "{p99}");
+        let p100 = t.quantile_us(1.0);
+        assert_eq!(p100, 1_000_000);
+        assert_eq!(t.count, 100);
+        assert_eq!(DcTimes::default().quantile_us(0.5), 0);
+        let mut slow = DcTimes::default();
+        slow.record(Duration::from_secs(30));
+        assert_eq!(slow.quantile_us(0.5), 10_000_000);
     }
 }

@@ -65,9 +65,13 @@ pub async fn connect(
     let (dc, addrs) = addresses(ctx, dc)?;
     let mut errors = Vec::new();
     let mut stream = None;
+    let start = std::time::Instant::now();
     for addr in addrs {
         match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
+                // Counted from the first attempt: failed addresses before it are part of
+                // what the client waited for.
+                ctx.stats.dc_connected(dc, start.elapsed());
                 stream = Some(s);
                 break;
             }

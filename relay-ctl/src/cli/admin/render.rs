@@ -178,17 +178,33 @@ fn counts(header: &'static str, map: &BTreeMap<String, u64>) -> String {
     t.render()
 }
 
+/// Non-zero entries as `name n` pairs, comma-separated.
+fn nonzero(map: &BTreeMap<String, u64>) -> String {
+    map.iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The daemon's counters.
 pub fn stats(s: &Stats) -> String {
-    let mut out = pairs(&[
+    let by_mode = nonzero(&s.connections_active_by_mode);
+    let mut summary = vec![
         ("version", s.version.clone()),
         ("uptime", duration::format(s.uptime_secs)),
         ("enforcement", s.enforcement.clone()),
         (
             "connections",
             format!(
-                "{} active, {} accepted",
-                s.connections_active, s.connections_accepted
+                "{} active{}, {} accepted",
+                s.connections_active,
+                if by_mode.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({by_mode})")
+                },
+                s.connections_accepted
             ),
         ),
         (
@@ -199,23 +215,136 @@ pub fn stats(s: &Stats) -> String {
                 s.bans_total.values().sum::<u64>()
             ),
         ),
-    ]);
+    ];
+    if s.replays_detected > 0 {
+        summary.push(("replays", s.replays_detected.to_string()));
+    }
+    if !s.relayed_bytes.is_empty() {
+        let dir = |d: &str| bytes(s.relayed_bytes.get(d).copied().unwrap_or(0));
+        summary.push((
+            "relayed",
+            format!(
+                "{} client→DC, {} DC→client",
+                dir("client_to_dc"),
+                dir("dc_to_client")
+            ),
+        ));
+    }
+    if s.config_reloads.values().any(|n| *n > 0) {
+        let n = |r: &str| s.config_reloads.get(r).copied().unwrap_or(0);
+        summary.push((
+            "reloads",
+            format!("{} ok, {} failed", n("success"), n("failure")),
+        ));
+    }
+    let mut out = pairs(&summary);
+    if !s.verdicts.is_empty() {
+        out.push('\n');
+        out.push_str(&counts("VERDICT", &s.verdicts));
+    }
+    let handshakes = handshakes(&s.handshakes);
+    if !handshakes.is_empty() {
+        out.push('\n');
+        out.push_str(&handshakes);
+    }
     for (header, map) in [
-        ("VERDICT", &s.verdicts),
         ("HANDSHAKE FAILURE", &s.handshake_failures),
-        ("BAN REASON", &s.bans_total),
-        ("BLOCKLIST SOURCE", &s.blocklist_entries),
+        ("FRONTED", &s.fronted),
     ] {
+        let map: BTreeMap<String, u64> = map
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
         if !map.is_empty() {
             out.push('\n');
-            out.push_str(&counts(header, map));
+            out.push_str(&counts(header, &map));
         }
+    }
+    let bans = ban_reasons(s);
+    if !bans.is_empty() {
+        out.push('\n');
+        out.push_str(&bans);
+    }
+    if !s.blocklist_entries.is_empty() {
+        out.push('\n');
+        out.push_str(&counts("BLOCKLIST SOURCE", &s.blocklist_entries));
+    }
+    if !s.dc_connect.is_empty() {
+        let ms = |us: u64| format!("{:.1}ms", us as f64 / 1000.0);
+        let mut t = Table::new(&["DC", "CONNECTS", "MEAN", "P50", "P99"]);
+        for (dc, c) in &s.dc_connect {
+            t.row(vec![
+                dc.clone(),
+                c.connects.to_string(),
+                ms(c.mean_us),
+                ms(c.p50_us),
+                ms(c.p99_us),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
     }
     if !s.users.is_empty() {
         out.push('\n');
         out.push_str(&users(&s.users));
+        let mut refused = Table::new(&["USER", "REFUSED BY", "COUNT"]);
+        for u in &s.users {
+            for (reason, n) in u.rejections.iter().filter(|(_, n)| **n > 0) {
+                refused.row(vec![u.name.clone(), reason.clone(), n.to_string()]);
+            }
+        }
+        if !refused.is_empty() {
+            out.push('\n');
+            out.push_str(&refused.render());
+        }
     }
     out
+}
+
+/// Handshakes by mode and result; modes without any left out.
+fn handshakes(map: &BTreeMap<String, BTreeMap<String, u64>>) -> String {
+    let mut t = Table::new(&["HANDSHAKES", "OK", "FAILED", "REJECTED"]);
+    for (mode, results) in map {
+        if results.values().all(|n| *n == 0) {
+            continue;
+        }
+        let n = |r: &str| results.get(r).copied().unwrap_or(0).to_string();
+        t.row(vec![mode.clone(), n("ok"), n("failed"), n("rejected")]);
+    }
+    if t.is_empty() {
+        String::new()
+    } else {
+        t.render()
+    }
+}
+
+/// Ban reasons, most bans issued first: the top reasons of a ban wave.
+fn ban_reasons(s: &Stats) -> String {
+    let mut reasons: Vec<(&String, u64, u64)> = s
+        .bans_total
+        .keys()
+        .chain(s.bans_active_by_reason.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|r| {
+            (
+                r,
+                s.bans_total.get(r).copied().unwrap_or(0),
+                s.bans_active_by_reason.get(r).copied().unwrap_or(0),
+            )
+        })
+        .filter(|(_, issued, active)| issued + active > 0)
+        .collect();
+    if reasons.is_empty() {
+        return String::new();
+    }
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+    let mut t = Table::new(&["BAN REASON", "ISSUED", "ACTIVE"]);
+    for (reason, issued, active) in reasons {
+        t.row(vec![reason.clone(), issued.to_string(), active.to_string()]);
+    }
+    t.render()
 }
 
 /// Bytes in IEC units: `512 B`, `1.5 KiB`, `3.2 GiB`.
@@ -371,6 +500,85 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
         assert!(text.contains("bans         1 active, 2 issued\n"), "{text}");
         assert!(text.contains("VERDICT  COUNT\npass     100\n"), "{text}");
         assert!(!text.contains("HANDSHAKE FAILURE"), "{text}");
+        assert!(!text.contains("FRONTED"), "{text}");
+        assert!(!text.contains("replays"), "{text}");
+    }
+
+    #[test]
+    fn stats_with_traffic_bans_and_users() {
+        let mut s = Stats {
+            version: "0.1.0".into(),
+            connections_accepted: 10,
+            connections_active: 3,
+            replays_detected: 2,
+            ..Stats::default()
+        };
+        s.connections_active_by_mode.insert("tls".into(), 2);
+        s.connections_active_by_mode.insert("fronted".into(), 1);
+        s.connections_active_by_mode.insert("classic".into(), 0);
+        s.handshakes.insert(
+            "tls".into(),
+            BTreeMap::from([("ok".into(), 5), ("failed".into(), 1)]),
+        );
+        s.handshakes.insert(
+            "classic".into(),
+            BTreeMap::from([("ok".into(), 0), ("failed".into(), 0)]),
+        );
+        s.handshake_failures.insert("bad_secret".into(), 3);
+        s.handshake_failures.insert("timeout".into(), 0);
+        s.fronted.insert("bad_secret".into(), 3);
+        s.relayed_bytes.insert("client_to_dc".into(), 1536);
+        s.relayed_bytes.insert("dc_to_client".into(), 10 << 20);
+        s.bans_total.insert("bad_secret".into(), 2);
+        s.bans_total.insert("replay".into(), 7);
+        s.bans_active_by_reason.insert("replay".into(), 4);
+        s.config_reloads.insert("success".into(), 1);
+        s.dc_connect.insert(
+            "2".into(),
+            crate::control::api::DcConnect {
+                connects: 4,
+                mean_us: 1500,
+                p50_us: 1200,
+                p99_us: 4900,
+            },
+        );
+        let mut bob = user("bob");
+        bob.rejections.insert("max_unique_ips".into(), 6);
+        s.users = vec![user("alice"), bob];
+        let text = stats(&s);
+        assert!(
+            text.contains("connections  3 active (fronted 1, tls 2), 10 accepted\n"),
+            "{text}"
+        );
+        assert!(text.contains("replays      2\n"), "{text}");
+        assert!(
+            text.contains("relayed      1.5 KiB client→DC, 10.0 MiB DC→client\n"),
+            "{text}"
+        );
+        assert!(text.contains("reloads      1 ok, 0 failed\n"), "{text}");
+        assert!(
+            text.contains("HANDSHAKES  OK  FAILED  REJECTED\ntls         5   1       0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("HANDSHAKE FAILURE  COUNT\nbad_secret         3\n\n"),
+            "{text}"
+        );
+        // Most issued first.
+        assert!(
+            text.contains(
+                "BAN REASON  ISSUED  ACTIVE\nreplay      7       4\nbad_secret  2       0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("DC  CONNECTS  MEAN   P50    P99\n2   4         1.5ms  1.2ms  4.9ms\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("USER  REFUSED BY      COUNT\nbob   max_unique_ips  6\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,0 +1,528 @@
+//! The report: the issue's targets judged against the measured figures, and the markdown
+//! rendering of the JSON report. Targets are reported, never asserted.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+/// A target from issue 6.
+struct Target {
+    id: &'static str,
+    what: &'static str,
+    goal: &'static str,
+    /// The best existing proxy's figure the issue quotes, for context.
+    reference: &'static str,
+    /// `None` when the scenario did not produce a figure.
+    measured: Option<f64>,
+    unit: &'static str,
+    pass: fn(f64) -> bool,
+}
+
+/// The first row of `section` named `name`.
+fn row<'a>(report: &'a Value, section: &str, name: &str) -> Option<&'a Value> {
+    report[section]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name && r.get("error").is_none())
+}
+
+fn num(value: &Value, key: &str) -> Option<f64> {
+    value.get(key)?.as_f64().filter(|v| v.is_finite())
+}
+
+/// The targets with their measured values and verdicts.
+pub fn targets(report: &Value) -> Value {
+    let throughput = report["throughput"].as_array().and_then(|rows| {
+        rows.iter()
+            .find(|r| r["target_row"] == true && r.get("error").is_none())
+    });
+    let hs = |name: &str| {
+        row(report, "handshakes", name).and_then(|r| num(r, "handshakes_per_relay_cpu_sec"))
+    };
+    let drop = |mode: &str| {
+        let one = hs(&format!("{mode} 1 user"))?;
+        let many = hs(&format!("{mode} 1000 users"))?;
+        Some(100.0 * (1.0 - many / one))
+    };
+    let flood = row(report, "flood", "XDP native, blocked flood");
+    let list = [
+        Target {
+            id: "relay_cpu_per_gb",
+            what: "relay CPU-seconds per GB echoed (8 conns × 16 KiB, dd, fast mode)",
+            goal: "≤ 0.85",
+            reference: "1.7–1.8 (best existing)",
+            measured: throughput.and_then(|r| num(r, "relay_cpu_secs_per_gb")),
+            unit: "CPU-s/GB",
+            pass: |v| v <= 0.85,
+        },
+        Target {
+            id: "transform_vs_openssl",
+            what: "in-process decrypt + re-encrypt (16 KiB) vs openssl aes-256-ctr",
+            goal: "≥ 30 %",
+            reference: "",
+            measured: num(&report["crypto"], "transform_to_openssl").map(|r| 100.0 * r),
+            unit: "%",
+            pass: |v| v >= 30.0,
+        },
+        Target {
+            id: "dd_handshakes",
+            what: "dd handshakes per relay CPU-second (1 user)",
+            goal: "≥ 25,000",
+            reference: "24,400 (C), 10,800 (Rust)",
+            measured: hs("dd 1 user"),
+            unit: "/CPU-s",
+            pass: |v| v >= 25_000.0,
+        },
+        Target {
+            id: "ee_handshakes",
+            what: "fake-TLS handshakes per relay CPU-second (1 user)",
+            goal: "≥ 8,000",
+            reference: "7,600 (C), 4,000 (Rust)",
+            measured: hs("tls 1 user"),
+            unit: "/CPU-s",
+            pass: |v| v >= 8_000.0,
+        },
+        Target {
+            id: "dd_users_drop",
+            what: "dd handshake rate drop with 1,000 users",
+            goal: "< 10 %",
+            reference: "",
+            measured: drop("dd"),
+            unit: "%",
+            pass: |v| v < 10.0,
+        },
+        Target {
+            id: "ee_users_drop",
+            what: "fake-TLS handshake rate drop with 1,000 users",
+            goal: "< 10 %",
+            reference: "",
+            measured: drop("tls"),
+            unit: "%",
+            pass: |v| v < 10.0,
+        },
+        Target {
+            id: "rss_per_idle_conn",
+            what: "relay RSS per idle post-handshake connection",
+            goal: "≤ 8 KiB",
+            reference: "11 KiB (C), 62 KiB (Rust)",
+            measured: row(report, "memory", "idle connections")
+                .and_then(|r| num(r, "rss_per_conn_kib")),
+            unit: "KiB",
+            pass: |v| v <= 8.0,
+        },
+        Target {
+            id: "flood_relay_cpu",
+            what: "relay CPU during a blocked SYN flood, flood alone (XDP native)",
+            goal: "< 5 % of a core",
+            reference: "",
+            measured: flood.and_then(|r| num(r, "relay_cpu_pct")),
+            unit: "% core",
+            pass: |v| v < 5.0,
+        },
+        Target {
+            id: "flood_legit_throughput",
+            what: "legit throughput during a blocked SYN flood vs unloaded (XDP native)",
+            goal: "≥ 90 %",
+            reference: "",
+            measured: flood
+                .and_then(|r| num(r, "legit_vs_unloaded"))
+                .map(|r| 100.0 * r),
+            unit: "%",
+            pass: |v| v >= 90.0,
+        },
+    ];
+    Value::Array(
+        list.iter()
+            .map(|t| {
+                json!({
+                    "id": t.id,
+                    "what": t.what,
+                    "goal": t.goal,
+                    "reference": t.reference,
+                    "measured": t.measured,
+                    "unit": t.unit,
+                    "pass": t.measured.map(t.pass),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A number with a sensible precision, or `–`.
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "–".to_owned(),
+        Some(v) if !v.is_finite() => "–".to_owned(),
+        Some(v) if v.abs() >= 1000.0 => group(v.round() as i64),
+        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+/// 12345 → `12,345`.
+fn group(v: i64) -> String {
+    let digits = v.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0 { format!("-{out}") } else { out }
+}
+
+fn f(r: &Value, key: &str) -> String {
+    fmt(num(r, key))
+}
+
+fn errored(r: &Value) -> Option<String> {
+    r.get("error")
+        .and_then(Value::as_str)
+        .map(|e| e.lines().next().unwrap_or("").to_owned())
+}
+
+/// The report as markdown.
+pub fn markdown(report: &Value) -> String {
+    let mut md = String::new();
+    let m = &report["machine"];
+    let _ = writeln!(
+        md,
+        "# relay benchmark{}\n",
+        if report["smoke"] == true {
+            " (smoke run: tiny scenarios, figures meaningless)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {} CPUs ({}; AES-NI {}, VAES {}), kernel {}, {} MiB RAM; code {}; load average {} before, {} after; run took {:.0} s.\n",
+        m["cpus"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        yes(&m["aes_ni"]),
+        yes(&m["vaes"]),
+        m["kernel"].as_str().unwrap_or("?"),
+        m["memory_kib"].as_u64().unwrap_or(0) / 1024,
+        m["git"].as_str().unwrap_or("?"),
+        m["load_before"].as_str().unwrap_or("?"),
+        report["load_after"].as_str().unwrap_or("?"),
+        report["duration_secs"].as_f64().unwrap_or(0.0),
+    );
+    md.push_str(
+        "Caveats: relay, fake DC, generator and flood sender share the same CPUs (2 on the reference \
+         machine), which other work (concurrent builds) also uses; every figure is one run, no \
+         repetition. CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) between the \
+         generator's begin and end lines; `% CPU` is of one core. GB = 10^9 bytes echoed (each \
+         byte crosses the relay twice). The kernel charges softirq work (the network stack's \
+         receive path, XDP) to whichever process it interrupts, so the relay's CPU includes \
+         receive processing for its sockets and the flood's XDP drops land mostly on the flood \
+         sender: see the machine softirq columns. Topology: generator ⇄ veth ⇄ relay (XDP \
+         native on its veth) ⇄ veth ⇄ fake DC, three namespaces. XDP native on a veth makes the \
+         kernel copy every frame it receives (veth_xdp_rcv_skb → skb_pp_cow_data) and turns off \
+         GSO on the peer, which a NIC driver does not; the flood section's XDP-off rows show \
+         the relay's CPU per GB without that.\n\n",
+    );
+
+    md.push_str("## Targets (issue 6)\n\n| target | goal | measured | result | best existing (issue) |\n|---|---|---|---|---|\n");
+    for t in report["targets"].as_array().into_iter().flatten() {
+        let result = match t["pass"].as_bool() {
+            Some(true) => "pass",
+            Some(false) => "**FAIL**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} {} | {} | {} |",
+            t["what"].as_str().unwrap_or(""),
+            t["goal"].as_str().unwrap_or(""),
+            fmt(t["measured"].as_f64()),
+            t["unit"].as_str().unwrap_or(""),
+            result,
+            t["reference"].as_str().unwrap_or(""),
+        );
+    }
+
+    let c = &report["crypto"];
+    md.push_str("\n## Crypto (one core, in-process, 16 KiB buffers)\n\n");
+    let _ = writeln!(
+        md,
+        "- `{}` ({}): {} MB/s at 16 KiB blocks",
+        c["openssl"]["command"].as_str().unwrap_or("openssl speed"),
+        c["openssl"]["version"].as_str().unwrap_or("?"),
+        fmt(num(&c["openssl"], "bytes_per_sec").map(|v| v / 1e6)),
+    );
+    let _ = writeln!(
+        md,
+        "- relay's `AesCtr::apply` (RustCrypto aes 0.8 + ctr 0.9), one pass: {} MB/s",
+        fmt(num(&c["transform"], "aes_ctr_one_pass_bytes_per_sec").map(|v| v / 1e6)),
+    );
+    let _ = writeln!(
+        md,
+        "- relay's `ToUpstream` transform (decrypt + re-encrypt): {} MB/s of payload = {} % of openssl",
+        fmt(num(&c["transform"], "to_upstream_bytes_per_sec").map(|v| v / 1e6)),
+        fmt(num(c, "transform_to_openssl").map(|v| 100.0 * v)),
+    );
+
+    let h = &c["handshake_us"];
+    let _ = writeln!(
+        md,
+        "- handshake cryptography per call, in-process (client's user picked at random): \
+         obfuscated2 header check {} µs with 1 user, {} µs with 1,000; fake-TLS ClientHello \
+         check {} µs with 1 user, {} µs with 1,000; fake-TLS server flight (X25519 key share + \
+         HMAC) {} µs",
+        fmt(num(h, "obfs2_accept_us_1_users")),
+        fmt(num(h, "obfs2_accept_us_1000_users")),
+        fmt(num(h, "tls_hello_verify_us_1_users")),
+        fmt(num(h, "tls_hello_verify_us_1000_users")),
+        fmt(num(h, "tls_server_flight_us")),
+    );
+
+    md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | machine idle % |\n|---|---|---|---|---|---|---|---|---|\n");
+    for r in report["throughput"].as_array().into_iter().flatten() {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | | | error: {e} | | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} |",
+            r["mode"].as_str().unwrap_or(""),
+            if r["fast_mode"] == true { "on" } else { "off" },
+            r["conns"],
+            r["frame"].as_u64().unwrap_or(0) / 1024,
+            f(r, "mb_per_sec"),
+            f(r, "relay_cpu_secs_per_gb"),
+            if r["target_row"] == true {
+                " (target row)"
+            } else {
+                ""
+            },
+            f(r, "relay_cpu_pct"),
+            f(r, "generator_cpu_pct"),
+            f(r, "dc_cpu_pct"),
+            fmt(num(&r["machine_cpu_pct"], "idle")),
+        );
+    }
+
+    md.push_str("\n## Handshakes (connect, header, one echoed 128-byte frame, close)\n\n| mode | users | user per connection | workers | handshakes/s | relay CPU % | handshakes per relay CPU-s | generator CPU % | fake DC CPU % | failed |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in report["handshakes"].as_array().into_iter().flatten() {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | | | | error: {e} | | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            if r["mode"] == "tls" {
+                "ee (fake TLS)"
+            } else {
+                "dd"
+            },
+            r["users"],
+            r["user_pick"].as_str().unwrap_or(""),
+            r["workers"],
+            f(r, "handshakes_per_sec"),
+            f(r, "relay_cpu_pct"),
+            f(r, "handshakes_per_relay_cpu_sec"),
+            f(r, "generator_cpu_pct"),
+            f(r, "dc_cpu_pct"),
+            r["failed"],
+        );
+    }
+
+    md.push_str(
+        "\n## Memory (idle post-handshake dd connections: handshake + one echo, then silence)\n\n",
+    );
+    for r in report["memory"].as_array().into_iter().flatten() {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(md, "- error: {e}");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "- {} of {} connections open ({} wanted); relay RSS {} KiB before → {} KiB idle (peak {} KiB), threads {} → {}: **{} KiB per connection**; fake DC RSS {} KiB",
+            fmt(num(r, "opened")),
+            fmt(num(r, "attempted")),
+            fmt(num(r, "wanted")),
+            f(r, "relay_rss_before_kib"),
+            f(r, "relay_rss_idle_kib"),
+            f(r, "relay_hwm_kib"),
+            r["relay_threads_before"],
+            r["relay_threads_idle"],
+            f(r, "rss_per_conn_kib"),
+            f(r, "fake_dc_rss_idle_kib"),
+        );
+        if let Some(note) = r["note"].as_str() {
+            let _ = writeln!(md, "- note: {note}");
+        }
+    }
+
+    md.push_str("\n## Latency (one connection, sequential 1 KiB request/response)\n\n| path | round trips | p50 µs | p99 µs | added p50 µs | added p99 µs |\n|---|---|---|---|---|---|\n");
+    for r in report["latency"].as_array().into_iter().flatten() {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | error: {e} | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r["name"].as_str().unwrap_or(""),
+            r["rounds"],
+            f(r, "p50_us"),
+            f(r, "p99_us"),
+            f(r, "added_p50_us"),
+            f(r, "added_p99_us"),
+        );
+    }
+
+    md.push_str(
+        "\n## SYN flood (spoofed SYNs from the client namespace via AF_PACKET)\n\n\
+         Window 1, the flood alone: packets arrived, XDP drops, relay CPU, the sender's CPU \
+         (which also carries the receive path it triggers, XDP included), kernel counters. \
+         Window 2, the flood plus legit dd load (16 KiB frames), compared with the same load \
+         without a flood: on 2 CPUs the sender alone takes a large share of what the legit \
+         load had.\n\n\
+         | XDP | flood | sent/s (sender's average) | arrived/s | XDP drops/s | relay CPU % | flood sender CPU % | machine softirq % | SYN cookies/s | legit MB/s | legit vs unloaded | relay CPU-s/GB (legit) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in report["flood"].as_array().into_iter().flatten() {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | error: {e} | | | | | | | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["xdp"].as_str().unwrap_or(""),
+            r["flood"].as_str().unwrap_or(""),
+            fmt(num(&r["flood_sender"], "pps")),
+            f(r, "arrived_per_sec"),
+            if r["xdp"] == "native" {
+                f(r, "xdp_dropped_per_sec")
+            } else {
+                "n/a".to_owned()
+            },
+            f(r, "relay_cpu_pct"),
+            f(r, "flood_sender_cpu_pct"),
+            f(r, "machine_softirq_pct"),
+            fmt(num(&r["kernel_per_sec"], "syncookies_sent")),
+            f(r, "legit_mb_per_sec"),
+            num(r, "legit_vs_unloaded").map_or("–".to_owned(), |v| format!("{:.0} %", 100.0 * v)),
+            fmt(num(&r["legit"], "relay_cpu_secs_per_gb")),
+        );
+    }
+
+    md.push_str("\n## The relays' own counters (`relay-ctl stats` before each stop)\n\n");
+    for r in report["relays"].as_array().into_iter().flatten() {
+        let stats = &r["stats"];
+        let failures = stats["handshake_failures"]
+            .as_object()
+            .filter(|m| !m.is_empty())
+            .map_or_else(
+                || "none".to_owned(),
+                |m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            );
+        let _ = writeln!(
+            md,
+            "- `{}` ({} user(s), fast mode {}, {}): {} connections accepted, handshake failures: {}",
+            r["label"].as_str().unwrap_or(""),
+            r["users"],
+            if r["fast_mode"] == true { "on" } else { "off" },
+            stats["enforcement"].as_str().unwrap_or("?"),
+            fmt(num(stats, "connections_accepted")),
+            failures,
+        );
+    }
+
+    let errors = report["errors"].as_array().map_or(0, Vec::len);
+    if errors > 0 {
+        md.push_str("\n## Scenarios that could not run\n\n");
+        for e in report["errors"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "- {} / {}: {}",
+                e["section"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap_or(""),
+                e["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            );
+        }
+    }
+    md
+}
+
+fn yes(v: &Value) -> &'static str {
+    if v == true { "yes" } else { "no" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_readable() {
+        assert_eq!(fmt(Some(25_123.4)), "25,123");
+        assert_eq!(fmt(Some(0.853)), "0.85");
+        assert_eq!(fmt(Some(12.34)), "12.3");
+        assert_eq!(fmt(Some(28.0)), "28");
+        assert_eq!(fmt(None), "–");
+        assert_eq!(group(-1_234_567), "-1,234,567");
+    }
+
+    #[test]
+    fn targets_are_judged_only_when_measured() {
+        let report = json!({
+            "throughput": [{"name": "x", "target_row": true, "relay_cpu_secs_per_gb": 0.5}],
+            "handshakes": [
+                {"name": "dd 1 user", "handshakes_per_relay_cpu_sec": 20000.0},
+                {"name": "dd 1000 users", "handshakes_per_relay_cpu_sec": 19000.0},
+            ],
+            "crypto": {"transform_to_openssl": 0.2},
+        });
+        let t = targets(&report);
+        let by = |id: &str| {
+            t.as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by("relay_cpu_per_gb")["pass"], true);
+        assert_eq!(by("dd_handshakes")["pass"], false);
+        assert_eq!(by("transform_vs_openssl")["pass"], false);
+        assert!((by("dd_users_drop")["measured"].as_f64().unwrap() - 5.0).abs() < 1e-9);
+        assert_eq!(by("dd_users_drop")["pass"], true);
+        assert_eq!(by("rss_per_idle_conn")["pass"], Value::Null);
+        let md = markdown(&json!({"targets": t, "machine": {}}));
+        assert!(md.contains("not measured"));
+    }
+}

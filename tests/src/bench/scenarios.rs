@@ -1,0 +1,1343 @@
+//! The orchestrator behind `cargo xtask bench` (binary `relay-bench`).
+//!
+//! ```text
+//! relay-bench --bin-dir target/release [--smoke] [--json PATH] [--only GROUP,GROUP]
+//! ```
+//!
+//! Groups, in order (each with relay-ctl started fresh on its own configuration):
+//! `crypto` (openssl and the in-process transform), `main` (1 user, fast mode: throughput,
+//! handshakes, latency), `slow` (fast mode off: throughput), `users` (1,000 users:
+//! handshakes), `memory` (idle connections), `flood` (XDP native, then XDP off).
+//!
+//! Exit status: 0 when every scenario ran (whatever the figures), 1 when one could not run,
+//! 2 when the harness could not start at all, 130 when interrupted.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::Signal;
+use serde_json::{Map, Value, json};
+
+use super::{
+    args::Args,
+    crypto,
+    net::{self, BLOCKED_NET, CLIENT, DC, DC_PORT, LIMITED_NET, Net, RELAY_PORT, SERVER},
+    procfs::{self, SysCpu},
+    report,
+    spawn::{self, Proc, Stream},
+};
+
+/// The fake-TLS domain of every generated configuration.
+const DOMAIN: &str = "bench.example.org";
+/// Frame sizes of the throughput matrix.
+const FRAMES: [usize; 2] = [1024, 16 * 1024];
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Entry point of `relay-bench`.
+pub fn main() -> ExitCode {
+    let options = match Options::from_env() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("relay-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("relay-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Command-line options.
+struct Options {
+    smoke: bool,
+    json: PathBuf,
+    bin_dir: PathBuf,
+    only: Vec<String>,
+}
+
+impl Options {
+    fn from_env() -> Result<Options> {
+        let mut args = Args::from_env()?;
+        let smoke = args.flag("smoke");
+        let bin_dir: PathBuf = args.need("bin-dir")?;
+        let json = args.get("json", PathBuf::from("target/bench/report.json"))?;
+        let only = args
+            .get("only", String::new())?
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect();
+        args.finish()?;
+        Ok(Options {
+            smoke,
+            json,
+            bin_dir,
+            only,
+        })
+    }
+
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+}
+
+/// How long and how big each scenario is.
+struct Profile {
+    tp_secs: f64,
+    tp_warmup: f64,
+    conns: [usize; 3],
+    /// Index into `conns` of the target's row (8 connections in a full run).
+    target_conns: usize,
+    hs_secs: f64,
+    hs_workers: usize,
+    idle_conns: usize,
+    lat_secs: f64,
+    /// The flood alone (relay CPU, drops).
+    flood_alone_secs: f64,
+    /// The flood with legit load.
+    flood_secs: f64,
+    flood_pps: u64,
+    legit_conns: usize,
+    crypto_budget: Duration,
+}
+
+impl Profile {
+    fn new(smoke: bool) -> Profile {
+        if smoke {
+            Profile {
+                tp_secs: 0.2,
+                tp_warmup: 0.05,
+                conns: [1, 2, 4],
+                target_conns: 1,
+                hs_secs: 0.3,
+                hs_workers: 4,
+                idle_conns: 100,
+                lat_secs: 0.2,
+                flood_alone_secs: 0.3,
+                flood_secs: 0.3,
+                flood_pps: 20_000,
+                legit_conns: 2,
+                crypto_budget: Duration::from_millis(100),
+            }
+        } else {
+            Profile {
+                tp_secs: 3.0,
+                tp_warmup: 0.5,
+                conns: [1, 8, 64],
+                target_conns: 1,
+                hs_secs: 3.0,
+                hs_workers: 32,
+                idle_conns: 10_000,
+                lat_secs: 3.0,
+                flood_alone_secs: 3.0,
+                flood_secs: 4.0,
+                flood_pps: 200_000,
+                legit_conns: 8,
+                crypto_budget: Duration::from_secs(1),
+            }
+        }
+    }
+}
+
+/// The binaries the harness runs.
+struct Bins {
+    relay_ctl: PathBuf,
+    loadgen: PathBuf,
+    fakedc: PathBuf,
+    flood: PathBuf,
+}
+
+impl Bins {
+    fn find(dir: &Path) -> Result<Bins> {
+        let bin = |name: &str| -> Result<PathBuf> {
+            let path = dir.join(name);
+            if !path.is_file() {
+                bail!(
+                    "{} not found: build with `cargo build --release -p relay-ctl -p relay-tests --bins`",
+                    path.display()
+                );
+            }
+            Ok(path)
+        };
+        Ok(Bins {
+            relay_ctl: bin("relay-ctl")?,
+            loadgen: bin("relay-loadgen")?,
+            fakedc: bin("relay-fakedc")?,
+            flood: bin("relay-flood")?,
+        })
+    }
+}
+
+fn run(options: &Options) -> Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark needs root: it creates network namespaces and attaches XDP");
+    }
+    let bins = Bins::find(&options.bin_dir)?;
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_signal),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { nix::sys::signal::sigaction(signal, &action) }?;
+    }
+    procfs::raise_nofile(spawn::NOFILE)?;
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("{}{id}", net::NS_PREFIX));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let outcome = (|| -> Result<Value> {
+        let net = Net::create(id)?;
+        let mut bench = Bench::start(options, bins, net, dir.clone())?;
+        bench.run_groups();
+        Ok(bench.finish())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = outcome?;
+    let markdown = report::markdown(&report);
+    println!("{markdown}");
+    if let Some(parent) = options.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&options.json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", options.json.display()))?;
+    eprintln!(
+        "relay-bench: JSON report written to {}",
+        options.json.display()
+    );
+    let errors = report["errors"].as_array().map_or(0, Vec::len);
+    Ok(if INTERRUPTED.load(Ordering::Relaxed) {
+        ExitCode::from(130)
+    } else if errors > 0 {
+        eprintln!("relay-bench: {errors} scenario(s) could not run; see `errors` in the report");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// How the relay under test is configured.
+#[derive(Clone, Copy)]
+struct Spec {
+    label: &'static str,
+    users: usize,
+    fast: bool,
+    xdp_native: bool,
+    /// The flood configuration: default SYN limits and the blocked range; otherwise limits so
+    /// high that the benchmark's own connections are never limited.
+    flood: bool,
+}
+
+/// A running relay-ctl.
+struct Relay {
+    proc: Proc,
+    spec: Spec,
+    admin: PathBuf,
+    secrets: PathBuf,
+}
+
+/// CPU of the three processes and the machine at one instant.
+struct Sample {
+    at: Instant,
+    relay: f64,
+    dc: f64,
+    generator: f64,
+    machine: SysCpu,
+}
+
+/// The generator's `begin` and `end` samples.
+struct Window {
+    begin: Sample,
+    end: Sample,
+}
+
+impl Window {
+    fn secs(&self) -> f64 {
+        self.end.at.duration_since(self.begin.at).as_secs_f64()
+    }
+
+    fn json(&self) -> Value {
+        let secs = self.secs();
+        let m = self.end.machine.since(&self.begin.machine);
+        let pct = |cpu: f64| 100.0 * cpu / secs.max(1e-9);
+        json!({
+            "secs": secs,
+            "relay_cpu_secs": self.end.relay - self.begin.relay,
+            "dc_cpu_secs": self.end.dc - self.begin.dc,
+            "generator_cpu_secs": self.end.generator - self.begin.generator,
+            "relay_cpu_pct": pct(self.end.relay - self.begin.relay),
+            "dc_cpu_pct": pct(self.end.dc - self.begin.dc),
+            "generator_cpu_pct": pct(self.end.generator - self.begin.generator),
+            "machine_cpu_pct": {
+                "user": pct(m.user),
+                "system": pct(m.system),
+                "softirq": pct(m.softirq + m.irq),
+                "idle": pct(m.idle),
+            },
+        })
+    }
+}
+
+/// What the generator's marker hook is told.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    Begin,
+    End,
+}
+
+/// A group of scenarios sharing one relay-ctl configuration.
+type Group<'a> = fn(&mut Bench<'a>) -> Result<()>;
+
+struct Bench<'a> {
+    options: &'a Options,
+    profile: Profile,
+    bins: Bins,
+    net: Net,
+    dir: PathBuf,
+    fakedc: Proc,
+    sections: Map<String, Value>,
+    errors: Vec<Value>,
+    started: Instant,
+    machine: Value,
+}
+
+impl<'a> Bench<'a> {
+    fn start(options: &'a Options, bins: Bins, net: Net, dir: PathBuf) -> Result<Bench<'a>> {
+        let machine = machine_info();
+        let dc_addr = format!("{DC}:{DC_PORT}");
+        let mut fakedc = spawn::spawn(
+            "relay-fakedc",
+            Some(&net.dc_ns),
+            &bins.fakedc,
+            &[
+                "--listen",
+                &dc_addr,
+                "--threads",
+                "2",
+                "--lifetime-secs",
+                "1800",
+            ],
+            &[],
+        )?;
+        fakedc.wait_line(Stream::Out, Duration::from_secs(10), |l| {
+            l.starts_with("listening")
+        })?;
+        Ok(Bench {
+            options,
+            profile: Profile::new(options.smoke),
+            bins,
+            net,
+            dir,
+            fakedc,
+            sections: Map::new(),
+            errors: Vec::new(),
+            started: Instant::now(),
+            machine,
+        })
+    }
+
+    fn interrupted() -> Result<()> {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    /// Records a scenario's outcome under `section`; a failure becomes an error entry.
+    fn record(&mut self, section: &str, name: &str, outcome: Result<Value>) {
+        let row = match outcome {
+            Ok(mut row) => {
+                row["name"] = json!(name);
+                eprintln!("relay-bench: {section}: {name}: {}", summary(section, &row));
+                row
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                eprintln!("relay-bench: {section}: {name}: FAILED: {message}");
+                self.errors
+                    .push(json!({"section": section, "name": name, "error": message}));
+                json!({"name": name, "error": message})
+            }
+        };
+        match self.sections.get_mut(section) {
+            Some(Value::Array(rows)) => rows.push(row),
+            _ => {
+                self.sections.insert(section.to_owned(), json!([row]));
+            }
+        }
+    }
+
+    fn run_groups(&mut self) {
+        let groups: [(&str, Group<'a>); 6] = [
+            ("crypto", Bench::crypto),
+            ("main", Bench::main_group),
+            ("slow", Bench::slow_group),
+            ("users", Bench::users_group),
+            ("memory", Bench::memory_group),
+            ("flood", Bench::flood_group),
+        ];
+        for (name, group) in groups {
+            if !self.options.wants(name) {
+                continue;
+            }
+            if let Err(e) = Bench::interrupted().and_then(|()| group(self)) {
+                let message = format!("{e:#}");
+                eprintln!("relay-bench: group {name}: FAILED: {message}");
+                self.errors
+                    .push(json!({"section": name, "name": "group", "error": message}));
+            }
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Value {
+        let _ = self.fakedc.stop(Signal::SIGTERM, Duration::from_secs(5));
+        let mut report = json!({
+            "smoke": self.options.smoke,
+            "generated_unix": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            "duration_secs": self.started.elapsed().as_secs_f64(),
+            "machine": self.machine.clone(),
+            "load_after": loadavg(),
+            "setup": {
+                "namespaces": [self.net.server_ns, self.net.client_ns, self.net.dc_ns],
+                "relay": format!("{SERVER}:{RELAY_PORT} (server namespace; XDP on {})", self.net.server_if),
+                "fake_dc": format!("{DC}:{DC_PORT} (relay-fakedc, 2 epoll threads, own namespace behind a second veth)"),
+                "generator": format!("{CLIENT} (relay-loadgen, client namespace)"),
+            },
+        });
+        for (key, value) in std::mem::take(&mut self.sections) {
+            report[key] = value;
+        }
+        report["errors"] = json!(self.errors);
+        report["targets"] = report::targets(&report);
+        report
+    }
+
+    // ---- relay-ctl ----
+
+    fn start_relay(&mut self, spec: Spec) -> Result<Relay> {
+        let secrets: Vec<String> = (0..spec.users.max(1))
+            .map(|_| {
+                rand::random::<[u8; 16]>()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect();
+        let admin = self.dir.join(format!("admin-{}.sock", spec.label));
+        let state = self.dir.join(format!("state-{}", spec.label));
+        let config = relay_config(&spec, &secrets, &self.net.server_if, &admin, &state);
+        let config_path = self.dir.join(format!("relay-{}.toml", spec.label));
+        std::fs::write(&config_path, &config)?;
+        let secrets_path = self.dir.join(format!("secrets-{}.txt", spec.label));
+        std::fs::write(&secrets_path, secrets.join("\n") + "\n")?;
+        let config_arg = config_path.display().to_string();
+        let mut proc = spawn::spawn(
+            "relay-ctl",
+            Some(&self.net.server_ns),
+            &self.bins.relay_ctl,
+            &["run", "--config", &config_arg],
+            // `ready` is logged by the run module at info; nothing per connection is logged.
+            &[
+                ("RUST_LOG", "warn,relay_ctl::cli::run=info"),
+                ("NO_COLOR", "1"),
+            ],
+        )?;
+        proc.wait_line(Stream::Err, Duration::from_secs(30), |l| {
+            l.contains("ready")
+        })?;
+        if spec.xdp_native && !proc.tail().contains("XDP attached") {
+            bail!("relay-ctl did not log `XDP attached`:\n{}", proc.tail());
+        }
+        eprintln!(
+            "relay-bench: relay-ctl `{}` ready (pid {}, {} user(s), fast mode {}, XDP {})",
+            spec.label,
+            proc.pid(),
+            spec.users,
+            if spec.fast { "on" } else { "off" },
+            if spec.xdp_native { "native" } else { "off" }
+        );
+        Ok(Relay {
+            proc,
+            spec,
+            admin,
+            secrets: secrets_path,
+        })
+    }
+
+    fn stop_relay(&mut self, mut relay: Relay) {
+        // What the relay itself counted: a failed handshake in a scenario shows up here.
+        let stats = relay_stats(&self.bins.relay_ctl, &relay.admin).map_or_else(
+            |e| json!({"error": format!("{e:#}")}),
+            |s| {
+                let failures: Map<String, Value> = s["handshake_failures"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(_, v)| v.as_u64() != Some(0))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({
+                    "connections_accepted": s["connections_accepted"],
+                    "handshake_failures": failures,
+                    "bans_total": s["bans_total"],
+                    "enforcement": s["enforcement"],
+                })
+            },
+        );
+        let entry = json!({"label": relay.spec.label, "users": relay.spec.users,
+            "fast_mode": relay.spec.fast, "xdp_native": relay.spec.xdp_native, "stats": stats});
+        match self.sections.get_mut("relays") {
+            Some(Value::Array(all)) => all.push(entry),
+            _ => {
+                self.sections.insert("relays".to_owned(), json!([entry]));
+            }
+        }
+        if let Err(e) = relay.proc.stop(Signal::SIGINT, Duration::from_secs(15)) {
+            self.errors.push(json!({"section": relay.spec.label, "name": "stop relay-ctl", "error": format!("{e:#}")}));
+        }
+    }
+
+    // ---- the generator ----
+
+    /// Runs `relay-loadgen MODE ARGS` in the client namespace, sampling CPU at its `begin` and
+    /// `end` lines and calling `hook` right after each sample; returns its result, the window
+    /// and what the hook returned.
+    fn loadgen(
+        &self,
+        relay: Option<&Relay>,
+        mode: &str,
+        args: &[String],
+        timeout: Duration,
+        hook: &mut dyn FnMut(Marker, &mut Proc) -> Result<Value>,
+    ) -> Result<(Value, Window, Value, Value)> {
+        Bench::interrupted()?;
+        let relay_pid = match relay {
+            Some(relay) => {
+                if !alive(relay.proc.pid()) {
+                    bail!("relay-ctl is not running:\n{}", relay.proc.tail());
+                }
+                Some(relay.proc.pid())
+            }
+            None => None,
+        };
+        let mut argv = vec![mode.to_owned()];
+        argv.extend_from_slice(args);
+        let mut generator = spawn::spawn(
+            "relay-loadgen",
+            Some(&self.net.client_ns),
+            &self.bins.loadgen,
+            &argv,
+            &[],
+        )?;
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let pids = (relay_pid, self.fakedc.pid(), generator.pid());
+        generator.wait_line(Stream::Out, left(), |l| l.starts_with("begin"))?;
+        let begin = sample(pids);
+        let at_begin = hook(Marker::Begin, &mut generator)?;
+        generator.wait_line(Stream::Out, left(), |l| l == "end")?;
+        let end = sample(pids);
+        let at_end = hook(Marker::End, &mut generator)?;
+        let line = generator.wait_line(Stream::Out, left(), |l| l.starts_with("result "))?;
+        generator.wait_success(left().max(Duration::from_secs(1)))?;
+        let result: Value = serde_json::from_str(&line["result ".len()..])
+            .with_context(|| format!("relay-loadgen printed `{line}`"))?;
+        Ok((result, Window { begin, end }, at_begin, at_end))
+    }
+
+    fn target_args(&self, relay: &Relay, mode: &str) -> Vec<String> {
+        let mut args = vec![
+            "--target".to_owned(),
+            format!("{SERVER}:{RELAY_PORT}"),
+            "--mode".to_owned(),
+            mode.to_owned(),
+            "--domain".to_owned(),
+            DOMAIN.to_owned(),
+            "--secrets".to_owned(),
+            relay.secrets.display().to_string(),
+        ];
+        if relay.spec.users > 1 {
+            args.extend(["--timeout-secs".to_owned(), "20".to_owned()]);
+        }
+        args
+    }
+
+    // ---- groups ----
+
+    fn crypto(&mut self) -> Result<()> {
+        let openssl = crypto::openssl_speed(self.options.smoke);
+        let transform = crypto::transform(self.profile.crypto_budget);
+        let handshake = crypto::handshake_costs(self.profile.crypto_budget / 4);
+        let mut section = json!({"transform": transform, "handshake_us": handshake});
+        match openssl {
+            Ok(openssl) => {
+                let ratio = section["transform"]["to_upstream_bytes_per_sec"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / openssl["bytes_per_sec"].as_f64().unwrap_or(f64::NAN);
+                eprintln!(
+                    "relay-bench: crypto: openssl {:.2} GB/s, ToUpstream {:.2} GB/s, ratio {ratio:.2}; handshake µs: {}",
+                    openssl["bytes_per_sec"].as_f64().unwrap_or(0.0) / 1e9,
+                    section["transform"]["to_upstream_bytes_per_sec"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        / 1e9,
+                    section["handshake_us"],
+                );
+                section["openssl"] = openssl;
+                section["transform_to_openssl"] = json!(ratio);
+            }
+            Err(e) => {
+                self.errors.push(
+                    json!({"section": "crypto", "name": "openssl speed", "error": format!("{e:#}")}),
+                );
+            }
+        }
+        self.sections.insert("crypto".to_owned(), section);
+        Ok(())
+    }
+
+    fn main_group(&mut self) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "main",
+            users: 1,
+            fast: true,
+            xdp_native: true,
+            flood: false,
+        })?;
+        self.throughput_matrix(&relay);
+        for mode in ["dd", "tls"] {
+            let outcome = self.handshakes(&relay, mode, "random");
+            self.record("handshakes", &format!("{mode} 1 user"), outcome);
+        }
+        let direct = self.latency(&relay, "direct");
+        let direct_p = direct
+            .as_ref()
+            .ok()
+            .map(|v| (v["p50_us"].as_f64(), v["p99_us"].as_f64()));
+        self.record("latency", "fake DC directly", direct);
+        for mode in ["dd", "tls"] {
+            let outcome = self.latency(&relay, mode).map(|mut v| {
+                if let Some((Some(p50), Some(p99))) = direct_p {
+                    v["added_p50_us"] = json!(v["p50_us"].as_f64().unwrap_or(0.0) - p50);
+                    v["added_p99_us"] = json!(v["p99_us"].as_f64().unwrap_or(0.0) - p99);
+                }
+                v
+            });
+            self.record("latency", &format!("{mode} through relay"), outcome);
+        }
+        self.stop_relay(relay);
+        Ok(())
+    }
+
+    fn slow_group(&mut self) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "slow",
+            users: 1,
+            fast: false,
+            xdp_native: true,
+            flood: false,
+        })?;
+        self.throughput_matrix(&relay);
+        self.stop_relay(relay);
+        Ok(())
+    }
+
+    fn users_group(&mut self) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "users",
+            users: 1000,
+            fast: true,
+            xdp_native: true,
+            flood: false,
+        })?;
+        for mode in ["dd", "tls"] {
+            // Random users: the average case, judged against the target. The first and last
+            // user bound it for a relay that tries secrets in order.
+            for (pick, suffix) in [
+                ("random", ""),
+                ("first", ", first user"),
+                ("last", ", last user"),
+            ] {
+                let outcome = self.handshakes(&relay, mode, pick);
+                self.record("handshakes", &format!("{mode} 1000 users{suffix}"), outcome);
+            }
+        }
+        self.stop_relay(relay);
+        Ok(())
+    }
+
+    fn memory_group(&mut self) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "memory",
+            users: 1,
+            fast: true,
+            xdp_native: true,
+            flood: false,
+        })?;
+        let outcome = self.idle(&relay);
+        self.record("memory", "idle connections", outcome);
+        self.stop_relay(relay);
+        Ok(())
+    }
+
+    fn flood_group(&mut self) -> Result<()> {
+        for xdp_native in [true, false] {
+            let relay = self.start_relay(Spec {
+                label: if xdp_native { "flood-xdp" } else { "flood-off" },
+                users: 1,
+                fast: true,
+                xdp_native,
+                flood: true,
+            })?;
+            let xdp = if xdp_native { "native" } else { "off" };
+            let baseline = self.flood(&relay, None);
+            let legit = baseline
+                .as_ref()
+                .ok()
+                .and_then(|v| v["legit_mb_per_sec"].as_f64());
+            self.record("flood", &format!("XDP {xdp}, no flood"), baseline);
+            for kind in ["blocked", "rate-limited"] {
+                let outcome = self.flood(&relay, Some(kind)).map(|mut v| {
+                    if let (Some(base), Some(now)) = (legit, v["legit_mb_per_sec"].as_f64()) {
+                        v["legit_vs_unloaded"] = json!(now / base);
+                    }
+                    v
+                });
+                self.record("flood", &format!("XDP {xdp}, {kind} flood"), outcome);
+            }
+            self.stop_relay(relay);
+        }
+        Ok(())
+    }
+
+    // ---- scenarios ----
+
+    fn throughput_matrix(&mut self, relay: &Relay) {
+        let conns = self.profile.conns;
+        for mode in ["dd", "tls"] {
+            for (i, n) in conns.iter().enumerate() {
+                for frame in FRAMES {
+                    let outcome = self.throughput(relay, mode, *n, frame).map(|mut v| {
+                        let is_target = mode == "dd"
+                            && relay.spec.fast
+                            && i == self.profile.target_conns
+                            && frame == 16 * 1024;
+                        v["target_row"] = json!(is_target);
+                        v
+                    });
+                    let fast = if relay.spec.fast { "fast" } else { "no fast" };
+                    let name = format!("{mode} {fast} {n}x{}KiB", frame / 1024);
+                    self.record("throughput", &name, outcome);
+                }
+            }
+        }
+    }
+
+    fn throughput(&self, relay: &Relay, mode: &str, conns: usize, frame: usize) -> Result<Value> {
+        let mut args = self.target_args(relay, mode);
+        args.extend(
+            [
+                "--conns",
+                &conns.to_string(),
+                "--frame",
+                &frame.to_string(),
+                "--duration",
+                &self.profile.tp_secs.to_string(),
+                "--warmup",
+                &self.profile.tp_warmup.to_string(),
+            ]
+            .map(str::to_owned),
+        );
+        let timeout = Duration::from_secs_f64(60.0 + self.profile.tp_secs);
+        let (result, window, _, _) =
+            self.loadgen(Some(relay), "throughput", &args, timeout, &mut |_, _| {
+                Ok(Value::Null)
+            })?;
+        let bytes = result["bytes_echoed"].as_f64().unwrap_or(0.0);
+        let mut row = window.json();
+        let relay_cpu = row["relay_cpu_secs"].as_f64().unwrap_or(0.0);
+        row["mode"] = json!(mode);
+        row["fast_mode"] = json!(relay.spec.fast);
+        row["conns"] = json!(conns);
+        row["frame"] = json!(frame);
+        row["bytes_echoed"] = json!(bytes);
+        row["mb_per_sec"] = json!(bytes / 1e6 / window.secs());
+        row["relay_cpu_secs_per_gb"] = json!(relay_cpu / (bytes / 1e9).max(1e-12));
+        row["generator"] = result;
+        Ok(row)
+    }
+
+    fn handshakes(&self, relay: &Relay, mode: &str, pick: &str) -> Result<Value> {
+        let mut args = self.target_args(relay, mode);
+        args.extend(
+            [
+                "--user",
+                pick,
+                "--workers",
+                &self.profile.hs_workers.to_string(),
+                "--duration",
+                &self.profile.hs_secs.to_string(),
+            ]
+            .map(str::to_owned),
+        );
+        let timeout = Duration::from_secs_f64(60.0 + self.profile.hs_secs);
+        let (result, window, _, _) =
+            self.loadgen(Some(relay), "handshakes", &args, timeout, &mut |_, _| {
+                Ok(Value::Null)
+            })?;
+        let count = result["handshakes"].as_f64().unwrap_or(0.0);
+        let mut row = window.json();
+        let relay_cpu = row["relay_cpu_secs"].as_f64().unwrap_or(0.0);
+        row["mode"] = json!(mode);
+        row["users"] = json!(relay.spec.users);
+        row["user_pick"] = json!(pick);
+        row["workers"] = json!(self.profile.hs_workers);
+        row["handshakes"] = json!(count);
+        row["handshakes_per_sec"] = json!(count / window.secs());
+        row["handshakes_per_relay_cpu_sec"] = json!(count / relay_cpu.max(1e-9));
+        row["failed"] = result["failed"].clone();
+        row["generator"] = result;
+        Ok(row)
+    }
+
+    fn latency(&self, relay: &Relay, mode: &str) -> Result<Value> {
+        let mut args = if mode == "direct" {
+            vec![
+                "--target".to_owned(),
+                format!("{DC}:{DC_PORT}"),
+                "--mode".to_owned(),
+                "direct".to_owned(),
+            ]
+        } else {
+            self.target_args(relay, mode)
+        };
+        args.extend(["--duration".to_owned(), self.profile.lat_secs.to_string()]);
+        let timeout = Duration::from_secs_f64(30.0 + self.profile.lat_secs);
+        let (result, window, _, _) =
+            self.loadgen(Some(relay), "latency", &args, timeout, &mut |_, _| {
+                Ok(Value::Null)
+            })?;
+        let mut row = result;
+        row["path"] = json!(mode);
+        row["window"] = window.json();
+        Ok(row)
+    }
+
+    fn idle(&self, relay: &Relay) -> Result<Value> {
+        let pid = relay.proc.pid();
+        let dc_pid = self.fakedc.pid();
+        // Let the runtime settle, then take the baseline.
+        std::thread::sleep(Duration::from_millis(500));
+        let before = procfs::rss_kib(pid)?;
+        let threads_before = procfs::threads(pid)?;
+        // The relay holds two sockets per relayed connection (client and DC), and so does the
+        // generator (its reader and writer halves): the file-descriptor limit caps the count.
+        let hard = procfs::nofile_hard()?;
+        let fds = procfs::open_fds(pid)?;
+        let fit = usize::try_from(hard.saturating_sub(fds + 64) / 2).unwrap_or(usize::MAX);
+        let wanted = self.profile.idle_conns;
+        let conns = wanted.min(fit);
+        let cap_note = (conns < wanted).then(|| {
+            format!(
+                "{wanted} idle connections are impossible here: RLIMIT_NOFILE's hard limit is \
+                 {hard} and cannot be raised (no CAP_SYS_RESOURCE), while the relay needs two \
+                 descriptors per relayed connection (client and DC sockets) plus the {fds} it \
+                 holds at start; measured with the most that fit, {conns}"
+            )
+        });
+        let mut args = self.target_args(relay, "dd");
+        args.extend(
+            [
+                "--conns",
+                &conns.to_string(),
+                "--workers",
+                "16",
+                "--hold",
+                "120",
+            ]
+            .map(str::to_owned),
+        );
+        let (result, _, after, _) = self.loadgen(
+            Some(relay),
+            "idle",
+            &args,
+            Duration::from_secs(300),
+            &mut |marker, generator| {
+                if marker == Marker::End {
+                    return Ok(Value::Null);
+                }
+                // Everything is open and idle; give the relay a moment to finish its part.
+                std::thread::sleep(Duration::from_millis(1000));
+                let rss = procfs::rss_kib(pid)?;
+                let hwm = procfs::status_kib(pid, "VmHWM")?;
+                let threads = procfs::threads(pid)?;
+                let dc_rss = procfs::rss_kib(dc_pid)?;
+                generator.close_stdin();
+                Ok(json!({"rss_kib": rss, "hwm_kib": hwm, "threads": threads, "dc_rss_kib": dc_rss}))
+            },
+        )?;
+        let opened = result["opened"].as_f64().unwrap_or(0.0);
+        let rss = after["rss_kib"].as_f64().unwrap_or(0.0);
+        let mut row = json!({
+            "wanted": wanted,
+            "attempted": conns,
+            "nofile_hard_limit": hard,
+            "opened": opened,
+            "relay_rss_before_kib": before,
+            "relay_rss_idle_kib": rss,
+            "relay_hwm_kib": after["hwm_kib"],
+            "relay_threads_before": threads_before,
+            "relay_threads_idle": after["threads"],
+            "fake_dc_rss_idle_kib": after["dc_rss_kib"],
+            "rss_per_conn_kib": (rss - before as f64) / opened.max(1.0),
+            "generator": result,
+        });
+        let mut notes: Vec<String> = cap_note.into_iter().collect();
+        if (opened as usize) < conns {
+            notes.push(format!(
+                "only {opened} of {conns} connections opened: {}",
+                row["generator"]["first_error"]
+            ));
+        }
+        if !notes.is_empty() {
+            row["note"] = json!(notes.join("; "));
+        }
+        Ok(row)
+    }
+
+    /// A SYN flood of `kind` (`None`: no flood, the baseline) in two windows: the flood alone
+    /// (relay CPU, XDP drops, kernel counters), then the flood plus legit `dd` load (16 KiB
+    /// frames), whose throughput is compared with the baseline's.
+    fn flood(&self, relay: &Relay, kind: Option<&str>) -> Result<Value> {
+        let alone = self.profile.flood_alone_secs;
+        let secs = self.profile.flood_secs;
+        let mut flood = match kind {
+            Some(kind) => {
+                let (net, count) = match kind {
+                    "blocked" => (BLOCKED_NET, "0"),
+                    _ => (LIMITED_NET, "16"),
+                };
+                // Bounded in time and count; stopped earlier through stdin when measured.
+                let limit = alone + secs + 30.0;
+                let total = (self.profile.flood_pps as f64 * limit) as u64;
+                let args = [
+                    "--iface".to_owned(),
+                    self.net.client_if.clone(),
+                    "--dst-mac".to_owned(),
+                    self.net.server_mac.clone(),
+                    "--dst".to_owned(),
+                    format!("{SERVER}:{RELAY_PORT}"),
+                    "--src-net".to_owned(),
+                    net.to_owned(),
+                    "--src-count".to_owned(),
+                    count.to_owned(),
+                    "--pps".to_owned(),
+                    self.profile.flood_pps.to_string(),
+                    "--count".to_owned(),
+                    total.to_string(),
+                    "--duration".to_owned(),
+                    limit.to_string(),
+                    "--stop-on-stdin-eof".to_owned(),
+                ];
+                let proc = spawn::spawn(
+                    "relay-flood",
+                    Some(&self.net.client_ns),
+                    &self.bins.flood,
+                    &args,
+                    &[],
+                )?;
+                // Let the flood reach its rate (and the rate-limited sources spend their burst).
+                std::thread::sleep(Duration::from_millis(300));
+                Some(proc)
+            }
+            None => None,
+        };
+        let flood_pid = flood.as_ref().map(Proc::pid);
+        let outcome = self.flood_windows(relay, flood_pid, alone, secs);
+        let flood_result = match &mut flood {
+            Some(proc) => {
+                proc.close_stdin();
+                let line = proc.wait_line(Stream::Out, Duration::from_secs(10), |l| {
+                    l.starts_with("result ")
+                });
+                let status = proc.wait_success(Duration::from_secs(5));
+                let line = line?;
+                status?;
+                serde_json::from_str::<Value>(&line["result ".len()..])?
+            }
+            None => Value::Null,
+        };
+        let mut row = outcome?;
+        row["xdp"] = json!(if relay.spec.xdp_native {
+            "native"
+        } else {
+            "off"
+        });
+        row["flood"] = json!(kind.unwrap_or("none"));
+        row["flood_sender"] = flood_result;
+        Ok(row)
+    }
+
+    fn flood_windows(
+        &self,
+        relay: &Relay,
+        flood_pid: Option<u32>,
+        alone: f64,
+        secs: f64,
+    ) -> Result<Value> {
+        let admin = relay.admin.clone();
+        let relay_ctl = self.bins.relay_ctl.clone();
+        let net = &self.net;
+        let counters = || -> Result<Value> {
+            Ok(json!({
+                "verdicts": xdp_verdicts(&relay_ctl, &admin)?,
+                "netstat": net.server_counters()?,
+            }))
+        };
+        // Window 1: the flood alone.
+        let pid = relay.proc.pid();
+        let cpu = |p: Option<u32>| p.and_then(|p| procfs::cpu_secs(p).ok()).unwrap_or(0.0);
+        let before = (
+            Instant::now(),
+            cpu(Some(pid)),
+            cpu(flood_pid),
+            SysCpu::now()?,
+            counters()?,
+        );
+        std::thread::sleep(Duration::from_secs_f64(alone));
+        let after = (
+            Instant::now(),
+            cpu(Some(pid)),
+            cpu(flood_pid),
+            SysCpu::now()?,
+            counters()?,
+        );
+        let window = after.0.duration_since(before.0).as_secs_f64();
+        let machine = after.3.since(&before.3);
+        let mut row = per_sec(&before.4, &after.4, window);
+        // Packets that reached the relay's namespace: XDP sees them all; without XDP the IP
+        // layer counts them.
+        row["arrived_per_sec"] = if relay.spec.xdp_native {
+            json!(
+                row["verdicts_per_sec"]
+                    .as_object()
+                    .map_or(0.0, |m| m.values().filter_map(Value::as_f64).sum::<f64>())
+            )
+        } else {
+            row["kernel_per_sec"]["ip_in_receives"].clone()
+        };
+        row["alone_secs"] = json!(window);
+        row["relay_cpu_pct"] = json!(100.0 * (after.1 - before.1) / window);
+        row["flood_sender_cpu_pct"] = json!(100.0 * (after.2 - before.2) / window);
+        row["machine_softirq_pct"] = json!(100.0 * (machine.softirq + machine.irq) / window);
+        row["machine_idle_pct"] = json!(100.0 * machine.idle / window);
+
+        // Window 2: the flood plus legit load.
+        let mut args = self.target_args(relay, "dd");
+        args.extend(
+            [
+                "--conns",
+                &self.profile.legit_conns.to_string(),
+                "--frame",
+                "16384",
+                "--duration",
+                &secs.to_string(),
+                "--warmup",
+                &self.profile.tp_warmup.to_string(),
+            ]
+            .map(str::to_owned),
+        );
+        let mut hook = |_: Marker, _: &mut Proc| counters();
+        let (result, window, begin, end) = self.loadgen(
+            Some(relay),
+            "throughput",
+            &args,
+            Duration::from_secs_f64(60.0 + secs),
+            &mut hook,
+        )?;
+        let bytes = result["bytes_echoed"].as_f64().unwrap_or(0.0);
+        let mut legit = window.json();
+        let relay_cpu = legit["relay_cpu_secs"].as_f64().unwrap_or(0.0);
+        legit["conns"] = json!(self.profile.legit_conns);
+        legit["mb_per_sec"] = json!(bytes / 1e6 / window.secs());
+        legit["relay_cpu_secs_per_gb"] = json!(relay_cpu / (bytes / 1e9).max(1e-12));
+        legit["during"] = per_sec(&begin, &end, window.secs());
+        legit["generator"] = result;
+        row["legit_mb_per_sec"] = legit["mb_per_sec"].clone();
+        row["legit"] = legit;
+        Ok(row)
+    }
+}
+
+/// Per-second deltas of the XDP verdicts and kernel counters between two `counters()` reads.
+fn per_sec(begin: &Value, end: &Value, secs: f64) -> Value {
+    let delta = |section: &str, key: &str| {
+        end[section][key].as_f64().unwrap_or(0.0) - begin[section][key].as_f64().unwrap_or(0.0)
+    };
+    let verdicts: Map<String, Value> = begin["verdicts"]
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .map(|k| (k.clone(), json!(delta("verdicts", k) / secs)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dropped: f64 = ["blocked_cidr", "banned", "syn_rate_limited"]
+        .iter()
+        .map(|k| delta("verdicts", k))
+        .sum();
+    json!({
+        "xdp_dropped_per_sec": dropped / secs,
+        "verdicts_per_sec": verdicts,
+        "kernel_per_sec": {
+            "syncookies_sent": delta("netstat", "TcpExt.SyncookiesSent") / secs,
+            "listen_drops": delta("netstat", "TcpExt.ListenDrops") / secs,
+            "listen_overflows": delta("netstat", "TcpExt.ListenOverflows") / secs,
+            "tcp_passive_opens": delta("netstat", "Tcp.PassiveOpens") / secs,
+            "ip_in_receives": delta("netstat", "Ip.InReceives") / secs,
+        },
+    })
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+fn sample((relay, dc, generator): (Option<u32>, u32, u32)) -> Sample {
+    let cpu = |pid: Option<u32>| pid.and_then(|p| procfs::cpu_secs(p).ok()).unwrap_or(0.0);
+    Sample {
+        at: Instant::now(),
+        relay: cpu(relay),
+        dc: cpu(Some(dc)),
+        generator: cpu(Some(generator)),
+        machine: SysCpu::now().unwrap_or_default(),
+    }
+}
+
+/// The XDP verdict counters (packets; connections in userspace mode) from `relay-ctl stats`.
+fn xdp_verdicts(relay_ctl: &Path, admin: &Path) -> Result<Value> {
+    Ok(relay_stats(relay_ctl, admin)?["verdicts"].take())
+}
+
+/// `relay-ctl stats --json` over the relay's admin socket.
+fn relay_stats(relay_ctl: &Path, admin: &Path) -> Result<Value> {
+    let out = Command::new(relay_ctl)
+        .args(["stats", "--json", "--socket"])
+        .arg(admin)
+        .output()
+        .context("running relay-ctl stats")?;
+    if !out.status.success() {
+        bail!(
+            "relay-ctl stats failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("relay-ctl stats --json")
+}
+
+/// The relay-ctl configuration for `spec`.
+fn relay_config(
+    spec: &Spec,
+    secrets: &[String],
+    iface: &str,
+    admin: &Path,
+    state: &Path,
+) -> String {
+    let mut users = String::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        let _ = write!(
+            users,
+            "[[users]]\nname = \"u{i}\"\nsecret = \"{secret}\"\n\n"
+        );
+    }
+    let (limits, blocklist) = if spec.flood {
+        (
+            "syn_limit = true\nsyn_rate_per_sec = 8\nsyn_burst = 32\nnew_state_per_cpu_per_sec = 20000",
+            format!("cidrs = [\"{BLOCKED_NET}\"]"),
+        )
+    } else {
+        (
+            "syn_limit = true\nsyn_rate_per_sec = 1000000\nsyn_burst = 1000000\nnew_state_per_cpu_per_sec = 1000000",
+            "cidrs = []".to_owned(),
+        )
+    };
+    format!(
+        r#"# Generated by relay-bench ({label}).
+[server]
+listen = ["{SERVER}:{RELAY_PORT}"]
+modes = ["secure", "tls"]
+
+{users}[tls]
+domain = "{DOMAIN}"
+fronting = false
+
+[upstream]
+default_dc = 2
+connect_timeout_secs = 3
+fast_mode = {fast}
+
+[upstream.dc]
+"2" = ["{DC}:{DC_PORT}"]
+
+[timeouts]
+handshake_secs = 10
+idle_secs = 600
+
+[xdp]
+interfaces = ["{iface}"]
+mode = "{mode}"
+
+[limits]
+{limits}
+
+[blocklist]
+{blocklist}
+
+# The benchmark's own traffic must never be banned.
+[misuse]
+bad_secret = 0
+unknown_sni = 0
+replay = 0
+timeout = 0
+garbage = 0
+connections = 0
+
+[admin]
+socket = "{admin}"
+
+[state]
+dir = "{state}"
+"#,
+        label = spec.label,
+        fast = spec.fast,
+        mode = if spec.xdp_native { "native" } else { "off" },
+        admin = admin.display(),
+        state = state.display(),
+    )
+}
+
+/// A one-line summary of a recorded row, for progress on stderr.
+fn summary(section: &str, row: &Value) -> String {
+    let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+    match section {
+        "throughput" => format!(
+            "{:.0} MB/s, relay {:.2} CPU-s/GB ({:.0}% CPU), generator {:.0}%, fake DC {:.0}%",
+            f("mb_per_sec"),
+            f("relay_cpu_secs_per_gb"),
+            f("relay_cpu_pct"),
+            f("generator_cpu_pct"),
+            f("dc_cpu_pct")
+        ),
+        "handshakes" => format!(
+            "{:.0}/s, {:.0} per relay CPU-second ({:.0}% CPU), {} failed",
+            f("handshakes_per_sec"),
+            f("handshakes_per_relay_cpu_sec"),
+            f("relay_cpu_pct"),
+            row["failed"]
+        ),
+        "latency" => format!("p50 {:.0} µs, p99 {:.0} µs", f("p50_us"), f("p99_us")),
+        "memory" => format!(
+            "{} connections, RSS {} → {} KiB, {:.1} KiB per connection",
+            row["opened"],
+            row["relay_rss_before_kib"],
+            row["relay_rss_idle_kib"],
+            f("rss_per_conn_kib")
+        ),
+        "flood" => format!(
+            "alone: XDP drops {:.0}/s, relay {:.1}% CPU, softirq {:.0}%; legit {:.0} MB/s ({:.2} CPU-s/GB)",
+            f("xdp_dropped_per_sec"),
+            f("relay_cpu_pct"),
+            f("machine_softirq_pct"),
+            f("legit_mb_per_sec"),
+            row["legit"]["relay_cpu_secs_per_gb"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        ),
+        _ => String::new(),
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// What the report says about the machine and the code measured.
+fn machine_info() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let flags = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("flags")?
+                .split_once(':')
+                .map(|(_, f)| f.to_owned())
+        })
+        .unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "cpu_model": model,
+        "aes_ni": has("aes"),
+        "vaes": has("vaes"),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "memory_kib": procfs_meminfo(),
+        "load_before": loadavg(),
+        "git": git(&["rev-parse", "--short", "HEAD"]).map(|rev| if dirty { format!("{rev}+dirty") } else { rev }),
+    })
+}
+
+fn procfs_meminfo() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,529 @@
+//! relay-loadgen: the benchmark's load generator, built on `relay_tests::mtproto_client` (the
+//! same blocking client the probe tests use, `dd` or fake TLS).
+//!
+//! ```text
+//! relay-loadgen throughput --target A --mode dd|tls [--domain D] --secrets FILE
+//!               --conns N --frame BYTES --duration SECS [--max-bytes B] [--warmup SECS]
+//! relay-loadgen handshakes --target A --mode dd|tls ... --workers M --duration SECS [--frame B]
+//!               [--user random|first|last]
+//! relay-loadgen idle       --target A --mode dd|tls ... --conns K [--workers W] [--hold SECS]
+//! relay-loadgen latency    --target A --mode dd|tls|direct ... --duration SECS [--rounds R]
+//! ```
+//!
+//! Every mode prints `begin` when its measurement window opens and `end` when it closes (the
+//! orchestrator samples the relay's CPU and memory at those lines), then one line
+//! `result {json}`. Each mode is bounded in time (and bytes or rounds where it applies).
+//!
+//! - throughput: N connections, each with a writer thread sending `frame`-byte writes of a
+//!   known pattern and a reader thread checking every echoed byte against it; reports bytes
+//!   echoed in the window.
+//! - handshakes: M workers, each looping connect, handshake, one echoed frame, close; counts
+//!   completed handshakes. Each connection's user is picked at random from `--secrets` (the
+//!   relay's average case), or is always the first or the last one (its best and worst case
+//!   when it tries users in order).
+//! - idle: opens K connections (handshake plus one echoed frame each) and holds them idle
+//!   until stdin closes or `--hold` passes.
+//! - latency: one connection, 1 KiB request/response round trips; p50/p99. `--mode direct`
+//!   talks to the fake DC itself (a DC-side obfuscated2 header, no relay), for the baseline.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use rand::Rng as _;
+use relay_ctl::proto::{AesCtr, ProtoTag, Secret, obfs2};
+use relay_tests::{
+    bench::{args::Args, procfs},
+    mtproto_client::{ClientOptions, MtprotoClient, Transport},
+};
+use serde_json::{Value, json};
+
+/// Period of the payload pattern: prime, so it never lines up with frame or record sizes.
+const PERIOD: usize = 251;
+/// Receive buffer of a throughput reader.
+const RECV_BUF: usize = 64 * 1024;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut argv = std::env::args().skip(1);
+    let mode = argv
+        .next()
+        .context("missing mode (throughput|handshakes|idle|latency)")?;
+    let mut args = Args::parse(argv)?;
+    procfs::raise_nofile(1 << 16)?;
+    let common = Common::from_args(&mut args)?;
+    let result = match mode.as_str() {
+        "throughput" => throughput(&common, &mut args)?,
+        "handshakes" => handshakes(&common, &mut args)?,
+        "idle" => idle(&common, &mut args)?,
+        "latency" => latency(&common, &mut args)?,
+        other => bail!("unknown mode `{other}`"),
+    };
+    println!("result {result}");
+    Ok(())
+}
+
+/// How to reach the relay (or the fake DC).
+struct Common {
+    target: SocketAddr,
+    /// `None`: talk to the fake DC directly.
+    transport: Option<Transport>,
+    secrets: Vec<Secret>,
+    timeout: Duration,
+}
+
+impl Common {
+    fn from_args(args: &mut Args) -> Result<Common> {
+        let target = args.need("target")?;
+        let mode: String = args.need("mode")?;
+        let domain: String = args.get("domain", "bench.example.org".to_owned())?;
+        let transport = match mode.as_str() {
+            "dd" => Some(Transport::Secure),
+            "tls" | "ee" => Some(Transport::FakeTls { domain }),
+            "direct" => None,
+            other => bail!("--mode {other}: expected dd, tls or direct"),
+        };
+        let mut secrets = Vec::new();
+        if let Some(file) = args.opt::<String>("secrets")? {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                secrets.push(
+                    line.parse::<Secret>()
+                        .map_err(|e| anyhow::anyhow!("{file}: secret `{line}`: {e}"))?,
+                );
+            }
+        }
+        if let Some(secret) = args.opt::<String>("secret")? {
+            secrets.push(
+                secret
+                    .parse::<Secret>()
+                    .map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+            );
+        }
+        if transport.is_some() && secrets.is_empty() {
+            bail!("--secrets FILE or --secret HEX is needed for --mode {mode}");
+        }
+        let timeout = Duration::from_secs_f64(args.get("timeout-secs", 10.0)?);
+        Ok(Common {
+            target,
+            transport,
+            secrets,
+            timeout,
+        })
+    }
+
+    /// Connects and handshakes as user `user` (index into the secrets).
+    fn connect(&self, user: usize) -> io::Result<Conn> {
+        let Some(transport) = &self.transport else {
+            return Direct::connect(self.target, self.timeout).map(|d| Conn::Direct(Box::new(d)));
+        };
+        let secret = self.secrets[user % self.secrets.len()].clone();
+        let mut options = ClientOptions::new(secret, transport.clone());
+        options.timeout = self.timeout;
+        let client = MtprotoClient::connect(self.target, &options)?;
+        // Bounds every later read and write too, so a stalled relay ends a run with an error
+        // instead of hanging it.
+        client.set_read_timeout(Some(self.timeout))?;
+        client.stream().set_write_timeout(Some(self.timeout))?;
+        Ok(Conn::Proxy(Box::new(client)))
+    }
+
+    /// A user index picked uniformly at random.
+    fn random_user(&self) -> usize {
+        rand::rng().random_range(0..self.secrets.len().max(1))
+    }
+}
+
+/// A connection through the relay, or straight to the fake DC.
+enum Conn {
+    Proxy(Box<MtprotoClient>),
+    Direct(Box<Direct>),
+}
+
+impl Conn {
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Proxy(c) => c.send(data),
+            Conn::Direct(d) => d.send(data),
+        }
+    }
+
+    fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Conn::Proxy(c) => c.recv_exact(buf),
+            Conn::Direct(d) => d.recv_exact(buf),
+        }
+    }
+
+    /// Sends `frame` and checks that exactly it comes back.
+    fn echo(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> io::Result<()> {
+        self.send(frame)?;
+        scratch.resize(frame.len(), 0);
+        self.recv_exact(scratch)?;
+        if scratch[..] != *frame {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "echoed frame differs from the one sent",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A client of the fake DC itself: a DC-side obfuscated2 header (what the relay sends), then
+/// AES-CTR both ways. The baseline for "added" latency.
+struct Direct {
+    stream: TcpStream,
+    encrypt: AesCtr,
+    decrypt: AesCtr,
+    scratch: Vec<u8>,
+}
+
+impl Direct {
+    fn connect(target: SocketAddr, timeout: Duration) -> io::Result<Direct> {
+        let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let leg = obfs2::dc_header(&mut rand::rng(), ProtoTag::PaddedIntermediate, 2, None);
+        stream.write_all(&leg.wire)?;
+        Ok(Direct {
+            stream,
+            encrypt: leg.encrypt,
+            decrypt: leg.decrypt,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(data);
+        self.encrypt.apply(&mut self.scratch);
+        self.stream.write_all(&self.scratch)
+    }
+
+    fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.stream.read_exact(buf)?;
+        self.decrypt.apply(buf);
+        Ok(())
+    }
+}
+
+/// `len` bytes of the pattern, plus a period so any offset can be sliced.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len + PERIOD).map(|i| (i % PERIOD) as u8).collect()
+}
+
+/// Prints a marker line for the orchestrator at once.
+fn mark(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn secs(args: &mut Args, name: &str, default: f64) -> Result<Duration> {
+    let s: f64 = args.get(name, default)?;
+    if !(0.0..=3600.0).contains(&s) {
+        bail!("--{name} {s}: expected 0..=3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// N connections streaming frames both ways; bytes echoed in the window.
+fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
+    let conns: usize = args.need("conns")?;
+    let frame: usize = args.need("frame")?;
+    let duration = secs(args, "duration", 3.0)?;
+    let warmup = secs(args, "warmup", 0.3)?;
+    let max_bytes: u64 = args.get("max-bytes", u64::MAX)?;
+    args.finish()?;
+    if common.transport.is_none() || conns == 0 || frame == 0 {
+        bail!("throughput needs --mode dd|tls, --conns ≥ 1 and --frame ≥ 1");
+    }
+    let pat = Arc::new(pattern(frame.max(RECV_BUF)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Arc<AtomicU64>> = (0..conns).map(|_| Arc::default()).collect();
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for (i, counter) in counters.iter().enumerate() {
+        let Conn::Proxy(client) = common
+            .connect(0)
+            .with_context(|| format!("connection {i}: handshake"))?
+        else {
+            unreachable!("throughput uses the relay");
+        };
+        let (mut reader, mut writer) = client.split();
+        let (pat_w, pat_r, stop_w) = (pat.clone(), pat.clone(), stop.clone());
+        writers.push(thread::spawn(move || -> io::Result<u64> {
+            let mut sent = 0usize;
+            while !stop_w.load(Ordering::Relaxed) {
+                let at = sent % PERIOD;
+                writer.send(&pat_w[at..at + frame])?;
+                sent += frame;
+            }
+            writer.shutdown()?;
+            Ok(sent as u64)
+        }));
+        let counter = counter.clone();
+        readers.push(thread::spawn(move || -> io::Result<u64> {
+            reader.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = vec![0u8; RECV_BUF];
+            let mut got = 0usize;
+            loop {
+                let n = reader.recv(&mut buf)?;
+                if n == 0 {
+                    return Ok(got as u64);
+                }
+                let at = got % PERIOD;
+                if buf[..n] != pat_r[at..at + n] {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "echo differs from what was sent, within bytes {got}..{}",
+                            got + n
+                        ),
+                    ));
+                }
+                got += n;
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let total = || {
+        counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    thread::sleep(warmup);
+    let (bytes0, cpu0, t0) = (total(), procfs::rusage_self(), Instant::now());
+    mark("begin");
+    while t0.elapsed() < duration && total() - bytes0 < max_bytes {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let (bytes1, cpu1, window) = (total(), procfs::rusage_self(), t0.elapsed());
+    mark("end");
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for w in writers {
+        sent += join(w).context("writer")?;
+    }
+    let mut received = 0;
+    for r in readers {
+        received += join(r).context("reader")?;
+    }
+    if received != sent {
+        bail!("sent {sent} bytes but {received} came back");
+    }
+    Ok(json!({
+        "conns": conns,
+        "frame": frame,
+        "window_secs": window.as_secs_f64(),
+        "bytes_echoed": bytes1 - bytes0,
+        "total_echoed": received,
+        "cpu_secs": cpu1 - cpu0,
+    }))
+}
+
+fn join<T>(handle: thread::JoinHandle<io::Result<T>>) -> Result<T> {
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread panicked"))?
+        .map_err(anyhow::Error::from)
+}
+
+/// M workers: connect, handshake, one echoed frame, close, again.
+fn handshakes(common: &Common, args: &mut Args) -> Result<Value> {
+    let workers: usize = args.get("workers", 32)?;
+    let duration = secs(args, "duration", 3.0)?;
+    let frame: usize = args.get("frame", 128)?;
+    let pick: String = args.get("user", "random".to_owned())?;
+    args.finish()?;
+    let last = common.secrets.len().saturating_sub(1);
+    let user = move || match pick.as_str() {
+        "first" => Ok(0),
+        "last" => Ok(last),
+        "random" => Ok(common.random_user()),
+        other => Err(anyhow::anyhow!(
+            "--user {other}: expected random, first or last"
+        )),
+    };
+    user()?;
+    let pat = pattern(frame);
+    let payload = &pat[..frame];
+    let ok = AtomicU64::new(0);
+    let late = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let first_error = Mutex::new(None::<String>);
+    let cpu0 = procfs::rusage_self();
+    mark("begin");
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let window = thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            scope.spawn(|| {
+                let mut scratch = Vec::new();
+                while Instant::now() < deadline {
+                    let outcome = common
+                        .connect(user().unwrap_or(0))
+                        .and_then(|mut c| c.echo(payload, &mut scratch));
+                    match outcome {
+                        Ok(()) if Instant::now() < deadline => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(()) => late.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert_with(|| e.to_string());
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            });
+        }
+        thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        mark("end");
+        t0.elapsed()
+    });
+    let cpu1 = procfs::rusage_self();
+    let ok = ok.into_inner();
+    if ok == 0 {
+        bail!(
+            "no handshake completed; first error: {}",
+            first_error
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_default()
+        );
+    }
+    Ok(json!({
+        "workers": workers,
+        "window_secs": window.as_secs_f64(),
+        "handshakes": ok,
+        "completed_after_window": late.into_inner(),
+        "failed": failed.into_inner(),
+        "first_error": first_error.into_inner().unwrap_or_else(|p| p.into_inner()),
+        "cpu_secs": cpu1 - cpu0,
+    }))
+}
+
+/// Opens K connections (handshake and one echo each) and holds them idle.
+fn idle(common: &Common, args: &mut Args) -> Result<Value> {
+    let conns: usize = args.need("conns")?;
+    let workers: usize = args.get("workers", 16)?;
+    let hold = secs(args, "hold", 30.0)?;
+    let frame: usize = args.get("frame", 64)?;
+    args.finish()?;
+    let pat = pattern(frame);
+    let payload = &pat[..frame];
+    let held = Mutex::new(Vec::with_capacity(conns));
+    let next = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let first_error = Mutex::new(None::<String>);
+    let t0 = Instant::now();
+    thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, conns.max(1)) {
+            scope.spawn(|| {
+                let mut scratch = Vec::new();
+                // Stop opening after the first failures: they usually mean a limit was hit.
+                while next.fetch_add(1, Ordering::Relaxed) < conns as u64
+                    && failed.load(Ordering::Relaxed) < 100
+                {
+                    match common
+                        .connect(0)
+                        .and_then(|mut c| c.echo(payload, &mut scratch).map(|()| c))
+                    {
+                        Ok(c) => held.lock().unwrap_or_else(|p| p.into_inner()).push(c),
+                        Err(e) => {
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert_with(|| e.to_string());
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let opened = held.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let open_secs = t0.elapsed().as_secs_f64();
+    mark(&format!("begin {opened}"));
+    // Held until the orchestrator closes our stdin (it has measured), or `hold` passes.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = io::stdin().lock().read_to_end(&mut sink);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(hold);
+    mark("end");
+    let first_error = first_error.into_inner().unwrap_or_else(|p| p.into_inner());
+    if opened == 0 {
+        bail!("no connection opened; first error: {first_error:?}");
+    }
+    Ok(json!({
+        "wanted": conns,
+        "opened": opened,
+        "failed": failed.into_inner(),
+        "first_error": first_error,
+        "open_secs": open_secs,
+    }))
+}
+
+/// Sequential request/response round trips on one connection.
+fn latency(common: &Common, args: &mut Args) -> Result<Value> {
+    let duration = secs(args, "duration", 2.0)?;
+    let rounds: usize = args.get("rounds", 100_000)?;
+    let frame: usize = args.get("frame", 1024)?;
+    args.finish()?;
+    let pat = pattern(frame);
+    let payload = &pat[..frame];
+    let mut conn = common.connect(0).context("connect")?;
+    let mut scratch = Vec::new();
+    for _ in 0..50 {
+        conn.echo(payload, &mut scratch)?;
+    }
+    let mut samples = Vec::with_capacity(rounds.min(1 << 20));
+    mark("begin");
+    let t0 = Instant::now();
+    while samples.len() < rounds && t0.elapsed() < duration {
+        let t = Instant::now();
+        conn.echo(payload, &mut scratch)?;
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    mark("end");
+    if samples.is_empty() {
+        bail!("no round trip in the window");
+    }
+    samples.sort_unstable();
+    let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)] as f64 / 1e3;
+    Ok(json!({
+        "rounds": samples.len(),
+        "frame": frame,
+        "p50_us": pct(50),
+        "p90_us": pct(90),
+        "p99_us": pct(99),
+        "max_us": samples.last().copied().unwrap_or(0) as f64 / 1e3,
+        "mean_us": samples.iter().sum::<u64>() as f64 / samples.len().max(1) as f64 / 1e3,
+    }))
+}
