@@ -42,6 +42,9 @@ use crate::{
     xdp::PrefixList,
 };
 
+/// How often idle limiter state is forgotten.
+const LIMITER_SWEEP_EVERY_NS: u64 = 30 * 1_000_000_000;
+
 /// Everything the running relay shares between its tasks.
 pub struct Daemon {
     config_path: Option<PathBuf>,
@@ -59,6 +62,8 @@ pub struct Daemon {
     lists: tokio::sync::Mutex<Lists>,
     /// Orders writes of bans.json and usage.json (snapshot and write under one lock).
     saves: tokio::sync::Mutex<()>,
+    /// When idle limiter state is next forgotten (CLOCK_MONOTONIC ns).
+    next_limiter_sweep_ns: AtomicU64,
     started: Instant,
     /// Configuration reloads that succeeded and that failed.
     reloads: [AtomicU64; 2],
@@ -106,6 +111,7 @@ impl Daemon {
             store,
             lists: tokio::sync::Mutex::new(Lists::default()),
             saves: tokio::sync::Mutex::new(()),
+            next_limiter_sweep_ns: AtomicU64::new(0),
             started: Instant::now(),
             reloads: Default::default(),
         });
@@ -383,7 +389,14 @@ impl Daemon {
         for account in self.accounts.all() {
             account.forget_ips(now, window);
         }
-        self.shield.read().await.forget_idle(monotonic_ns());
+        // Walking the kernel limiter maps costs syscalls per entry: every 30 s is plenty for
+        // a one-minute idle horizon.
+        let now_ns = monotonic_ns();
+        if now_ns >= self.next_limiter_sweep_ns.load(Ordering::Relaxed) {
+            self.next_limiter_sweep_ns
+                .store(now_ns + LIMITER_SWEEP_EVERY_NS, Ordering::Relaxed);
+            self.shield.write().await.forget_idle(now_ns);
+        }
         let now = unix_now();
         let expired: Vec<String> = self
             .lists

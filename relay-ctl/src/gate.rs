@@ -63,7 +63,7 @@ struct Limiter {
 }
 
 /// Idle time after which a bucket is certainly full again and can be forgotten.
-const IDLE_FORGET_NS: u64 = 60 * 1_000_000_000;
+pub const IDLE_FORGET_NS: u64 = 60 * 1_000_000_000;
 
 impl Gate {
     /// Forgets limiter state of sources idle for a minute (their buckets are full again), so

@@ -323,9 +323,17 @@ impl Shield {
         }
     }
 
-    /// Forgets idle userspace limiter state (see [`Gate::forget_idle`]).
-    pub fn forget_idle(&self, now_ns: u64) {
+    /// Forgets idle limiter state (see [`Gate::forget_idle`]), in the kernel maps too.
+    pub fn forget_idle(&mut self, now_ns: u64) {
         self.gate.forget_idle(now_ns);
+        if let Enforcement::Kernel(program) = &mut self.enforcement {
+            let removed = program
+                .maps()
+                .forget_idle_limiter_state(now_ns, crate::gate::IDLE_FORGET_NS);
+            if removed > 0 {
+                tracing::debug!(removed, "forgot idle kernel limiter state");
+            }
+        }
     }
 
     /// Verdict counters from wherever the policy is enforced.

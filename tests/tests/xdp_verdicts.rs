@@ -1528,3 +1528,59 @@ fn fixture_instances_are_isolated() {
     };
     assert_ne!(id(&a), id(&b));
 }
+
+/// relay-ctl's own map wrapper forgets limiter buckets that have been idle long enough (the
+/// kernel would keep them until the LRU is full), and keeps fresh ones.
+#[test]
+fn idle_limiter_state_is_forgotten_by_userspace() {
+    if !privileged("idle_limiter_state_is_forgotten_by_userspace") {
+        return;
+    }
+    let mut ebpf = Ebpf::load(relay_ctl::ebpf::OBJECT).expect("load object");
+    let _logger = aya_log::EbpfLogger::init(&mut ebpf).expect("log channel");
+    let program: &mut Xdp = ebpf
+        .program_mut(names::PROGRAM)
+        .expect("program")
+        .try_into()
+        .expect("XDP");
+    program.load().expect("verifier");
+    let mut maps = relay_ctl::xdp::XdpMaps::take(&mut ebpf).expect("maps");
+    maps.set_config(XdpConfig {
+        syn_rate_per_sec: 1,
+        syn_burst: 4,
+        new_state_per_cpu_per_sec: 1000,
+        flags: XdpConfig::FLAG_SYN_LIMIT,
+    })
+    .expect("config");
+    maps.set_ports(&[PORT]).expect("ports");
+    let program: &Xdp = ebpf
+        .program(names::PROGRAM)
+        .expect("program")
+        .try_into()
+        .expect("XDP");
+    for src in [IpAddr::V4(v4(7)), IpAddr::V6(v6(7, 1))] {
+        let frame = Frame::tcp(src, PORT).syn().build();
+        let mut out = vec![0u8; frame.len() + 256];
+        let run = program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("test run");
+        assert_eq!(run.return_value, 2, "first SYN passes and creates state");
+    }
+    let now = monotonic_ns();
+    let minute = 60 * 1_000_000_000;
+    assert_eq!(
+        maps.forget_idle_limiter_state(now, minute),
+        0,
+        "fresh state kept"
+    );
+    assert_eq!(
+        maps.forget_idle_limiter_state(now + minute + 1, minute),
+        2,
+        "idle IPv4 and IPv6 buckets removed"
+    );
+    assert_eq!(maps.forget_idle_limiter_state(now + 2 * minute, minute), 0);
+}

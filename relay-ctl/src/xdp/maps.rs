@@ -7,7 +7,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use ipnet::IpNet;
-use relay_common::{BanEntry, Verdict, XdpConfig, maps as names};
+use relay_common::{BanEntry, TokenBucket, Verdict, XdpConfig, maps as names};
 
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,8 @@ pub struct XdpMaps {
     bans_v4: HashMap<MapData, [u8; 4], BanEntry>,
     bans_v6: HashMap<MapData, [u8; names::V6_LIMIT_PREFIX_BYTES], BanEntry>,
     verdicts: PerCpuArray<MapData, u64>,
+    syn_v4: HashMap<MapData, [u8; 4], TokenBucket>,
+    syn_v6: HashMap<MapData, [u8; names::V6_LIMIT_PREFIX_BYTES], TokenBucket>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -108,6 +110,8 @@ impl XdpMaps {
             bans_v4: take(ebpf, names::BANS_V4)?,
             bans_v6: take(ebpf, names::BANS_V6)?,
             verdicts: take(ebpf, names::VERDICTS)?,
+            syn_v4: take(ebpf, names::SYN_V4)?,
+            syn_v6: take(ebpf, names::SYN_V6)?,
         })
     }
 
@@ -200,6 +204,37 @@ impl XdpMaps {
             IpAddr::V4(a) => self.bans_v4.remove(&a.octets()).is_ok(),
             IpAddr::V6(a) => self.bans_v6.remove(&v6_prefix(a)).is_ok(),
         }
+    }
+
+    /// Removes limiter buckets idle for `idle_ns` (full again, so forgetting them changes no
+    /// decision). The kernel only evicts LRU entries when the map is full; this keeps a source
+    /// address in kernel memory no longer than its limiter needs it. Returns how many went.
+    pub fn forget_idle_limiter_state(&mut self, now_ns: u64, idle_ns: u64) -> usize {
+        let idle = |b: &TokenBucket| now_ns.saturating_sub(b.last_ns) >= idle_ns;
+        let stale_v4: Vec<[u8; 4]> = self
+            .syn_v4
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| idle(b))
+            .map(|(k, _)| k)
+            .collect();
+        let stale_v6: Vec<[u8; names::V6_LIMIT_PREFIX_BYTES]> = self
+            .syn_v6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| idle(b))
+            .map(|(k, _)| k)
+            .collect();
+        // Entries the LRU evicted meanwhile are already gone: not an error.
+        let removed_v4 = stale_v4
+            .iter()
+            .filter(|k| self.syn_v4.remove(k).is_ok())
+            .count();
+        let removed_v6 = stale_v6
+            .iter()
+            .filter(|k| self.syn_v6.remove(k).is_ok())
+            .count();
+        removed_v4 + removed_v6
     }
 
     /// Verdict counters summed over CPUs, indexed by [`Verdict`].
