@@ -1297,3 +1297,83 @@ impl Bench {
         assert_closed_without_data(&mut client, "unknown user before the reload");
     }
 }
+
+/// `[blocklist] files`: a FireHOL feed is loaded at start, listed with its source, enforced,
+/// and re-read on SIGHUP (entries that left the file are lifted).
+#[test]
+fn blocklist_feed_is_loaded_enforced_and_reloaded() {
+    use relay_tests::probe::{Outcome, connect_from};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed.netset");
+    std::fs::write(
+        &feed,
+        "# test feed\n127.0.7.7\n192.0.2.0/24 # documentation\n",
+    )
+    .expect("feed");
+    let port = free_port();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[xdp]\nmode = \"off\"\n[blocklist]\nfiles = [{:?}]\n",
+        feed.display().to_string()
+    );
+    let mut relay = Relay::start_local(&config);
+    // Feeds load before the relay reports ready.
+    assert!(
+        relay.log().contains("blocklist feed loaded"),
+        "{}",
+        relay.log()
+    );
+    let listed = |relay: &Relay| -> Vec<(String, String)> {
+        cli(relay, &["block", "list", "--json"]).json()["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                (
+                    e["cidr"].as_str().unwrap_or_default().to_owned(),
+                    e["source"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let source = format!("feed:{}", feed.display());
+    let entries = listed(&relay);
+    assert!(
+        entries.contains(&("127.0.7.7/32".into(), source.clone())),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&("192.0.2.0/24".into(), source.clone())),
+        "{entries:?}"
+    );
+
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let attempt = |last: u8| {
+        connect_from(
+            [127, 0, 7, last].into(),
+            target,
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+        )
+    };
+    assert!(
+        matches!(attempt(7), Outcome::Refused(_)),
+        "feed entry enforced"
+    );
+    assert!(attempt(8).is_held(), "others admitted");
+
+    std::fs::write(&feed, "127.0.7.8\n").expect("new feed");
+    relay.reload();
+    relay.wait_for("configuration reloaded", Duration::from_secs(10));
+    let entries = listed(&relay);
+    assert_eq!(
+        entries,
+        vec![("127.0.7.8/32".to_owned(), source)],
+        "feed re-read"
+    );
+    assert!(attempt(7).is_held(), "lifted with the feed line");
+    assert!(
+        matches!(attempt(8), Outcome::Refused(_)),
+        "new feed entry enforced"
+    );
+    relay.stop();
+}
