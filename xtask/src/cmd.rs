@@ -116,6 +116,13 @@ impl Cmd {
         Ok(())
     }
 
+    /// Spawns the command attached to this terminal, for a caller that needs its pid.
+    pub fn spawn(mut self) -> Result<std::process::Child> {
+        self.command
+            .spawn()
+            .with_context(|| format!("could not start `{self}`"))
+    }
+
     /// Spawns the command with stdout piped and stderr attached to this terminal.
     pub fn spawn_piped(mut self) -> Result<std::process::Child> {
         self.command

@@ -3,8 +3,11 @@
 //! - `setup`: install the prerequisites (Debian packages, nightly with rust-src, bpf-linker,
 //!   the Python test clients' venv), checking first;
 //! - `run [-- ARGS]`: setup, build relay-ctl in release mode and run `relay-ctl run ARGS`;
-//! - `test [-- ARGS]`: setup, build relay-ctl and run every test (`cargo test ARGS`).
+//! - `test [-- ARGS]`: setup, build relay-ctl and run every test (`cargo test ARGS`);
+//! - `bench [--smoke] [--json PATH] [-- ARGS]`: setup, release build, then the benchmark
+//!   harness (`relay-bench` from the tests crate) in network namespaces it creates.
 
+mod bench;
 mod cmd;
 mod setup;
 
@@ -41,9 +44,26 @@ enum Task {
     },
     /// Setup, build relay-ctl and run every test; ARGS after `--` go to `cargo test`.
     ///
-    /// With CI=true, `cargo fmt --check` and `cargo clippy -D warnings` run first.
+    /// With CI=true, `cargo fmt --check` and `cargo clippy -D warnings` run first, and the
+    /// benchmark harness's smoke run (`bench --smoke`) after the tests.
     Test {
         /// Arguments for `cargo test`, e.g. `-- xdp_e2e` or `-- -p relay-common`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build release binaries and measure relay in network namespaces (needs root):
+    /// throughput and CPU per GB, handshakes, memory per idle connection, latency, SYN floods.
+    ///
+    /// Prints a markdown report and writes it as JSON. Figures are reported against the
+    /// targets, never asserted: the exit status is non-zero only when a scenario cannot run.
+    Bench {
+        /// Every scenario tiny (well under a minute in all): proves the harness works.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the JSON report [default: <target dir>/bench/report.json].
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -56,6 +76,9 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(&root).map(|()| ExitCode::SUCCESS),
         Task::Run { args } => run(&root, &args),
         Task::Test { args } => test(&root, &args),
+        Task::Bench { smoke, json, args } => {
+            setup::setup(&root).and_then(|()| bench::bench(&root, smoke, json.as_deref(), &args))
+        }
     };
     result.unwrap_or_else(|error| {
         report(&error);
@@ -133,11 +156,15 @@ fn test(root: &Path, args: &[String]) -> Result<ExitCode> {
         println!("xtask: cargo test failed ({})", cmd::describe(status));
     }
     println!("{verdict}: {totals}");
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if !status.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    if is_ci() {
+        // Benchmarks never gate CI on timing: the smoke run only proves the harness works.
+        step("CI: running the benchmark harness's smoke run (cargo xtask bench --smoke)");
+        return bench::bench(root, true, None, &[]);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Whether this is a CI run (`CI=true`).

@@ -215,7 +215,9 @@ pub fn markdown(report: &Value) -> String {
         "Caveats: relay, fake DC, generator and flood sender share the same CPUs (2 on the reference \
          machine), which other work (concurrent builds) also uses; every figure is one run, no \
          repetition. CPU is utime+stime from /proc/<pid>/stat (10 ms ticks) between the \
-         generator's begin and end lines; `% CPU` is of one core. GB = 10^9 bytes echoed (each \
+         generator's begin and end lines; `% CPU` is of one core (200 % = the whole machine); \
+         `rest of machine` is busy time charged to none of relay, generator and fake DC, i.e. \
+         mostly other people's work. GB = 10^9 bytes echoed (each \
          byte crosses the relay twice). The kernel charges softirq work (the network stack's \
          receive path, XDP) to whichever process it interrupts, so the relay's CPU includes \
          receive processing for its sockets and the flood's XDP drops land mostly on the flood \
@@ -280,19 +282,19 @@ pub fn markdown(report: &Value) -> String {
         fmt(num(h, "tls_server_flight_us")),
     );
 
-    md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | machine idle % |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | rest of machine CPU % | load (1 min) |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in report["throughput"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {
             let _ = writeln!(
                 md,
-                "| {} | | | error: {e} | | | | | |",
+                "| {} | | | error: {e} | | | | | | |",
                 r["name"].as_str().unwrap_or("")
             );
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} |",
+            "| {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} | {} |",
             r["mode"].as_str().unwrap_or(""),
             if r["fast_mode"] == true { "on" } else { "off" },
             r["conns"],
@@ -307,23 +309,24 @@ pub fn markdown(report: &Value) -> String {
             f(r, "relay_cpu_pct"),
             f(r, "generator_cpu_pct"),
             f(r, "dc_cpu_pct"),
-            fmt(num(&r["machine_cpu_pct"], "idle")),
+            fmt(num(&r["machine_cpu_pct"], "rest")),
+            f(r, "load1"),
         );
     }
 
-    md.push_str("\n## Handshakes (connect, header, one echoed 128-byte frame, close)\n\n| mode | users | user per connection | workers | handshakes/s | relay CPU % | handshakes per relay CPU-s | generator CPU % | fake DC CPU % | failed |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Handshakes (connect, header, one echoed 128-byte frame, close)\n\n| mode | users | user per connection | workers | handshakes/s | relay CPU % | handshakes per relay CPU-s | generator CPU % | fake DC CPU % | rest of machine CPU % | failed |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in report["handshakes"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {
             let _ = writeln!(
                 md,
-                "| {} | | | | error: {e} | | | | | |",
+                "| {} | | | | error: {e} | | | | | | |",
                 r["name"].as_str().unwrap_or("")
             );
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             if r["mode"] == "tls" {
                 "ee (fake TLS)"
             } else {
@@ -337,6 +340,7 @@ pub fn markdown(report: &Value) -> String {
             f(r, "handshakes_per_relay_cpu_sec"),
             f(r, "generator_cpu_pct"),
             f(r, "dc_cpu_pct"),
+            fmt(num(&r["machine_cpu_pct"], "rest")),
             r["failed"],
         );
     }
@@ -368,7 +372,7 @@ pub fn markdown(report: &Value) -> String {
         }
     }
 
-    md.push_str("\n## Latency (one connection, sequential 1 KiB request/response)\n\n| path | round trips | p50 µs | p99 µs | added p50 µs | added p99 µs |\n|---|---|---|---|---|---|\n");
+    md.push_str("\n## Latency (one connection, sequential 1 KiB request/response; added = relayed minus the mean of the two direct runs)\n\n| path | round trips | p50 µs | p99 µs | added p50 µs | added p99 µs |\n|---|---|---|---|---|---|\n");
     for r in report["latency"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {
             let _ = writeln!(

@@ -35,6 +35,8 @@ use super::{
 
 /// The fake-TLS domain of every generated configuration.
 const DOMAIN: &str = "bench.example.org";
+/// The scenario groups, in the order they run.
+const GROUPS: [&str; 6] = ["crypto", "main", "slow", "users", "memory", "flood"];
 /// Frame sizes of the throughput matrix.
 const FRAMES: [usize; 2] = [1024, 16 * 1024];
 
@@ -76,13 +78,16 @@ impl Options {
         let smoke = args.flag("smoke");
         let bin_dir: PathBuf = args.need("bin-dir")?;
         let json = args.get("json", PathBuf::from("target/bench/report.json"))?;
-        let only = args
+        let only: Vec<String> = args
             .get("only", String::new())?
             .split(',')
             .filter(|g| !g.is_empty())
             .map(str::to_owned)
             .collect();
         args.finish()?;
+        if let Some(unknown) = only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+            bail!("--only {unknown}: groups are {}", GROUPS.join(", "));
+        }
         Ok(Options {
             smoke,
             json,
@@ -275,6 +280,9 @@ impl Window {
         let secs = self.secs();
         let m = self.end.machine.since(&self.begin.machine);
         let pct = |cpu: f64| 100.0 * cpu / secs.max(1e-9);
+        let ours = (self.end.relay - self.begin.relay)
+            + (self.end.dc - self.begin.dc)
+            + (self.end.generator - self.begin.generator);
         json!({
             "secs": secs,
             "relay_cpu_secs": self.end.relay - self.begin.relay,
@@ -288,7 +296,11 @@ impl Window {
                 "system": pct(m.system),
                 "softirq": pct(m.softirq + m.irq),
                 "idle": pct(m.idle),
+                // Busy time not charged to relay, fake DC or generator: other people's work,
+                // ksoftirqd, interrupts that hit idle CPUs.
+                "rest": pct((m.total - m.idle - ours).max(0.0)),
             },
+            "load1": load1(),
         })
     }
 }
@@ -383,15 +395,15 @@ impl<'a> Bench<'a> {
     }
 
     fn run_groups(&mut self) {
-        let groups: [(&str, Group<'a>); 6] = [
-            ("crypto", Bench::crypto),
-            ("main", Bench::main_group),
-            ("slow", Bench::slow_group),
-            ("users", Bench::users_group),
-            ("memory", Bench::memory_group),
-            ("flood", Bench::flood_group),
+        let groups: [Group<'a>; 6] = [
+            Bench::crypto,
+            Bench::main_group,
+            Bench::slow_group,
+            Bench::users_group,
+            Bench::memory_group,
+            Bench::flood_group,
         ];
-        for (name, group) in groups {
+        for (name, group) in GROUPS.into_iter().zip(groups) {
             if !self.options.wants(name) {
                 continue;
             }
@@ -630,15 +642,23 @@ impl<'a> Bench<'a> {
             let outcome = self.handshakes(&relay, mode, "random");
             self.record("handshakes", &format!("{mode} 1 user"), outcome);
         }
-        let direct = self.latency(&relay, "direct");
-        let direct_p = direct
-            .as_ref()
-            .ok()
-            .map(|v| (v["p50_us"].as_f64(), v["p99_us"].as_f64()));
-        self.record("latency", "fake DC directly", direct);
-        for mode in ["dd", "tls"] {
-            let outcome = self.latency(&relay, mode).map(|mut v| {
-                if let Some((Some(p50), Some(p99))) = direct_p {
+        // The baseline is taken before and after the relayed runs and averaged, so drift in
+        // the machine's load during the section shifts both sides alike.
+        let before = self.latency(&relay, "direct");
+        let relayed = ["dd", "tls"].map(|mode| (mode, self.latency(&relay, mode)));
+        let after = self.latency(&relay, "direct");
+        let baseline = |key: &str| {
+            let values: Vec<f64> = [&before, &after]
+                .iter()
+                .filter_map(|r| r.as_ref().ok()?[key].as_f64())
+                .collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        };
+        let (p50, p99) = (baseline("p50_us"), baseline("p99_us"));
+        self.record("latency", "fake DC directly, before", before);
+        for (mode, outcome) in relayed {
+            let outcome = outcome.map(|mut v| {
+                if let (Some(p50), Some(p99)) = (p50, p99) {
                     v["added_p50_us"] = json!(v["p50_us"].as_f64().unwrap_or(0.0) - p50);
                     v["added_p99_us"] = json!(v["p99_us"].as_f64().unwrap_or(0.0) - p99);
                 }
@@ -646,6 +666,7 @@ impl<'a> Bench<'a> {
             });
             self.record("latency", &format!("{mode} through relay"), outcome);
         }
+        self.record("latency", "fake DC directly, after", after);
         self.stop_relay(relay);
         Ok(())
     }
@@ -1281,6 +1302,14 @@ fn summary(section: &str, row: &Value) -> String {
         ),
         _ => String::new(),
     }
+}
+
+/// The 1-minute load average.
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn loadavg() -> String {
