@@ -9,6 +9,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -34,8 +35,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: Debian packages (LLVM 22, iproute2), nightly with rust-src,
-    /// bpf-linker 0.13.0 and the Python test clients' venv.
+    /// bpf-linker 0.13.0, the Python test clients' venv and cargo-fuzz.
     Setup,
+    /// Setup, then run every fuzz target in fuzz/ for SECONDS each from the seed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Setup, build relay-ctl (release) and run `relay-ctl run`; ARGS after `--` go to it.
     Run {
         /// Arguments for `relay-ctl run`, e.g. `-- --config relay.toml`.
@@ -75,6 +82,9 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::setup(&root).map(|()| ExitCode::SUCCESS),
         Task::Run { args } => run(&root, &args),
+        Task::Fuzz { seconds } => setup::setup(&root)
+            .and_then(|()| fuzz::fuzz(&root, seconds))
+            .map(|()| ExitCode::SUCCESS),
         Task::Test { args } => test(&root, &args),
         Task::Bench { smoke, json, args } => {
             setup::setup(&root).and_then(|()| bench::bench(&root, smoke, json.as_deref(), &args))
@@ -160,12 +170,19 @@ fn test(root: &Path, args: &[String]) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if is_ci() {
+        step(&format!(
+            "CI: fuzzing every target for {CI_FUZZ_SECONDS} s (cargo xtask fuzz)"
+        ));
+        fuzz::fuzz(root, CI_FUZZ_SECONDS)?;
         // Benchmarks never gate CI on timing: the smoke run only proves the harness works.
         step("CI: running the benchmark harness's smoke run (cargo xtask bench --smoke)");
         return bench::bench(root, true, None, &[]);
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Seconds per fuzz target in CI: six targets, 72 s in all.
+const CI_FUZZ_SECONDS: u64 = 12;
 
 /// Whether this is a CI run (`CI=true`).
 fn is_ci() -> bool {

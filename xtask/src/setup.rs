@@ -51,7 +51,40 @@ pub fn setup(root: &Path) -> Result<()> {
     )?;
     step(&format!("python venv {VENV} from {REQUIREMENTS}"), || {
         venv(root)
+    })?;
+    step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"), || {
+        cargo_fuzz(root)
     })
+}
+
+/// The cargo-fuzz release the fuzz targets are run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz (it runs the fuzz targets in `fuzz/` on the nightly toolchain).
+fn cargo_fuzz(root: &Path) -> Result<Outcome> {
+    let wanted = || {
+        Cmd::cargo()
+            .args(["fuzz", "--version"])
+            .probe()
+            .is_some_and(|version| version.contains(CARGO_FUZZ_VERSION))
+    };
+    if wanted() {
+        return Ok(Outcome::Present);
+    }
+    Cmd::cargo()
+        .args([
+            "install",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            "--locked",
+        ])
+        .current_dir(root)
+        .run()?;
+    if !wanted() {
+        bail!("`cargo fuzz --version` does not report {CARGO_FUZZ_VERSION} after installing it");
+    }
+    Ok(Outcome::Installed(format!(
+        "cargo-fuzz {CARGO_FUZZ_VERSION}"
+    )))
 }
 
 /// Prints `setup: <name> ... ` and then how the step ended, on the same line.
