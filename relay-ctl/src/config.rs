@@ -901,6 +901,24 @@ impl Config {
     }
 }
 
+/// A warning when `path` holds user secrets and other users on the host can read it (mode bits
+/// `o+r`), or `None`.
+pub fn secrets_exposure(path: &Path, config: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if config.users.is_empty() {
+        return None;
+    }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "{} holds user secrets and is readable by every user on this host (mode {:o}): \
+             chmod o-r it (e.g. root:relay 0640)",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
 /// 1-based line and column of byte offset `at` in `text`.
 fn line_column(text: &str, at: usize) -> (usize, usize) {
     let before = &text[..at.min(text.len())];

@@ -5,6 +5,9 @@ use std::path::Path;
 /// Parses and validates the file, then prints a summary of the effective configuration.
 pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
     let config = super::load_config(file)?;
+    if let Some(warning) = file.and_then(|p| crate::config::secrets_exposure(p, &config)) {
+        eprintln!("warning: {warning}");
+    }
     let name = file.map_or_else(
         || "embedded default".to_owned(),
         |p| p.display().to_string(),

@@ -21,6 +21,9 @@ const SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Runs the relay until a termination signal.
 pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
+    if let Some(warning) = config_path.and_then(|p| crate::config::secrets_exposure(p, &config)) {
+        tracing::warn!("{warning}");
+    }
     crate::logging::init_with(&config.log);
     tracing::info!(
         config = %config_path.map_or_else(|| "embedded default".to_owned(), |p| p.display().to_string()),

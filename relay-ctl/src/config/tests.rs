@@ -215,3 +215,28 @@ fn bad_log_settings_are_rejected() {
         "",
     );
 }
+
+#[test]
+fn world_readable_secrets_are_flagged() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\nsecret = \"00112233445566778899aabbccddeeff\"\n",
+    )
+    .expect("write");
+    let config = Config::load(&path).expect("valid");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let warning = secrets_exposure(&path, &config).expect("0644 is flagged");
+    assert!(
+        warning.contains("644") && warning.contains("relay.toml"),
+        "{warning}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert_eq!(secrets_exposure(&path, &config), None);
+    // No users in the file: no secrets in it either.
+    let embedded = Config::embedded().expect("embedded");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_eq!(secrets_exposure(&path, &embedded), None);
+}
