@@ -6,8 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use relay_ctl::proto::{
     Secret,
     tls::{
-        HelloPolicy, verify_client_hello,
+        HelloPolicy,
         reader::{ClientHelloReader, HelloRead},
+        verify_client_hello,
     },
 };
 
