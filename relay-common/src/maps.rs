@@ -29,6 +29,24 @@ pub const SYN_V6: &str = "SYN_V6";
 pub const STATE_BUDGET: &str = "STATE_BUDGET";
 /// `PerCpuArray<u64>` indexed by [`crate::Verdict`].
 pub const VERDICTS: &str = "VERDICTS";
+/// Maps pinned with `[xdp] keep_on_exit` (all but aya-log's channel).
+pub const PINNED: [&str; 12] = [
+    CONFIG,
+    LISTEN_PORTS,
+    ALLOW_V4,
+    ALLOW_V6,
+    BLOCK_V4,
+    BLOCK_V6,
+    BANS_V4,
+    BANS_V6,
+    SYN_V4,
+    SYN_V6,
+    STATE_BUDGET,
+    VERDICTS,
+];
+/// Version of the pinned layout: bumped whenever a key or value struct changes, so a new
+/// relay-ctl never reuses pins of an incompatible shape.
+pub const PIN_LAYOUT: &str = "v1";
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "relay_xdp";
 

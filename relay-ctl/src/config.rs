@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
-    num::NonZeroU32,
+    num::{NonZeroU32, NonZeroUsize},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -568,6 +568,20 @@ pub struct Server {
     /// only possible for obfuscated2, as a fake-TLS client has already been answered).
     #[serde(default)]
     pub on_limit: OnLimit,
+    /// After start-up (XDP loaded, ports bound), become this user, keeping only CAP_BPF and
+    /// CAP_NET_ADMIN. Unset: stay as started (e.g. systemd's `User=` already did it).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group for `user`; default: the user's primary group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// On SIGTERM, how long open connections may finish before the process exits, seconds.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+}
+
+fn default_drain_secs() -> u64 {
+    10
 }
 
 fn default_unique_ips_window() -> u64 {
@@ -599,6 +613,13 @@ pub struct Xdp {
     /// Attach mode.
     #[serde(default)]
     pub mode: XdpMode,
+    /// Leave the program attached and its maps pinned in `pin_dir` at exit, so protection
+    /// continues while relay-ctl is stopped and the next start takes over without a gap.
+    #[serde(default)]
+    pub keep_on_exit: bool,
+    /// Where maps and links are pinned with `keep_on_exit` (must be on a bpffs).
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
 }
 
 impl Default for Xdp {
@@ -606,8 +627,14 @@ impl Default for Xdp {
         Xdp {
             interfaces: auto_interfaces(),
             mode: XdpMode::Auto,
+            keep_on_exit: false,
+            pin_dir: default_pin_dir(),
         }
     }
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/relay")
 }
 
 fn auto_interfaces() -> Vec<String> {
@@ -645,6 +672,29 @@ pub struct Limits {
     /// Limiter entries each CPU may create per second; beyond it a spoofed flood gets no state.
     #[serde(default = "default_new_state")]
     pub new_state_per_cpu_per_sec: NonZeroU32,
+    /// Open client connections in all; beyond it new connections are reset at accept. Each
+    /// takes two file descriptors (client and DC).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// Open client connections from one source (/32, /64); allowlisted sources are exempt.
+    /// Mobile carriers put many users behind one address: keep it generous.
+    #[serde(default = "default_max_per_source")]
+    pub max_connections_per_source: NonZeroUsize,
+    /// Client connections in their handshake at once (a slowloris holds them until
+    /// `[timeouts] handshake_secs`).
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: NonZeroUsize,
+}
+
+impl Limits {
+    /// The concurrency bounds.
+    pub fn bounds(&self) -> crate::capacity::Bounds {
+        crate::capacity::Bounds {
+            connections: self.max_connections.get(),
+            per_source: self.max_connections_per_source.get(),
+            handshakes: self.max_handshakes.get(),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -654,8 +704,21 @@ impl Default for Limits {
             syn_burst: default_syn_burst(),
             syn_limit: true,
             new_state_per_cpu_per_sec: default_new_state(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_per_source(),
+            max_handshakes: default_max_handshakes(),
         }
     }
+}
+
+fn default_max_connections() -> NonZeroUsize {
+    NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_max_per_source() -> NonZeroUsize {
+    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_max_handshakes() -> NonZeroUsize {
+    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn default_syn_rate() -> u32 {

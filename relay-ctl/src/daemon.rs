@@ -18,6 +18,7 @@ use relay_common::{BanReason, Verdict};
 use tokio::sync::RwLock;
 
 use crate::{
+    capacity::Capacity,
     clock::monotonic_ns,
     config::{Cidr, Config},
     control::{
@@ -57,6 +58,8 @@ pub struct Daemon {
     replay: Arc<Mutex<ReplayCache>>,
     /// What new connections are served with; replaced on reload.
     pub relay: ArcSwap<RelayContext>,
+    /// Concurrency bounds on client connections.
+    pub capacity: Arc<Capacity>,
     store: Store,
     /// Operator lists, as persisted. Serialises changes (and their saves).
     lists: tokio::sync::Mutex<Lists>,
@@ -100,6 +103,7 @@ impl Daemon {
             stats.clone(),
         );
         let store = Store::new(&config.state.dir);
+        let capacity = Capacity::new(config.limits.bounds());
         let daemon = Arc::new(Daemon {
             config_path,
             config: ArcSwap::from_pointee(config),
@@ -108,6 +112,7 @@ impl Daemon {
             accounts,
             replay,
             relay: ArcSwap::from_pointee(relay),
+            capacity,
             store,
             lists: tokio::sync::Mutex::new(Lists::default()),
             saves: tokio::sync::Mutex::new(()),
@@ -156,6 +161,7 @@ impl Daemon {
             .apply(&new)
             .map_err(|e| anyhow::anyhow!("applying lists and limits: {e}"))?;
         self.misuse.reconfigure(&new.misuse);
+        self.capacity.set_bounds(new.limits.bounds());
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         self.accounts.retain(&names);
         let relay = RelayContext::new(
@@ -513,6 +519,12 @@ impl Daemon {
             xdp_attached,
             dc_connect: relay.stats.dc_connect_times(),
             config_reloads,
+            connections_refused: self
+                .capacity
+                .refused()
+                .map(|(r, n)| (r.name().to_owned(), n))
+                .collect(),
+            handshakes_active: self.capacity.handshakes() as u64,
         }
     }
 

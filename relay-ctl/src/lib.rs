@@ -2,6 +2,7 @@
 //! the kernel. It loads the XDP fast path, accepts and relays client connections, and is the
 //! operator's CLI.
 
+pub mod capacity;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod logging;
 pub mod misuse;
 pub mod prefix_set;
 pub mod privacy;
+pub mod privilege;
 pub mod proto;
 pub mod relay;
 pub mod server;

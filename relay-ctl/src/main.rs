@@ -18,11 +18,7 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             print_links,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(relay_ctl::cli::run::run(config.as_deref(), print_links))),
+        } => relay_ctl::cli::run::run(config.as_deref(), print_links),
         Command::Link { config, user, host } => {
             relay_ctl::cli::link::run(config.as_deref(), user.as_deref(), host.as_deref())
         }

@@ -5,31 +5,35 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
+use relay_common::Verdict;
+use socket2::{Domain, Protocol, Socket, Type};
+
 use crate::{clock::monotonic_ns, daemon::Daemon};
 
-/// Binds every listen address, failing with the address that could not be bound.
-pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+/// Binds every listen address, failing with the address that could not be bound. Plain std
+/// sockets: binding happens before the async runtime exists (see `cli::run`).
+pub fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
+        let socket = Socket::new(
+            Domain::for_address(*addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
         .map_err(|e| anyhow::anyhow!("cannot create a socket for {addr}: {e}"))?;
-        socket.set_reuseaddr(true)?;
+        socket.set_reuse_address(true)?;
         if addr.is_ipv6() {
             // Keep [::] from also claiming the IPv4 port, so 0.0.0.0 and [::] can both be listed.
-            let sock = socket2::SockRef::from(&socket);
-            sock.set_only_v6(true)?;
+            socket.set_only_v6(true)?;
         }
+        socket.set_nonblocking(true)?;
         socket
-            .bind(*addr)
+            .bind(&(*addr).into())
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        listeners.push(
-            socket
-                .listen(1024)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
-        );
+        socket
+            .listen(1024)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        listeners.push(socket.into());
     }
     Ok(listeners)
 }
@@ -56,10 +60,28 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
             reset(stream);
             continue;
         }
+        let slot = match daemon
+            .capacity
+            .try_admit(peer.ip(), verdict == Verdict::Allowlisted)
+        {
+            Ok(slot) => slot,
+            Err(bound) => {
+                // A flood hits this once per connection: rate-limited.
+                crate::warn_limited!(
+                    (1, 10),
+                    bound = bound.name(),
+                    "connection refused: concurrency bound reached"
+                );
+                reset(stream);
+                continue;
+            }
+        };
         // One span per connection; the peer in it is masked as `[log] client_ips` says.
         let span = tracing::info_span!("conn", peer = %crate::privacy::addr(peer));
         // Each connection keeps the context it started with; a reload affects only new ones.
-        tokio::spawn(crate::relay::serve(stream, peer, daemon.relay.load_full()).instrument(span));
+        tokio::spawn(
+            crate::relay::serve(stream, peer, slot, daemon.relay.load_full()).instrument(span),
+        );
     }
 }
 

@@ -344,7 +344,34 @@ impl Shield {
         }
     }
 
-    /// Detaches XDP, if attached.
+    /// Removes entries the kernel maps hold but the policy does not: maps pinned by an earlier
+    /// run (`[xdp] keep_on_exit`) keep protecting during a restart, and once this run has
+    /// restored its own lists and bans, what is left over is stale. Returns how many went.
+    pub fn drop_stale_kernel_entries(&mut self) -> usize {
+        let Enforcement::Kernel(program) = &mut self.enforcement else {
+            return 0;
+        };
+        let maps = program.maps();
+        let mut removed = 0;
+        for (list, sourced) in [
+            (PrefixList::Allow, &self.allow),
+            (PrefixList::Block, &self.block),
+        ] {
+            for net in maps.prefixes(list) {
+                if !sourced.holders.contains_key(&Cidr(net)) && maps.remove_prefix(list, net) {
+                    removed += 1;
+                }
+            }
+        }
+        for addr in maps.banned() {
+            if !self.bans.contains_key(&SourceKey::from(addr)) && maps.unban(addr) {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Detaches XDP, if attached (unless `[xdp] keep_on_exit` pinned it).
     pub fn shutdown(&mut self) {
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             program.detach_all();

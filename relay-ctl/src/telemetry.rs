@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use relay_common::BanReason;
 
 use crate::{
+    capacity::Refusal,
     config,
     control::api::Stats,
     daemon::Daemon,
@@ -29,7 +30,7 @@ use crate::{
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 18] = [
+pub const METRIC_NAMES: [&str; 20] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -48,6 +49,8 @@ pub const METRIC_NAMES: [&str; 18] = [
     "relay_dc_connect_seconds",
     "relay_config_reloads_total",
     "relay_build_info",
+    "relay_connections_refused_total",
+    "relay_handshakes_active",
 ];
 
 /// Name of the DC connect-time histogram.
@@ -156,6 +159,14 @@ fn describe() {
         "Configuration reloads (SIGHUP) by result."
     );
     describe_gauge!("relay_build_info", "Always 1; the version is a label.");
+    describe_counter!(
+        "relay_connections_refused_total",
+        "Connections reset at accept because a concurrency bound was reached, by bound."
+    );
+    describe_gauge!(
+        "relay_handshakes_active",
+        "Client connections that have not finished their handshake."
+    );
 }
 
 /// Records one DC connect time (a no-op while no recorder is installed).
@@ -213,6 +224,15 @@ impl Publisher {
             .set(1.0);
         }
         counter!("relay_connections_accepted_total").absolute(s.connections_accepted);
+        for bound in Refusal::ALL {
+            let n = s
+                .connections_refused
+                .get(bound.name())
+                .copied()
+                .unwrap_or(0);
+            counter!("relay_connections_refused_total", "reason" => bound.name()).absolute(n);
+        }
+        gauge!("relay_handshakes_active").set(s.handshakes_active as f64);
         for (mode, n) in &s.connections_active_by_mode {
             gauge!("relay_connections_active", "mode" => mode.clone()).set(*n as f64);
         }
@@ -328,6 +348,8 @@ mod tests {
         s.blocklist_entries
             .insert("feed:/etc/relay/l1.netset".into(), 9);
         s.config_reloads.insert("success".into(), 1);
+        s.connections_refused
+            .insert("max_connections_per_source".into(), 6);
         s.users.push(UserInfo {
             name: "alice".into(),
             enabled: true,
@@ -382,6 +404,8 @@ mod tests {
             "relay_blocklist_entries{source=\"operator\"} 0",
             "relay_blocklist_entries{source=\"feed:/etc/relay/l1.netset\"} 9",
             "relay_build_info{version=\"0.1.0\"} 1",
+            "relay_connections_refused_total{reason=\"max_connections_per_source\"} 6",
+            "relay_connections_refused_total{reason=\"max_handshakes\"} 0",
             "relay_dc_connect_seconds_bucket{dc=\"2\",le=\"0.005\"} 1",
             "relay_dc_connect_seconds_count{dc=\"2\"} 1",
         ] {

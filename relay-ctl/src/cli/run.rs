@@ -1,5 +1,6 @@
-//! `relay-ctl run`: load and attach XDP (or fall back to userspace), listen, serve until
-//! SIGINT/SIGTERM, then save state and detach. SIGHUP reloads the configuration.
+//! `relay-ctl run`: load and attach XDP (or fall back to userspace), listen, drop privileges,
+//! serve until SIGINT/SIGTERM, then stop accepting, drain, save state and detach (or leave XDP
+//! pinned). SIGHUP reloads the configuration.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -9,17 +10,37 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::{Config, XdpMode},
     daemon::Daemon,
-    server,
+    privilege, server,
     shield::{Enforcement, Shield},
-    xdp::{self, XdpError, XdpProgram},
+    xdp::{self, XdpError, XdpProgram, pin::PinDir},
 };
 
 /// How often bans and usage are written to the state dir (operator changes are written at
 /// once).
 const SAVE_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs the relay until a termination signal.
-pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Result<()> {
+/// Runs the relay until a termination signal. The privileged part (binding the ports,
+/// loading and attaching XDP, dropping to `[server] user`) runs before the async runtime
+/// starts any thread, because capabilities belong to threads, not processes.
+pub fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Result<()> {
+    let started = start(config_path)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(started, config_path, print_links))
+}
+
+/// What [`start`] prepared while privileged.
+struct Started {
+    config: Config,
+    listeners: Vec<std::net::TcpListener>,
+    shield: Shield,
+    logger: Option<xdp::Logger>,
+}
+
+/// Loads the configuration, binds, loads XDP and gives up root, all on one thread.
+fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
     let config = super::load_config(config_path)?;
     if let Some(warning) = config_path.and_then(|p| crate::config::secrets_exposure(p, &config)) {
         tracing::warn!("{warning}");
@@ -30,8 +51,9 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
         "relay-ctl {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    raise_fd_limit(&config);
     // Bind first: a taken port is the most common start-up failure and needs no BPF to find.
-    let listeners = server::bind(&config.server.listen).await?;
+    let listeners = server::bind(&config.server.listen)?;
 
     let (enforcement, logger) = start_xdp(&config)?;
     let mut shield = Shield::new(enforcement);
@@ -50,9 +72,59 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
             );
         }
     }
+    if let Some(user) = &config.server.user {
+        let target = privilege::resolve(user, config.server.group.as_deref())?;
+        privilege::prepare_dir(&config.state.dir, &target, "[state] dir", "StateDirectory=")?;
+        if let Some(dir) = config
+            .admin
+            .socket
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            privilege::prepare_dir(
+                dir,
+                &target,
+                "[admin] socket directory",
+                "RuntimeDirectory=",
+            )?;
+        }
+        privilege::drop_to(&target)?;
+        tracing::info!(
+            user,
+            capabilities = "CAP_BPF CAP_NET_ADMIN",
+            "dropped privileges"
+        );
+    }
+    Ok(Started {
+        config,
+        listeners,
+        shield,
+        logger,
+    })
+}
+
+/// Serves until SIGTERM/SIGINT, then drains, saves state and detaches.
+async fn serve(
+    started: Started,
+    config_path: Option<&Path>,
+    print_links: bool,
+) -> anyhow::Result<()> {
+    let Started {
+        config,
+        listeners,
+        shield,
+        logger,
+    } = started;
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
     let admin = config.admin.clone();
     let daemon = Daemon::start(config_path.map(Path::to_owned), config, shield).await?;
+    let stale = daemon.shield.write().await.drop_stale_kernel_entries();
+    if stale > 0 {
+        tracing::info!(
+            stale,
+            "removed entries the pinned maps kept from the previous run"
+        );
+    }
 
     let admin_server = crate::control::server::serve(
         &admin.socket,
@@ -65,13 +137,14 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     tracing::info!(socket = %admin.socket.display(), "admin socket ready");
     let metrics = crate::telemetry::install(&daemon.config().metrics)?;
 
-    let mut tasks = Vec::new();
+    let mut accepting = Vec::new();
     for listener in listeners {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
-        tasks.push(tokio::spawn(server::accept_loop(listener, daemon.clone())));
+        accepting.push(tokio::spawn(server::accept_loop(listener, daemon.clone())));
     }
-    tasks.push(tokio::spawn(upkeep(daemon.clone())));
+    let mut tasks = vec![tokio::spawn(upkeep(daemon.clone()))];
     if let Some(listen) = metrics {
         tasks.push(tokio::spawn(crate::telemetry::export(daemon.clone())));
         tracing::info!(%listen, "metrics endpoint listening");
@@ -82,7 +155,16 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     }
     tracing::info!(enforcement = %daemon.shield.read().await.enforcement(), "ready");
 
-    serve_signals(&daemon).await?;
+    let mut signals = Signals::install()?;
+    signals.serve(&daemon).await;
+    // Stop accepting: dropping the listeners makes the kernel refuse new connections.
+    for task in &accepting {
+        task.abort();
+    }
+    for task in accepting {
+        let _ = task.await;
+    }
+    drain(&daemon, &mut signals).await;
     for task in &tasks {
         task.abort();
     }
@@ -94,6 +176,59 @@ pub async fn run(config_path: Option<&Path>, print_links: bool) -> anyhow::Resul
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for open connections to finish, at most `[server] drain_secs`; a second signal ends
+/// the wait at once.
+async fn drain(daemon: &Daemon, signals: &mut Signals) {
+    let open = daemon.capacity.connections();
+    let limit = Duration::from_secs(daemon.config().server.drain_secs);
+    if open == 0 || limit.is_zero() {
+        return;
+    }
+    tracing::info!(open, limit_secs = limit.as_secs(), "draining connections");
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if daemon.capacity.connections() == 0 {
+                    tracing::info!("all connections finished");
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::info!(open = daemon.capacity.connections(), "drain time over: closing the rest");
+                return;
+            }
+            () = signals.stop() => {
+                tracing::info!(open = daemon.capacity.connections(), "second signal: closing the rest now");
+                return;
+            }
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: each connection needs two descriptors.
+/// Warns when even that is short of `[limits] max_connections`.
+fn raise_fd_limit(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "could not raise the open-file limit");
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    let needed = 2 * config.limits.max_connections.get() as u64 + 256;
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below what [limits] max_connections needs: accepts will fail \
+             before the bound is reached (raise LimitNOFILE= or lower max_connections)"
+        );
+    }
 }
 
 /// Sweeps expiries every second, saves runtime state every [`SAVE_EVERY`], re-reads feeds
@@ -117,19 +252,41 @@ async fn upkeep(daemon: Arc<Daemon>) {
     }
 }
 
-/// Handles SIGHUP (reload) until SIGINT or SIGTERM.
-async fn serve_signals(daemon: &Daemon) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    loop {
+/// SIGTERM, SIGINT and SIGHUP, installed once.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    /// Handles SIGHUP (reload) until SIGINT or SIGTERM.
+    async fn serve(&mut self, daemon: &Daemon) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
+                _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+                _ = self.hup.recv() => match daemon.reload().await {
+                    Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: configuration rejected, keeping the running one: {e:#}"),
+                },
+            }
+        }
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    async fn stop(&mut self) {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
-            _ = hup.recv() => match daemon.reload().await {
-                Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
-                Err(e) => tracing::error!("SIGHUP: configuration rejected, keeping the running one: {e:#}"),
-            },
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }
@@ -147,7 +304,20 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Enforcement, Option<xdp::Logger
         ));
     }
     let interfaces = xdp::interfaces::resolve(&config.xdp.interfaces, &config.server.listen)?;
-    let (mut program, logger) = match XdpProgram::load() {
+    let pins = if config.xdp.keep_on_exit {
+        Some(PinDir::open(&config.xdp.pin_dir)?)
+    } else {
+        let removed = PinDir::clear(&config.xdp.pin_dir);
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                dir = %config.xdp.pin_dir.display(),
+                "keep_on_exit is off: removed what an earlier run pinned"
+            );
+        }
+        None
+    };
+    let (mut program, logger) = match XdpProgram::load(pins) {
         Ok(loaded) => loaded,
         Err(e) => return fall_back(config, e),
     };

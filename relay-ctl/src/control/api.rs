@@ -271,6 +271,13 @@ pub struct Stats {
     /// Configuration reloads by result (`success`, `failure`).
     #[serde(default)]
     pub config_reloads: BTreeMap<String, u64>,
+    /// Connections reset at accept by a concurrency bound (`max_connections`,
+    /// `max_connections_per_source`, `max_handshakes`).
+    #[serde(default)]
+    pub connections_refused: BTreeMap<String, u64>,
+    /// Client connections in their handshake now.
+    #[serde(default)]
+    pub handshakes_active: u64,
 }
 
 /// One XDP attachment.

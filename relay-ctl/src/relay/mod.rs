@@ -26,6 +26,7 @@ use self::{
     transform::{ToClient, ToUpstream},
 };
 use crate::{
+    capacity::Slot,
     config::OnLimit,
     misuse::Offence,
     proto::{
@@ -36,7 +37,12 @@ use crate::{
 
 /// Serves one accepted client connection to its end. The caller runs it inside a `conn` span
 /// carrying the (masked) peer, so nothing in here logs the address again.
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContext>) {
+pub async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    mut slot: Slot,
+    ctx: Arc<RelayContext>,
+) {
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
     let _ = client.set_nodelay(true);
     let mut active = ctx.stats.connection();
@@ -55,6 +61,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<RelayContex
             failure
         }
     });
+    slot.handshake_done();
     match outcome {
         Ok(accepted) => {
             let account = &ctx.accounts[accepted.user];

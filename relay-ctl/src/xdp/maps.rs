@@ -189,6 +189,37 @@ impl XdpMaps {
         }
     }
 
+    /// Every prefix in `list`. Pinned maps carry entries over from the previous run; this is
+    /// how the stale ones are found.
+    pub fn prefixes(&self, list: PrefixList) -> Vec<IpNet> {
+        let (v4, v6) = match list {
+            PrefixList::Allow => (&self.allow_v4, &self.allow_v6),
+            PrefixList::Block => (&self.block_v4, &self.block_v6),
+        };
+        let v4 = v4.keys().filter_map(Result::ok).filter_map(|k| {
+            ipnet::Ipv4Net::new(k.data().into(), u8::try_from(k.prefix_len()).ok()?)
+                .ok()
+                .map(IpNet::V4)
+        });
+        let v6 = v6.keys().filter_map(Result::ok).filter_map(|k| {
+            ipnet::Ipv6Net::new(k.data().into(), u8::try_from(k.prefix_len()).ok()?)
+                .ok()
+                .map(IpNet::V6)
+        });
+        v4.chain(v6).collect()
+    }
+
+    /// Every banned source: IPv4 addresses, and IPv6 /64s as their first address.
+    pub fn banned(&self) -> Vec<IpAddr> {
+        let v4 = self.bans_v4.keys().filter_map(Result::ok).map(IpAddr::from);
+        let v6 = self.bans_v6.keys().filter_map(Result::ok).map(|k| {
+            let mut octets = [0u8; 16];
+            octets[..names::V6_LIMIT_PREFIX_BYTES].copy_from_slice(&k);
+            IpAddr::from(octets)
+        });
+        v4.chain(v6).collect()
+    }
+
     /// Adds or replaces a ban: the exact IPv4 address, or the IPv6 address's /64.
     pub fn ban(&mut self, addr: IpAddr, entry: BanEntry) -> Result<(), MapsError> {
         let result = match addr.to_canonical() {

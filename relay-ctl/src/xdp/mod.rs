@@ -3,11 +3,17 @@
 pub mod interfaces;
 pub mod maps;
 
-use std::fmt;
+pub mod pin;
+
+use std::{fmt, path::PathBuf};
 
 use aya::{
-    Ebpf, EbpfError,
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    Ebpf, EbpfError, EbpfLoader,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -52,23 +58,36 @@ pub enum XdpError {
     /// A map was missing or refused an update.
     #[error(transparent)]
     Maps(#[from] MapsError),
+    /// The pin directory could not be used.
+    #[error(transparent)]
+    Pin(#[from] pin::PinDirError),
 }
 
-/// The loaded program, its maps, and the interfaces it is attached to. Dropping it detaches.
+/// The loaded program, its maps, and the interfaces it is attached to. Dropping it detaches,
+/// except for links pinned with `[xdp] keep_on_exit`.
 pub struct XdpProgram {
     ebpf: Ebpf,
     maps: XdpMaps,
     links: Vec<(String, AttachMode, XdpLinkId)>,
+    /// With `keep_on_exit`: where maps and links are pinned.
+    pins: Option<pin::PinDir>,
 }
 
 /// The program's log channel; must be drained (see [`drain_logs`]).
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 impl XdpProgram {
-    /// Loads the embedded object into the kernel (not yet attached). The returned logger must
-    /// stay alive while the program is loaded.
-    pub fn load() -> Result<(Self, Option<Logger>), XdpError> {
-        let mut ebpf = Ebpf::load(crate::ebpf::OBJECT).map_err(XdpError::Load)?;
+    /// Loads the embedded object into the kernel (not yet attached). With `pins`, the maps are
+    /// pinned there, or taken over if an earlier run pinned them (bans and limiter state
+    /// carry over). The returned logger must stay alive while the program is loaded.
+    pub fn load(pins: Option<pin::PinDir>) -> Result<(Self, Option<Logger>), XdpError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = &pins {
+            for name in relay_common::maps::PINNED {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(crate::ebpf::OBJECT).map_err(XdpError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -83,6 +102,7 @@ impl XdpProgram {
                 ebpf,
                 maps,
                 links: Vec::new(),
+                pins,
             },
             logger,
         ))
@@ -99,6 +119,9 @@ impl XdpProgram {
             config::XdpMode::Native => &[AttachMode::Native],
             config::XdpMode::Generic | config::XdpMode::Off => &[AttachMode::Generic],
         };
+        if let Some(attached) = self.take_over(interface, attempts)? {
+            return Ok(attached);
+        }
         let mut failures = Vec::new();
         for &attempt in attempts {
             let kernel_mode = match attempt {
@@ -114,6 +137,12 @@ impl XdpProgram {
                             failures.join("; ")
                         );
                     }
+                    let link = match &self.pins {
+                        Some(pins) => {
+                            self.pin_link(interface, attempt, link, pins.link(interface, attempt))?
+                        }
+                        None => link,
+                    };
                     self.links.push((interface.to_owned(), attempt, link));
                     return Ok(attempt);
                 }
@@ -124,6 +153,88 @@ impl XdpProgram {
             interface: interface.to_owned(),
             reason: failures.join("; "),
         })
+    }
+
+    /// With pins: if an earlier run left a link on `interface` in an allowed mode, swaps this
+    /// program into it atomically (no moment without a program). A link in a mode no longer
+    /// allowed is removed, which detaches it, and a fresh attach follows.
+    fn take_over(
+        &mut self,
+        interface: &str,
+        allowed: &[AttachMode],
+    ) -> Result<Option<AttachMode>, XdpError> {
+        let Some(pins) = &self.pins else {
+            return Ok(None);
+        };
+        let Some((mode, path)) = pins.existing_link(interface) else {
+            return Ok(None);
+        };
+        if !allowed.contains(&mode) {
+            tracing::info!(interface, %mode, "pinned XDP link in a mode no longer configured: detaching it");
+            pins.remove(&path);
+            return Ok(None);
+        }
+        let failed = |reason: String| XdpError::Attach {
+            interface: interface.to_owned(),
+            reason,
+        };
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| {
+            failed(format!(
+                "opening pinned link {}: {}",
+                path.display(),
+                error_chain(&e)
+            ))
+        })?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
+            failed(format!(
+                "pinned link {}: {}",
+                path.display(),
+                error_chain(&e)
+            ))
+        })?;
+        let id = program(&mut self.ebpf)?
+            .attach_to_link(link)
+            .map_err(|e| failed(format!("replacing the pinned program: {}", error_chain(&e))))?;
+        tracing::info!(interface, %mode, "took over the pinned XDP link without detaching");
+        self.links.push((interface.to_owned(), mode, id));
+        Ok(Some(mode))
+    }
+
+    /// Pins a fresh link at `path` so it outlives the process; returns the program's handle on
+    /// it (closing that handle leaves the pinned link attached).
+    fn pin_link(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+        id: XdpLinkId,
+        path: PathBuf,
+    ) -> Result<XdpLinkId, XdpError> {
+        let failed = |reason: String| XdpError::Attach {
+            interface: interface.to_owned(),
+            reason,
+        };
+        let prog = program(&mut self.ebpf)?;
+        let link = prog.take_link(id).map_err(XdpError::Program)?;
+        let fd = FdLink::try_from(link).map_err(|e| {
+            failed(format!(
+                "{mode} attachment is not a bpf_link, cannot pin it: {}",
+                error_chain(&e)
+            ))
+        })?;
+        let pinned = fd.pin(&path).map_err(|e| {
+            failed(format!(
+                "pinning at {}: {}",
+                path.display(),
+                error_chain(&e)
+            ))
+        })?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| failed(error_chain(&e)))?;
+        prog.attach_to_link(link).map_err(XdpError::Program)
+    }
+
+    /// Whether links and maps stay after exit.
+    pub fn keeps_on_exit(&self) -> bool {
+        self.pins.is_some()
     }
 
     /// Interfaces the program is attached to, with their modes.
@@ -141,8 +252,16 @@ impl XdpProgram {
         &self.maps
     }
 
-    /// Detaches from every interface, logging each.
+    /// Detaches from every interface, logging each; with pins, leaves everything attached.
     pub fn detach_all(&mut self) {
+        if self.pins.is_some() {
+            for (interface, mode, _) in &self.links {
+                tracing::info!(interface, %mode, "XDP left attached and pinned (keep_on_exit)");
+            }
+            // Closing the program's handles leaves the pinned links attached.
+            self.links.clear();
+            return;
+        }
         let links = std::mem::take(&mut self.links);
         for (interface, mode, link) in links {
             match program(&mut self.ebpf).and_then(|p| p.detach(link).map_err(XdpError::Program)) {
