@@ -11,3 +11,4 @@ pub mod privilege;
 pub mod probe;
 pub mod pyclient;
 pub mod relay;
+pub mod util;

@@ -251,11 +251,28 @@ impl Relay {
         self.log.lock().expect("log lock").join("\n")
     }
 
-    /// Sends SIGINT and waits (bounded) for a clean exit; returns the full log.
-    pub fn stop(mut self) -> String {
+    /// Sends SIGINT and waits (bounded) for a clean exit; returns the full log. A second
+    /// SIGINT after 200 ms ends the drain of open connections (`[server] drain_secs`), so
+    /// tests that leave connections open stop at once.
+    pub fn stop(self) -> String {
+        self.signal(Signal::SIGINT);
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // It may have exited already: nothing to end then.
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGINT);
+        }
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends `signal` (e.g. SIGTERM to start a graceful shutdown).
+    pub fn signal(&self, signal: Signal) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        nix::sys::signal::kill(pid, Signal::SIGINT).expect("SIGINT");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
+    }
+
+    /// Waits at most `limit` for the process to exit successfully; returns the full log.
+    pub fn wait_exit(mut self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 assert!(
@@ -267,7 +284,7 @@ impl Relay {
             }
             assert!(
                 Instant::now() < deadline,
-                "relay-ctl ignored SIGINT:\n{}",
+                "relay-ctl did not exit within {limit:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -276,11 +293,9 @@ impl Relay {
         std::thread::sleep(Duration::from_millis(100));
         self.log()
     }
-}
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }
