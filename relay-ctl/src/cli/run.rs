@@ -304,10 +304,11 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Enforcement, Option<xdp::Logger
         ));
     }
     let interfaces = xdp::interfaces::resolve(&config.xdp.interfaces, &config.server.listen)?;
+    let mut removed = 0;
     let pins = if config.xdp.keep_on_exit {
         Some(PinDir::open(&config.xdp.pin_dir)?)
     } else {
-        let removed = PinDir::clear(&config.xdp.pin_dir);
+        removed = PinDir::clear(&config.xdp.pin_dir);
         if removed > 0 {
             tracing::info!(
                 removed,
@@ -321,10 +322,19 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Enforcement, Option<xdp::Logger
         Ok(loaded) => loaded,
         Err(e) => return fall_back(config, e),
     };
+    // A link whose pin was just removed is released by the kernel asynchronously: until
+    // then the interface is busy, so retry for a moment (bounded) in that case only.
+    let tries = if removed > 0 { 30 } else { 1 };
     for interface in &interfaces {
-        if let Err(e) = program.attach(interface, config.xdp.mode) {
-            program.detach_all();
-            return fall_back(config, e);
+        for attempt in 1..=tries {
+            match program.attach(interface, config.xdp.mode) {
+                Ok(_) => break,
+                Err(_) if attempt < tries => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => {
+                    program.detach_all();
+                    return fall_back(config, e);
+                }
+            }
         }
     }
     Ok((Enforcement::Kernel(Box::new(program)), logger))

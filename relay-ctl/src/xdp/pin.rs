@@ -88,8 +88,13 @@ impl PinDir {
     /// detaches them): used when keep_on_exit is now off. Returns how many pins went.
     pub fn clear(pin_dir: &Path) -> usize {
         let root = pin_dir.join(PIN_LAYOUT);
-        let Ok(entries) = std::fs::read_dir(&root) else {
-            return 0;
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return 0,
+            Err(e) => {
+                tracing::warn!(dir = %root.display(), "cannot read the pin directory: {e}");
+                return 0;
+            }
         };
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         // Links before maps, so no program is left running on freed maps' stale contents.
@@ -99,7 +104,13 @@ impl PinDir {
         });
         let removed = paths
             .iter()
-            .filter(|p| std::fs::remove_file(p).is_ok())
+            .filter(|p| match std::fs::remove_file(p) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "removing pin failed: {e}");
+                    false
+                }
+            })
             .count();
         let _ = std::fs::remove_dir(&root);
         removed
