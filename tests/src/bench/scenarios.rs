@@ -1236,6 +1236,10 @@ mode = "{mode}"
 
 [limits]
 {limits}
+# One generator address opens every connection, up to 10,000 at once.
+max_connections = 100000
+max_connections_per_source = 100000
+max_handshakes = 100000
 
 [blocklist]
 {blocklist}
