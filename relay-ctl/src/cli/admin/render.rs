@@ -216,6 +216,10 @@ pub fn stats(s: &Stats) -> String {
             ),
         ),
     ];
+    let refused = nonzero(&s.connections_refused);
+    if !refused.is_empty() {
+        summary.push(("refused", refused));
+    }
     if s.replays_detected > 0 {
         summary.push(("replays", s.replays_detected.to_string()));
     }
@@ -533,6 +537,8 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
         s.bans_total.insert("replay".into(), 7);
         s.bans_active_by_reason.insert("replay".into(), 4);
         s.config_reloads.insert("success".into(), 1);
+        s.connections_refused.insert("max_handshakes".into(), 9);
+        s.connections_refused.insert("max_connections".into(), 0);
         s.dc_connect.insert(
             "2".into(),
             crate::control::api::DcConnect {
@@ -551,6 +557,7 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
             "{text}"
         );
         assert!(text.contains("replays      2\n"), "{text}");
+        assert!(text.contains("refused      max_handshakes 9\n"), "{text}");
         assert!(
             text.contains("relayed      1.5 KiB client→DC, 10.0 MiB DC→client\n"),
             "{text}"
