@@ -6,7 +6,7 @@
 
 use std::{
     io::Write as _,
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{Shutdown, TcpStream},
     os::unix::process::CommandExt as _,
     panic::AssertUnwindSafe,
     path::PathBuf,
@@ -16,15 +16,8 @@ use std::{
 
 use relay_ctl::config::Config;
 use relay_tests::relay::{Relay, relay_ctl_bin};
+use relay_tests::util::free_port;
 use serde_json::Value;
-
-/// A loopback port nothing listens on (at the time of asking).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn config(port: u16, extra: &str) -> String {
     format!(

@@ -10,10 +10,10 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream},
     path::PathBuf,
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use relay_common::Verdict;
@@ -21,6 +21,7 @@ use relay_ctl::{
     config::{Config, Origin},
     proto::Secret,
 };
+use relay_tests::util::{free_port, wait_until};
 use relay_tests::{
     fake_dc::FakeDc,
     kernel,
@@ -47,33 +48,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
 fn random_secret() -> String {
     hex(&rand::random::<[u8; 16]>())
 }
 
 fn secret(hex: &str) -> Secret {
     hex.parse().expect("secret")
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, for at most `limit`.
-fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A TCP connection to `target` from `source`.

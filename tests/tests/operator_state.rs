@@ -14,7 +14,7 @@
 
 use std::{
     io::ErrorKind,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     process::Command,
@@ -28,6 +28,7 @@ use std::{
 };
 
 use relay_ctl::proto::Secret;
+use relay_tests::util::{free_port, wait_until};
 use relay_tests::{
     fake_dc::FakeDc,
     mtproto_client::{ClientOptions, MtprotoClient, Transport as RustTransport},
@@ -46,14 +47,6 @@ const REFUSED: &str = "connection refused by user limit";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
 
 /// Starts relay-ctl on a free port with the config `text(port)`, trying another port twice if
 /// it does not come up (another process may take the port between [`free_port`] and the bind);
@@ -104,20 +97,6 @@ fn new_secret() -> String {
 
 fn secret_bytes(hex_secret: &str) -> Secret {
     hex_secret.parse().expect("secret")
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
-fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The value of `key=` in a log line, unquoted (`user="bob"` and `user=bob` both give `bob`).

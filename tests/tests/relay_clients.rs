@@ -18,9 +18,10 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use relay_tests::util::{free_port, wait_until};
 use relay_tests::{
     fake_dc::{FakeDc, Session},
     pyclient::{self, ClientRun, Echo, Transport},
@@ -54,14 +55,6 @@ fn new_secret() -> String {
         "relay-ctl secret new printed {secret:?}"
     );
     secret
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -129,20 +122,6 @@ fn matched_users(log: &str) -> Vec<(&'static str, String)> {
             Some((event, user.to_owned()))
         })
         .collect()
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
-fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One relay with three users and every test DC id pointed at one fake DC.

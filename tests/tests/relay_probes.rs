@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     panic::AssertUnwindSafe,
     path::Path,
     process::{Child, Command, Stdio},
@@ -17,6 +17,7 @@ use std::{
 
 use rand::RngCore as _;
 use relay_ctl::proto::Secret;
+use relay_tests::util::free_port;
 use relay_tests::{
     fake_dc::FakeDc,
     mask::{MaskConn, MaskServer, Recorder},
@@ -47,14 +48,6 @@ fn tls() -> Transport {
     Transport::FakeTls {
         domain: DOMAIN.to_owned(),
     }
-}
-
-/// A loopback port nothing listens on (at the time of asking).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// What differs between the relays of these tests.
