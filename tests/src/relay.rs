@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
+    panic::AssertUnwindSafe,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -70,6 +71,22 @@ impl Relay {
     /// should use `[xdp] mode = "off"`).
     pub fn start_local(config: &str) -> Relay {
         Relay::spawn(None, config, None)
+    }
+
+    /// Starts relay-ctl locally on a free loopback port with the config `text(port)`, trying
+    /// another port twice if it does not come up (another process may take the port between
+    /// [`free_port`](crate::util::free_port) and the bind); returns the relay and its port.
+    pub fn start_local_on_free_port(text: impl Fn(u16) -> String) -> (Relay, u16) {
+        for attempt in 1.. {
+            let port = crate::util::free_port();
+            let config = text(port);
+            match std::panic::catch_unwind(AssertUnwindSafe(|| Relay::start_local(&config))) {
+                Ok(relay) => return (relay, port),
+                Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
+                Err(_) => eprintln!("relay-ctl did not start on port {port}; retrying"),
+            }
+        }
+        unreachable!()
     }
 
     fn spawn(netns: Option<&str>, config: &str, log: Option<&str>) -> Relay {

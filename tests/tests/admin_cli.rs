@@ -8,7 +8,6 @@ use std::{
     io::Write as _,
     net::{Shutdown, TcpStream},
     os::unix::process::CommandExt as _,
-    panic::AssertUnwindSafe,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
@@ -44,18 +43,9 @@ secret = "0123456789abcdef0123456789abcdef"
     )
 }
 
-/// Starts relay-ctl on a free port (retrying if another test took the port meanwhile).
+/// Starts relay-ctl on a free loopback port.
 fn start(extra: &str) -> (Relay, u16) {
-    for attempt in 1.. {
-        let port = free_port();
-        let text = config(port, extra);
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Relay::start_local(&text))) {
-            Ok(relay) => return (relay, port),
-            Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
-            Err(_) => eprintln!("relay-ctl did not start on port {port}; retrying"),
-        }
-    }
-    unreachable!()
+    Relay::start_local_on_free_port(|port| config(port, extra))
 }
 
 /// What a CLI run printed and how it exited.

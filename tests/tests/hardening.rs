@@ -14,7 +14,6 @@
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -126,17 +125,10 @@ connections = 1000000
     )
 }
 
-/// Starts relay-ctl on a free port (retrying if another test took the port meanwhile).
+/// Starts relay-ctl on a free loopback port with the config `text(port)`.
 fn start(text: impl Fn(u16) -> String) -> (Relay, SocketAddr) {
-    for attempt in 1.. {
-        let port = free_port();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Relay::start_local(&text(port)))) {
-            Ok(relay) => return (relay, SocketAddr::from(([127, 0, 0, 1], port))),
-            Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
-            Err(_) => eprintln!("relay-ctl did not start on port {port}; retrying"),
-        }
-    }
-    unreachable!()
+    let (relay, port) = Relay::start_local_on_free_port(text);
+    (relay, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 fn fake_dc() -> FakeDc {

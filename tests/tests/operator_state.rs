@@ -48,20 +48,11 @@ const REFUSED: &str = "connection refused by user limit";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Starts relay-ctl on a free port with the config `text(port)`, trying another port twice if
-/// it does not come up (another process may take the port between [`free_port`] and the bind);
-/// returns the relay, its port and its config.
+/// Starts relay-ctl on a free loopback port with the config `text(port)`; returns the relay,
+/// its port and its config (for a restart on the same port).
 fn start_on_free_port(text: impl Fn(u16) -> String) -> (Relay, u16, String) {
-    for attempt in 1.. {
-        let port = free_port();
-        let config = text(port);
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Relay::start_local(&config))) {
-            Ok(relay) => return (relay, port, config),
-            Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
-            Err(_) => eprintln!("relay-ctl did not start on port {port}; retrying"),
-        }
-    }
-    unreachable!()
+    let (relay, port) = Relay::start_local_on_free_port(&text);
+    (relay, port, text(port))
 }
 
 /// Starts relay-ctl again with the same config (so the same port): retried twice, half a

@@ -7,7 +7,6 @@
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpStream},
-    panic::AssertUnwindSafe,
     path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -117,18 +116,10 @@ idle_secs = 60
         )
     }
 
-    /// Starts relay-ctl on a free port (retrying if another test took the port meanwhile).
+    /// Starts relay-ctl on a free loopback port.
     fn start(&self, dc: &FakeDc) -> (Relay, SocketAddr) {
-        for attempt in 1.. {
-            let port = free_port();
-            let config = self.config(port, dc.addr);
-            match std::panic::catch_unwind(AssertUnwindSafe(|| Relay::start_local(&config))) {
-                Ok(relay) => return (relay, SocketAddr::from(([127, 0, 0, 1], port))),
-                Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
-                Err(_) => eprintln!("relay-ctl did not start on port {port}; retrying"),
-            }
-        }
-        unreachable!()
+        let (relay, port) = Relay::start_local_on_free_port(|port| self.config(port, dc.addr));
+        (relay, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 }
 
