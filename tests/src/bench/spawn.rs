@@ -170,10 +170,16 @@ impl Proc {
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(status) = self.child.try_wait()? {
-                        // Lines may still be in the channel; one more look before giving up.
-                        while let Ok((s, line)) = self.lines.try_recv() {
-                            if s == stream && matches(&line) {
-                                return Ok(line);
+                        // Its last lines may still be in the pipes: the reader threads send
+                        // them and then hang up, so read until they have (bounded).
+                        let drained = Instant::now() + Duration::from_secs(5);
+                        while let Some(left) = drained.checked_duration_since(Instant::now()) {
+                            match self.lines.recv_timeout(left) {
+                                Ok((s, line)) if s == stream && matches(&line) => {
+                                    return Ok(line);
+                                }
+                                Ok(_) => {}
+                                Err(_) => break,
                             }
                         }
                         bail!("{} exited ({status}); stderr:\n{}", self.name, self.tail());
