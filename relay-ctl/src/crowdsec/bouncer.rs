@@ -1,0 +1,172 @@
+//! The poll loop: a full `startup=true` pull at start, after any failure and every `resync`;
+//! incremental pulls every `poll_interval` in between. A failure keeps the decisions already
+//! enforced and retries with exponential backoff; the up/down state is logged only when it
+//! changes.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::RwLock;
+
+use super::{
+    Status,
+    api::Stream,
+    client::{ClientError, Lapi},
+    decisions::{Change, Decisions},
+};
+use crate::{clock::monotonic_ns, shield::Shield};
+
+/// Name of the pull-time histogram.
+pub const PULL_SECONDS: &str = "relay_crowdsec_pull_seconds";
+
+/// Changes written to the shield per write lock: short enough that accepts waiting for the
+/// lock are not held up noticeably while 100,000 decisions load.
+pub const CHUNK: usize = 2048;
+
+/// Longest wait between attempts while the LAPI is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Between incremental pulls.
+    pub poll_interval: Duration,
+    /// Between full pulls.
+    pub resync: Duration,
+    /// Only decisions of these origins (all when empty).
+    pub origins: Vec<String>,
+}
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+enum PullError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("parsing the decision stream: {0}")]
+    Parse(String),
+}
+
+/// Runs forever (the task is aborted at shutdown).
+pub async fn run(
+    lapi: Arc<Lapi>,
+    shield: Arc<RwLock<Shield>>,
+    status: Arc<Status>,
+    settings: Settings,
+) {
+    let mut decisions = Decisions::default();
+    let mut full_pull_due = true;
+    let mut last_full = Instant::now();
+    let mut failures: u32 = 0;
+    let mut first = true;
+    loop {
+        let startup = full_pull_due || last_full.elapsed() >= settings.resync;
+        let started = Instant::now();
+        let result = pull(&lapi, startup, &settings.origins).await;
+        let took = started.elapsed();
+        match result {
+            Ok(stream) => {
+                metrics::histogram!(PULL_SECONDS).record(took.as_secs_f64());
+                let batch = decisions.apply(stream, startup, monotonic_ns());
+                if let Some(e) = &batch.first_error {
+                    tracing::warn!(skipped = batch.invalid, "CrowdSec: decisions skipped: {e}");
+                }
+                let changed = batch.changes.len();
+                write(&shield, batch.changes).await;
+                if status.pulled(true) || first {
+                    tracing::info!(
+                        decisions = decisions.len(),
+                        took_ms = took.as_millis() as u64,
+                        "CrowdSec LAPI reachable: decisions in force"
+                    );
+                } else if changed > 0 {
+                    tracing::debug!(
+                        changed,
+                        startup,
+                        took_ms = took.as_millis() as u64,
+                        "CrowdSec decisions applied"
+                    );
+                }
+                if startup {
+                    full_pull_due = false;
+                    last_full = Instant::now();
+                }
+                failures = 0;
+            }
+            Err(e) => {
+                if status.pulled(false) || first {
+                    tracing::warn!(
+                        kept = decisions.len(),
+                        "CrowdSec LAPI unreachable, keeping the decisions already in force and retrying: {e}"
+                    );
+                } else {
+                    tracing::debug!("CrowdSec pull failed again: {e}");
+                }
+                // The LAPI moves a bouncer's cursor when it answers, even if the answer is
+                // then lost: only a full pull is sure to catch up.
+                full_pull_due = true;
+                failures = failures.saturating_add(1);
+            }
+        }
+        first = false;
+        write(&shield, decisions.expire(monotonic_ns())).await;
+        status.set_decisions(decisions.by_origin());
+        tokio::time::sleep(wait(settings.poll_interval, failures)).await;
+    }
+}
+
+/// The wait before the next pull: the poll interval, doubled per failure in a row, at most
+/// [`MAX_BACKOFF`] (or the poll interval, if that is longer).
+pub fn wait(poll: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return poll;
+    }
+    let factor = 1u32 << (failures - 1).min(10);
+    poll.saturating_mul(factor).min(MAX_BACKOFF.max(poll))
+}
+
+/// Fetches and parses one stream answer; the parse (up to hundreds of MB of JSON) runs on the
+/// blocking pool.
+async fn pull(lapi: &Lapi, startup: bool, origins: &[String]) -> Result<Stream, PullError> {
+    let body = lapi.stream(startup, origins).await?;
+    tokio::task::spawn_blocking(move || serde_json::from_slice::<Stream>(&body))
+        .await
+        .map_err(|e| PullError::Parse(e.to_string()))?
+        .map_err(|e| PullError::Parse(e.to_string()))
+}
+
+/// Writes `changes` into the shield [`CHUNK`] at a time, letting other tasks take the lock
+/// in between.
+pub async fn write(shield: &RwLock<Shield>, changes: Vec<Change>) {
+    let mut failed = 0usize;
+    let mut first_error = None;
+    for chunk in changes.chunks(CHUNK) {
+        let (n, error) = shield.write().await.apply_crowdsec(chunk);
+        failed += n;
+        if first_error.is_none() {
+            first_error = error;
+        }
+        tokio::task::yield_now().await;
+    }
+    if let Some(e) = first_error {
+        tracing::error!(failed, "CrowdSec decisions not enforced: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let poll = Duration::from_secs(10);
+        assert_eq!(wait(poll, 0), poll);
+        assert_eq!(wait(poll, 1), poll);
+        assert_eq!(wait(poll, 2), Duration::from_secs(20));
+        assert_eq!(wait(poll, 4), Duration::from_secs(80));
+        assert_eq!(wait(poll, 9), MAX_BACKOFF);
+        assert_eq!(wait(poll, u32::MAX), MAX_BACKOFF);
+        assert_eq!(wait(Duration::from_secs(600), 3), Duration::from_secs(600));
+    }
+}
