@@ -91,6 +91,9 @@ pub enum DecisionError {
     Duration(#[from] duration::BadDuration),
 }
 
+/// How far a full pull may move an expiry before the entry is rewritten.
+pub const RESYNC_SLACK_NS: u64 = 2_000_000_000;
+
 /// One enforced decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -205,7 +208,14 @@ impl Decisions {
                 self.remove(target, &mut batch.changes);
             }
             for (target, entry) in fresh {
-                if self.entries.get(&target) != Some(&entry) {
+                // The remaining time is re-read on every full pull: an expiry that moved by
+                // less than RESYNC_SLACK_NS is the same decision, and rewriting 100,000 kernel
+                // entries for that would be waste.
+                let same = self.entries.get(&target).is_some_and(|old| {
+                    old.origin == entry.origin
+                        && old.expires_ns.abs_diff(entry.expires_ns) < RESYNC_SLACK_NS
+                });
+                if !same {
                     self.set(target, entry, &mut batch.changes);
                 }
             }
@@ -503,6 +513,19 @@ mod tests {
             ]
         );
         assert_eq!(state.len(), 2);
+        // The same set a moment later: the expiries moved a little, nothing to rewrite.
+        let batch = state.apply(
+            stream(
+                vec![
+                    d("Ip", "198.18.1.2", "1h", "cscli"),
+                    d("Ip", "198.18.1.3", "1h", "cscli"),
+                ],
+                vec![],
+            ),
+            true,
+            S / 2,
+        );
+        assert!(batch.changes.is_empty(), "{:?}", batch.changes);
     }
 
     #[test]
