@@ -11,7 +11,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
-    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -497,7 +496,7 @@ fn fleet_shares_bans_through_crowdsec() {
                     Ok(rtt) => established.push(rtt),
                     Err(e) => failures.push(format!("established: {e}")),
                 }
-                if round % 10 == 0 {
+                if round.is_multiple_of(10) {
                     // A new connection goes through accept, which reads the shield the load writes.
                     let started = Instant::now();
                     match session(BYSTANDER, RELAY_B).and_then(|mut c| echo(&mut c, round)) {
@@ -626,5 +625,4 @@ fn fleet_shares_bans_through_crowdsec() {
     drop(lapi);
     relay_a.stop();
     relay_b.stop();
-    let _ = PathBuf::new();
 }
