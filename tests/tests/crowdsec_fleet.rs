@@ -10,7 +10,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     process::Command,
     sync::{
         Arc,
@@ -47,6 +47,14 @@ const RANGE: &str = "198.18.0.64/26";
 const RANGE_VICTIM: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 70);
 const BULK_SAMPLE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 const BULK: usize = 100_000;
+/// IPv6: the hub, the relays, a source banned by address (its neighbour in the same /64 is
+/// not), and a prober relay A bans (which relay publishes as its /64).
+const HUB6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+const RELAY_A6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+const RELAY_B6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 3);
+const BANNED6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x50);
+const NEIGHBOUR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x51);
+const PROBER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x60);
 const POLL: Duration = Duration::from_secs(1);
 /// Well under the first SYN retransmission (1 s), so one attempt is one SYN.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -86,9 +94,21 @@ impl Fleet {
         for addr in [HUB, PROBER, BYSTANDER, RANGE_VICTIM, BULK_SAMPLE] {
             ip(&["-n", h, "addr", "add", &format!("{addr}/24"), "dev", "br0"]);
         }
-        for (ns, dev, addr, tag) in [
-            (&fleet.a, &fleet.a_if, RELAY_A, "a"),
-            (&fleet.b, &fleet.b_if, RELAY_B, "b"),
+        for addr in [HUB6, BANNED6, NEIGHBOUR6, PROBER6] {
+            ip(&[
+                "-n",
+                h,
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ]);
+        }
+        for (ns, dev, addr, addr6, tag) in [
+            (&fleet.a, &fleet.a_if, RELAY_A, RELAY_A6, "a"),
+            (&fleet.b, &fleet.b_if, RELAY_B, RELAY_B6, "b"),
         ] {
             let peer = format!("ch{tag}{id}");
             ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
@@ -97,6 +117,16 @@ impl Fleet {
             ip(&["-n", h, "link", "set", &peer, "master", "br0"]);
             ip(&["-n", h, "link", "set", &peer, "up"]);
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         fleet
@@ -121,11 +151,17 @@ impl Drop for Fleet {
     }
 }
 
-fn config(addr: Ipv4Addr, iface: &str, dc: SocketAddr, lapi: &str, name: &str) -> String {
+fn config(
+    (addr, addr6): (Ipv4Addr, Ipv6Addr),
+    iface: &str,
+    dc: SocketAddr,
+    lapi: &str,
+    name: &str,
+) -> String {
     format!(
         r#"
 [server]
-listen = ["{addr}:{PORT}"]
+listen = ["{addr}:{PORT}", "[{addr6}]:{PORT}"]
 modes = ["secure"]
 
 [xdp]
@@ -212,10 +248,11 @@ fn crowdsec_decisions(relay: &Relay, origin: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn attempt(hub: &str, source: Ipv4Addr, relay: Ipv4Addr) -> Outcome {
+fn attempt(hub: &str, source: impl Into<IpAddr>, relay: impl Into<IpAddr>) -> Outcome {
+    let (source, relay) = (source.into(), relay.into());
     in_namespace(hub, || {
         connect_from(
-            IpAddr::V4(source),
+            source,
             SocketAddr::from((relay, PORT)),
             CONNECT_TIMEOUT,
             Duration::from_millis(300),
@@ -224,10 +261,11 @@ fn attempt(hub: &str, source: Ipv4Addr, relay: Ipv4Addr) -> Outcome {
 }
 
 /// A bad handshake (64 bytes no secret decrypts) from `source`; waits for the close.
-fn bad_handshake(hub: &str, source: Ipv4Addr, relay: Ipv4Addr) {
+fn bad_handshake(hub: &str, source: impl Into<IpAddr>, relay: impl Into<IpAddr>) {
+    let (source, relay) = (source.into(), relay.into());
     let outcome = in_namespace(hub, || {
         match connect_from(
-            IpAddr::V4(source),
+            source,
             SocketAddr::from((relay, PORT)),
             CONNECT_TIMEOUT,
             Duration::from_millis(1),
@@ -291,8 +329,8 @@ fn dropped_in_xdp(
     fleet: &Fleet,
     ns: &str,
     dev: &str,
-    source: Ipv4Addr,
-    relay: Ipv4Addr,
+    source: impl Into<IpAddr>,
+    relay: impl Into<IpAddr>,
     verdict: Verdict,
 ) -> bool {
     let prog = Fleet::xdp_prog(ns, dev);
@@ -364,11 +402,23 @@ fn fleet_shares_bans_through_crowdsec() {
     });
     let relay_a = Relay::start(
         &fleet.a,
-        &config(RELAY_A, &fleet.a_if, dc_a.addr, &lapi.url, "relay-a"),
+        &config(
+            (RELAY_A, RELAY_A6),
+            &fleet.a_if,
+            dc_a.addr,
+            &lapi.url,
+            "relay-a",
+        ),
     );
     let relay_b = Relay::start(
         &fleet.b,
-        &config(RELAY_B, &fleet.b_if, dc_b.addr, &lapi.url, "relay-b"),
+        &config(
+            (RELAY_B, RELAY_B6),
+            &fleet.b_if,
+            dc_b.addr,
+            &lapi.url,
+            "relay-b",
+        ),
     );
     for relay in [&relay_a, &relay_b] {
         wait_until(Duration::from_secs(15), || {
@@ -477,7 +527,70 @@ fn fleet_shares_bans_through_crowdsec() {
         deleted.elapsed()
     );
 
-    // 3. 100,000 decisions load while a client keeps echoing through relay B.
+    // 3. IPv6: an address decision is that address (a /128 in the block tries), not its /64;
+    // relay A's ban of an IPv6 prober is published as its /64 and blocks that on relay B.
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &BANNED6.to_string(),
+        "--duration",
+        "1h",
+    ]);
+    let banned6 = format!("{BANNED6}/128");
+    for (relay, ns, dev, addr) in [
+        (&relay_a, &fleet.a, &fleet.a_if, RELAY_A6),
+        (&relay_b, &fleet.b, &fleet.b_if, RELAY_B6),
+    ] {
+        wait_until(Duration::from_secs(15), || {
+            block_sources(relay, &banned6)
+                .contains(&"crowdsec:cscli".to_owned())
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{banned6} never arrived:\n{}", relay.log()));
+        assert!(
+            dropped_in_xdp(&fleet, ns, dev, BANNED6, addr, Verdict::BlockedCidr),
+            "{addr} must drop a SYN from {BANNED6} in XDP"
+        );
+        assert!(
+            attempt(&fleet.hub, NEIGHBOUR6, addr).is_held(),
+            "{addr} admits {NEIGHBOUR6}: the decision is one address, not its /64"
+        );
+    }
+    for _ in 0..3 {
+        bad_handshake(&fleet.hub, PROBER6, RELAY_A6);
+    }
+    let prober_net = "2001:2::/64";
+    let published6 = Instant::now();
+    wait_until(Duration::from_secs(15), || {
+        block_sources(&relay_b, prober_net)
+            .contains(&"crowdsec:relay".to_owned())
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "relay A's IPv6 ban never reached relay B as {prober_net}:\nA:\n{}\nB:\n{}",
+            relay_a.log(),
+            relay_b.log()
+        )
+    });
+    eprintln!(
+        "MEASURED IPv6 prober banned on A -> its /64 blocked on B: {:?}",
+        published6.elapsed()
+    );
+    assert!(
+        dropped_in_xdp(
+            &fleet,
+            &fleet.b,
+            &fleet.b_if,
+            NEIGHBOUR6,
+            RELAY_B6,
+            Verdict::BlockedCidr
+        ),
+        "relay B drops the whole /64 of relay A's IPv6 prober"
+    );
+
+    // 4. 100,000 decisions load while a client keeps echoing through relay B.
     let stop = Arc::new(AtomicBool::new(false));
     let hub = fleet.hub.clone();
     let worker_stop = stop.clone();
@@ -571,7 +684,7 @@ fn fleet_shares_bans_through_crowdsec() {
         )
     });
 
-    // 4. The LAPI dies: bans stay enforced and relays keep serving.
+    // 5. The LAPI dies: bans stay enforced and relays keep serving.
     lapi.stop_with(nix::sys::signal::Signal::SIGKILL);
     for relay in [&relay_a, &relay_b] {
         wait_until(Duration::from_secs(15), || {
