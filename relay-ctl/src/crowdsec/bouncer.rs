@@ -156,7 +156,87 @@ pub async fn write(shield: &RwLock<Shield>, changes: Vec<Change>) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use relay_common::Verdict;
+
     use super::*;
+    use crate::{
+        crowdsec::{client::Client, fake::fake_lapi},
+        shield::Enforcement,
+    };
+
+    #[tokio::test]
+    async fn pulls_apply_survive_failures_and_resync_after_them() {
+        let (url, seen) = fake_lapi(vec![
+            (
+                200,
+                r#"{"new":[{"duration":"1h","origin":"cscli","scenario":"t","scope":"Ip","type":"ban","value":"198.18.1.5"},
+                          {"duration":"1h","origin":"CAPI","scenario":"t","scope":"Range","type":"ban","value":"198.18.2.0/24"}],"deleted":null}"#,
+            ),
+            (503, "down"),
+            (200, "{not json"),
+            (
+                200,
+                r#"{"new":[{"duration":"1h","origin":"cscli","scenario":"t","scope":"Ip","type":"ban","value":"198.18.1.5"}],"deleted":null}"#,
+            ),
+        ])
+        .await;
+        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
+        let lapi = Arc::new(Lapi::new(client, "key".into(), None));
+        let shield = Arc::new(RwLock::new(Shield::new(Enforcement::Userspace {
+            reason: "test".into(),
+        })));
+        let status = Arc::new(Status::new(true));
+        let settings = Settings {
+            poll_interval: Duration::from_millis(20),
+            resync: Duration::from_secs(3600),
+            origins: vec!["cscli".into(), "CAPI".into()],
+        };
+        let task = tokio::spawn(run(lapi, shield.clone(), status.clone(), settings));
+        let verdict = |shield: &Shield, a: &str| shield.admit(a.parse::<IpAddr>().expect("ip"), 1);
+        let mut ok = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let requests = seen.lock().expect("seen").len();
+            if requests >= 6 {
+                ok = true;
+                break;
+            }
+        }
+        task.abort();
+        assert!(
+            ok,
+            "the loop kept polling: {:?}",
+            seen.lock().expect("seen")
+        );
+        let requests: Vec<String> = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|r| r.lines().next().unwrap_or("").to_owned())
+            .collect();
+        assert!(
+            requests[0].starts_with(
+                "GET /v1/decisions/stream?startup=true&scopes=ip,range&origins=cscli,CAPI "
+            ),
+            "{requests:?}"
+        );
+        assert!(requests[1].contains("startup=false"), "{requests:?}");
+        // After each failure (503, then bad JSON) the next pull is a full one.
+        assert!(requests[2].contains("startup=true"), "{requests:?}");
+        assert!(requests[3].contains("startup=true"), "{requests:?}");
+        assert!(requests[4].contains("startup=false"), "{requests:?}");
+        let shield = shield.read().await;
+        assert_eq!(verdict(&shield, "198.18.1.5"), Verdict::Banned);
+        // The full pull after the failures no longer had the range: it went.
+        assert_eq!(verdict(&shield, "198.18.2.9"), Verdict::Passed);
+        let snapshot = status.snapshot().expect("enabled");
+        assert!(snapshot.up);
+        assert_eq!(snapshot.pull_failures, 2);
+        assert_eq!(snapshot.decisions.get("cscli"), Some(&1));
+        assert_eq!(snapshot.decisions.get("CAPI"), None);
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -13,6 +13,8 @@ pub mod bouncer;
 pub mod client;
 pub mod decisions;
 pub mod duration;
+#[cfg(test)]
+mod fake;
 pub mod publish;
 
 use std::{

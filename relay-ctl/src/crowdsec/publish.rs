@@ -219,6 +219,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn login_once_renew_on_401_and_count() {
+        use crate::crowdsec::{
+            client::{Client, Machine},
+            fake::fake_lapi,
+        };
+        let (url, seen) = fake_lapi(vec![
+            (
+                200,
+                r#"{"code":200,"expire":"2026-11-22T03:44:46Z","token":"jwt-1"}"#,
+            ),
+            (401, r#"{"code":401,"message":"token expired"}"#),
+            (
+                200,
+                r#"{"code":200,"expire":"2026-11-22T03:44:46Z","token":"jwt-2"}"#,
+            ),
+            (201, r#"["22"]"#),
+            (500, r#"{"message":"validation failure"}"#),
+        ])
+        .await;
+        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
+        let lapi = Lapi::new(
+            client,
+            "key".into(),
+            Some(Machine {
+                id: "relay-1".into(),
+                password: "pw".into(),
+            }),
+        );
+        let status = Status::new(true);
+        let ban = BanEvent {
+            addr: "198.18.0.2".parse().expect("ip"),
+            reason: "bad_secret",
+            ttl: Duration::from_secs(60),
+        };
+        send(&lapi, std::slice::from_ref(&ban), &status).await;
+        assert_eq!(status.published.load(Ordering::Relaxed), 1);
+        // A 500 (the LAPI's answer to a schema error) is not retried.
+        send(&lapi, &[ban], &status).await;
+        assert_eq!(status.publish_failed.load(Ordering::Relaxed), 1);
+        let requests = seen.lock().expect("seen").clone();
+        assert_eq!(requests.len(), 5, "{requests:?}");
+        assert!(requests[0].starts_with("POST /v1/watchers/login "));
+        assert!(requests[0].contains(r#"{"machine_id":"relay-1","password":"pw"}"#));
+        assert!(
+            requests[1].contains("authorization: Bearer jwt-1"),
+            "{}",
+            requests[1]
+        );
+        assert!(requests[2].starts_with("POST /v1/watchers/login "));
+        assert!(
+            requests[3].contains("authorization: Bearer jwt-2"),
+            "{}",
+            requests[3]
+        );
+        assert!(requests[3].contains(r#""scope":"Ip","value":"198.18.0.2""#));
+        assert!(
+            requests[4].contains("authorization: Bearer jwt-2"),
+            "the token is kept"
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_queue_drops_and_counts() {
         let status = Arc::new(Status::new(true));
         let (signals, _queue) = channel(status.clone());
