@@ -564,9 +564,24 @@ impl Daemon {
                     Ok(c) => c,
                     Err(message) => return bad_request(message),
                 };
+                // Said up front: removing CrowdSec's entry is for CrowdSec, not this command.
+                let crowdsec = self
+                    .shield
+                    .read()
+                    .await
+                    .prefixes(PrefixList::Block)
+                    .into_iter()
+                    .find(|(c, s)| *c == cidr && matches!(s, ListSource::CrowdSec(_)))
+                    .map(|(_, s)| s);
                 self.change_lists(|lists| match lists.block.remove(&cidr.to_string()) {
                     Some(_) => Ok(Reply::Done),
-                    None => Err(format!("{cidr} is not an operator block")),
+                    None => Err(match crowdsec {
+                        Some(source) => format!(
+                            "{cidr} is not an operator block; it is a CrowdSec decision \
+                             ({source}): delete it in CrowdSec (cscli decisions delete --range {cidr})"
+                        ),
+                        None => format!("{cidr} is not an operator block"),
+                    }),
                 })
                 .await
             }

@@ -213,6 +213,15 @@ fn admin(relay: &Relay, request: Request) -> Reply {
     }
 }
 
+/// The raw answer to an admin request.
+fn admin_raw(relay: &Relay, request: Request) -> Response {
+    let config =
+        relay_ctl::config::Config::parse(&relay.config, relay_ctl::config::Origin::Embedded)
+            .expect("relay config");
+    call_with_timeout(&config.admin.socket, &request, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{request:?}: {e}"))
+}
+
 /// The source of the ban on `addr` in `relay-ctl bans list`, if any (CrowdSec first).
 fn ban_sources(relay: &Relay, addr: Ipv4Addr) -> Vec<String> {
     let Reply::Bans { bans } = admin(relay, Request::BansList) else {
@@ -510,6 +519,51 @@ fn fleet_shares_bans_through_crowdsec() {
         "MEASURED range add -> enforced on both: {:?}",
         added.elapsed()
     );
+    // Operator commands never remove CrowdSec's entries: `block rm` and `bans rm` refuse and
+    // say where to remove them; an operator entry on the same range comes and goes beside it.
+    let refused = admin_raw(
+        &relay_b,
+        Request::BlockRm {
+            cidr: RANGE.to_owned(),
+        },
+    );
+    assert!(
+        matches!(&refused, Response::Error { message, .. } if message.contains("CrowdSec")),
+        "{refused:?}"
+    );
+    let refused = admin_raw(
+        &relay_b,
+        Request::BansRm {
+            addr: PROBER.to_string(),
+        },
+    );
+    assert!(
+        matches!(&refused, Response::Error { message, .. } if message.contains("banned by CrowdSec")),
+        "{refused:?}"
+    );
+    admin(
+        &relay_b,
+        Request::BlockAdd {
+            cidr: RANGE.to_owned(),
+            ttl_secs: None,
+            reason: Some("operator".to_owned()),
+        },
+    );
+    admin(
+        &relay_b,
+        Request::BlockRm {
+            cidr: RANGE.to_owned(),
+        },
+    );
+    assert_eq!(block_sources(&relay_b, RANGE), ["crowdsec:cscli"]);
+    assert!(dropped_in_xdp(
+        &fleet,
+        &fleet.b,
+        &fleet.b_if,
+        RANGE_VICTIM,
+        RELAY_B,
+        Verdict::BlockedCidr
+    ));
     lapi.cscli(&["decisions", "delete", "--range", RANGE]);
     let deleted = Instant::now();
     for (relay, addr) in [(&relay_a, RELAY_A), (&relay_b, RELAY_B)] {
@@ -666,6 +720,17 @@ fn fleet_shares_bans_through_crowdsec() {
             summary(&format!("{what}, during the load"), during)
         );
     }
+    // How long relay B's accept path could have waited for the shield: its longest write-lock
+    // hold per chunk of decisions (logged at debug).
+    let longest_lock_us = relay_b
+        .log()
+        .lines()
+        .filter_map(|l| l.split("longest_lock_us=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .max();
+    eprintln!(
+        "MEASURED relay B longest shield write-lock hold while loading: {longest_lock_us:?} us"
+    );
     assert!(
         failures.is_empty(),
         "client traffic failed during the load: {failures:?}"

@@ -23,7 +23,7 @@ pub const PULL_SECONDS: &str = "relay_crowdsec_pull_seconds";
 
 /// Changes written to the shield per write lock: short enough that accepts waiting for the
 /// lock are not held up noticeably while 100,000 decisions load.
-pub const CHUNK: usize = 2048;
+pub const CHUNK: usize = 256;
 
 /// Longest wait between attempts while the LAPI is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -68,12 +68,27 @@ pub async fn run(
         match result {
             Ok(stream) => {
                 metrics::histogram!(PULL_SECONDS).record(took.as_secs_f64());
-                let batch = decisions.apply(stream, startup, monotonic_ns());
+                // Diffing 100,000 decisions takes a while: not on a thread that serves clients.
+                let now = monotonic_ns();
+                let mut state = std::mem::take(&mut decisions);
+                let Ok((state, batch)) = tokio::task::spawn_blocking(move || {
+                    let batch = state.apply(stream, startup, now);
+                    (state, batch)
+                })
+                .await
+                else {
+                    // Only a panic gets here: start over from a full pull.
+                    tracing::error!("CrowdSec: applying a pull failed; starting over");
+                    full_pull_due = true;
+                    tokio::time::sleep(wait(settings.poll_interval, 1)).await;
+                    continue;
+                };
+                decisions = state;
                 if let Some(e) = &batch.first_error {
                     tracing::warn!(skipped = batch.invalid, "CrowdSec: decisions skipped: {e}");
                 }
                 let changed = batch.changes.len();
-                write(&shield, batch.changes).await;
+                let lock_held = write(&shield, batch.changes).await;
                 if status.pulled(true) || first {
                     tracing::info!(
                         decisions = decisions.len(),
@@ -85,6 +100,7 @@ pub async fn run(
                         changed,
                         startup,
                         took_ms = took.as_millis() as u64,
+                        longest_lock_us = lock_held.as_micros() as u64,
                         "CrowdSec decisions applied"
                     );
                 }
@@ -110,7 +126,10 @@ pub async fn run(
             }
         }
         first = false;
-        write(&shield, decisions.expire(monotonic_ns())).await;
+        let ended = decisions.expire(monotonic_ns());
+        if !ended.is_empty() {
+            write(&shield, ended).await;
+        }
         status.set_decisions(decisions.by_origin());
         tokio::time::sleep(wait(settings.poll_interval, failures)).await;
     }
@@ -137,12 +156,17 @@ async fn pull(lapi: &Lapi, startup: bool, origins: &[String]) -> Result<Stream, 
 }
 
 /// Writes `changes` into the shield [`CHUNK`] at a time, letting other tasks take the lock
-/// in between.
-pub async fn write(shield: &RwLock<Shield>, changes: Vec<Change>) {
+/// in between. Returns the longest time the write lock was held.
+pub async fn write(shield: &RwLock<Shield>, changes: Vec<Change>) -> Duration {
     let mut failed = 0usize;
     let mut first_error = None;
+    let mut longest = Duration::ZERO;
     for chunk in changes.chunks(CHUNK) {
-        let (n, error) = shield.write().await.apply_crowdsec(chunk);
+        let mut guard = shield.write().await;
+        let held = Instant::now();
+        let (n, error) = guard.apply_crowdsec(chunk);
+        drop(guard);
+        longest = longest.max(held.elapsed());
         failed += n;
         if first_error.is_none() {
             first_error = error;
@@ -152,6 +176,7 @@ pub async fn write(shield: &RwLock<Shield>, changes: Vec<Change>) {
     if let Some(e) = first_error {
         tracing::error!(failed, "CrowdSec decisions not enforced: {e}");
     }
+    longest
 }
 
 #[cfg(test)]

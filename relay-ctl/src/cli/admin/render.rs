@@ -459,6 +459,28 @@ CIDR                     SOURCE    EXPIRES  REASON
     }
 
     #[test]
+    fn stats_show_crowdsec_only_when_configured() {
+        let mut s = Stats::default();
+        assert!(!stats(&s).contains("crowdsec"));
+        s.crowdsec = Some(crate::control::api::CrowdSecStats {
+            up: false,
+            decisions: BTreeMap::from([("cscli".to_owned(), 3), ("relay".to_owned(), 1)]),
+            pulls: 9,
+            pull_failures: 2,
+            published: 4,
+            publish_dropped: 1,
+            ..Default::default()
+        });
+        let text = stats(&s);
+        assert!(
+            text.contains(
+                "DOWN, 4 decisions (cscli 3, relay 1), 9 pulls (2 failed), 4 bans published (0 failed, 1 dropped)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn ban_table() {
         let list = vec![BanInfo {
             addr: "2001:db8::1".into(),
