@@ -87,6 +87,17 @@ impl Lapi {
     /// the LAPI listening on `listen` (`ip:port`), inside `netns` if given; waits for
     /// `/health`.
     pub fn start(bins: &Binaries, netns: Option<&str>, listen: &str) -> Lapi {
+        Lapi::start_with(bins, netns, listen, None)
+    }
+
+    /// Like [`Lapi::start`], serving HTTPS with `tls` = (certificate, key) PEM files. The
+    /// harness's cscli skips verifying it.
+    pub fn start_with(
+        bins: &Binaries,
+        netns: Option<&str>,
+        listen: &str,
+        tls: Option<(&Path, &Path)>,
+    ) -> Lapi {
         let dir = tempfile::tempdir().expect("LAPI temp dir");
         let d = dir.path();
         std::fs::create_dir_all(d.join("data")).expect("data dir");
@@ -96,12 +107,19 @@ impl Lapi {
              decisions:\n - type: ban\n   duration: 4h\non_success: break\n",
         )
         .expect("profiles.yaml");
+        let tls_server = tls.map_or_else(String::new, |(cert, key)| {
+            format!(
+                "    tls:\n      cert_file: {}\n      key_file: {}\n",
+                cert.display(),
+                key.display()
+            )
+        });
         let config = format!(
             "common:\n  daemonize: false\n  log_media: stdout\n  log_level: info\n\
              config_paths:\n  config_dir: {d}/\n  data_dir: {d}/data/\n\
              db_config:\n  type: sqlite\n  db_path: {d}/data/crowdsec.db\n  use_wal: true\n  flush:\n    max_items: 200000\n    max_age: 30d\n\
-             api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n\
-             \x20 server:\n    listen_uri: {listen}\n    profiles_path: {d}/profiles.yaml\n\
+             api:\n  client:\n    insecure_skip_verify: true\n    credentials_path: {d}/local_api_credentials.yaml\n\
+             \x20 server:\n    listen_uri: {listen}\n    profiles_path: {d}/profiles.yaml\n{tls_server}\
              prometheus:\n  enabled: false\n",
             d = d.display()
         );
@@ -111,7 +129,10 @@ impl Lapi {
             dir,
             child: None,
             netns: netns.map(str::to_owned),
-            url: format!("http://{listen}"),
+            url: format!(
+                "{}://{listen}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
         };
         let creds = lapi.dir.path().join("local_api_credentials.yaml");
         let creds = creds.display().to_string();
@@ -163,6 +184,19 @@ impl Lapi {
     }
 
     fn healthy(&self) -> bool {
+        if let Some(hostport) = self.url.strip_prefix("https://") {
+            // Listening is ready enough for TLS: the harness speaks no TLS itself.
+            let Ok(addr) = hostport.parse::<std::net::SocketAddr>() else {
+                return false;
+            };
+            let connect = move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+            };
+            return match &self.netns {
+                Some(ns) => crate::netns::in_namespace(ns, connect),
+                None => connect(),
+            };
+        }
         let Some(hostport) = self.url.strip_prefix("http://") else {
             return false;
         };
