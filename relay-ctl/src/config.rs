@@ -112,6 +112,97 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// A CrowdSec Local API to take bans from and publish bans to; absent: off.
+    #[serde(default)]
+    pub crowdsec: Option<CrowdSec>,
+}
+
+/// `[crowdsec]`: relay as a CrowdSec bouncer (decisions into the XDP maps) and, with a machine
+/// login, as a signal source (its own bans published as alerts).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CrowdSec {
+    /// Base URL of the LAPI, `http://127.0.0.1:8080` or `https://lapi.example.org:8080`.
+    pub lapi_url: String,
+    /// This relay's bouncer key (`cscli bouncers add NAME`); one key per relay, as the LAPI
+    /// tracks each key's position in the stream.
+    #[serde(default)]
+    pub bouncer_key: Option<Redacted>,
+    /// A file holding the bouncer key instead (first line).
+    #[serde(default)]
+    pub bouncer_key_file: Option<PathBuf>,
+    /// Time between incremental pulls of the decision stream.
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: std::time::Duration,
+    /// Time between full pulls, which also drop decisions the LAPI deleted without telling.
+    #[serde(default = "default_resync", deserialize_with = "duration")]
+    pub resync: std::time::Duration,
+    /// Only decisions of these origins (`crowdsec`, `cscli`, `CAPI`, `lists`, `relay`...);
+    /// empty: all.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Machine name for publishing (`cscli machines add NAME --password ...`); unset: relay
+    /// only pulls.
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    /// The machine's password.
+    #[serde(default)]
+    pub password: Option<Redacted>,
+    /// A file holding the password instead (first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for an `https` LAPI; default: the system bundle.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Longest time one LAPI request may take.
+    #[serde(default = "default_crowdsec_timeout", deserialize_with = "duration")]
+    pub timeout: std::time::Duration,
+}
+
+/// A secret from the config file: its `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::ops::Deref for Redacted {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn default_poll_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn default_resync() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+fn default_crowdsec_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+/// A duration as `"10s"`, `"1h"`, `"500ms"` or whole seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(std::time::Duration::from_secs(s)),
+        Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not a duration like \"10s\" or \"1h\": {e}"
+            ))
+        }),
+    }
 }
 
 /// `[metrics]`: Prometheus text exposition over HTTP.
@@ -940,6 +1031,17 @@ impl Config {
                 ),
             ));
         }
+        if let Some(cs) = &self.crowdsec {
+            cs.validate().map_err(|(key, message)| {
+                // A missing key has no line: point at the section's lapi_url instead.
+                let key = if find_key(text, key).0 == 0 {
+                    "lapi_url"
+                } else {
+                    key
+                };
+                invalid(key, message)
+            })?;
+        }
         if self.xdp.interfaces.is_empty() {
             return Err(invalid(
                 "interfaces",
@@ -964,18 +1066,92 @@ impl Config {
     }
 }
 
+impl CrowdSec {
+    /// Checks what serde cannot; the error names the key to point at.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        crate::crowdsec::client::LapiUrl::parse(&self.lapi_url)
+            .map_err(|e| ("lapi_url", format!("[crowdsec] lapi_url {e}")))?;
+        if self.bouncer_key.is_some() == self.bouncer_key_file.is_some() {
+            return Err((
+                "bouncer_key",
+                "[crowdsec] needs exactly one of bouncer_key and bouncer_key_file".to_owned(),
+            ));
+        }
+        if self.bouncer_key.as_deref().is_some_and(str::is_empty) {
+            return Err(("bouncer_key", "[crowdsec] bouncer_key is empty".to_owned()));
+        }
+        let has_password = self.password.is_some() || self.password_file.is_some();
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err((
+                "password",
+                "[crowdsec] give password or password_file, not both".to_owned(),
+            ));
+        }
+        if self.machine_id.is_some() != has_password {
+            return Err((
+                "machine_id",
+                "[crowdsec] machine_id and a password (or password_file) go together".to_owned(),
+            ));
+        }
+        if self.machine_id.as_deref().is_some_and(str::is_empty) {
+            return Err(("machine_id", "[crowdsec] machine_id is empty".to_owned()));
+        }
+        if self.poll_interval < std::time::Duration::from_secs(1) {
+            return Err((
+                "poll_interval",
+                "[crowdsec] poll_interval must be at least 1s".to_owned(),
+            ));
+        }
+        if self.resync < self.poll_interval {
+            return Err((
+                "resync",
+                "[crowdsec] resync must not be shorter than poll_interval".to_owned(),
+            ));
+        }
+        if self.timeout < std::time::Duration::from_secs(1) {
+            return Err((
+                "timeout",
+                "[crowdsec] timeout must be at least 1s".to_owned(),
+            ));
+        }
+        let word = |o: &String| {
+            !o.is_empty()
+                && o.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        };
+        if !self.origins.iter().all(word) {
+            return Err((
+                "origins",
+                "[crowdsec] origins must be names like \"crowdsec\", \"cscli\", \"CAPI\""
+                    .to_owned(),
+            ));
+        }
+        if self.ca_file.is_some() && !self.lapi_url.starts_with("https://") {
+            return Err((
+                "ca_file",
+                "[crowdsec] ca_file is only used with an https:// lapi_url".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A warning when `path` holds user secrets and other users on the host can read it (mode bits
 /// `o+r`), or `None`.
 pub fn secrets_exposure(path: &Path, config: &Config) -> Option<String> {
     use std::os::unix::fs::PermissionsExt as _;
-    if config.users.is_empty() {
+    let crowdsec_inline = config
+        .crowdsec
+        .as_ref()
+        .is_some_and(|c| c.bouncer_key.is_some() || c.password.is_some());
+    if config.users.is_empty() && !crowdsec_inline {
         return None;
     }
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o004 != 0).then(|| {
         format!(
-            "{} holds user secrets and is readable by every user on this host (mode {:o}): \
-             chmod o-r it (e.g. root:relay 0640)",
+            "{} holds secrets (user secrets or [crowdsec] keys) and is readable by every user \
+             on this host (mode {:o}): chmod o-r it (e.g. root:relay 0640)",
             path.display(),
             mode & 0o777
         )

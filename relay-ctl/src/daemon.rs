@@ -70,6 +70,8 @@ pub struct Daemon {
     started: Instant,
     /// Configuration reloads that succeeded and that failed.
     reloads: [AtomicU64; 2],
+    /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
+    pub crowdsec: Arc<crate::crowdsec::Status>,
 }
 
 /// Why the daemon could not start or reload.
@@ -104,6 +106,7 @@ impl Daemon {
         );
         let store = Store::new(&config.state.dir);
         let capacity = Capacity::new(config.limits.bounds());
+        let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
         let daemon = Arc::new(Daemon {
             config_path,
             config: ArcSwap::from_pointee(config),
@@ -119,6 +122,7 @@ impl Daemon {
             next_limiter_sweep_ns: AtomicU64::new(0),
             started: Instant::now(),
             reloads: Default::default(),
+            crowdsec,
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;
@@ -150,6 +154,9 @@ impl Daemon {
         }
         if new.metrics != old.metrics {
             tracing::warn!("[metrics] changed: takes effect only after a restart");
+        }
+        if new.crowdsec != old.crowdsec {
+            tracing::warn!("[crowdsec] changed: takes effect only after a restart");
         }
         if new.log.format != old.log.format {
             tracing::warn!("[log] format changed: takes effect only after a restart");
@@ -525,6 +532,7 @@ impl Daemon {
                 .map(|(r, n)| (r.name().to_owned(), n))
                 .collect(),
             handshakes_active: self.capacity.handshakes() as u64,
+            crowdsec: self.crowdsec.snapshot(),
         }
     }
 
@@ -556,9 +564,24 @@ impl Daemon {
                     Ok(c) => c,
                     Err(message) => return bad_request(message),
                 };
+                // Said up front: removing CrowdSec's entry is for CrowdSec, not this command.
+                let crowdsec = self
+                    .shield
+                    .read()
+                    .await
+                    .prefixes(PrefixList::Block)
+                    .into_iter()
+                    .find(|(c, s)| *c == cidr && matches!(s, ListSource::CrowdSec(_)))
+                    .map(|(_, s)| s);
                 self.change_lists(|lists| match lists.block.remove(&cidr.to_string()) {
                     Some(_) => Ok(Reply::Done),
-                    None => Err(format!("{cidr} is not an operator block")),
+                    None => Err(match crowdsec {
+                        Some(source) => format!(
+                            "{cidr} is not an operator block; it is a CrowdSec decision \
+                             ({source}): delete it in CrowdSec (cscli decisions delete --range {cidr})"
+                        ),
+                        None => format!("{cidr} is not an operator block"),
+                    }),
                 })
                 .await
             }
@@ -617,18 +640,31 @@ impl Daemon {
             Request::AllowList => self.list(PrefixList::Allow).await,
             Request::BansList => {
                 let now = monotonic_ns();
-                let bans = self
-                    .shield
-                    .read()
-                    .await
+                let shield = self.shield.read().await;
+                let mut bans: Vec<BanInfo> = shield
                     .bans()
                     .map(|b| BanInfo {
                         addr: b.addr.to_string(),
                         reason: b.reason.name().to_owned(),
                         count: b.count,
                         expires_in_secs: b.remaining(now).map(|d| d.as_secs()),
+                        source: "relay".to_owned(),
                     })
                     .collect();
+                let mut crowdsec: Vec<BanInfo> = shield
+                    .crowdsec_bans()
+                    .map(|(addr, b)| BanInfo {
+                        addr: addr.to_string(),
+                        reason: "crowdsec".to_owned(),
+                        count: 0,
+                        expires_in_secs: Some(
+                            Duration::from_nanos(b.expires_ns.saturating_sub(now)).as_secs(),
+                        ),
+                        source: ListSource::CrowdSec(b.origin.clone()).to_string(),
+                    })
+                    .collect();
+                crowdsec.sort_by(|a, b| a.addr.cmp(&b.addr));
+                bans.append(&mut crowdsec);
                 Response::Ok {
                     data: Reply::Bans { bans },
                 }
@@ -637,10 +673,19 @@ impl Daemon {
                 let Ok(addr) = addr.parse::<IpAddr>() else {
                     return bad_request(format!("`{addr}` is not an IP address"));
                 };
-                let removed = self.shield.write().await.unban(addr);
+                let mut shield = self.shield.write().await;
+                let removed = shield.unban(addr);
                 if removed.is_none() {
+                    if let Some(cs) = shield.crowdsec_ban(addr) {
+                        return not_found(format!(
+                            "{addr} is banned by CrowdSec (origin {}), not by relay: delete the \
+                             decision in CrowdSec (cscli decisions delete --ip {addr})",
+                            cs.origin
+                        ));
+                    }
                     return not_found(format!("no ban covers {addr}"));
                 }
+                drop(shield);
                 self.persist_bans().await
             }
             Request::BansClear => {

@@ -91,6 +91,16 @@ impl Gate {
         self.lists().block = block;
     }
 
+    /// Adds one blocklist prefix.
+    pub fn block_insert(&self, net: ipnet::IpNet) {
+        self.lists().block.insert(net);
+    }
+
+    /// Removes one blocklist prefix.
+    pub fn block_remove(&self, net: ipnet::IpNet) {
+        self.lists().block.remove(net);
+    }
+
     /// Adds or replaces a ban on `addr` (IPv4: the address; IPv6: its /64, as in the kernel).
     pub fn ban(&self, addr: IpAddr, entry: BanEntry) {
         self.lists()

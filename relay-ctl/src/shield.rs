@@ -2,9 +2,9 @@
 //! userspace at accept time otherwise. Callers do not care which.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     time::Duration,
 };
 
@@ -13,6 +13,7 @@ use relay_common::{BanEntry, BanReason, Verdict, XdpConfig};
 use crate::{
     clock::monotonic_ns,
     config::{Cidr, Config},
+    crowdsec::decisions::{Change, Target},
     gate::{Gate, SourceKey},
     prefix_set::PrefixSet,
     xdp::{MapsError, PrefixList, XdpProgram},
@@ -72,6 +73,8 @@ pub enum ListSource {
     Operator,
     /// A feed file from `[blocklist] files`.
     Feed(std::path::PathBuf),
+    /// CrowdSec decisions of one origin (`cscli`, `crowdsec`, `CAPI`, `relay`, ...).
+    CrowdSec(String),
 }
 
 impl fmt::Display for ListSource {
@@ -80,6 +83,7 @@ impl fmt::Display for ListSource {
             ListSource::Config => f.write_str("config"),
             ListSource::Operator => f.write_str("operator"),
             ListSource::Feed(path) => write!(f, "feed:{}", path.display()),
+            ListSource::CrowdSec(origin) => write!(f, "crowdsec:{origin}"),
         }
     }
 }
@@ -119,9 +123,52 @@ impl SourcedList {
         (entered, left)
     }
 
+    /// Adds one prefix for `source`; returns whether it entered the union.
+    fn insert(&mut self, source: ListSource, cidr: Cidr) -> bool {
+        if !self.by_source.entry(source).or_default().insert(cidr) {
+            return false;
+        }
+        let n = self.holders.entry(cidr).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Removes one prefix of `source`; returns whether it left the union.
+    fn remove(&mut self, source: &ListSource, cidr: Cidr) -> bool {
+        let Some(set) = self.by_source.get_mut(source) else {
+            return false;
+        };
+        if !set.remove(&cidr) {
+            return false;
+        }
+        if set.is_empty() {
+            self.by_source.remove(source);
+        }
+        match self.holders.get_mut(&cidr) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.holders.remove(&cidr);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn union(&self) -> impl Iterator<Item = &Cidr> {
         self.holders.keys()
     }
+}
+
+/// An IPv4 ban decided by CrowdSec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrowdSecBan {
+    /// The decision's origin.
+    pub origin: String,
+    /// CLOCK_MONOTONIC expiry in ns.
+    pub expires_ns: u64,
 }
 
 /// The policy and where it is enforced.
@@ -131,6 +178,9 @@ pub struct Shield {
     allow: SourcedList,
     block: SourcedList,
     bans: BTreeMap<SourceKey, BanRecord>,
+    /// CrowdSec's IPv4 bans, kept apart from relay's own: both share the kernel ban map (its
+    /// entry is the later-ending of the two), and lifting one never lifts the other.
+    crowdsec_bans: HashMap<Ipv4Addr, CrowdSecBan>,
 }
 
 impl Shield {
@@ -142,6 +192,7 @@ impl Shield {
             allow: SourcedList::default(),
             block: SourcedList::default(),
             bans: BTreeMap::new(),
+            crowdsec_bans: HashMap::new(),
         }
     }
 
@@ -265,7 +316,14 @@ impl Shield {
         let expires_ns = ttl.map_or(BanEntry::NEVER, |ttl| {
             monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
         });
-        let entry = BanEntry::new(expires_ns, reason);
+        let mut entry = BanEntry::new(expires_ns, reason);
+        if let IpAddr::V4(v4) = addr
+            && let Some(cs) = self.crowdsec_bans.get(&v4)
+            && cs.expires_ns > expires_ns
+        {
+            // CrowdSec holds it longer: the kernel keeps that expiry.
+            entry = BanEntry::new(cs.expires_ns, BanReason::Operator);
+        }
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             program.maps().ban(addr, entry)?;
         }
@@ -286,11 +344,151 @@ impl Shield {
     pub fn unban(&mut self, addr: IpAddr) -> Option<BanRecord> {
         let addr = addr.to_canonical();
         let record = self.bans.remove(&SourceKey::from(addr))?;
+        if let IpAddr::V4(v4) = addr
+            && self.crowdsec_bans.contains_key(&v4)
+        {
+            // CrowdSec still bans it: the kernel entry stays, with CrowdSec's expiry.
+            if let Err(e) = self.write_v4_ban(v4) {
+                tracing::error!(%addr, "rewriting the CrowdSec ban: {e}");
+            }
+            return Some(record);
+        }
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             program.maps().unban(addr);
         }
         self.gate.unban(addr);
         Some(record)
+    }
+
+    /// Writes the kernel (and gate) ban entry of an IPv4 address from relay's own ban and
+    /// CrowdSec's, whichever ends later; removes it when neither holds.
+    fn write_v4_ban(&mut self, addr: Ipv4Addr) -> Result<(), MapsError> {
+        let own = self
+            .bans
+            .get(&SourceKey::V4(addr.octets()))
+            .map(|b| BanEntry::new(b.expires_ns, b.reason));
+        let crowdsec = self
+            .crowdsec_bans
+            .get(&addr)
+            .map(|b| BanEntry::new(b.expires_ns, BanReason::Operator));
+        let entry = match (own, crowdsec) {
+            (Some(a), Some(b)) => Some(if a.expires_ns >= b.expires_ns { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let ip = IpAddr::V4(addr);
+        match entry {
+            Some(entry) => {
+                if let Enforcement::Kernel(program) = &mut self.enforcement {
+                    program.maps().ban(ip, entry)?;
+                }
+                self.gate.ban(ip, entry);
+            }
+            None => {
+                if let Enforcement::Kernel(program) = &mut self.enforcement {
+                    program.maps().unban(ip);
+                }
+                self.gate.unban(ip);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies CrowdSec decision changes: IPv4 addresses into the ban map, IPv6 addresses
+    /// (as /128) and ranges into the block tries under [`ListSource::CrowdSec`]. Returns how
+    /// many could not be written and the first error (a full map); the others are applied.
+    pub fn apply_crowdsec(&mut self, changes: &[Change]) -> (usize, Option<MapsError>) {
+        let mut failed = 0;
+        let mut first = None;
+        for change in changes {
+            if let Err(e) = self.apply_crowdsec_change(change) {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+        }
+        (failed, first)
+    }
+
+    fn apply_crowdsec_change(&mut self, change: &Change) -> Result<(), MapsError> {
+        match change {
+            Change::Set {
+                target: Target::Ip(IpAddr::V4(addr)),
+                entry,
+                ..
+            } => {
+                self.crowdsec_bans.insert(
+                    *addr,
+                    CrowdSecBan {
+                        origin: entry.origin.clone(),
+                        expires_ns: entry.expires_ns,
+                    },
+                );
+                self.write_v4_ban(*addr)
+            }
+            Change::Remove {
+                target: Target::Ip(IpAddr::V4(addr)),
+                ..
+            } => {
+                if self.crowdsec_bans.remove(addr).is_some() {
+                    self.write_v4_ban(*addr)?;
+                }
+                Ok(())
+            }
+            Change::Set {
+                target,
+                entry,
+                previous_origin,
+            } => {
+                let cidr = crowdsec_prefix(target);
+                if let Some(old) = previous_origin {
+                    self.remove_block_prefix(&ListSource::CrowdSec(old.clone()), cidr);
+                }
+                self.insert_block_prefix(ListSource::CrowdSec(entry.origin.clone()), cidr)
+            }
+            Change::Remove { target, origin } => {
+                self.remove_block_prefix(
+                    &ListSource::CrowdSec(origin.clone()),
+                    crowdsec_prefix(target),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn insert_block_prefix(&mut self, source: ListSource, cidr: Cidr) -> Result<(), MapsError> {
+        if !self.block.insert(source.clone(), cidr) {
+            return Ok(());
+        }
+        if let Enforcement::Kernel(program) = &mut self.enforcement
+            && let Err(e) = program.maps().insert_prefix(PrefixList::Block, cidr.0)
+        {
+            // Not in the kernel: not in the policy either, so a later try can add it.
+            self.block.remove(&source, cidr);
+            return Err(e);
+        }
+        self.gate.block_insert(cidr.0);
+        Ok(())
+    }
+
+    fn remove_block_prefix(&mut self, source: &ListSource, cidr: Cidr) {
+        if self.block.remove(source, cidr) {
+            if let Enforcement::Kernel(program) = &mut self.enforcement {
+                program.maps().remove_prefix(PrefixList::Block, cidr.0);
+            }
+            self.gate.block_remove(cidr.0);
+        }
+    }
+
+    /// CrowdSec's IPv4 bans (IPv6 addresses and ranges are block list entries).
+    pub fn crowdsec_bans(&self) -> impl Iterator<Item = (&Ipv4Addr, &CrowdSecBan)> {
+        self.crowdsec_bans.iter()
+    }
+
+    /// CrowdSec's ban on `addr`, if any.
+    pub fn crowdsec_ban(&self, addr: IpAddr) -> Option<&CrowdSecBan> {
+        match addr.to_canonical() {
+            IpAddr::V4(a) => self.crowdsec_bans.get(&a),
+            IpAddr::V6(_) => None,
+        }
     }
 
     /// Current bans.
@@ -364,7 +562,8 @@ impl Shield {
             }
         }
         for addr in maps.banned() {
-            if !self.bans.contains_key(&SourceKey::from(addr)) && maps.unban(addr) {
+            let crowdsec = matches!(addr, IpAddr::V4(a) if self.crowdsec_bans.contains_key(&a));
+            if !crowdsec && !self.bans.contains_key(&SourceKey::from(addr)) && maps.unban(addr) {
                 removed += 1;
             }
         }
@@ -376,6 +575,14 @@ impl Shield {
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             program.detach_all();
         }
+    }
+}
+
+/// The block list prefix a CrowdSec IPv6 address or range is enforced as.
+fn crowdsec_prefix(target: &Target) -> Cidr {
+    match target {
+        Target::Ip(addr) => Cidr(ipnet::IpNet::from(*addr)),
+        Target::Range(net) => Cidr(*net),
     }
 }
 
@@ -419,5 +626,131 @@ mod tests {
         assert_eq!(left.len(), 2);
         assert_eq!(list.union().count(), 0);
         assert!(list.by_source.is_empty());
+    }
+
+    fn userspace() -> Shield {
+        Shield::new(Enforcement::Userspace {
+            reason: "test".into(),
+        })
+    }
+
+    fn set(target: &str, origin: &str, expires_ns: u64) -> Change {
+        let target = match target.parse::<IpAddr>() {
+            Ok(a) => Target::Ip(a),
+            Err(_) => Target::Range(target.parse().expect("test net")),
+        };
+        Change::Set {
+            target,
+            entry: crate::crowdsec::decisions::Entry {
+                origin: origin.into(),
+                expires_ns,
+            },
+            previous_origin: None,
+        }
+    }
+
+    fn verdict(shield: &Shield, addr: &str) -> Verdict {
+        shield.admit(addr.parse().expect("addr"), 1)
+    }
+
+    #[test]
+    fn crowdsec_entries_are_enforced_in_userspace_and_never_beat_the_allowlist() {
+        let mut shield = userspace();
+        shield
+            .set_prefixes(
+                PrefixList::Allow,
+                ListSource::Operator,
+                cidrs(&["198.18.9.9"]),
+            )
+            .expect("allow");
+        let (failed, _) = shield.apply_crowdsec(&[
+            set("198.18.1.1", "cscli", u64::MAX),
+            set("198.18.9.9", "CAPI", u64::MAX),
+            set("2001:db8::5", "crowdsec", u64::MAX),
+            set("198.18.2.0/24", "cscli", u64::MAX),
+        ]);
+        assert_eq!(failed, 0);
+        assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Banned);
+        assert_eq!(verdict(&shield, "198.18.9.9"), Verdict::Allowlisted);
+        assert_eq!(verdict(&shield, "2001:db8::5"), Verdict::BlockedCidr);
+        // A v6 address decision is that address only, not its /64.
+        assert_eq!(verdict(&shield, "2001:db8::6"), Verdict::Passed);
+        assert_eq!(verdict(&shield, "198.18.2.77"), Verdict::BlockedCidr);
+        let sources: BTreeSet<String> = shield
+            .prefixes(PrefixList::Block)
+            .into_iter()
+            .map(|(_, s)| s.to_string())
+            .collect();
+        assert_eq!(
+            sources,
+            ["crowdsec:crowdsec", "crowdsec:cscli"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        );
+        // Ending the decisions lifts them.
+        shield.apply_crowdsec(&[
+            Change::Remove {
+                target: Target::Range("198.18.2.0/24".parse().expect("net")),
+                origin: "cscli".into(),
+            },
+            Change::Remove {
+                target: Target::Ip("198.18.1.1".parse().expect("ip")),
+                origin: "cscli".into(),
+            },
+        ]);
+        assert_eq!(verdict(&shield, "198.18.2.77"), Verdict::Passed);
+        assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Passed);
+    }
+
+    #[test]
+    fn operator_and_crowdsec_entries_do_not_remove_each_other() {
+        let mut shield = userspace();
+        shield
+            .set_prefixes(
+                PrefixList::Block,
+                ListSource::Operator,
+                cidrs(&["198.18.2.0/24"]),
+            )
+            .expect("operator");
+        shield.apply_crowdsec(&[set("198.18.2.0/24", "cscli", u64::MAX)]);
+        // `block rm` of the operator entry: CrowdSec's stays.
+        shield
+            .set_prefixes(PrefixList::Block, ListSource::Operator, BTreeSet::new())
+            .expect("operator rm");
+        assert_eq!(verdict(&shield, "198.18.2.1"), Verdict::BlockedCidr);
+        shield
+            .set_prefixes(
+                PrefixList::Block,
+                ListSource::Operator,
+                cidrs(&["198.18.2.0/24"]),
+            )
+            .expect("operator again");
+        shield.apply_crowdsec(&[Change::Remove {
+            target: Target::Range("198.18.2.0/24".parse().expect("net")),
+            origin: "cscli".into(),
+        }]);
+        assert_eq!(verdict(&shield, "198.18.2.1"), Verdict::BlockedCidr);
+
+        // Relay's own ban and CrowdSec's on one IPv4 address: lifting one keeps the other.
+        let addr: IpAddr = "198.18.1.1".parse().expect("ip");
+        shield
+            .ban(addr, BanReason::BadSecret, Some(Duration::from_secs(60)), 5)
+            .expect("ban");
+        shield.apply_crowdsec(&[set("198.18.1.1", "relay", u64::MAX)]);
+        assert!(shield.unban(addr).is_some());
+        assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Banned);
+        assert_eq!(shield.bans().count(), 0, "relay's own list is empty");
+        shield
+            .ban(addr, BanReason::BadSecret, Some(Duration::from_secs(60)), 5)
+            .expect("ban");
+        shield.apply_crowdsec(&[Change::Remove {
+            target: Target::Ip(addr),
+            origin: "relay".into(),
+        }]);
+        assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Banned);
+        assert!(shield.crowdsec_ban(addr).is_none());
+        shield.unban(addr);
+        assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Passed);
     }
 }

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 20] = [
+pub const METRIC_NAMES: [&str; 24] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -51,7 +51,18 @@ pub const METRIC_NAMES: [&str; 20] = [
     "relay_build_info",
     "relay_connections_refused_total",
     "relay_handshakes_active",
+    "relay_crowdsec_up",
+    "relay_crowdsec_decisions",
+    "relay_crowdsec_pull_seconds",
+    "relay_crowdsec_published_total",
 ];
+
+/// Name of the CrowdSec pull-time histogram.
+pub const CROWDSEC_PULL_SECONDS: &str = crate::crowdsec::bouncer::PULL_SECONDS;
+
+/// Buckets of the pull-time histogram: an empty incremental poll takes milliseconds, a full
+/// pull of 100,000 decisions about a second.
+const PULL_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// Name of the DC connect-time histogram.
 pub const DC_CONNECT_SECONDS: &str = "relay_dc_connect_seconds";
@@ -83,10 +94,15 @@ pub fn install(config: &config::Metrics) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 fn builder() -> anyhow::Result<PrometheusBuilder> {
-    Ok(PrometheusBuilder::new().set_buckets_for_metric(
-        Matcher::Full(DC_CONNECT_SECONDS.to_owned()),
-        &DC_CONNECT_BUCKETS,
-    )?)
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(DC_CONNECT_SECONDS.to_owned()),
+            &DC_CONNECT_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(CROWDSEC_PULL_SECONDS.to_owned()),
+            &PULL_BUCKETS,
+        )?)
 }
 
 fn describe() {
@@ -167,6 +183,23 @@ fn describe() {
         "relay_handshakes_active",
         "Client connections that have not finished their handshake."
     );
+    describe_gauge!(
+        "relay_crowdsec_up",
+        "1 when the last pull of the CrowdSec decision stream succeeded (only with [crowdsec])."
+    );
+    describe_gauge!(
+        "relay_crowdsec_decisions",
+        "CrowdSec decisions enforced, by origin (crowdsec, cscli, CAPI, lists, relay, ...)."
+    );
+    describe_histogram!(
+        CROWDSEC_PULL_SECONDS,
+        Unit::Seconds,
+        "Time to fetch and parse one pull of the CrowdSec decision stream."
+    );
+    describe_counter!(
+        "relay_crowdsec_published_total",
+        "relay's own bans sent to CrowdSec, by result (ok, failed, dropped when the queue was full)."
+    );
 }
 
 /// Records one DC connect time (a no-op while no recorder is installed).
@@ -203,6 +236,7 @@ pub async fn export(daemon: Arc<Daemon>) {
 pub struct Publisher {
     blocklist_sources: BTreeSet<String>,
     users: BTreeSet<String>,
+    crowdsec_origins: BTreeSet<String>,
 }
 
 impl Publisher {
@@ -279,6 +313,29 @@ impl Publisher {
         for (result, n) in &s.config_reloads {
             counter!("relay_config_reloads_total", "result" => result.clone()).absolute(*n);
         }
+        self.publish_crowdsec(s);
+    }
+
+    fn publish_crowdsec(&mut self, s: &Stats) {
+        let Some(cs) = &s.crowdsec else {
+            return;
+        };
+        gauge!("relay_crowdsec_up").set(if cs.up { 1.0 } else { 0.0 });
+        let origins: BTreeSet<String> = cs.decisions.keys().cloned().collect();
+        for gone in self.crowdsec_origins.difference(&origins) {
+            gauge!("relay_crowdsec_decisions", "origin" => gone.clone()).set(0.0);
+        }
+        for (origin, n) in &cs.decisions {
+            gauge!("relay_crowdsec_decisions", "origin" => origin.clone()).set(*n as f64);
+        }
+        self.crowdsec_origins = origins;
+        for (result, n) in [
+            ("ok", cs.published),
+            ("failed", cs.publish_failed),
+            ("dropped", cs.publish_dropped),
+        ] {
+            counter!("relay_crowdsec_published_total", "result" => result).absolute(n);
+        }
     }
 
     fn publish_users(&mut self, s: &Stats) {
@@ -350,6 +407,13 @@ mod tests {
         s.config_reloads.insert("success".into(), 1);
         s.connections_refused
             .insert("max_connections_per_source".into(), 6);
+        s.crowdsec = Some(crate::control::api::CrowdSecStats {
+            up: true,
+            decisions: BTreeMap::from([("cscli".to_owned(), 4), ("relay".to_owned(), 1)]),
+            published: 2,
+            publish_dropped: 1,
+            ..Default::default()
+        });
         s.users.push(UserInfo {
             name: "alice".into(),
             enabled: true,
@@ -382,6 +446,7 @@ mod tests {
         let text = render(|| {
             Publisher::default().publish(&sample());
             record_dc_connect(2, Duration::from_millis(3));
+            metrics::histogram!(CROWDSEC_PULL_SECONDS).record(0.02);
         });
         for name in METRIC_NAMES {
             assert!(
@@ -408,6 +473,10 @@ mod tests {
             "relay_connections_refused_total{reason=\"max_handshakes\"} 0",
             "relay_dc_connect_seconds_bucket{dc=\"2\",le=\"0.005\"} 1",
             "relay_dc_connect_seconds_count{dc=\"2\"} 1",
+            "relay_crowdsec_up 1",
+            "relay_crowdsec_decisions{origin=\"cscli\"} 4",
+            "relay_crowdsec_published_total{result=\"dropped\"} 1",
+            "relay_crowdsec_pull_seconds_bucket{le=\"0.025\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
@@ -432,6 +501,9 @@ mod tests {
             later.xdp_attached.clear();
             later.users.clear();
             later.blocklist_entries.clear();
+            if let Some(cs) = later.crowdsec.as_mut() {
+                cs.decisions.remove("relay");
+            }
             publisher.publish(&later);
         });
         let text = handle.render();
@@ -439,6 +511,7 @@ mod tests {
             "relay_xdp_attached{interface=\"none\",mode=\"off\"} 0",
             "relay_user_connections_active{user=\"alice\"} 0",
             "relay_blocklist_entries{source=\"feed:/etc/relay/l1.netset\"} 0",
+            "relay_crowdsec_decisions{origin=\"relay\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
@@ -461,7 +534,7 @@ mod tests {
             let base = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
-                .filter(|b| *b == DC_CONNECT_SECONDS)
+                .filter(|b| *b == DC_CONNECT_SECONDS || *b == CROWDSEC_PULL_SECONDS)
                 .unwrap_or(name);
             assert!(
                 METRIC_NAMES.contains(&base),

@@ -1,5 +1,6 @@
 //! Test support for relay: network namespaces, the relay process, probes, kernel state, frames.
 pub mod bench;
+pub mod crowdsec;
 pub mod fake_dc;
 pub mod kernel;
 pub mod mask;

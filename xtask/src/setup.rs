@@ -8,8 +8,19 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::Cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker (which links it dynamically), `ip` for the tests'
-/// network namespaces.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "iproute2"];
+/// network namespaces, sqlite for the unpacked CrowdSec binaries (their only dynamic library
+/// besides libc), openssl for the test certificates of an HTTPS LAPI.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "iproute2",
+    "libsqlite3-0",
+    "openssl",
+];
+
+/// Where the CrowdSec package is unpacked, under the target dir: the tests run a private LAPI
+/// from `<target>/crowdsec/root/usr/bin/{crowdsec,cscli}`.
+pub const CROWDSEC_DIR: &str = "crowdsec";
 
 /// The toolchain aya-build compiles relay-ebpf with (`-Z build-std=core` needs `rust-src`).
 const NIGHTLY: &str = "nightly";
@@ -54,7 +65,64 @@ pub fn setup(root: &Path) -> Result<()> {
     })?;
     step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"), || {
         cargo_fuzz(root)
-    })
+    })?;
+    step(
+        "crowdsec package unpacked into <target>/crowdsec (not installed)",
+        || crowdsec(root),
+    )
+}
+
+/// Fetches Debian's crowdsec package and unpacks it without installing it: installing runs a
+/// postinst that registers with CrowdSec's central API, which fails offline and leaves the
+/// package half-configured (breaking every later apt-get install). The tests only need the
+/// two binaries.
+fn crowdsec(root: &Path) -> Result<Outcome> {
+    let dir = crate::target_dir(root).join(CROWDSEC_DIR);
+    let unpacked = dir.join("root");
+    let binaries = ["usr/bin/crowdsec", "usr/bin/cscli"].map(|b| unpacked.join(b));
+    if binaries.iter().all(|b| b.is_file()) {
+        return Ok(Outcome::Present);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let download = || {
+        Cmd::new("apt-get")
+            .args(["download", "crowdsec"])
+            .current_dir(&dir)
+            .run()
+    };
+    if download().is_err() {
+        // A fresh machine has no package lists yet.
+        Cmd::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .current_dir(root)
+            .run()?;
+        download()?;
+    }
+    let deb = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("crowdsec_") && n.ends_with(".deb"))
+        })
+        .max()
+        .context("apt-get download crowdsec left no crowdsec_*.deb")?;
+    Cmd::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .current_dir(root)
+        .run()?;
+    if let Some(missing) = binaries.iter().find(|b| !b.is_file()) {
+        bail!("{} is not in {}", missing.display(), deb.display());
+    }
+    let name = deb
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Outcome::Installed(name))
 }
 
 /// The cargo-fuzz release the fuzz targets are run with.

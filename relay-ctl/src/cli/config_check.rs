@@ -79,5 +79,23 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
         config.log.level,
         config.log.client_ips.name()
     );
+    if let Some(cs) = &config.crowdsec {
+        // Never the key or password: only where they come from.
+        println!(
+            "  crowdsec        {}, poll {:?}, resync {:?}, {}{}",
+            cs.lapi_url,
+            cs.poll_interval,
+            cs.resync,
+            match &cs.machine_id {
+                Some(id) => format!("publishing as {id}"),
+                None => "not publishing".to_owned(),
+            },
+            if cs.origins.is_empty() {
+                String::new()
+            } else {
+                format!(", origins {}", cs.origins.join(","))
+            }
+        );
+    }
     Ok(())
 }

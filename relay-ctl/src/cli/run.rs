@@ -37,6 +37,7 @@ struct Started {
     listeners: Vec<std::net::TcpListener>,
     shield: Shield,
     logger: Option<xdp::Logger>,
+    crowdsec: Option<crate::crowdsec::Credentials>,
 }
 
 /// Loads the configuration, binds, loads XDP and gives up root, all on one thread.
@@ -72,6 +73,12 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
             );
         }
     }
+    // Key files may be readable by root only: read them before giving root up.
+    let crowdsec = config
+        .crowdsec
+        .as_ref()
+        .map(crate::crowdsec::Credentials::read)
+        .transpose()?;
     if let Some(user) = &config.server.user {
         let target = privilege::resolve(user, config.server.group.as_deref())?;
         privilege::prepare_dir(&config.state.dir, &target, "[state] dir", "StateDirectory=")?;
@@ -100,6 +107,7 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         listeners,
         shield,
         logger,
+        crowdsec,
     })
 }
 
@@ -114,6 +122,7 @@ async fn serve(
         listeners,
         shield,
         logger,
+        crowdsec,
     } = started;
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
     let admin = config.admin.clone();
@@ -144,6 +153,16 @@ async fn serve(
         tracing::info!(%addr, "listening");
         accepting.push(tokio::spawn(server::accept_loop(listener, daemon.clone())));
     }
+    let crowdsec = match (crowdsec, &daemon.config().crowdsec) {
+        (Some(credentials), Some(settings)) => Some(crate::crowdsec::start(
+            settings,
+            credentials,
+            daemon.shield.clone(),
+            &daemon.misuse,
+            daemon.crowdsec.clone(),
+        )?),
+        _ => None,
+    };
     let mut tasks = vec![tokio::spawn(upkeep(daemon.clone()))];
     if let Some(listen) = metrics {
         tasks.push(tokio::spawn(crate::telemetry::export(daemon.clone())));
@@ -165,6 +184,9 @@ async fn serve(
         let _ = task.await;
     }
     drain(&daemon, &mut signals).await;
+    if let Some(crowdsec) = crowdsec {
+        crowdsec.stop();
+    }
     for task in &tasks {
         task.abort();
     }

@@ -240,3 +240,107 @@ fn world_readable_secrets_are_flagged() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     assert_eq!(secrets_exposure(&path, &embedded), None);
 }
+
+const CS_BASE: &str = "[server]\nlisten = [\"127.0.0.1:1\"]\n[crowdsec]\n";
+
+#[test]
+fn crowdsec_is_off_unless_configured_and_has_defaults() {
+    assert_eq!(
+        parse("[server]\nlisten = [\"127.0.0.1:1\"]\n")
+            .expect("valid")
+            .crowdsec,
+        None
+    );
+    let config = parse(&format!(
+        "{CS_BASE}lapi_url = \"http://127.0.0.1:8080\"\nbouncer_key = \"k\"\n"
+    ))
+    .expect("valid");
+    let cs = config.crowdsec.expect("crowdsec");
+    assert_eq!(cs.poll_interval, std::time::Duration::from_secs(10));
+    assert_eq!(cs.resync, std::time::Duration::from_secs(3600));
+    assert_eq!(cs.machine_id, None);
+    assert!(
+        !format!("{cs:?}").contains("\"k\""),
+        "the key is not in Debug output"
+    );
+    let cs = parse(&format!(
+        "{CS_BASE}lapi_url = \"https://lapi.example.org\"\nbouncer_key_file = \"/etc/relay/key\"\n\
+         poll_interval = \"1s\"\nresync = 600\nmachine_id = \"relay-1\"\npassword_file = \"/p\"\n\
+         ca_file = \"/etc/relay/ca.pem\"\norigins = [\"crowdsec\", \"lists:firehol\"]\n"
+    ))
+    .expect("valid")
+    .crowdsec
+    .expect("crowdsec");
+    assert_eq!(cs.poll_interval, std::time::Duration::from_secs(1));
+    assert_eq!(cs.resync, std::time::Duration::from_secs(600));
+}
+
+#[test]
+fn crowdsec_mistakes_are_named() {
+    let url = "lapi_url = \"http://127.0.0.1:8080\"\n";
+    for (body, line, message) in [
+        (
+            "lapi_url = \"127.0.0.1:8080\"\nbouncer_key = \"k\"\n",
+            4,
+            "http://",
+        ),
+        (url, 4, "exactly one of bouncer_key"),
+        (
+            &format!("{url}bouncer_key = \"k\"\nbouncer_key_file = \"/k\"\n") as &str,
+            5,
+            "exactly one",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\nmachine_id = \"m\"\n"),
+            6,
+            "go together",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\npassword = \"p\"\n"),
+            4,
+            "go together",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\npoll_interval = \"10 parsecs\"\n"),
+            6,
+            "duration",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\npoll_interval = \"10s\"\nresync = \"5s\"\n"),
+            7,
+            "resync",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\nca_file = \"/ca\"\n"),
+            6,
+            "https",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\norigins = [\"a b\"]\n"),
+            6,
+            "origins",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\nkey = 1\n"),
+            6,
+            "unknown field",
+        ),
+    ] {
+        expect_invalid(&format!("{CS_BASE}{body}"), line, message);
+    }
+}
+
+#[test]
+fn an_inline_crowdsec_key_is_a_secret_too() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        format!("{CS_BASE}lapi_url = \"http://127.0.0.1:8080\"\nbouncer_key = \"k\"\n"),
+    )
+    .expect("write");
+    let config = Config::load(&path).expect("valid");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert!(secrets_exposure(&path, &config).is_some());
+}

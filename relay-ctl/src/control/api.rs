@@ -180,6 +180,35 @@ pub struct BanInfo {
     /// Seconds left; none: permanent.
     #[serde(default)]
     pub expires_in_secs: Option<u64>,
+    /// Who banned: `relay` (this relay's detector or operator) or `crowdsec:<origin>`.
+    #[serde(default = "relay_source")]
+    pub source: String,
+}
+
+fn relay_source() -> String {
+    "relay".to_owned()
+}
+
+/// The CrowdSec integration's state (`[crowdsec]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrowdSecStats {
+    /// Whether the last pull of the decision stream succeeded.
+    pub up: bool,
+    /// Decisions enforced, by origin.
+    pub decisions: BTreeMap<String, u64>,
+    /// Successful pulls since start.
+    pub pulls: u64,
+    /// Failed pulls since start.
+    pub pull_failures: u64,
+    /// Unix time of the last successful pull.
+    #[serde(default)]
+    pub last_pull_unix: Option<u64>,
+    /// relay's own bans published as alerts.
+    pub published: u64,
+    /// Bans the LAPI did not take (or that failed after retries).
+    pub publish_failed: u64,
+    /// Bans dropped because the publish queue was full.
+    pub publish_dropped: u64,
 }
 
 /// One user and its usage.
@@ -278,6 +307,9 @@ pub struct Stats {
     /// Client connections in their handshake now.
     #[serde(default)]
     pub handshakes_active: u64,
+    /// CrowdSec bouncer and publisher, when `[crowdsec]` is configured.
+    #[serde(default)]
+    pub crowdsec: Option<CrowdSecStats>,
 }
 
 /// One XDP attachment.

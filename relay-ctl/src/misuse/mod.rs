@@ -9,7 +9,13 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use tokio::sync::RwLock;
 
 pub use self::detector::{Detector, Offence, Thresholds};
-use crate::{clock::monotonic_ns, config, gate::SourceKey, shield::Shield};
+use crate::{
+    clock::monotonic_ns,
+    config,
+    crowdsec::publish::{BanEvent, Signals},
+    gate::SourceKey,
+    shield::Shield,
+};
 
 /// Detector plus the shield it bans through.
 pub struct Misuse {
@@ -17,6 +23,8 @@ pub struct Misuse {
     bans_total: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     shield: Arc<RwLock<Shield>>,
     ban_ttl: std::sync::Mutex<Duration>,
+    /// Where bans are offered for publishing to CrowdSec, once `[crowdsec]` starts.
+    signals: std::sync::OnceLock<Signals>,
 }
 
 impl Misuse {
@@ -31,7 +39,13 @@ impl Misuse {
             shield,
             bans_total: std::sync::Mutex::default(),
             ban_ttl: std::sync::Mutex::new(Duration::from_secs(config.ban_secs)),
+            signals: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Publishes every later ban through `signals` (set once; later calls are ignored).
+    pub fn set_signals(&self, signals: Signals) {
+        let _ = self.signals.set(signals);
     }
 
     /// Applies a reloaded `[misuse]` section; counts so far are kept.
@@ -66,6 +80,13 @@ impl Misuse {
                 *lock(&self.bans_total)
                     .entry(ban.reason.name().to_owned())
                     .or_insert(0) += 1;
+                if let Some(signals) = self.signals.get() {
+                    signals.offer(BanEvent {
+                        addr: source,
+                        reason: ban.reason.name(),
+                        ttl,
+                    });
+                }
                 tracing::warn!(
                 %source,
                 reason = ban.reason.name(),

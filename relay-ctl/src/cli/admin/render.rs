@@ -69,10 +69,11 @@ pub fn bans(list: &[BanInfo]) -> String {
     if list.is_empty() {
         return "no bans\n".to_owned();
     }
-    let mut t = Table::new(&["ADDR", "REASON", "COUNT", "EXPIRES"]);
+    let mut t = Table::new(&["ADDR", "SOURCE", "REASON", "COUNT", "EXPIRES"]);
     for b in list {
         t.row(vec![
             b.addr.clone(),
+            b.source.clone(),
             b.reason.clone(),
             b.count.to_string(),
             expires(b.expires_in_secs),
@@ -239,6 +240,26 @@ pub fn stats(s: &Stats) -> String {
         summary.push((
             "reloads",
             format!("{} ok, {} failed", n("success"), n("failure")),
+        ));
+    }
+    if let Some(cs) = &s.crowdsec {
+        let total: u64 = cs.decisions.values().sum();
+        summary.push((
+            "crowdsec",
+            format!(
+                "{}, {total} decisions ({}), {} pulls ({} failed), {} bans published ({} failed, {} dropped)",
+                if cs.up { "up" } else { "DOWN" },
+                if cs.decisions.is_empty() {
+                    "none".to_owned()
+                } else {
+                    nonzero(&cs.decisions)
+                },
+                cs.pulls,
+                cs.pull_failures,
+                cs.published,
+                cs.publish_failed,
+                cs.publish_dropped
+            ),
         ));
     }
     let mut out = pairs(&summary);
@@ -438,16 +459,39 @@ CIDR                     SOURCE    EXPIRES  REASON
     }
 
     #[test]
+    fn stats_show_crowdsec_only_when_configured() {
+        let mut s = Stats::default();
+        assert!(!stats(&s).contains("crowdsec"));
+        s.crowdsec = Some(crate::control::api::CrowdSecStats {
+            up: false,
+            decisions: BTreeMap::from([("cscli".to_owned(), 3), ("relay".to_owned(), 1)]),
+            pulls: 9,
+            pull_failures: 2,
+            published: 4,
+            publish_dropped: 1,
+            ..Default::default()
+        });
+        let text = stats(&s);
+        assert!(
+            text.contains(
+                "DOWN, 4 decisions (cscli 3, relay 1), 9 pulls (2 failed), 4 bans published (0 failed, 1 dropped)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn ban_table() {
         let list = vec![BanInfo {
             addr: "2001:db8::1".into(),
             reason: "bad_secret".into(),
             count: 20,
             expires_in_secs: Some(600),
+            source: "relay".into(),
         }];
         assert_eq!(
             bans(&list),
-            "ADDR         REASON      COUNT  EXPIRES\n2001:db8::1  bad_secret  20     10m\n"
+            "ADDR         SOURCE  REASON      COUNT  EXPIRES\n2001:db8::1  relay   bad_secret  20     10m\n"
         );
     }
 

@@ -1,0 +1,229 @@
+//! relay as a CrowdSec bouncer and signal source.
+//!
+//! The bouncer ([`bouncer`]) polls the Local API's decision stream into the shield: IPv4
+//! addresses into the kernel ban map, IPv6 addresses and ranges into the block tries, each
+//! tagged with its origin. The publisher ([`publish`]) sends the misuse detector's bans to
+//! the LAPI as alerts, so every other relay of the fleet gets them through its own stream.
+//! Nothing here can stall the relay: requests are bounded in time and size, the stream is
+//! parsed off the async threads, the shield is written in chunks, and the detector hands its
+//! bans over through a bounded queue that drops (and counts) rather than wait.
+
+pub mod api;
+pub mod bouncer;
+pub mod client;
+pub mod decisions;
+pub mod duration;
+#[cfg(test)]
+mod fake;
+pub mod publish;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use tokio::{sync::RwLock, task::JoinHandle};
+
+use crate::{config, control::api::CrowdSecStats, misuse::Misuse, shield::Shield};
+
+/// The origin relay's own decisions carry in the LAPI.
+pub const ORIGIN: &str = "relay";
+
+/// Why the CrowdSec integration could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CrowdSecError {
+    /// A key or password file could not be read.
+    #[error("[crowdsec] cannot read {}: {source}", path.display())]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key or password file is empty.
+    #[error("[crowdsec] {} is empty", path.display())]
+    EmptySecret {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The HTTP client could not be set up (URL, CA file).
+    #[error("[crowdsec] {0}")]
+    Client(#[from] client::ClientError),
+}
+
+/// The secrets of `[crowdsec]`, read while relay-ctl is still privileged (the files may be
+/// readable by root only).
+pub struct Credentials {
+    bouncer_key: String,
+    machine: Option<client::Machine>,
+}
+
+impl Credentials {
+    /// Reads the bouncer key and the machine password, inline or from their files.
+    pub fn read(config: &config::CrowdSec) -> Result<Credentials, CrowdSecError> {
+        let bouncer_key = secret(
+            config.bouncer_key.as_deref(),
+            config.bouncer_key_file.as_deref(),
+        )?
+        .unwrap_or_default();
+        let machine = match &config.machine_id {
+            Some(id) => secret(config.password.as_deref(), config.password_file.as_deref())?.map(
+                |password| client::Machine {
+                    id: id.clone(),
+                    password,
+                },
+            ),
+            None => None,
+        };
+        Ok(Credentials {
+            bouncer_key,
+            machine,
+        })
+    }
+}
+
+/// An inline secret, or the first line of its file.
+fn secret(inline: Option<&str>, file: Option<&Path>) -> Result<Option<String>, CrowdSecError> {
+    if let Some(s) = inline {
+        return Ok(Some(s.to_owned()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| CrowdSecError::SecretFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let value = text.lines().next().unwrap_or("").trim().to_owned();
+    if value.is_empty() {
+        return Err(CrowdSecError::EmptySecret {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Some(value))
+}
+
+/// What the integration is doing, for `relay-ctl stats` and the metrics.
+#[derive(Debug, Default)]
+pub struct Status {
+    enabled: AtomicBool,
+    up: AtomicBool,
+    pulls: AtomicU64,
+    pull_failures: AtomicU64,
+    last_pull_unix: AtomicU64,
+    published: AtomicU64,
+    publish_failed: AtomicU64,
+    publish_dropped: AtomicU64,
+    decisions: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Status {
+    /// A status for a relay with (`enabled`) or without `[crowdsec]`.
+    pub fn new(enabled: bool) -> Status {
+        let status = Status::default();
+        status.enabled.store(enabled, Ordering::Relaxed);
+        status
+    }
+
+    /// A snapshot; `None` when `[crowdsec]` is not configured.
+    pub fn snapshot(&self) -> Option<CrowdSecStats> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let last = self.last_pull_unix.load(Ordering::Relaxed);
+        Some(CrowdSecStats {
+            up: self.up.load(Ordering::Relaxed),
+            decisions: self
+                .decisions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            pulls: self.pulls.load(Ordering::Relaxed),
+            pull_failures: self.pull_failures.load(Ordering::Relaxed),
+            last_pull_unix: (last > 0).then_some(last),
+            published: self.published.load(Ordering::Relaxed),
+            publish_failed: self.publish_failed.load(Ordering::Relaxed),
+            publish_dropped: self.publish_dropped.load(Ordering::Relaxed),
+        })
+    }
+
+    fn set_decisions(&self, by_origin: &BTreeMap<String, u64>) {
+        by_origin.clone_into(&mut self.decisions.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Records a pull's result; returns whether the up/down state changed.
+    fn pulled(&self, ok: bool) -> bool {
+        if ok {
+            self.pulls.fetch_add(1, Ordering::Relaxed);
+            self.last_pull_unix
+                .store(crate::control::store::unix_now(), Ordering::Relaxed);
+        } else {
+            self.pull_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.up.swap(ok, Ordering::Relaxed) != ok
+    }
+}
+
+/// The running bouncer and publisher; dropping it stops them.
+pub struct Running {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops both tasks.
+    pub fn stop(self) {}
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the bouncer (and, with a machine login, the publisher the misuse detector feeds).
+/// Must run inside the tokio runtime.
+pub fn start(
+    config: &config::CrowdSec,
+    credentials: Credentials,
+    shield: Arc<RwLock<Shield>>,
+    misuse: &Misuse,
+    status: Arc<Status>,
+) -> Result<Running, CrowdSecError> {
+    let client = client::Client::new(&config.lapi_url, config.ca_file.as_deref(), config.timeout)?;
+    let lapi = Arc::new(client::Lapi::new(
+        client,
+        credentials.bouncer_key,
+        credentials.machine,
+    ));
+    let mut tasks = Vec::new();
+    if lapi.can_publish() {
+        let (signals, queue) = publish::channel(status.clone());
+        misuse.set_signals(signals);
+        tasks.push(tokio::spawn(publish::run(
+            lapi.clone(),
+            queue,
+            status.clone(),
+        )));
+    }
+    let settings = bouncer::Settings {
+        poll_interval: config.poll_interval,
+        resync: config.resync,
+        origins: config.origins.clone(),
+    };
+    tasks.push(tokio::spawn(bouncer::run(lapi, shield, status, settings)));
+    tracing::info!(
+        lapi = %config.lapi_url,
+        poll_secs = config.poll_interval.as_secs_f64(),
+        resync_secs = config.resync.as_secs(),
+        publish = tasks.len() > 1,
+        "CrowdSec bouncer started"
+    );
+    Ok(Running { tasks })
+}
