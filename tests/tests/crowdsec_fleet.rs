@@ -720,8 +720,8 @@ fn fleet_shares_bans_through_crowdsec() {
             summary(&format!("{what}, during the load"), during)
         );
     }
-    // How long relay B's accept path could have waited for the shield: its longest write-lock
-    // hold per chunk of decisions (logged at debug).
+    // relay B's longest write-lock hold per chunk of decisions (logged at debug): what admin
+    // requests and the misuse detector could wait; accepts check without that lock.
     let longest_lock_us = relay_b
         .log()
         .lines()
