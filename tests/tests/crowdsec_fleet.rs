@@ -193,9 +193,8 @@ ban_secs = 600
 lapi_url = "{lapi}"
 bouncer_key = "{name}-bouncer-key-0001"
 poll_interval = "1s"
-# LAPI 1.4.6 can miss a decision committed while a poll reads (its cursor is a time):
-# the full pull catches it up. Short here so the 100,000 load converges in the test.
-resync = "15s"
+# The default: a bulk load must converge through the full pull after a burst, not this.
+resync = "1h"
 machine_id = "{name}"
 password = "{name}-password"
 "#
