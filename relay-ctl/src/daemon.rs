@@ -52,6 +52,8 @@ pub struct Daemon {
     config: ArcSwap<Config>,
     /// The enforcement policy.
     pub shield: Arc<RwLock<Shield>>,
+    /// The shield's accept-time check, without its lock.
+    pub admission: crate::shield::Admission,
     /// The misuse detector.
     pub misuse: Arc<Misuse>,
     accounts: Arc<Accounts>,
@@ -91,6 +93,7 @@ impl Daemon {
                 "no [[users]] configured: generated a secret for user `default`"
             );
         }
+        let admission = shield.admission();
         let shield = Arc::new(RwLock::new(shield));
         let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
         let accounts = Arc::new(Accounts::default());
@@ -111,6 +114,7 @@ impl Daemon {
             config_path,
             config: ArcSwap::from_pointee(config),
             shield,
+            admission,
             misuse,
             accounts,
             replay,

@@ -50,7 +50,8 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        let verdict = daemon.shield.read().await.admit(peer.ip(), monotonic_ns());
+        // Not through the shield's lock: a bulk CrowdSec load holds it for writing.
+        let verdict = daemon.admission.admit(peer.ip(), monotonic_ns());
         if verdict.drops() {
             tracing::debug!(
                 peer = %crate::privacy::addr(peer),

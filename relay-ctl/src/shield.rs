@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -171,10 +172,31 @@ pub struct CrowdSecBan {
     pub expires_ns: u64,
 }
 
+/// The accept-time check, shared with the shield but usable without its lock: new
+/// connections never wait for a writer of the shield (100,000 CrowdSec decisions loading).
+#[derive(Clone)]
+pub struct Admission {
+    gate: Arc<Gate>,
+    kernel: bool,
+}
+
+impl Admission {
+    /// See [`Shield::admit`].
+    pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
+        if self.kernel {
+            self.gate
+                .check_lists(source, now_ns)
+                .unwrap_or(Verdict::Passed)
+        } else {
+            self.gate.admit(source, now_ns)
+        }
+    }
+}
+
 /// The policy and where it is enforced.
 pub struct Shield {
     enforcement: Enforcement,
-    gate: Gate,
+    gate: Arc<Gate>,
     allow: SourcedList,
     block: SourcedList,
     bans: BTreeMap<SourceKey, BanRecord>,
@@ -188,7 +210,7 @@ impl Shield {
     pub fn new(enforcement: Enforcement) -> Self {
         Shield {
             enforcement,
-            gate: Gate::default(),
+            gate: Arc::new(Gate::default()),
             allow: SourcedList::default(),
             block: SourcedList::default(),
             bans: BTreeMap::new(),
@@ -512,12 +534,14 @@ impl Shield {
     /// rate-limited its SYN; the lists are checked again because a SYN the program could not
     /// parse (IPv6 extension headers, IPv4 fragments) passed it unchecked.
     pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
-        match &self.enforcement {
-            Enforcement::Kernel(_) => self
-                .gate
-                .check_lists(source, now_ns)
-                .unwrap_or(Verdict::Passed),
-            Enforcement::Userspace { .. } => self.gate.admit(source, now_ns),
+        self.admission().admit(source, now_ns)
+    }
+
+    /// The accept-time check as a handle that does not need the shield's lock.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            gate: self.gate.clone(),
+            kernel: self.in_kernel(),
         }
     }
 

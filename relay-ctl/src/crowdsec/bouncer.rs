@@ -1,7 +1,13 @@
-//! The poll loop: a full `startup=true` pull at start, after any failure and every `resync`;
-//! incremental pulls every `poll_interval` in between. A failure keeps the decisions already
-//! enforced and retries with exponential backoff; the up/down state is logged only when it
-//! changes.
+//! The poll loop: a full `startup=true` pull at start, after any failure, after a burst of
+//! new decisions and every `resync`; incremental pulls every `poll_interval` in between. A
+//! failure keeps the decisions already enforced and retries with exponential backoff; the
+//! up/down state is logged only when it changes.
+//!
+//! Why after a burst: the LAPI (1.4.6) answers an incremental pull with the decisions created
+//! after the bouncer's previous pull, a time. Decisions of a bulk insert (a community list, a
+//! `cscli decisions import`) committed while a pull runs carry an earlier time and are never
+//! sent; in a test a quarter of 100,000 imported decisions went missing that way. A full pull
+//! once the burst is over picks them up.
 
 use std::{
     sync::Arc,
@@ -24,6 +30,9 @@ pub const PULL_SECONDS: &str = "relay_crowdsec_pull_seconds";
 /// Changes written to the shield per write lock: short enough that accepts waiting for the
 /// lock are not held up noticeably while 100,000 decisions load.
 pub const CHUNK: usize = 256;
+
+/// An incremental pull bringing at least this many new decisions is part of a burst.
+pub const BURST: usize = 1000;
 
 /// Longest wait between attempts while the LAPI is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -60,6 +69,7 @@ pub async fn run(
     let mut last_full = Instant::now();
     let mut failures: u32 = 0;
     let mut first = true;
+    let mut in_burst = false;
     loop {
         let startup = full_pull_due || last_full.elapsed() >= settings.resync;
         let started = Instant::now();
@@ -68,6 +78,7 @@ pub async fn run(
         match result {
             Ok(stream) => {
                 metrics::histogram!(PULL_SECONDS).record(took.as_secs_f64());
+                let arrived = stream.new.as_ref().map_or(0, Vec::len);
                 // Diffing 100,000 decisions takes a while: not on a thread that serves clients.
                 let now = monotonic_ns();
                 let mut state = std::mem::take(&mut decisions);
@@ -104,7 +115,15 @@ pub async fn run(
                         "CrowdSec decisions applied"
                     );
                 }
+                if !startup && arrived >= BURST {
+                    in_burst = true;
+                } else if !startup && in_burst {
+                    // The burst is over: catch what it committed behind the cursor.
+                    full_pull_due = true;
+                    in_burst = false;
+                }
                 if startup {
+                    in_burst = false;
                     full_pull_due = false;
                     last_full = Instant::now();
                 }
@@ -261,6 +280,53 @@ mod tests {
         assert_eq!(snapshot.pull_failures, 2);
         assert_eq!(snapshot.decisions.get("cscli"), Some(&1));
         assert_eq!(snapshot.decisions.get("CAPI"), None);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_followed_by_a_full_pull() {
+        let items: Vec<String> = (0..BURST)
+            .map(|i| {
+                format!(
+                    r#"{{"duration":"1h","origin":"lists","scenario":"t","scope":"Ip","type":"ban","value":"198.19.{}.{}"}}"#,
+                    i / 256,
+                    i % 256
+                )
+            })
+            .collect();
+        let burst: &'static str = Box::leak(
+            format!(r#"{{"new":[{}],"deleted":null}}"#, items.join(",")).into_boxed_str(),
+        );
+        let empty = r#"{"new":null,"deleted":null}"#;
+        let (url, seen) =
+            fake_lapi(vec![(200, empty), (200, empty), (200, burst), (200, empty)]).await;
+        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
+        let lapi = Arc::new(Lapi::new(client, "key".into(), None));
+        let shield = Arc::new(RwLock::new(Shield::new(Enforcement::Userspace {
+            reason: "test".into(),
+        })));
+        let status = Arc::new(Status::new(true));
+        let settings = Settings {
+            poll_interval: Duration::from_millis(20),
+            resync: Duration::from_secs(3600),
+            origins: Vec::new(),
+        };
+        let task = tokio::spawn(run(lapi, shield, status, settings));
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if seen.lock().expect("seen").len() >= 6 {
+                break;
+            }
+        }
+        task.abort();
+        let startups: Vec<bool> = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|r| r.contains("startup=true"))
+            .collect();
+        assert!(startups.len() >= 6, "{startups:?}");
+        // full, incremental, the burst, the quiet pull after it, then a full one, incremental.
+        assert_eq!(startups[..6], [true, false, false, false, true, false]);
     }
 
     #[test]

@@ -82,10 +82,17 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether repeating the same request cannot help: the LAPI rejected it (it answers 500 to
-    /// schema validation errors too).
+    /// Whether repeating the same request cannot help: the LAPI rejected it. It answers 500
+    /// to schema validation errors too, but also to a busy sqlite ("database is locked"),
+    /// which passes.
     pub fn is_rejection(&self) -> bool {
-        matches!(self, ClientError::Status { status, .. } if (400..=500).contains(status) && *status != 401 && *status != 408 && *status != 429)
+        match self {
+            ClientError::Status { status: 500, body } => !body.contains("locked"),
+            ClientError::Status { status, .. } => {
+                (400..500).contains(status) && ![401, 408, 429].contains(status)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -435,6 +442,20 @@ fn check(status: StatusCode, body: &[u8]) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_errors_are_final() {
+        let status = |status: u16, body: &str| ClientError::Status {
+            status,
+            body: body.to_owned(),
+        };
+        assert!(status(500, "validation failure list").is_rejection());
+        assert!(!status(500, "database is locked").is_rejection());
+        assert!(status(400, "").is_rejection());
+        assert!(!status(401, "").is_rejection());
+        assert!(!status(503, "").is_rejection());
+        assert!(!ClientError::Timeout(Duration::from_secs(1)).is_rejection());
+    }
 
     #[test]
     fn urls() {
