@@ -7,6 +7,16 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // aya-build asks to rerun only when relay-ebpf changes; the map layout it compiles in
+    // comes from relay-common, so a change there must rebuild the object too.
+    if let Some(common) = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "relay-common")
+        .and_then(|p| p.manifest_path.parent())
+    {
+        println!("cargo:rerun-if-changed={common}");
+    }
     let ebpf = metadata
         .packages
         .into_iter()
