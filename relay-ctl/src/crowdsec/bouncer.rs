@@ -206,13 +206,13 @@ mod tests {
 
     use super::*;
     use crate::{
-        crowdsec::{client::Client, fake::fake_lapi},
+        crowdsec::{client::Client, scripted_lapi::scripted_lapi},
         shield::Enforcement,
     };
 
     #[tokio::test]
     async fn pulls_apply_survive_failures_and_resync_after_them() {
-        let (url, seen) = fake_lapi(vec![
+        let (url, seen) = scripted_lapi(vec![
             (
                 200,
                 r#"{"new":[{"duration":"1h","origin":"cscli","scenario":"t","scope":"Ip","type":"ban","value":"198.18.1.5"},
@@ -298,7 +298,7 @@ mod tests {
         );
         let empty = r#"{"new":null,"deleted":null}"#;
         let (url, seen) =
-            fake_lapi(vec![(200, empty), (200, empty), (200, burst), (200, empty)]).await;
+            scripted_lapi(vec![(200, empty), (200, empty), (200, burst), (200, empty)]).await;
         let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
         let lapi = Arc::new(Lapi::new(client, "key".into(), None));
         let shield = Arc::new(RwLock::new(Shield::new(Enforcement::Userspace {

@@ -13,9 +13,9 @@ pub mod bouncer;
 pub mod client;
 pub mod decisions;
 pub mod duration;
-#[cfg(test)]
-mod fake;
 pub mod publish;
+#[cfg(test)]
+mod scripted_lapi;
 
 use std::{
     collections::BTreeMap,

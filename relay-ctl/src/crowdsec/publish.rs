@@ -222,9 +222,9 @@ mod tests {
     async fn login_once_renew_on_401_and_count() {
         use crate::crowdsec::{
             client::{Client, Machine},
-            fake::fake_lapi,
+            scripted_lapi::scripted_lapi,
         };
-        let (url, seen) = fake_lapi(vec![
+        let (url, seen) = scripted_lapi(vec![
             (
                 200,
                 r#"{"code":200,"expire":"2026-11-22T03:44:46Z","token":"jwt-1"}"#,

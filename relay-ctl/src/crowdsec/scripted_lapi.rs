@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Listens on 127.0.0.1 and answers each request with the next (status, body) of `script`,
 /// then with an empty stream; returns the base URL and the requests seen (head and body).
-pub async fn fake_lapi(script: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+pub async fn scripted_lapi(script: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
