@@ -316,3 +316,14 @@ impl Relay {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }
+
+impl Drop for Relay {
+    /// A relay the test did not stop (it just went out of scope, or the test panicked) is
+    /// killed, so no test leaves a daemon behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
