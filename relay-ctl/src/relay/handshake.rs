@@ -146,13 +146,12 @@ pub async fn accept(
 }
 
 async fn read_more(client: &mut TcpStream, seen: &mut Vec<u8>) -> Result<usize, Failure> {
-    let mut buf = [0u8; 4096];
-    match client.read(&mut buf).await {
+    // Straight into `seen`'s spare capacity: a stack buffer here would be held across the
+    // await and so become part of every connection's task, for its whole life.
+    seen.reserve(4096);
+    match client.read_buf(seen).await {
         Ok(0) | Err(_) => Err(Failure::Closed),
-        Ok(n) => {
-            seen.extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
+        Ok(n) => Ok(n),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the relay loop, and fronting for everything that fails.
 
 pub mod accounts;
+pub mod buffers;
 pub mod context;
 pub mod front;
 pub mod handshake;
@@ -73,6 +74,9 @@ pub async fn serve(
                 ctx.unique_ips_window,
             ) {
                 Ok(admitted) => {
+                    // Only a failure is fronted: the handshake bytes must not live as long as
+                    // the relayed connection.
+                    drop(std::mem::take(&mut seen));
                     ctx.stats.handshake(Some(mode), HandshakeResult::Ok);
                     active.enter(ConnState::Relayed(mode));
                     relay(client, accepted, admitted.account(), &ctx).await;
@@ -151,6 +155,8 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
     }
     // What arrived with the header is client traffic too (for usage and quota).
     pump::Meter::client_bytes(&meter, early_data.len() as u64);
+    // Freed now rather than when the (long) relay ends.
+    drop(early_data);
     let (client_r, client_w) = client.into_split();
     let (dc_r, dc_w) = dc_stream.into_split();
     let (stats, error) = pump::relay(
