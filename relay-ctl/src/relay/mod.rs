@@ -45,7 +45,7 @@ pub async fn serve(
     ctx: Arc<RelayContext>,
 ) {
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY comes from the listener (see `server::bind`).
     let mut active = ctx.stats.connection();
     let mut seen = Vec::new();
     let mut answered = false;
@@ -150,9 +150,14 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
         stats: &ctx.stats,
     };
     to_upstream.crypt(&mut early_data);
-    if dc_stream.write_all(&early_data).await.is_err() {
+    // The DC header and the client's first bytes in one write: one segment to the DC.
+    let mut first = Vec::with_capacity(leg.wire.len() + early_data.len());
+    first.extend_from_slice(&leg.wire);
+    first.extend_from_slice(&early_data);
+    if dc_stream.write_all(&first).await.is_err() {
         return;
     }
+    drop(first);
     // What arrived with the header is client traffic too (for usage and quota).
     pump::Meter::client_bytes(&meter, early_data.len() as u64);
     // Freed now rather than when the (long) relay ends.
