@@ -14,7 +14,7 @@ use super::{
 use crate::{
     config::{Config, OnLimit},
     misuse::Misuse,
-    proto::{ModeSet, Secret, replay::ReplayCache},
+    proto::{ModeSet, Secret, replay::ReplayCache, tls::HelloKey},
 };
 
 /// A user as the relay sees it.
@@ -32,6 +32,8 @@ pub struct RelayContext {
     pub users: Vec<RelayUser>,
     /// The same secrets in the same order, as the protocol functions take them.
     pub secrets: Vec<Secret>,
+    /// The same secrets prepared for ClientHello checks (HMAC pads absorbed once here).
+    pub hello_keys: Vec<HelloKey>,
     /// Enabled client modes.
     pub modes: ModeSet,
     /// SNI fake-TLS clients must send.
@@ -107,6 +109,7 @@ impl RelayContext {
             unique_ips_window: Duration::from_secs(config.server.unique_ips_window_secs),
             on_limit: config.server.on_limit,
             secrets: users.iter().map(|u| u.secret.clone()).collect(),
+            hello_keys: users.iter().map(|u| HelloKey::new(&u.secret)).collect(),
             users,
             modes: config.server.modes,
             tls_domain: config.tls.domain.clone(),

@@ -204,8 +204,9 @@ async fn accept_tls(
         window_secs: ctx.time_skew_secs,
         allow_uptime: true,
     };
-    let verified = tls::hello::verify_client_hello(&hello.handshake, &ctx.secrets, &policy)
-        .map_err(hello_failure)?;
+    let verified =
+        tls::hello::verify_client_hello_keys(&hello.handshake, &ctx.hello_keys, None, &policy)
+            .map_err(hello_failure)?;
     check_replay(ctx, ReplayKey::tls(&verified.client_random))?;
     let user = verified.user;
     let flight = {
