@@ -9,6 +9,7 @@ use std::{
 
 use super::{
     accounts::{Account, Accounts},
+    hints::Hints,
     stats::RelayStats,
 };
 use crate::{
@@ -34,6 +35,9 @@ pub struct RelayContext {
     pub secrets: Vec<Secret>,
     /// The same secrets prepared for ClientHello checks (HMAC pads absorbed once here).
     pub hello_keys: Vec<HelloKey>,
+    /// The user each source matched last, tried first (shared across reloads, cleared by
+    /// them).
+    pub hints: Arc<Hints>,
     /// Enabled client modes.
     pub modes: ModeSet,
     /// SNI fake-TLS clients must send.
@@ -79,13 +83,15 @@ pub fn replay_cache(config: &Config) -> Arc<Mutex<ReplayCache>> {
 }
 
 impl RelayContext {
-    /// Builds the context from a validated config and the resolved users. `accounts` and
-    /// `replay` carry over from the previous context on reload.
+    /// Builds the context from a validated config and the resolved users. `accounts`,
+    /// `replay` and `hints` carry over from the previous context on reload (the caller clears
+    /// `hints` when it reloads: user indices may mean other users).
     pub fn new(
         config: &Config,
         users: Vec<RelayUser>,
         accounts: &Accounts,
         replay: Arc<Mutex<ReplayCache>>,
+        hints: Arc<Hints>,
         misuse: Arc<Misuse>,
         stats: Arc<RelayStats>,
     ) -> RelayContext {
@@ -110,6 +116,7 @@ impl RelayContext {
             on_limit: config.server.on_limit,
             secrets: users.iter().map(|u| u.secret.clone()).collect(),
             hello_keys: users.iter().map(|u| HelloKey::new(&u.secret)).collect(),
+            hints,
             users,
             modes: config.server.modes,
             tls_domain: config.tls.domain.clone(),

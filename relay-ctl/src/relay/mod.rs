@@ -6,6 +6,7 @@ pub mod buffers;
 pub mod context;
 pub mod front;
 pub mod handshake;
+pub mod hints;
 pub mod pump;
 pub mod stats;
 pub mod transform;
@@ -51,7 +52,7 @@ pub async fn serve(
     let mut answered = false;
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::accept(&mut client, &ctx, &mut seen, &mut answered),
+        handshake::accept(&mut client, peer.ip(), &ctx, &mut seen, &mut answered),
     )
     .await
     .unwrap_or(Err(Failure::Timeout))
