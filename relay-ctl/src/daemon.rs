@@ -35,6 +35,7 @@ use crate::{
         RelayContext,
         accounts::{Account, Accounts, Rejection},
         context::replay_cache,
+        hints::Hints,
         stats::RelayStats,
     },
     shield::{Enforcement, ListSource, Shield},
@@ -58,6 +59,8 @@ pub struct Daemon {
     pub misuse: Arc<Misuse>,
     accounts: Arc<Accounts>,
     replay: Arc<Mutex<ReplayCache>>,
+    /// Per-source user hints, shared by every relay context.
+    hints: Arc<Hints>,
     /// What new connections are served with; replaced on reload.
     pub relay: ArcSwap<RelayContext>,
     /// Concurrency bounds on client connections.
@@ -98,12 +101,14 @@ impl Daemon {
         let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
         let accounts = Arc::new(Accounts::default());
         let replay = replay_cache(&config);
+        let hints = Arc::new(Hints::default());
         let stats = Arc::new(RelayStats::default());
         let relay = RelayContext::new(
             &config,
             users,
             &accounts,
             replay.clone(),
+            hints.clone(),
             misuse.clone(),
             stats.clone(),
         );
@@ -118,6 +123,7 @@ impl Daemon {
             misuse,
             accounts,
             replay,
+            hints,
             relay: ArcSwap::from_pointee(relay),
             capacity,
             store,
@@ -175,11 +181,14 @@ impl Daemon {
         self.capacity.set_bounds(new.limits.bounds());
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         self.accounts.retain(&names);
+        // User indices may now mean other users: old hints would only cost wasted tries.
+        self.hints.clear();
         let relay = RelayContext::new(
             &new,
             users,
             &self.accounts,
             self.replay.clone(),
+            self.hints.clone(),
             self.misuse.clone(),
             self.relay.load().stats.clone(),
         );
@@ -401,6 +410,7 @@ impl Daemon {
     /// addresses older than the unique-IP window, idle userspace limiter state.
     pub async fn sweep(&self) {
         self.misuse.sweep().await;
+        self.hints.sweep(Instant::now());
         let window = self.relay.load().unique_ips_window;
         let now = Instant::now();
         for account in self.accounts.all() {

@@ -27,6 +27,10 @@ pub fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> 
             socket.set_only_v6(true)?;
         }
         socket.set_nonblocking(true)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it to the
+        // child): set once here rather than with a syscall per connection. Relayed writes are
+        // whole messages a peer waits for; Nagle would only delay them.
+        socket.set_tcp_nodelay(true)?;
         socket
             .bind(&(*addr).into())
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -90,4 +94,21 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
 fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
     drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut listeners = bind(&[addr]).expect("bind");
+        let listener = TcpListener::from_std(listeners.remove(0)).expect("listener");
+        let local = listener.local_addr().expect("local addr");
+        let client = TcpStream::connect(local).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("getsockopt"));
+        drop(client);
+    }
 }

@@ -70,7 +70,9 @@ enum Task {
         /// Where to write the JSON report [default: <target dir>/bench/report.json].
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
-        /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`.
+        /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`. Groups: crypto, main,
+        /// slow, users, memory, flood; and, only when named, handshakes (1 and 1,000 users)
+        /// and target (one row per target, for quick iterations).
         #[arg(last = true)]
         args: Vec<String>,
     },

@@ -6,6 +6,10 @@
 
 use std::fmt;
 
+use aes::{
+    Aes256Enc,
+    cipher::{BlockEncrypt as _, KeyInit as _},
+};
 use rand::CryptoRng;
 use sha2::{Digest, Sha256};
 
@@ -93,8 +97,8 @@ pub struct ClientHandshake {
     pub replay_key: [u8; REPLAY_KEY_LEN],
 }
 
-/// Validates a client's header against every user's secret (linear in users: one SHA-256 and
-/// one AES block per non-matching secret).
+/// Validates a client's header against every user's secret (linear in users: one SHA-256
+/// block and one AES block per non-matching secret).
 ///
 /// `via_tls` says the header arrived inside fake TLS; `allowed` is the server's mode set.
 pub fn accept_client_header(
@@ -103,17 +107,32 @@ pub fn accept_client_header(
     allowed: ModeSet,
     via_tls: bool,
 ) -> Result<ClientHandshake, Obfs2Error> {
+    accept_client_header_hinted(header, users, None, allowed, via_tls)
+}
+
+/// [`accept_client_header`], trying user `first` (a hint: the user this source matched last)
+/// before the others, so a returning client costs one secret try whatever the user count.
+/// The result does not depend on the order: a header decrypts to a tag under at most one
+/// secret in practice, and the first match in this order wins.
+pub fn accept_client_header_hinted(
+    header: &[u8; HEADER_LEN],
+    users: &[Secret],
+    first: Option<usize>,
+    allowed: ModeSet,
+    via_tls: bool,
+) -> Result<ClientHandshake, Obfs2Error> {
     let middle = middle(header);
+    let probe = TagProbe::new(&middle, header);
+    let first = first.filter(|&i| i < users.len());
+    let order = first
+        .into_iter()
+        .chain((0..users.len()).filter(move |&i| Some(i) != first));
     let mut refused = None;
-    for (user, secret) in users.iter().enumerate() {
-        let up = forward_keys(&middle, Some(secret));
-        // Only the tag block matters for the check: decrypt bytes 56..64 alone and derive the
-        // reverse key only for the secret that matches.
-        let mut decrypt = up.cipher();
-        decrypt.seek(56);
-        let mut tail = [0u8; 8];
-        tail.copy_from_slice(&header[56..]);
-        decrypt.apply(&mut tail);
+    for user in order {
+        let secret = &users[user];
+        // Only the tag block matters for the check: bytes 56..64 alone, with the raw one-block
+        // SHA-256 and one AES block; the full keys are derived only for the secret that fits.
+        let tail = probe.tail(secret);
         let Some(tag) = ProtoTag::from_bytes([tail[0], tail[1], tail[2], tail[3]]) else {
             continue;
         };
@@ -121,6 +140,8 @@ pub fn accept_client_header(
             refused = Some(Obfs2Error::ModeNotAllowed { tag, via_tls });
             continue;
         }
+        let mut decrypt = forward_keys(&middle, Some(secret)).cipher();
+        decrypt.seek(HEADER_LEN as u64);
         let down = backward_keys(&middle, Some(secret));
         return Ok(ClientHandshake {
             user,
@@ -133,6 +154,67 @@ pub fn accept_client_header(
         });
     }
     Err(refused.unwrap_or(Obfs2Error::NoMatch))
+}
+
+/// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// What one secret try needs, prepared once per header: the padded SHA-256 block of
+/// `middle[0..32] ‖ secret` with the secret left blank, the counter block of offsets 48..64
+/// and the encrypted bytes 56..64.
+struct TagProbe {
+    block: [u8; 64],
+    counter: [u8; 16],
+    tail: [u8; 8],
+}
+
+impl TagProbe {
+    fn new(middle: &[u8; REPLAY_KEY_LEN], header: &[u8; HEADER_LEN]) -> TagProbe {
+        // 48 bytes of message fit one block with their padding: 0x80, zeros, the bit length.
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&middle[..32]);
+        block[48] = 0x80;
+        block[56..].copy_from_slice(&(48u64 * 8).to_be_bytes());
+        let mut iv = [0u8; 16];
+        iv.copy_from_slice(&middle[32..]);
+        // Bytes 48..64 are keystream block 3.
+        let counter = u128::from_be_bytes(iv).wrapping_add(3).to_be_bytes();
+        let mut tail = [0u8; 8];
+        tail.copy_from_slice(&header[56..]);
+        TagProbe {
+            block,
+            counter,
+            tail,
+        }
+    }
+
+    /// Plaintext bytes 56..64 under `secret`.
+    fn tail(&self, secret: &Secret) -> [u8; 8] {
+        let mut block = self.block;
+        block[32..48].copy_from_slice(secret.as_bytes());
+        let mut state = SHA256_IV;
+        sha2::compress256(&mut state, &[block.into()]);
+        let mut key = [0u8; 32];
+        for (k, w) in key.chunks_exact_mut(4).zip(state) {
+            k.copy_from_slice(&w.to_be_bytes());
+        }
+        let mut keystream = self.counter.into();
+        Aes256Enc::new(&key.into()).encrypt_block(&mut keystream);
+        let mut tail = self.tail;
+        for (t, k) in tail.iter_mut().zip(&keystream[8..]) {
+            *t ^= k;
+        }
+        tail
+    }
 }
 
 /// A fresh header toward a DC, with both keystreams of the proxy's side.
@@ -305,8 +387,8 @@ fn split_keys(m: &[u8; REPLAY_KEY_LEN], secret: Option<&Secret>) -> KeyIv {
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use rand::{Rng as _, RngCore as _, SeedableRng};
 
     use super::*;
     use crate::proto::mode::Mode;
@@ -373,6 +455,48 @@ mod tests {
         let mut down = h(v.down_plain);
         dc.encrypt.apply(&mut down);
         assert_eq!(hex::encode(down), v.down_wire);
+    }
+
+    #[test]
+    fn tag_probe_matches_the_generic_derivation() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..50 {
+            let mut header = [0u8; HEADER_LEN];
+            rng.fill_bytes(&mut header);
+            // Include IVs whose low 64 bits carry into the high half at +3.
+            if header[40] & 1 == 0 {
+                header[48..56].fill(0xff);
+            }
+            let secret = Secret::from_bytes(rng.random());
+            let m = middle(&header);
+            let mut generic = forward_keys(&m, Some(&secret)).cipher();
+            generic.seek(56);
+            let mut expect = [0u8; 8];
+            expect.copy_from_slice(&header[56..]);
+            generic.apply(&mut expect);
+            assert_eq!(TagProbe::new(&m, &header).tail(&secret), expect);
+        }
+    }
+
+    #[test]
+    fn hint_is_tried_first_and_bounds_checked() {
+        let v = &vectors::TELETHON_PADDED;
+        let users = [
+            Secret::from_bytes([1; 16]),
+            secret(v.secret),
+            Secret::from_bytes([2; 16]),
+        ];
+        let header = arr(v.header);
+        for first in [None, Some(0), Some(1), Some(2), Some(99)] {
+            let hs = accept_client_header_hinted(&header, &users, first, ModeSet::ALL, false)
+                .expect("accepted whatever the hint");
+            assert_eq!(hs.user, 1, "hint {first:?}");
+        }
+        assert_eq!(
+            accept_client_header_hinted(&[0; 64], &users, Some(1), ModeSet::ALL, false)
+                .unwrap_err(),
+            Obfs2Error::NoMatch
+        );
     }
 
     #[test]

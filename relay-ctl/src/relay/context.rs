@@ -9,12 +9,13 @@ use std::{
 
 use super::{
     accounts::{Account, Accounts},
+    hints::Hints,
     stats::RelayStats,
 };
 use crate::{
     config::{Config, OnLimit},
     misuse::Misuse,
-    proto::{ModeSet, Secret, replay::ReplayCache},
+    proto::{ModeSet, Secret, replay::ReplayCache, tls::HelloKey},
 };
 
 /// A user as the relay sees it.
@@ -32,6 +33,11 @@ pub struct RelayContext {
     pub users: Vec<RelayUser>,
     /// The same secrets in the same order, as the protocol functions take them.
     pub secrets: Vec<Secret>,
+    /// The same secrets prepared for ClientHello checks (HMAC pads absorbed once here).
+    pub hello_keys: Vec<HelloKey>,
+    /// The user each source matched last, tried first (shared across reloads, cleared by
+    /// them).
+    pub hints: Arc<Hints>,
     /// Enabled client modes.
     pub modes: ModeSet,
     /// SNI fake-TLS clients must send.
@@ -77,13 +83,15 @@ pub fn replay_cache(config: &Config) -> Arc<Mutex<ReplayCache>> {
 }
 
 impl RelayContext {
-    /// Builds the context from a validated config and the resolved users. `accounts` and
-    /// `replay` carry over from the previous context on reload.
+    /// Builds the context from a validated config and the resolved users. `accounts`,
+    /// `replay` and `hints` carry over from the previous context on reload (the caller clears
+    /// `hints` when it reloads: user indices may mean other users).
     pub fn new(
         config: &Config,
         users: Vec<RelayUser>,
         accounts: &Accounts,
         replay: Arc<Mutex<ReplayCache>>,
+        hints: Arc<Hints>,
         misuse: Arc<Misuse>,
         stats: Arc<RelayStats>,
     ) -> RelayContext {
@@ -107,6 +115,8 @@ impl RelayContext {
             unique_ips_window: Duration::from_secs(config.server.unique_ips_window_secs),
             on_limit: config.server.on_limit,
             secrets: users.iter().map(|u| u.secret.clone()).collect(),
+            hello_keys: users.iter().map(|u| HelloKey::new(&u.secret)).collect(),
+            hints,
             users,
             modes: config.server.modes,
             tls_domain: config.tls.domain.clone(),

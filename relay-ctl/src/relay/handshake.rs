@@ -2,7 +2,10 @@
 //! fake-TLS hello and server flight, the obfuscated2 header, the replay check. Thin async
 //! code around the sans-IO functions in [`crate::proto`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    net::IpAddr,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -119,9 +122,11 @@ pub struct Accepted {
 ///
 /// `answered` is set once the fake-TLS server flight has been sent: from then on the client
 /// has seen the relay speak, so whatever happens (even a timeout that cancels this future) the
-/// connection must be closed, not fronted.
+/// connection must be closed, not fronted. `peer` selects the user hint (see
+/// [`super::hints`]).
 pub async fn accept(
     client: &mut TcpStream,
+    peer: IpAddr,
     ctx: &RelayContext,
     seen: &mut Vec<u8>,
     answered: &mut bool,
@@ -136,28 +141,42 @@ pub async fn accept(
         if !ctx.modes.contains(Mode::Tls) {
             return Err(Failure::ModeDisabled);
         }
-        return accept_tls(client, ctx, seen, answered).await;
+        return accept_tls(client, peer, ctx, seen, answered).await;
     }
     if !ctx.modes.contains(Mode::Classic) && !ctx.modes.contains(Mode::Secure) {
         // TLS-only: anything else is a probe.
         return Err(Failure::Garbage);
     }
-    accept_obfs2(client, ctx, seen).await
+    accept_obfs2(client, peer, ctx, seen).await
+}
+
+/// The user `peer` matched last, when there is more than one user to choose from.
+fn hint(ctx: &RelayContext, peer: IpAddr, now: Instant) -> Option<usize> {
+    (ctx.secrets.len() > 1)
+        .then(|| ctx.hints.get(peer, now))
+        .flatten()
+}
+
+/// Remembers that `peer` matched `user` (only worth it with more than one user).
+fn remember(ctx: &RelayContext, peer: IpAddr, user: usize, now: Instant) {
+    if ctx.secrets.len() > 1 {
+        ctx.hints.set(peer, user, now);
+    }
 }
 
 async fn read_more(client: &mut TcpStream, seen: &mut Vec<u8>) -> Result<usize, Failure> {
-    let mut buf = [0u8; 4096];
-    match client.read(&mut buf).await {
+    // Straight into `seen`'s spare capacity: a stack buffer here would be held across the
+    // await and so become part of every connection's task, for its whole life.
+    seen.reserve(4096);
+    match client.read_buf(seen).await {
         Ok(0) | Err(_) => Err(Failure::Closed),
-        Ok(n) => {
-            seen.extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
+        Ok(n) => Ok(n),
     }
 }
 
 async fn accept_obfs2(
     client: &mut TcpStream,
+    peer: IpAddr,
     ctx: &RelayContext,
     seen: &mut Vec<u8>,
 ) -> Result<Accepted, Failure> {
@@ -167,9 +186,17 @@ async fn accept_obfs2(
     let header: [u8; HEADER_LEN] = seen[..HEADER_LEN]
         .try_into()
         .map_err(|_| Failure::Garbage)?;
-    let handshake = obfs2::accept_client_header(&header, &ctx.secrets, ctx.modes, false)
-        .map_err(obfs2_failure)?;
+    let now = Instant::now();
+    let handshake = obfs2::accept_client_header_hinted(
+        &header,
+        &ctx.secrets,
+        hint(ctx, peer, now),
+        ctx.modes,
+        false,
+    )
+    .map_err(obfs2_failure)?;
     check_replay(ctx, ReplayKey::obfs2(&handshake.replay_key))?;
+    remember(ctx, peer, handshake.user, now);
     let mode = Mode::of(handshake.tag, false).ok_or(Failure::ModeDisabled)?;
     Ok(Accepted {
         user: handshake.user,
@@ -183,6 +210,7 @@ async fn accept_obfs2(
 
 async fn accept_tls(
     client: &mut TcpStream,
+    peer: IpAddr,
     ctx: &RelayContext,
     seen: &mut Vec<u8>,
     answered: &mut bool,
@@ -205,9 +233,16 @@ async fn accept_tls(
         window_secs: ctx.time_skew_secs,
         allow_uptime: true,
     };
-    let verified = tls::hello::verify_client_hello(&hello.handshake, &ctx.secrets, &policy)
-        .map_err(hello_failure)?;
+    let now = Instant::now();
+    let verified = tls::hello::verify_client_hello_keys(
+        &hello.handshake,
+        &ctx.hello_keys,
+        hint(ctx, peer, now),
+        &policy,
+    )
+    .map_err(hello_failure)?;
     check_replay(ctx, ReplayKey::tls(&verified.client_random))?;
+    remember(ctx, peer, verified.user, now);
     let user = verified.user;
     let flight = {
         let mut rng = rand::rng();

@@ -2,9 +2,11 @@
 //! the relay loop, and fronting for everything that fails.
 
 pub mod accounts;
+pub mod buffers;
 pub mod context;
 pub mod front;
 pub mod handshake;
+pub mod hints;
 pub mod pump;
 pub mod stats;
 pub mod transform;
@@ -44,13 +46,13 @@ pub async fn serve(
     ctx: Arc<RelayContext>,
 ) {
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY comes from the listener (see `server::bind`).
     let mut active = ctx.stats.connection();
     let mut seen = Vec::new();
     let mut answered = false;
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::accept(&mut client, &ctx, &mut seen, &mut answered),
+        handshake::accept(&mut client, peer.ip(), &ctx, &mut seen, &mut answered),
     )
     .await
     .unwrap_or(Err(Failure::Timeout))
@@ -73,6 +75,9 @@ pub async fn serve(
                 ctx.unique_ips_window,
             ) {
                 Ok(admitted) => {
+                    // Only a failure is fronted: the handshake bytes must not live as long as
+                    // the relayed connection.
+                    drop(std::mem::take(&mut seen));
                     ctx.stats.handshake(Some(mode), HandshakeResult::Ok);
                     active.enter(ConnState::Relayed(mode));
                     relay(client, accepted, admitted.account(), &ctx).await;
@@ -146,11 +151,18 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
         stats: &ctx.stats,
     };
     to_upstream.crypt(&mut early_data);
-    if dc_stream.write_all(&early_data).await.is_err() {
+    // The DC header and the client's first bytes in one write: one segment to the DC.
+    let mut first = Vec::with_capacity(leg.wire.len() + early_data.len());
+    first.extend_from_slice(&leg.wire);
+    first.extend_from_slice(&early_data);
+    if dc_stream.write_all(&first).await.is_err() {
         return;
     }
+    drop(first);
     // What arrived with the header is client traffic too (for usage and quota).
     pump::Meter::client_bytes(&meter, early_data.len() as u64);
+    // Freed now rather than when the (long) relay ends.
+    drop(early_data);
     let (client_r, client_w) = client.into_split();
     let (dc_r, dc_w) = dc_stream.into_split();
     let (stats, error) = pump::relay(

@@ -1,22 +1,29 @@
 //! The relay loop: both directions concurrently, each read transformed and written before the
 //! next read (so back-pressure is TCP's own and nothing sits in a userspace buffer when a
 //! reader goes quiet), half-close propagated, one idle timer for the pair.
+//!
+//! Read buffers come from [`super::buffers`] and go back whenever a read would block, so an
+//! idle pair holds none.
 
 use std::{
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::Poll,
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     time::Instant,
 };
 
-/// Size of each direction's read buffer: one full TLS record.
-pub const READ_BUF: usize = 16 * 1024;
+use super::buffers::PooledBuf;
+
+/// Size of each direction's read buffer.
+pub const READ_BUF: usize = super::buffers::RELAY_BUF;
 
 /// Turns bytes read from one peer into the bytes the other peer must get.
 pub trait Transform: Send {
@@ -164,11 +171,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; READ_BUF];
-    let mut scratch = Vec::new();
+    // The buffer of the last read, kept for the next read attempt: on a busy pair the next
+    // read usually succeeds at once, and only a read that would block returns it to the pool.
+    let mut held = None;
     loop {
-        let n = reader.read(&mut buf).await?;
+        let (mut buf, n) = read_pooled(&mut reader, &mut held).await?;
         if n == 0 {
+            drop(buf);
             // Propagate the half-close; the other direction carries on.
             writer.shutdown().await?;
             return Ok(());
@@ -177,15 +186,44 @@ where
             return Err(PumpError::Exhausted);
         }
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        scratch.clear();
-        let out = transform.transform(&mut buf[..n], &mut scratch)?;
+        let mut scratch = PooledBuf::scratch();
+        let out = transform.transform(&mut buf[..n], scratch.vec_mut())?;
         if !out.is_empty() {
             writer.write_all(out).await?;
             // Unbuffered sockets make this a no-op, but a buffered writer must never keep the
             // tail of a stream while its reader waits.
             writer.flush().await?;
         }
+        drop(scratch);
+        held = Some(buf);
     }
+}
+
+/// Reads once into a pooled buffer (`held`, or a fresh one from the pool). While the read is
+/// pending the buffer is back in the pool: a quiet reader costs no buffer memory. Returns the
+/// buffer and how many bytes it holds (0 at EOF).
+async fn read_pooled<R>(
+    reader: &mut R,
+    held: &mut Option<PooledBuf>,
+) -> std::io::Result<(PooledBuf, usize)>
+where
+    R: AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        let mut buf = held.take().unwrap_or_else(PooledBuf::read);
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+            // `Pending` means nothing was read into the buffer (AsyncRead's contract), so it
+            // can go back to the pool; the waker brings us back here for a new one.
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                Poll::Ready(Ok((buf, n)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    })
+    .await
 }
 
 async fn idle_watchdog(activity: &AtomicU64, start: Instant, idle: Duration) {
@@ -215,6 +253,7 @@ impl Transform for Passthrough {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt as _;
 
     struct Xor(u8);
     impl Transform for Xor {
@@ -274,6 +313,44 @@ mod tests {
         assert!(err.is_none(), "{err:?}");
         assert_eq!(stats.from_client, 100_000);
         assert_eq!(stats.from_upstream, 10);
+    }
+
+    #[tokio::test]
+    async fn idle_pair_holds_no_buffer() {
+        // A current-thread runtime: the relay's task shares this thread's pool.
+        use crate::relay::buffers::on_loan;
+        assert_eq!(on_loan(), 0);
+        let (client, client_far) = tokio::io::duplex(1 << 16);
+        let (upstream, upstream_far) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(client_far);
+        let (ur, uw) = tokio::io::split(upstream_far);
+        let relay = tokio::spawn(async move {
+            relay(
+                (cr, cw),
+                (ur, uw),
+                Xor(1),
+                Xor(2),
+                Duration::from_secs(5),
+                &(),
+            )
+            .await
+        });
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
+        client_w.write_all(&[1; 5000]).await.expect("write");
+        let mut got = [0u8; 5000];
+        up_r.read_exact(&mut got).await.expect("relayed");
+        up_w.write_all(&[2; 3000]).await.expect("reply");
+        let mut reply = [0u8; 3000];
+        client_r.read_exact(&mut reply).await.expect("relayed back");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Both directions are waiting to read: every buffer is back in the pool.
+        assert_eq!(on_loan(), 0);
+        drop((client_w, up_w));
+        let (_, err) = relay.await.expect("relay");
+        assert!(err.is_none(), "{err:?}");
     }
 
     #[tokio::test(start_paused = true)]

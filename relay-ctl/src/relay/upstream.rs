@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::net::TcpStream;
 
 use super::RelayContext;
 use crate::proto::{
@@ -25,9 +25,6 @@ pub enum UpstreamError {
         /// What each address said.
         errors: String,
     },
-    /// Writing the header failed.
-    #[error("sending the DC header failed: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// Addresses for `dc`, overrides first, in the preferred family order. Unknown ids fall back
@@ -53,7 +50,9 @@ pub fn addresses(ctx: &RelayContext, dc: i16) -> Result<(i16, Vec<SocketAddr>), 
     Err(UpstreamError::UnknownDc(dc))
 }
 
-/// Connects to DC `dc` (or the default DC) and sends a fresh DC-side header carrying `tag`.
+/// Connects to DC `dc` (or the default DC) and builds a fresh DC-side header carrying `tag`;
+/// the caller sends it (`DcHandshake::wire`) together with the client's first bytes, so the
+/// DC gets one segment instead of two (TCP_NODELAY is on: two writes would be two packets).
 /// With `fast` (the client's proxy→client key), the DC's replies come encrypted with the
 /// client's keystream.
 pub async fn connect(
@@ -79,15 +78,15 @@ pub async fn connect(
             Err(_) => errors.push(format!("{addr}: timed out")),
         }
     }
-    let mut stream = stream.ok_or_else(|| UpstreamError::Connect {
+    let stream = stream.ok_or_else(|| UpstreamError::Connect {
         dc,
         errors: errors.join("; "),
     })?;
+    // Every relayed write is a whole message the DC is waiting for: no Nagle delay.
     let _ = stream.set_nodelay(true);
     let leg = {
         let mut rng = rand::rng();
         obfs2::dc_header(&mut rng, tag, dc, fast)
     };
-    stream.write_all(&leg.wire).await?;
     Ok((stream, leg))
 }

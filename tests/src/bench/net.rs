@@ -18,6 +18,11 @@ use nix::sched::{CloneFlags, setns};
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The client namespace's address (generator).
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// First of [`SOURCES`] extra addresses of the client namespace: one per handshake worker in
+/// the per-source scenarios, so each source has its own user as with real clients.
+pub const SOURCE_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 64);
+/// How many extra client addresses there are, from [`SOURCE_BASE`].
+pub const SOURCES: u8 = 64;
 /// The server namespace's address on the DC side.
 pub const SERVER_UP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 /// The fake DC's address (DC namespace).
@@ -154,6 +159,18 @@ impl Net {
             "dev",
             &self.client_if,
         ])?;
+        for i in 0..SOURCES {
+            let source = Ipv4Addr::from(u32::from(SOURCE_BASE) + u32::from(i));
+            ip(&[
+                "-n",
+                &c,
+                "addr",
+                "add",
+                &format!("{source}/24"),
+                "dev",
+                &self.client_if,
+            ])?;
+        }
         for (ns, dev) in [(&s, &self.server_if), (&c, &self.client_if)] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;

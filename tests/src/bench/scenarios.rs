@@ -9,6 +9,11 @@
 //! handshakes, latency), `slow` (fast mode off: throughput), `users` (1,000 users:
 //! handshakes), `memory` (idle connections), `flood` (XDP native, then XDP off).
 //!
+//! Two more groups run only when named in `--only`, for iterating on one figure quickly:
+//! `handshakes` (`dd` and fake-TLS handshakes with 1 and with 1,000 users) and `target` (one
+//! row per target of the issue: crypto, the 8 × 16 KiB `dd` fast-mode throughput row,
+//! handshakes with 1 and 1,000 users, idle memory; no flood).
+//!
 //! Exit status: 0 when every scenario ran (whatever the figures), 1 when one could not run,
 //! 2 when the harness could not start at all, 130 when interrupted.
 
@@ -27,7 +32,10 @@ use serde_json::{Map, Value, json};
 use super::{
     args::Args,
     crypto,
-    net::{self, BLOCKED_NET, CLIENT, DC, DC_PORT, LIMITED_NET, Net, RELAY_PORT, SERVER},
+    net::{
+        self, BLOCKED_NET, CLIENT, DC, DC_PORT, LIMITED_NET, Net, RELAY_PORT, SERVER, SOURCE_BASE,
+        SOURCES,
+    },
     procfs::{self, SysCpu},
     report,
     spawn::{self, Proc, Stream},
@@ -36,7 +44,18 @@ use super::{
 /// The fake-TLS domain of every generated configuration.
 const DOMAIN: &str = "bench.example.org";
 /// The scenario groups, in the order they run.
-const GROUPS: [&str; 6] = ["crypto", "main", "slow", "users", "memory", "flood"];
+const GROUPS: [&str; 8] = [
+    "crypto",
+    "main",
+    "slow",
+    "users",
+    "memory",
+    "flood",
+    "handshakes",
+    "target",
+];
+/// Groups that repeat scenarios of the others: they run only when `--only` names them.
+const ON_REQUEST: [&str; 2] = ["handshakes", "target"];
 /// Frame sizes of the throughput matrix.
 const FRAMES: [usize; 2] = [1024, 16 * 1024];
 
@@ -97,7 +116,10 @@ impl Options {
     }
 
     fn wants(&self, group: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|g| g == group)
+        if self.only.is_empty() {
+            return !ON_REQUEST.contains(&group);
+        }
+        self.only.iter().any(|g| g == group)
     }
 }
 
@@ -395,13 +417,15 @@ impl<'a> Bench<'a> {
     }
 
     fn run_groups(&mut self) {
-        let groups: [Group<'a>; 6] = [
+        let groups: [Group<'a>; 8] = [
             Bench::crypto,
             Bench::main_group,
             Bench::slow_group,
             Bench::users_group,
             Bench::memory_group,
             Bench::flood_group,
+            Bench::handshakes_group,
+            Bench::target_group,
         ];
         for (name, group) in GROUPS.into_iter().zip(groups) {
             if !self.options.wants(name) {
@@ -699,6 +723,7 @@ impl<'a> Bench<'a> {
                 ("random", ""),
                 ("first", ", first user"),
                 ("last", ", last user"),
+                ("sticky", ", a user per source"),
             ] {
                 let outcome = self.handshakes(&relay, mode, pick);
                 self.record("handshakes", &format!("{mode} 1000 users{suffix}"), outcome);
@@ -749,6 +774,59 @@ impl<'a> Bench<'a> {
             }
             self.stop_relay(relay);
         }
+        Ok(())
+    }
+
+    /// `dd` and fake-TLS handshakes with 1 user, then with 1,000 (random user each).
+    fn handshakes_group(&mut self) -> Result<()> {
+        self.handshake_pair(false)
+    }
+
+    /// One row per target (no flood): crypto, idle memory, the target throughput row,
+    /// handshakes with 1 and 1,000 users.
+    fn target_group(&mut self) -> Result<()> {
+        self.crypto()?;
+        // On a fresh relay, as in `memory`: a heap grown by throughput runs would hide growth.
+        self.memory_group()?;
+        self.handshake_pair(true)
+    }
+
+    /// The 1-user relay's handshakes (with `full`: first the target throughput row), then the 1,000-user relay's handshakes with a random user.
+    fn handshake_pair(&mut self, full: bool) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "main",
+            users: 1,
+            fast: true,
+            xdp_native: true,
+            flood: false,
+        })?;
+        if full {
+            let n = self.profile.conns[self.profile.target_conns];
+            let outcome = self.throughput(&relay, "dd", n, 16 * 1024).map(|mut v| {
+                v["target_row"] = json!(true);
+                v
+            });
+            self.record("throughput", &format!("dd fast {n}x16KiB"), outcome);
+        }
+        for mode in ["dd", "tls"] {
+            let outcome = self.handshakes(&relay, mode, "random");
+            self.record("handshakes", &format!("{mode} 1 user"), outcome);
+        }
+        self.stop_relay(relay);
+        let relay = self.start_relay(Spec {
+            label: "users",
+            users: 1000,
+            fast: true,
+            xdp_native: true,
+            flood: false,
+        })?;
+        for mode in ["dd", "tls"] {
+            for (pick, suffix) in [("random", ""), ("sticky", ", a user per source")] {
+                let outcome = self.handshakes(&relay, mode, pick);
+                self.record("handshakes", &format!("{mode} 1000 users{suffix}"), outcome);
+            }
+        }
+        self.stop_relay(relay);
         Ok(())
     }
 
@@ -816,12 +894,18 @@ impl<'a> Bench<'a> {
 
     fn handshakes(&self, relay: &Relay, mode: &str, pick: &str) -> Result<Value> {
         let mut args = self.target_args(relay, mode);
+        let mut workers = self.profile.hs_workers;
+        if pick == "sticky" {
+            // One source address per worker, each with its own user, as real clients are.
+            workers = workers.min(usize::from(SOURCES));
+            args.extend(["--source-base".to_owned(), SOURCE_BASE.to_string()]);
+        }
         args.extend(
             [
                 "--user",
                 pick,
                 "--workers",
-                &self.profile.hs_workers.to_string(),
+                &workers.to_string(),
                 "--duration",
                 &self.profile.hs_secs.to_string(),
             ]
@@ -838,7 +922,7 @@ impl<'a> Bench<'a> {
         row["mode"] = json!(mode);
         row["users"] = json!(relay.spec.users);
         row["user_pick"] = json!(pick);
-        row["workers"] = json!(self.profile.hs_workers);
+        row["workers"] = json!(workers);
         row["handshakes"] = json!(count);
         row["handshakes_per_sec"] = json!(count / window.secs());
         row["handshakes_per_relay_cpu_sec"] = json!(count / relay_cpu.max(1e-9));

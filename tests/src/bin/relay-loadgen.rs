@@ -5,7 +5,7 @@
 //! relay-loadgen throughput --target A --mode dd|tls [--domain D] --secrets FILE
 //!               --conns N --frame BYTES --duration SECS [--max-bytes B] [--warmup SECS]
 //! relay-loadgen handshakes --target A --mode dd|tls ... --workers M --duration SECS [--frame B]
-//!               [--user random|first|last]
+//!               [--user random|first|last|sticky] [--source-base IPV4]
 //! relay-loadgen idle       --target A --mode dd|tls ... --conns K [--workers W] [--hold SECS]
 //! relay-loadgen latency    --target A --mode dd|tls|direct ... --duration SECS [--rounds R]
 //! ```
@@ -20,7 +20,9 @@
 //! - handshakes: M workers, each looping connect, handshake, one echoed frame, close; counts
 //!   completed handshakes. Each connection's user is picked at random from `--secrets` (the
 //!   relay's average case), or is always the first or the last one (its best and worst case
-//!   when it tries users in order).
+//!   when it tries users in order). `sticky`: each worker picks one user at random and keeps
+//!   it, as a real client does; with `--source-base A` worker `w` also connects from address
+//!   `A + w` (which must be configured locally), so every source has its own user.
 //! - idle: opens K connections (handshake plus one echoed frame each) and holds them idle
 //!   until stdin closes or `--hold` passes.
 //! - latency: one connection, 1 KiB request/response round trips; p50/p99. `--mode direct`
@@ -28,7 +30,7 @@
 
 use std::{
     io::{self, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     process::ExitCode,
     sync::{
         Arc, Mutex,
@@ -133,13 +135,30 @@ impl Common {
 
     /// Connects and handshakes as user `user` (index into the secrets).
     fn connect(&self, user: usize) -> io::Result<Conn> {
+        self.connect_from(user, None)
+    }
+
+    /// [`Common::connect`] from local address `source` (any, when `None`).
+    fn connect_from(&self, user: usize, source: Option<Ipv4Addr>) -> io::Result<Conn> {
         let Some(transport) = &self.transport else {
             return Direct::connect(self.target, self.timeout).map(|d| Conn::Direct(Box::new(d)));
         };
         let secret = self.secrets[user % self.secrets.len()].clone();
         let mut options = ClientOptions::new(secret, transport.clone());
         options.timeout = self.timeout;
-        let client = MtprotoClient::connect(self.target, &options)?;
+        let client = match source {
+            None => MtprotoClient::connect(self.target, &options)?,
+            Some(ip) => {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                socket.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
+                socket.connect_timeout(&self.target.into(), self.timeout)?;
+                MtprotoClient::handshake(socket.into(), &options, &[])?
+            }
+        };
         // Bounds every later read and write too, so a stalled relay ends a run with an error
         // instead of hanging it.
         client.set_read_timeout(Some(self.timeout))?;
@@ -357,14 +376,16 @@ fn handshakes(common: &Common, args: &mut Args) -> Result<Value> {
     let duration = secs(args, "duration", 3.0)?;
     let frame: usize = args.get("frame", 128)?;
     let pick: String = args.get("user", "random".to_owned())?;
+    let source_base: Option<Ipv4Addr> = args.opt("source-base")?;
     args.finish()?;
     let last = common.secrets.len().saturating_sub(1);
+    let sticky = pick == "sticky";
     let user = move || match pick.as_str() {
         "first" => Ok(0),
         "last" => Ok(last),
-        "random" => Ok(common.random_user()),
+        "random" | "sticky" => Ok(common.random_user()),
         other => Err(anyhow::anyhow!(
-            "--user {other}: expected random, first or last"
+            "--user {other}: expected random, first, last or sticky"
         )),
     };
     user()?;
@@ -379,12 +400,17 @@ fn handshakes(common: &Common, args: &mut Args) -> Result<Value> {
     let t0 = Instant::now();
     let deadline = t0 + duration;
     let window = thread::scope(|scope| {
-        for _ in 0..workers.max(1) {
-            scope.spawn(|| {
+        for worker in 0..workers.max(1) {
+            let source =
+                source_base.map(|base| Ipv4Addr::from(u32::from(base).wrapping_add(worker as u32)));
+            let (user, ok, late, failed, first_error) = (&user, &ok, &late, &failed, &first_error);
+            scope.spawn(move || {
                 let mut scratch = Vec::new();
+                let mine = user().unwrap_or(0);
                 while Instant::now() < deadline {
+                    let who = if sticky { mine } else { user().unwrap_or(0) };
                     let outcome = common
-                        .connect(user().unwrap_or(0))
+                        .connect_from(who, source)
                         .and_then(|mut c| c.echo(payload, &mut scratch));
                     match outcome {
                         Ok(()) if Instant::now() < deadline => ok.fetch_add(1, Ordering::Relaxed),

@@ -122,6 +122,27 @@ impl TlsClientHello {
     }
 }
 
+/// A user's secret prepared for ClientHello checks: the HMAC key pads already absorbed
+/// (RFC 2104's `K ⊕ ipad` and `K ⊕ opad` blocks), so a try costs the message's compressions
+/// and the outer one, not two more for the key. Built once per user when the configuration is
+/// loaded.
+#[derive(Clone)]
+pub struct HelloKey(HmacSha256);
+
+impl HelloKey {
+    /// Prepares `secret`.
+    pub fn new(secret: &Secret) -> HelloKey {
+        // A 16-byte key is always a valid HMAC key.
+        HelloKey(<HmacSha256 as Mac>::new_from_slice(secret.as_bytes()).expect("any key length"))
+    }
+}
+
+impl std::fmt::Debug for HelloKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HelloKey(…)")
+    }
+}
+
 /// Authenticates a reassembled ClientHello handshake message against every user's secret and
 /// checks SNI, cipher and timestamp.
 ///
@@ -131,6 +152,18 @@ impl TlsClientHello {
 pub fn verify_client_hello(
     handshake: &[u8],
     users: &[Secret],
+    policy: &HelloPolicy<'_>,
+) -> Result<TlsClientHello, HelloError> {
+    let keys: Vec<HelloKey> = users.iter().map(HelloKey::new).collect();
+    verify_client_hello_keys(handshake, &keys, None, policy)
+}
+
+/// [`verify_client_hello`] with prepared keys (`keys[i]` is user `i`'s), trying user `first`
+/// (a hint: the user this source matched last) before the others.
+pub fn verify_client_hello_keys(
+    handshake: &[u8],
+    keys: &[HelloKey],
+    first: Option<usize>,
     policy: &HelloPolicy<'_>,
 ) -> Result<TlsClientHello, HelloError> {
     let parsed = parse(handshake)?;
@@ -145,8 +178,12 @@ pub fn verify_client_hello(
     let record_header = [CONTENT_HANDSHAKE, 0x03, 0x01, (len >> 8) as u8, len as u8];
     let received = &parsed.random;
 
-    for (user, secret) in users.iter().enumerate() {
-        let mac = hello_mac(secret, &record_header, handshake);
+    let first = first.filter(|&i| i < keys.len());
+    let order = first
+        .into_iter()
+        .chain((0..keys.len()).filter(move |&i| Some(i) != first));
+    for user in order {
+        let mac = hello_mac_keyed(&keys[user], &record_header, handshake);
         if !bool::from(mac[..28].ct_eq(&received[..28])) {
             continue;
         }
@@ -175,11 +212,17 @@ pub fn verify_client_hello(
 
 /// HMAC-SHA256(secret, record header ‖ handshake with the random zeroed), without copying.
 fn hello_mac(secret: &Secret, record_header: &[u8; 5], handshake: &[u8]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    hello_mac_keyed(&HelloKey::new(secret), record_header, handshake)
+}
+
+/// [`hello_mac`] from a prepared key: clones the keyed state instead of re-absorbing the pads.
+fn hello_mac_keyed(key: &HelloKey, record_header: &[u8; 5], handshake: &[u8]) -> [u8; 32] {
+    let mut mac = key.0.clone();
     mac.update(record_header);
-    mac.update(&handshake[..RANDOM_AT]);
+    // The slices are bounds-checked by `parse` (a hello shorter than the random is malformed).
+    mac.update(handshake.get(..RANDOM_AT).unwrap_or_default());
     mac.update(&[0; 32]);
-    mac.update(&handshake[RANDOM_AT + 32..]);
+    mac.update(handshake.get(RANDOM_AT + 32..).unwrap_or_default());
     mac.finalize().into_bytes().into()
 }
 
@@ -400,6 +443,24 @@ mod tests {
             HelloRead::Done(d) => d.handshake,
             HelloRead::NeedMore => panic!("incomplete"),
         }
+    }
+
+    #[test]
+    fn prepared_keys_and_hints_agree_with_plain_secrets() {
+        let hs = handshake_of(&hex::decode(K.hello).unwrap());
+        let users = users();
+        let keys: Vec<HelloKey> = users.iter().map(HelloKey::new).collect();
+        let p = policy(u64::from(K.timestamp));
+        let plain = verify_client_hello(&hs, &users, &p).unwrap();
+        for first in [None, Some(0), Some(1), Some(2), Some(7)] {
+            let keyed = verify_client_hello_keys(&hs, &keys, first, &p).unwrap();
+            assert_eq!(keyed.user, plain.user, "hint {first:?}");
+            assert_eq!(keyed.client_random, plain.client_random);
+        }
+        assert_eq!(
+            verify_client_hello_keys(&hs, &keys[..1], Some(0), &p).unwrap_err(),
+            HelloError::BadMac
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub mod record;
 
 pub use flight::{FlightError, plausible_cert_len, server_flight, verify_server_flight};
 pub use hello::{
-    DEFAULT_WINDOW_SECS, HelloError, HelloPolicy, SessionId, TlsClientHello, UPTIME_MAX_SECS,
-    build_client_hello, verify_client_hello,
+    DEFAULT_WINDOW_SECS, HelloError, HelloKey, HelloPolicy, SessionId, TlsClientHello,
+    UPTIME_MAX_SECS, build_client_hello, verify_client_hello, verify_client_hello_keys,
 };
 pub use reader::{ClientHelloReader, HelloRead, ReadError, ReassembledHello, Sniff, sniff};
 pub use record::{MAX_PAYLOAD, RecordDecoder, RecordError, app_data_header, encode_records};
