@@ -6,8 +6,6 @@ use std::{
     time::Duration,
 };
 
-use socket2::{Domain, Socket, Type};
-
 /// What became of a connection attempt.
 #[derive(Debug)]
 pub enum Outcome {
@@ -33,15 +31,7 @@ pub fn connect_from(
     connect_timeout: Duration,
     hold_check: Duration,
 ) -> Outcome {
-    let domain = if target.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::STREAM, None).expect("socket");
-    socket
-        .bind(&SocketAddr::new(source, 0).into())
-        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    let socket = crate::util::bound_socket(source).unwrap_or_else(|e| panic!("bind {source}: {e}"));
     match socket.connect_timeout(&target.into(), connect_timeout) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {

@@ -77,10 +77,19 @@ impl Relay {
     /// another port twice if it does not come up (another process may take the port between
     /// [`free_port`](crate::util::free_port) and the bind); returns the relay and its port.
     pub fn start_local_on_free_port(text: impl Fn(u16) -> String) -> (Relay, u16) {
+        Relay::start_local_on_free_port_with_log(text, None)
+    }
+
+    /// Like [`Relay::start_local_on_free_port`], logging with the tracing filter `log` if
+    /// given instead of `RELAY_TEST_LOG`.
+    pub fn start_local_on_free_port_with_log(
+        text: impl Fn(u16) -> String,
+        log: Option<&str>,
+    ) -> (Relay, u16) {
         for attempt in 1.. {
             let port = crate::util::free_port();
             let config = text(port);
-            match std::panic::catch_unwind(AssertUnwindSafe(|| Relay::start_local(&config))) {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| Relay::spawn(None, &config, log))) {
                 Ok(relay) => return (relay, port),
                 Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
                 Err(_) => eprintln!("relay-ctl did not start on port {port}; retrying"),
@@ -108,11 +117,12 @@ impl Relay {
             ));
         }
         if !config.contains("[metrics]") {
-            // Relays run in parallel: never the shared default port.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port for metrics")
-                .port();
+            // Relays run in parallel: never the shared default port. A port picked just
+            // before may come back again (it was released): never one the config uses.
+            let port = std::iter::repeat_with(crate::util::free_port)
+                .take(100)
+                .find(|port| !config.contains(&format!(":{port}")))
+                .expect("a free port for metrics");
             config.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
         }
         let metrics =

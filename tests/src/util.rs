@@ -7,11 +7,17 @@ use std::{
 };
 
 /// A loopback port nobody listens on right now.
+///
+/// Picked at random below the kernel's ephemeral range (32768–60999), not with a bind to
+/// port 0: the kernel hands the same just-released port out again and again, so tests
+/// running in parallel would all get the same one, and client sockets would take it too.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    (0..1000)
+        .map(|_| rng.random_range(20_000..32_000))
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free loopback port in 20000..32000")
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
@@ -53,4 +59,55 @@ pub fn rss_kib(pid: u32) -> u64 {
         .trim()
         .parse()
         .expect("VmRSS in kB")
+}
+
+/// A TCP socket bound to `from` with a port the kernel picks, for a client connection from a
+/// chosen address. SO_REUSEADDR lets that port be one still in TIME_WAIT from an earlier
+/// connection: tests opening thousands of connections from one address (and earlier tests on
+/// the same machine) would otherwise run out of ports to bind.
+pub fn bound_socket(from: std::net::IpAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(std::net::SocketAddr::new(from, 0)),
+        Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&std::net::SocketAddr::new(from, 0).into())?;
+    Ok(socket)
+}
+
+/// A loopback address that refuses connections for as long as this value lives: a socket
+/// bound to it that never listens. Unlike a [`free_port`], nobody else can take the port
+/// meanwhile (the kernel may hand a just-released port out again at once).
+pub struct RefusingPort {
+    _socket: socket2::Socket,
+    /// The address that refuses connections.
+    pub addr: std::net::SocketAddr,
+}
+
+impl RefusingPort {
+    /// Binds a fresh loopback port without listening on it.
+    pub fn new() -> RefusingPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind 127.0.0.1:0");
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound address");
+        RefusingPort {
+            _socket: socket,
+            addr,
+        }
+    }
+}
+
+impl Default for RefusingPort {
+    fn default() -> Self {
+        RefusingPort::new()
+    }
 }

@@ -34,7 +34,6 @@ use relay_tests::{
     relay::Relay,
     util::{free_port, wait_until},
 };
-use socket2::{Domain, Socket, Type};
 
 const PORT: u16 = 4443;
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -297,8 +296,7 @@ fn bad_handshake(hub: &str, source: impl Into<IpAddr>, relay: impl Into<IpAddr>)
 }
 
 fn bound(from: Ipv4Addr, to: Ipv4Addr) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    let socket = relay_tests::util::bound_socket(from.into())?;
     socket.connect_timeout(&SocketAddr::from((to, PORT)).into(), Duration::from_secs(5))?;
     Ok(socket.into())
 }

@@ -31,7 +31,7 @@ use relay_tests::{
     mtproto_client::{ClientOptions, MtprotoClient, Transport},
     probe::{Outcome, connect_from},
     relay::Relay,
-    util::{free_port, open_fds, rss_kib, wait_until},
+    util::{RefusingPort, open_fds, rss_kib, wait_until},
 };
 use socket2::{Domain, Socket, Type};
 
@@ -137,8 +137,7 @@ fn fake_dc() -> FakeDc {
 
 /// Connects from `from` and completes a `dd` handshake toward DC `dc`.
 fn session(from: IpAddr, relay: SocketAddr, dc: i16) -> std::io::Result<MtprotoClient> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(from, 0).into())?;
+    let socket = relay_tests::util::bound_socket(from)?;
     socket.connect_timeout(&relay.into(), WAIT)?;
     let mut options = ClientOptions::new(secret(), Transport::Secure);
     options.dc = dc;
@@ -398,9 +397,10 @@ fn ended_by_relay(relay: SocketAddr, dc: i16, limit: Duration) {
 fn dc_faults_and_client_resets_end_only_their_connection() {
     let good = fake_dc();
     let blackhole = Blackhole::start();
+    let refused = RefusingPort::new();
     let dcs = Dcs {
         good: good.addr,
-        refused: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        refused: refused.addr,
         blackhole: blackhole.addr,
         reset: resetting_dc(),
         stall: stalled_dc(),

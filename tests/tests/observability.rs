@@ -21,7 +21,7 @@ use relay_ctl::{
     config::{Config, Origin},
     proto::Secret,
 };
-use relay_tests::util::{free_port, wait_until};
+use relay_tests::util::wait_until;
 use relay_tests::{
     fake_dc::FakeDc,
     kernel,
@@ -33,7 +33,6 @@ use relay_tests::{
     pyclient::{self, Echo, Transport as PyTransport},
     relay::{Relay, relay_ctl_bin},
 };
-use socket2::{Domain, Socket, Type};
 
 const DOMAIN: &str = "example.com";
 /// DC ids routed to the fake DC.
@@ -58,10 +57,8 @@ fn secret(hex: &str) -> Secret {
 
 /// A TCP connection to `target` from `source`.
 fn connect_bound(source: IpAddr, target: SocketAddr) -> TcpStream {
-    let socket = Socket::new(Domain::for_address(target), Type::STREAM, None).expect("socket");
-    socket
-        .bind(&SocketAddr::new(source, 0).into())
-        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    let socket =
+        relay_tests::util::bound_socket(source).unwrap_or_else(|e| panic!("bind {source}: {e}"));
     socket
         .connect_timeout(&target.into(), Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect {target} from {source}: {e}"));
@@ -245,10 +242,11 @@ fn metrics_follow_real_traffic_and_the_log_keeps_secrets_and_addresses() {
         .into_iter()
         .map(|u| (u, random_secret()))
         .collect();
-    let port = free_port();
+    let (mut relay, port) = Relay::start_local_on_free_port_with_log(
+        |port| config(port, &secrets, dc.addr, mask.addr, ""),
+        Some("trace"),
+    );
     let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut relay =
-        Relay::start_local_with_log(&config(port, &secrets, dc.addr, mask.addr, ""), "trace");
     let before = scrape_until(&relay, "the first export", |m| {
         m.has("relay_connections_accepted_total")
     });
@@ -570,18 +568,19 @@ fn json_logs_with_client_ips_none() {
     let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"));
     let mask = MaskServer::start(None);
     let secrets: BTreeMap<&str, String> = [("alice", random_secret())].into_iter().collect();
-    let port = free_port();
-    let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let relay = Relay::start_local_with_log(
-        &config(
-            port,
-            &secrets,
-            dc.addr,
-            mask.addr,
-            "\n[log]\nformat = \"json\"\nclient_ips = \"none\"\n",
-        ),
-        "debug",
+    let (relay, port) = Relay::start_local_on_free_port_with_log(
+        |port| {
+            config(
+                port,
+                &secrets,
+                dc.addr,
+                mask.addr,
+                "\n[log]\nformat = \"json\"\nclient_ips = \"none\"\n",
+            )
+        },
+        Some("debug"),
     );
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
     let tls = ClientOptions::new(
         secret(&secrets["alice"]),
         Transport::FakeTls {
@@ -676,8 +675,8 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"));
     let mask = MaskServer::start(None);
     let secrets: BTreeMap<&str, String> = [("alice", random_secret())].into_iter().collect();
-    let port = free_port();
-    let relay = Relay::start_local(&config(port, &secrets, dc.addr, mask.addr, ""));
+    let (relay, port) =
+        Relay::start_local_on_free_port(|port| config(port, &secrets, dc.addr, mask.addr, ""));
     echo_from(
         CLIENT_A.into(),
         SocketAddr::from(([127, 0, 0, 1], port)),

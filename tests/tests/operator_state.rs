@@ -28,7 +28,7 @@ use std::{
 };
 
 use relay_ctl::proto::Secret;
-use relay_tests::util::{free_port, wait_until};
+use relay_tests::util::wait_until;
 use relay_tests::{
     fake_dc::FakeDc,
     mtproto_client::{ClientOptions, MtprotoClient, Transport as RustTransport},
@@ -36,7 +36,6 @@ use relay_tests::{
     relay::{Relay, relay_ctl_bin},
 };
 use serde_json::Value;
-use socket2::{Domain, Socket, Type};
 
 const DOMAIN: &str = "example.com";
 const KIB: usize = 1024;
@@ -173,8 +172,7 @@ fn rejections(user: &Value, reason: &str) -> u64 {
 
 /// A TCP connection to `to` from `from` (port chosen by the kernel).
 fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(from, 0).into())?;
+    let socket = relay_tests::util::bound_socket(from)?;
     socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
     Ok(socket.into())
 }
@@ -1280,12 +1278,12 @@ fn blocklist_feed_is_loaded_enforced_and_reloaded() {
         "# test feed\n127.0.7.7\n192.0.2.0/24 # documentation\n",
     )
     .expect("feed");
-    let port = free_port();
-    let config = format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[xdp]\nmode = \"off\"\n[blocklist]\nfiles = [{:?}]\n",
-        feed.display().to_string()
-    );
-    let mut relay = Relay::start_local(&config);
+    let (mut relay, port) = Relay::start_local_on_free_port(|port| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[xdp]\nmode = \"off\"\n[blocklist]\nfiles = [{:?}]\n",
+            feed.display().to_string()
+        )
+    });
     // Feeds load before the relay reports ready.
     assert!(
         relay.log().contains("blocklist feed loaded"),

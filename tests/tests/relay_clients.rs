@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use relay_tests::util::{free_port, wait_until};
+use relay_tests::util::wait_until;
 use relay_tests::{
     fake_dc::{FakeDc, Session},
     pyclient::{self, ClientRun, Echo, Transport},
@@ -148,9 +148,9 @@ impl Harness {
         let state = tempfile::tempdir().expect("state dir");
         let secrets: BTreeMap<&'static str, String> =
             USERS.iter().map(|&name| (name, new_secret())).collect();
-        let port = free_port();
-        let config = config(port, modes, &secrets, dc.addr, mask.addr, state.path());
-        let relay = Relay::start_local(&config);
+        let text = |port| config(port, modes, &secrets, dc.addr, mask.addr, state.path());
+        let (relay, port) = Relay::start_local_on_free_port(text);
+        let config = text(port);
         Some(Harness {
             test,
             python,

@@ -642,8 +642,8 @@ fn probe_wrong_sni_and_bad_secret_are_fronted() {
 #[test]
 fn probe_with_the_mask_host_down_is_closed_not_hung() {
     let dc = fake_dc();
-    let dead_mask = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut setup = Setup::tls_only(dead_mask);
+    let dead_mask = relay_tests::util::RefusingPort::new();
+    let mut setup = Setup::tls_only(dead_mask.addr);
     setup.handshake_secs = 1;
     let (_relay, relay_addr) = setup.start(&dc);
 

@@ -31,7 +31,6 @@ use relay_tests::{
     relay::Relay,
     util::{open_fds, rss_kib, wait_until},
 };
-use socket2::{Domain, Socket, Type};
 
 const PORT: u16 = 4443;
 const SECRET: &str = "5a3c9e1f0b7d2468ace13579bdf02468";
@@ -117,8 +116,7 @@ fn worker(
 }
 
 fn bound_socket(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(from, 0).into())?;
+    let socket = relay_tests::util::bound_socket(from)?;
     socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
     Ok(socket.into())
 }
