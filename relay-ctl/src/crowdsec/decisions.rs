@@ -181,20 +181,13 @@ impl Decisions {
         if startup {
             let mut fresh: HashMap<Target, Entry> = HashMap::new();
             for d in stream.new.unwrap_or_default() {
-                let Some(p) = parse(&d, &mut batch) else {
+                let Some((target, entry)) = live(&d, now_ns, &mut batch) else {
                     continue;
                 };
-                if p.remaining.is_zero() {
-                    continue;
-                }
-                let entry = Entry {
-                    origin: p.origin,
-                    expires_ns: expiry(now_ns, p.remaining),
-                };
-                match fresh.get(&p.target) {
+                match fresh.get(&target) {
                     Some(old) if old.expires_ns >= entry.expires_ns => {}
                     _ => {
-                        fresh.insert(p.target, entry);
+                        fresh.insert(target, entry);
                     }
                 }
             }
@@ -227,24 +220,17 @@ impl Decisions {
             }
         }
         for d in stream.new.unwrap_or_default() {
-            let Some(p) = parse(&d, &mut batch) else {
+            let Some((target, entry)) = live(&d, now_ns, &mut batch) else {
                 continue;
-            };
-            if p.remaining.is_zero() {
-                continue;
-            }
-            let entry = Entry {
-                origin: p.origin,
-                expires_ns: expiry(now_ns, p.remaining),
             };
             if self
                 .entries
-                .get(&p.target)
+                .get(&target)
                 .is_some_and(|old| old.expires_ns >= entry.expires_ns)
             {
                 continue;
             }
-            self.set(p.target, entry, &mut batch.changes);
+            self.set(target, entry, &mut batch.changes);
         }
         batch
     }
@@ -322,6 +308,20 @@ fn parse(d: &Decision, batch: &mut Batch) -> Option<Parsed> {
             None
         }
     }
+}
+
+/// A `new` decision as the entry to enforce from `now_ns`; `None` (counted in `batch` by
+/// [`parse`]) if relay cannot enforce it, or `None` if it has already ended.
+fn live(d: &Decision, now_ns: u64, batch: &mut Batch) -> Option<(Target, Entry)> {
+    let p = parse(d, batch)?;
+    if p.remaining.is_zero() {
+        return None;
+    }
+    let entry = Entry {
+        origin: p.origin,
+        expires_ns: expiry(now_ns, p.remaining),
+    };
+    Some((p.target, entry))
 }
 
 fn expiry(now_ns: u64, remaining: Duration) -> u64 {
