@@ -255,6 +255,18 @@ fn crowdsec_decisions(relay: &Relay, origin: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits up to 15 s until `relay` blocks `cidr` with the given source tag (e.g.
+/// `crowdsec:cscli`); whether it did.
+fn block_arrives(relay: &Relay, cidr: &str, source: &str) -> bool {
+    wait_until(Duration::from_secs(15), || {
+        block_sources(relay, cidr)
+            .iter()
+            .any(|s| s == source)
+            .then_some(())
+    })
+    .is_some()
+}
+
 fn attempt(hub: &str, source: impl Into<IpAddr>, relay: impl Into<IpAddr>) -> Outcome {
     let (source, relay) = (source.into(), relay.into());
     in_namespace(hub, || {
@@ -501,12 +513,11 @@ fn fleet_shares_bans_through_crowdsec() {
         (&relay_a, &fleet.a, &fleet.a_if, RELAY_A),
         (&relay_b, &fleet.b, &fleet.b_if, RELAY_B),
     ] {
-        wait_until(Duration::from_secs(15), || {
-            block_sources(relay, RANGE)
-                .contains(&"crowdsec:cscli".to_owned())
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("range never arrived:\n{}", relay.log()));
+        assert!(
+            block_arrives(relay, RANGE, "crowdsec:cscli"),
+            "range never arrived:\n{}",
+            relay.log()
+        );
         assert!(
             dropped_in_xdp(&fleet, ns, dev, RANGE_VICTIM, addr, Verdict::BlockedCidr),
             "{addr} must drop a SYN from inside the range in XDP"
@@ -593,12 +604,11 @@ fn fleet_shares_bans_through_crowdsec() {
         (&relay_a, &fleet.a, &fleet.a_if, RELAY_A6),
         (&relay_b, &fleet.b, &fleet.b_if, RELAY_B6),
     ] {
-        wait_until(Duration::from_secs(15), || {
-            block_sources(relay, &banned6)
-                .contains(&"crowdsec:cscli".to_owned())
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("{banned6} never arrived:\n{}", relay.log()));
+        assert!(
+            block_arrives(relay, &banned6, "crowdsec:cscli"),
+            "{banned6} never arrived:\n{}",
+            relay.log()
+        );
         assert!(
             dropped_in_xdp(&fleet, ns, dev, BANNED6, addr, Verdict::BlockedCidr),
             "{addr} must drop a SYN from {BANNED6} in XDP"
@@ -613,18 +623,12 @@ fn fleet_shares_bans_through_crowdsec() {
     }
     let prober_net = "2001:2::/64";
     let published6 = Instant::now();
-    wait_until(Duration::from_secs(15), || {
-        block_sources(&relay_b, prober_net)
-            .contains(&"crowdsec:relay".to_owned())
-            .then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "relay A's IPv6 ban never reached relay B as {prober_net}:\nA:\n{}\nB:\n{}",
-            relay_a.log(),
-            relay_b.log()
-        )
-    });
+    assert!(
+        block_arrives(&relay_b, prober_net, "crowdsec:relay"),
+        "relay A's IPv6 ban never reached relay B as {prober_net}:\nA:\n{}\nB:\n{}",
+        relay_a.log(),
+        relay_b.log()
+    );
     eprintln!(
         "MEASURED IPv6 prober banned on A -> its /64 blocked on B: {:?}",
         published6.elapsed()
