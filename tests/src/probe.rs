@@ -53,3 +53,15 @@ pub fn connect_from(
         Err(e) => Outcome::Refused(format!("read: {e}")),
     }
 }
+
+/// Sends a probe on `stream`: 64 bytes no secret decrypts (a bad obfuscated2 header), then
+/// waits up to 5 s for the relay's answer or close, so the failure has been counted.
+pub fn send_bad_header(stream: &mut TcpStream) {
+    use std::io::Write as _;
+    stream.write_all(&[0x5a; 64]).expect("send probe");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    let _ = stream.read(&mut buf);
+}

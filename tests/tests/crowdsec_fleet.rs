@@ -9,7 +9,6 @@
 //! ```
 
 use std::{
-    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     process::Command,
     sync::{
@@ -30,7 +29,7 @@ use relay_tests::{
     kernel,
     mtproto_client::{ClientOptions, MtprotoClient, Transport},
     netns::{in_namespace, ip},
-    probe::{Outcome, connect_from},
+    probe::{Outcome, connect_from, send_bad_header},
     relay::Relay,
     util::{free_port, wait_until},
 };
@@ -290,12 +289,7 @@ fn bad_handshake(hub: &str, source: impl Into<IpAddr>, relay: impl Into<IpAddr>)
             Duration::from_millis(1),
         ) {
             Outcome::Held(mut stream) => {
-                stream.write_all(&[0x5a; 64]).expect("send probe");
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .expect("timeout");
-                let mut buf = [0u8; 16];
-                let _ = stream.read(&mut buf);
+                send_bad_header(&mut stream);
                 None
             }
             other => Some(other),

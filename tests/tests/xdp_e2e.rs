@@ -10,7 +10,7 @@ use relay_common::Verdict;
 use relay_tests::{
     kernel,
     netns::{NetPair, SERVER_V4, SERVER_V6, client_v4, client_v6},
-    probe::{Outcome, connect_from},
+    probe::{Outcome, connect_from, send_bad_header},
     relay::Relay,
 };
 
@@ -262,16 +262,9 @@ dir = "/tmp/relay-test-state-{iface}"
     // Every probe gets a TCP connection (and fronting) until the threshold is crossed.
     for i in 0..THRESHOLD {
         let outcome = pair.in_client(|| {
-            use std::io::{Read as _, Write as _};
             match connect_from(prober, target, CONNECT_TIMEOUT, Duration::from_millis(1)) {
                 Outcome::Held(mut stream) => {
-                    // 64 bytes no secret decrypts: a bad obfuscated2 header.
-                    stream.write_all(&[0x5a; 64]).expect("send probe");
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(5)))
-                        .expect("timeout");
-                    let mut buf = [0u8; 16];
-                    let _ = stream.read(&mut buf);
+                    send_bad_header(&mut stream);
                     Outcome::Refused(format!("probe {i} answered by closing"))
                 }
                 other => other,

@@ -210,9 +210,45 @@ mod tests {
         shield::Enforcement,
     };
 
+    /// Runs the poll loop (20 ms interval) against a scripted LAPI until it has made
+    /// `requests` requests (or 4 s passed); returns the request heads, the shield and status.
+    async fn poll_scripted(
+        script: Vec<(u16, &'static str)>,
+        origins: Vec<String>,
+        requests: usize,
+    ) -> (Vec<String>, Arc<RwLock<Shield>>, Arc<Status>) {
+        let (url, seen) = scripted_lapi(script).await;
+        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
+        let lapi = Arc::new(Lapi::new(client, "key".into(), None));
+        let shield = Arc::new(RwLock::new(Shield::new(Enforcement::Userspace {
+            reason: "test".into(),
+        })));
+        let status = Arc::new(Status::new(true));
+        let settings = Settings {
+            poll_interval: Duration::from_millis(20),
+            resync: Duration::from_secs(3600),
+            origins,
+        };
+        let task = tokio::spawn(run(lapi, shield.clone(), status.clone(), settings));
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if seen.lock().expect("seen").len() >= requests {
+                break;
+            }
+        }
+        task.abort();
+        let heads = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|r| r.lines().next().unwrap_or("").to_owned())
+            .collect();
+        (heads, shield, status)
+    }
+
     #[tokio::test]
     async fn pulls_apply_survive_failures_and_resync_after_them() {
-        let (url, seen) = scripted_lapi(vec![
+        let script = vec![
             (
                 200,
                 r#"{"new":[{"duration":"1h","origin":"cscli","scenario":"t","scope":"Ip","type":"ban","value":"198.18.1.5"},
@@ -224,42 +260,11 @@ mod tests {
                 200,
                 r#"{"new":[{"duration":"1h","origin":"cscli","scenario":"t","scope":"Ip","type":"ban","value":"198.18.1.5"}],"deleted":null}"#,
             ),
-        ])
-        .await;
-        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
-        let lapi = Arc::new(Lapi::new(client, "key".into(), None));
-        let shield = Arc::new(RwLock::new(Shield::new(Enforcement::Userspace {
-            reason: "test".into(),
-        })));
-        let status = Arc::new(Status::new(true));
-        let settings = Settings {
-            poll_interval: Duration::from_millis(20),
-            resync: Duration::from_secs(3600),
-            origins: vec!["cscli".into(), "CAPI".into()],
-        };
-        let task = tokio::spawn(run(lapi, shield.clone(), status.clone(), settings));
+        ];
+        let (requests, shield, status) =
+            poll_scripted(script, vec!["cscli".into(), "CAPI".into()], 6).await;
+        assert!(requests.len() >= 6, "the loop kept polling: {requests:?}");
         let verdict = |shield: &Shield, a: &str| shield.admit(a.parse::<IpAddr>().expect("ip"), 1);
-        let mut ok = false;
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let requests = seen.lock().expect("seen").len();
-            if requests >= 6 {
-                ok = true;
-                break;
-            }
-        }
-        task.abort();
-        assert!(
-            ok,
-            "the loop kept polling: {:?}",
-            seen.lock().expect("seen")
-        );
-        let requests: Vec<String> = seen
-            .lock()
-            .expect("seen")
-            .iter()
-            .map(|r| r.lines().next().unwrap_or("").to_owned())
-            .collect();
         assert!(
             requests[0].starts_with(
                 "GET /v1/decisions/stream?startup=true&scopes=ip,range&origins=cscli,CAPI "
@@ -297,30 +302,9 @@ mod tests {
             format!(r#"{{"new":[{}],"deleted":null}}"#, items.join(",")).into_boxed_str(),
         );
         let empty = r#"{"new":null,"deleted":null}"#;
-        let (url, seen) =
-            scripted_lapi(vec![(200, empty), (200, empty), (200, burst), (200, empty)]).await;
-        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
-        let lapi = Arc::new(Lapi::new(client, "key".into(), None));
-        let shield = Arc::new(RwLock::new(Shield::new(Enforcement::Userspace {
-            reason: "test".into(),
-        })));
-        let status = Arc::new(Status::new(true));
-        let settings = Settings {
-            poll_interval: Duration::from_millis(20),
-            resync: Duration::from_secs(3600),
-            origins: Vec::new(),
-        };
-        let task = tokio::spawn(run(lapi, shield, status, settings));
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if seen.lock().expect("seen").len() >= 6 {
-                break;
-            }
-        }
-        task.abort();
-        let startups: Vec<bool> = seen
-            .lock()
-            .expect("seen")
+        let script = vec![(200, empty), (200, empty), (200, burst), (200, empty)];
+        let (requests, _, _) = poll_scripted(script, Vec::new(), 6).await;
+        let startups: Vec<bool> = requests
             .iter()
             .map(|r| r.contains("startup=true"))
             .collect();
