@@ -41,6 +41,16 @@ pub struct NetPair {
     pub client_if: String,
 }
 
+/// A short id unique to this test process and call, for namespace and interface names
+/// (interface names must stay under 16 bytes), so tests can run in parallel.
+pub fn unique_id() -> String {
+    format!(
+        "{}x{}",
+        std::process::id() % 100_000,
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Runs `ip` with `args`, panicking with its output on failure.
 pub fn ip(args: &[&str]) -> String {
     let out = Command::new("ip")
@@ -60,11 +70,7 @@ impl NetPair {
     /// Creates the namespaces and the link; the client side gets addresses 2..=`clients`+1
     /// (IPv4 and IPv6), the server side [`SERVER_V4`] and [`SERVER_V6`].
     pub fn new(tag: &str, clients: u8) -> NetPair {
-        let id = format!(
-            "{}x{}",
-            std::process::id() % 100_000,
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         let pair = NetPair {
             server_ns: format!("relay-{tag}-s{id}"),
             client_ns: format!("relay-{tag}-c{id}"),

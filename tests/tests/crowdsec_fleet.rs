@@ -13,7 +13,7 @@ use std::{
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -28,7 +28,7 @@ use relay_tests::{
     fake_dc::FakeDc,
     kernel,
     mtproto_client::{ClientOptions, MtprotoClient, Transport},
-    netns::{in_namespace, ip},
+    netns::{in_namespace, ip, unique_id},
     probe::{Outcome, connect_from, send_bad_header},
     relay::Relay,
     util::{free_port, wait_until},
@@ -57,8 +57,6 @@ const POLL: Duration = Duration::from_secs(1);
 /// Well under the first SYN retransmission (1 s), so one attempt is one SYN.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 /// The three namespaces; removed on drop.
 struct Fleet {
     hub: String,
@@ -70,11 +68,7 @@ struct Fleet {
 
 impl Fleet {
     fn new() -> Fleet {
-        let id = format!(
-            "{}x{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         let fleet = Fleet {
             hub: format!("relay-cs-h{id}"),
             a: format!("relay-cs-a{id}"),
