@@ -3,7 +3,7 @@
 //! reader goes quiet), half-close propagated, one idle timer for the pair.
 //!
 //! Read buffers come from [`super::buffers`] and go back whenever a read would block, so an
-//! idle pair holds none.
+//! idle pair holds none; a direction whose reads fill the buffer moves to a bulk-sized one.
 
 use std::{
     pin::Pin,
@@ -20,10 +20,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::buffers::PooledBuf;
-
-/// Size of each direction's read buffer.
-pub const READ_BUF: usize = super::buffers::RELAY_BUF;
+use super::buffers::{PooledBuf, RELAY_BUF};
 
 /// Turns bytes read from one peer into the bytes the other peer must get.
 pub trait Transform: Send {
@@ -174,8 +171,9 @@ where
     // The buffer of the last read, kept for the next read attempt: on a busy pair the next
     // read usually succeeds at once, and only a read that would block returns it to the pool.
     let mut held = None;
+    let mut bulk = false;
     loop {
-        let (mut buf, n) = read_pooled(&mut reader, &mut held).await?;
+        let (mut buf, n) = read_pooled(&mut reader, &mut held, bulk).await?;
         if n == 0 {
             drop(buf);
             // Propagate the half-close; the other direction carries on.
@@ -195,22 +193,41 @@ where
             writer.flush().await?;
         }
         drop(scratch);
-        held = Some(buf);
+        bulk = wants_bulk(n, buf.len());
+        // A buffer of the wrong size goes back to the pool; the next read takes the right one.
+        if buf.is_bulk() == bulk {
+            held = Some(buf);
+        }
     }
 }
 
-/// Reads once into a pooled buffer (`held`, or a fresh one from the pool). While the read is
+/// Whether the next read should use a bulk buffer, after one that returned `n` bytes into a
+/// buffer of `len`: yes when it filled the buffer (more is queued), no once a read returns
+/// less than a small buffer holds.
+fn wants_bulk(n: usize, len: usize) -> bool {
+    n == len || (len > RELAY_BUF && n >= RELAY_BUF)
+}
+
+/// Reads once into a pooled buffer (`held`, or a fresh one from the pool, bulk-sized if `bulk`
+/// and the process has bulk buffers to spare). While the read is
 /// pending the buffer is back in the pool: a quiet reader costs no buffer memory. Returns the
 /// buffer and how many bytes it holds (0 at EOF).
 async fn read_pooled<R>(
     reader: &mut R,
     held: &mut Option<PooledBuf>,
+    bulk: bool,
 ) -> std::io::Result<(PooledBuf, usize)>
 where
     R: AsyncRead + Unpin,
 {
     std::future::poll_fn(|cx| {
-        let mut buf = held.take().unwrap_or_else(PooledBuf::read);
+        let mut buf = held.take().unwrap_or_else(|| {
+            if bulk {
+                PooledBuf::bulk()
+            } else {
+                PooledBuf::read()
+            }
+        });
         let mut read = ReadBuf::new(&mut buf);
         match Pin::new(&mut *reader).poll_read(cx, &mut read) {
             // `Pending` means nothing was read into the buffer (AsyncRead's contract), so it
@@ -351,6 +368,60 @@ mod tests {
         drop((client_w, up_w));
         let (_, err) = relay.await.expect("relay");
         assert!(err.is_none(), "{err:?}");
+    }
+
+    #[test]
+    fn a_direction_goes_bulk_while_reads_fill_the_buffer() {
+        use crate::relay::buffers::BULK_BUF;
+        assert!(!wants_bulk(100, RELAY_BUF));
+        assert!(!wants_bulk(RELAY_BUF - 1, RELAY_BUF));
+        assert!(wants_bulk(RELAY_BUF, RELAY_BUF));
+        assert!(wants_bulk(BULK_BUF, BULK_BUF));
+        assert!(wants_bulk(RELAY_BUF, BULK_BUF), "still a bulk-sized read");
+        assert!(
+            !wants_bulk(RELAY_BUF - 1, BULK_BUF),
+            "a short read ends bulk"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bulk_transfer_then_silence_holds_no_buffer() {
+        use crate::relay::buffers::{BULK_BUF, bulk_pooled, on_loan};
+        let (client, client_far) = tokio::io::duplex(4 * BULK_BUF);
+        let (upstream, upstream_far) = tokio::io::duplex(4 * BULK_BUF);
+        let (cr, cw) = tokio::io::split(client_far);
+        let (ur, uw) = tokio::io::split(upstream_far);
+        let relay = tokio::spawn(async move {
+            relay(
+                (cr, cw),
+                (ur, uw),
+                Xor(1),
+                Xor(2),
+                Duration::from_secs(5),
+                &(),
+            )
+            .await
+        });
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
+        // Several buffers' worth queued at once: the reads fill buffers and go bulk.
+        let payload: Vec<u8> = (0..3 * BULK_BUF).map(|i| (i % 251) as u8).collect();
+        client_w.write_all(&payload).await.expect("write");
+        let mut got = vec![0u8; payload.len()];
+        up_r.read_exact(&mut got).await.expect("relayed");
+        assert!(got.iter().zip(&payload).all(|(g, p)| *g == p ^ 1));
+        up_w.write_all(&[9; 10]).await.expect("reply");
+        let mut reply = [0u8; 10];
+        client_r.read_exact(&mut reply).await.expect("relayed back");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(on_loan(), 0, "a quiet pair gives bulk buffers back too");
+        assert!(bulk_pooled() >= 1, "the transfer read into a bulk buffer");
+        drop((client_w, up_w));
+        let (stats, err) = relay.await.expect("relay");
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(stats.from_client, payload.len() as u64);
     }
 
     #[tokio::test(start_paused = true)]

@@ -282,21 +282,26 @@ pub fn markdown(report: &Value) -> String {
         fmt(num(h, "tls_server_flight_us")),
     );
 
-    md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | rest of machine CPU % | load (1 min) |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | XDP | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | rest of machine CPU % | load (1 min) |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in report["throughput"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {
             let _ = writeln!(
                 md,
-                "| {} | | | error: {e} | | | | | | |",
+                "| {} | | | | error: {e} | | | | | | |",
                 r["name"].as_str().unwrap_or("")
             );
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} | {} |",
             r["mode"].as_str().unwrap_or(""),
             if r["fast_mode"] == true { "on" } else { "off" },
+            if r["xdp_native"] == false {
+                "off"
+            } else {
+                "native"
+            },
             r["conns"],
             r["frame"].as_u64().unwrap_or(0) / 1024,
             f(r, "mb_per_sec"),

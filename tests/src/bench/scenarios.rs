@@ -692,7 +692,7 @@ impl<'a> Bench<'a> {
         }
         self.record("latency", "fake DC directly, after", after);
         self.stop_relay(relay);
-        Ok(())
+        self.xdp_off_contrast()
     }
 
     fn slow_group(&mut self) -> Result<()> {
@@ -788,7 +788,32 @@ impl<'a> Bench<'a> {
         self.crypto()?;
         // On a fresh relay, as in `memory`: a heap grown by throughput runs would hide growth.
         self.memory_group()?;
-        self.handshake_pair(true)
+        self.handshake_pair(true)?;
+        self.xdp_off_contrast()
+    }
+
+    /// The target row again on a relay without XDP. On a veth pair an attached XDP program
+    /// makes the kernel copy every received TCP segment (veth's XDP path needs a private,
+    /// linear buffer with headroom, which locally sent segments are not) and turns off GSO
+    /// on the peer, so the peer sends MTU-sized segments: a cost of the test network, not of
+    /// XDP on a physical NIC. Both rows are reported so the difference is visible.
+    fn xdp_off_contrast(&mut self) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "no-xdp",
+            users: 1,
+            fast: true,
+            xdp_native: false,
+            flood: false,
+        })?;
+        let n = self.profile.conns[self.profile.target_conns];
+        let outcome = self.throughput(&relay, "dd", n, 16 * 1024);
+        self.record(
+            "throughput",
+            &format!("dd fast {n}x16KiB, XDP off"),
+            outcome,
+        );
+        self.stop_relay(relay);
+        Ok(())
     }
 
     /// The 1-user relay's handshakes (with `full`: first the target throughput row), then the 1,000-user relay's handshakes with a random user.
@@ -878,6 +903,7 @@ impl<'a> Bench<'a> {
         let relay_cpu = row["relay_cpu_secs"].as_f64().unwrap_or(0.0);
         row["mode"] = json!(mode);
         row["fast_mode"] = json!(relay.spec.fast);
+        row["xdp_native"] = json!(relay.spec.xdp_native);
         row["conns"] = json!(conns);
         row["frame"] = json!(frame);
         row["bytes_echoed"] = json!(bytes);
