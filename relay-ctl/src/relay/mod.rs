@@ -8,6 +8,7 @@ pub mod front;
 pub mod handshake;
 pub mod hints;
 pub mod pump;
+pub mod splice;
 pub mod stats;
 pub mod transform;
 pub mod upstream;

@@ -3,7 +3,8 @@
 //! reader goes quiet), half-close propagated, one idle timer for the pair.
 //!
 //! Read buffers come from [`super::buffers`] and go back whenever a read would block, so an
-//! idle pair holds none; a direction whose reads fill the buffer moves to a bulk-sized one.
+//! idle pair holds none; a direction whose reads fill the buffer moves to a bulk-sized one,
+//! or, when its bytes pass through unchanged between two TCP sockets, to [`super::splice`].
 
 use std::{
     pin::Pin,
@@ -17,10 +18,17 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
     time::Instant,
 };
 
-use super::buffers::{PooledBuf, RELAY_BUF};
+use super::{
+    buffers::{PooledBuf, RELAY_BUF},
+    splice::{self, BurstEnd},
+};
 
 /// Turns bytes read from one peer into the bytes the other peer must get.
 pub trait Transform: Send {
@@ -31,6 +39,33 @@ pub trait Transform: Send {
         input: &'a mut [u8],
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], TransformError>;
+
+    /// Whether every byte passes through unchanged (then a bulk transfer between two TCP
+    /// sockets is spliced in the kernel instead of read and written).
+    fn passthrough(&self) -> bool {
+        false
+    }
+}
+
+/// One side of a relayed stream: a TCP socket's half, whose bytes the kernel can splice, or
+/// another stream (tests' in-memory pipes) that is always read and written.
+pub trait StreamHalf {
+    /// The TCP socket this is a half of.
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl StreamHalf for OwnedReadHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl StreamHalf for OwnedWriteHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
 }
 
 /// A peer sent bytes that cannot be relayed (e.g. a TLS record of the wrong type).
@@ -93,10 +128,10 @@ pub async fn relay<CR, CW, UR, UW>(
     meter: &dyn Meter,
 ) -> (PumpStats, Option<PumpError>)
 where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    UR: AsyncRead + Unpin,
-    UW: AsyncWrite + Unpin,
+    CR: AsyncRead + StreamHalf + Unpin,
+    CW: AsyncWrite + StreamHalf + Unpin,
+    UR: AsyncRead + StreamHalf + Unpin,
+    UW: AsyncWrite + StreamHalf + Unpin,
 {
     let start = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -165,14 +200,35 @@ async fn one_way<R, W>(
     count: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<(), PumpError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + StreamHalf + Unpin,
+    W: AsyncWrite + StreamHalf + Unpin,
 {
+    let splicing =
+        transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
     // The buffer of the last read, kept for the next read attempt: on a busy pair the next
     // read usually succeeds at once, and only a read that would block returns it to the pool.
     let mut held = None;
     let mut bulk = false;
     loop {
+        if bulk
+            && splicing
+            && let (Some(from), Some(to)) = (reader.socket(), writer.socket())
+        {
+            held = None;
+            let mut count_chunk = |n: usize| {
+                activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                count(n as u64)
+            };
+            match splice::burst(from, to, &mut count_chunk).await? {
+                BurstEnd::Quiet => bulk = false,
+                BurstEnd::Eof => {
+                    writer.shutdown().await?;
+                    return Ok(());
+                }
+                BurstEnd::Stopped => return Err(PumpError::Exhausted),
+            }
+            continue;
+        }
         let (mut buf, n) = read_pooled(&mut reader, &mut held, bulk).await?;
         if n == 0 {
             drop(buf);
@@ -265,12 +321,19 @@ impl Transform for Passthrough {
     ) -> Result<&'a [u8], TransformError> {
         Ok(input)
     }
+
+    fn passthrough(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
+    use tokio::io::{AsyncReadExt as _, DuplexStream, ReadHalf, WriteHalf};
+
+    impl StreamHalf for ReadHalf<DuplexStream> {}
+    impl StreamHalf for WriteHalf<DuplexStream> {}
 
     struct Xor(u8);
     impl Transform for Xor {
@@ -422,6 +485,59 @@ mod tests {
         let (stats, err) = relay.await.expect("relay");
         assert!(err.is_none(), "{err:?}");
         assert_eq!(stats.from_client, payload.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_passthrough_between_sockets_keeps_order_across_copy_and_splice() {
+        use tokio::net::{TcpListener, TcpStream};
+        async fn pair() -> (TcpStream, TcpStream) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            (a.expect("connect"), b.expect("accept").0)
+        }
+        let (mut client, client_far) = pair().await;
+        let (mut upstream, upstream_far) = pair().await;
+        let relay = tokio::spawn(async move {
+            relay(
+                client_far.into_split(),
+                upstream_far.into_split(),
+                Passthrough,
+                Passthrough,
+                Duration::from_secs(5),
+                &(),
+            )
+            .await
+        });
+        // Small writes with pauses (copied), then a bulk burst (spliced), then small again.
+        let mut payload = Vec::new();
+        for round in 0..3u8 {
+            let chunk: Vec<u8> = if round == 1 {
+                (0..4_000_000u32).map(|i| (i % 241) as u8).collect()
+            } else {
+                vec![round; 1000]
+            };
+            upstream.write_all(&chunk).await.expect("upstream writes");
+            let mut got = vec![0u8; chunk.len()];
+            client.read_exact(&mut got).await.expect("client reads");
+            assert!(got == chunk, "round {round} arrives unchanged");
+            payload.extend_from_slice(&chunk);
+        }
+        assert!(
+            splice::BURSTS.with(std::cell::Cell::get) > 0,
+            "the bulk round was spliced"
+        );
+        upstream.shutdown().await.expect("fin");
+        let mut rest = Vec::new();
+        client
+            .read_to_end(&mut rest)
+            .await
+            .expect("eof reaches the client");
+        assert!(rest.is_empty());
+        drop((client, upstream));
+        let (stats, err) = relay.await.expect("relay");
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(stats.from_upstream, payload.len() as u64);
     }
 
     #[tokio::test(start_paused = true)]

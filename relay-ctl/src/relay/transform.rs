@@ -81,4 +81,8 @@ impl Transform for ToClient {
         }
         Ok(input)
     }
+
+    fn passthrough(&self) -> bool {
+        self.ciphers.is_none() && !self.tls
+    }
 }
