@@ -757,14 +757,21 @@ impl<'a> Bench<'a> {
                 flood: true,
             })?;
             let xdp = if xdp_native { "native" } else { "off" };
-            let baseline = self.flood(&relay, None);
-            let legit = baseline
-                .as_ref()
-                .ok()
-                .and_then(|v| v["legit_mb_per_sec"].as_f64());
-            self.record("flood", &format!("XDP {xdp}, no flood"), baseline);
-            for kind in ["blocked", "rate-limited"] {
-                let outcome = self.flood(&relay, Some(kind)).map(|mut v| {
+            // The unloaded figure is the mean of a window before and one after the floods,
+            // so drift in the machine's load during the group moves both sides alike.
+            let before = self.flood(&relay, None);
+            let floods =
+                ["blocked", "rate-limited"].map(|kind| (kind, self.flood(&relay, Some(kind))));
+            let after = self.flood(&relay, None);
+            let unloaded: Vec<f64> = [&before, &after]
+                .iter()
+                .filter_map(|r| r.as_ref().ok()?["legit_mb_per_sec"].as_f64())
+                .collect();
+            let legit = (!unloaded.is_empty())
+                .then(|| unloaded.iter().sum::<f64>() / unloaded.len() as f64);
+            self.record("flood", &format!("XDP {xdp}, no flood, before"), before);
+            for (kind, outcome) in floods {
+                let outcome = outcome.map(|mut v| {
                     if let (Some(base), Some(now)) = (legit, v["legit_mb_per_sec"].as_f64()) {
                         v["legit_vs_unloaded"] = json!(now / base);
                     }
@@ -772,6 +779,7 @@ impl<'a> Bench<'a> {
                 });
                 self.record("flood", &format!("XDP {xdp}, {kind} flood"), outcome);
             }
+            self.record("flood", &format!("XDP {xdp}, no flood, after"), after);
             self.stop_relay(relay);
         }
         Ok(())
