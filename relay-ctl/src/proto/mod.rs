@@ -12,6 +12,8 @@
 //! - [`dc`]: built-in Telegram DC addresses.
 
 pub mod cipher;
+#[cfg(target_arch = "x86_64")]
+pub mod ctr_vaes;
 pub mod dc;
 pub mod mode;
 pub mod obfs2;

@@ -119,6 +119,7 @@ pub fn transform(budget: Duration) -> Value {
     json!({
         "buffer": BUF,
         "aes_ctr_one_pass_bytes_per_sec": one_pass,
+        "aes_ctr_implementation": relay_ctl::proto::cipher::AesCtr::implementation(),
         "to_upstream_bytes_per_sec": relay,
     })
 }

@@ -258,7 +258,10 @@ pub fn markdown(report: &Value) -> String {
     );
     let _ = writeln!(
         md,
-        "- relay's `AesCtr::apply` (RustCrypto aes 0.8 + ctr 0.9), one pass: {} MB/s",
+        "- relay's `AesCtr::apply` ({}), one pass: {} MB/s",
+        c["transform"]["aes_ctr_implementation"]
+            .as_str()
+            .unwrap_or("?"),
         fmt(num(&c["transform"], "aes_ctr_one_pass_bytes_per_sec").map(|v| v / 1e6)),
     );
     let _ = writeln!(
