@@ -203,7 +203,7 @@ where
     R: AsyncRead + StreamHalf + Unpin,
     W: AsyncWrite + StreamHalf + Unpin,
 {
-    let splicing =
+    let mut splicing =
         transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
     // The buffer of the last read, kept for the next read attempt: on a busy pair the next
     // read usually succeeds at once, and only a read that would block returns it to the pool.
@@ -226,6 +226,8 @@ where
                     return Ok(());
                 }
                 BurstEnd::Stopped => return Err(PumpError::Exhausted),
+                // Out of descriptors: this direction copies from now on.
+                BurstEnd::NoPipe => splicing = false,
             }
             continue;
         }

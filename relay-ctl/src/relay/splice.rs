@@ -30,6 +30,8 @@ pub enum BurstEnd {
     Eof,
     /// `count` said stop (a quota is used up); what it was told of is not forwarded.
     Stopped,
+    /// No pipe could be made (out of file descriptors): nothing was moved, copy instead.
+    NoPipe,
 }
 
 /// A pipe for one burst.
@@ -56,7 +58,9 @@ pub async fn burst(
     to: &TcpStream,
     count: &mut (dyn FnMut(usize) -> bool + Send),
 ) -> io::Result<BurstEnd> {
-    let pipe = Pipe::new()?;
+    let Ok(pipe) = Pipe::new() else {
+        return Ok(BurstEnd::NoPipe);
+    };
     #[cfg(test)]
     BURSTS.with(|b| b.set(b.get() + 1));
     loop {
