@@ -285,19 +285,19 @@ pub fn markdown(report: &Value) -> String {
         fmt(num(h, "tls_server_flight_us")),
     );
 
-    md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | XDP | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | rest of machine CPU % | load (1 min) |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | XDP | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | rest of machine CPU % | whole machine CPU-s/GB | load (1 min) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in report["throughput"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {
             let _ = writeln!(
                 md,
-                "| {} | | | | error: {e} | | | | | | |",
+                "| {} | | | | error: {e} | | | | | | | |",
                 r["name"].as_str().unwrap_or("")
             );
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} | {} | {} |",
             r["mode"].as_str().unwrap_or(""),
             if r["fast_mode"] == true { "on" } else { "off" },
             if r["xdp_native"] == false {
@@ -318,6 +318,7 @@ pub fn markdown(report: &Value) -> String {
             f(r, "generator_cpu_pct"),
             f(r, "dc_cpu_pct"),
             fmt(num(&r["machine_cpu_pct"], "rest")),
+            f(r, "machine_cpu_secs_per_gb"),
             f(r, "load1"),
         );
     }
@@ -327,7 +328,7 @@ pub fn markdown(report: &Value) -> String {
         if let Some(e) = errored(r) {
             let _ = writeln!(
                 md,
-                "| {} | | | | error: {e} | | | | | | |",
+                "| {} | | | | error: {e} | | | | | | | |",
                 r["name"].as_str().unwrap_or("")
             );
             continue;
