@@ -408,23 +408,25 @@ pub fn markdown(report: &Value) -> String {
          Window 1, the flood alone: packets arrived, XDP drops, relay CPU, the sender's CPU \
          (which also carries the receive path it triggers, XDP included), kernel counters. \
          Window 2, the flood plus legit dd load (16 KiB frames), compared with the same load \
-         without a flood: on 2 CPUs the sender alone takes a large share of what the legit \
-         load had.\n\n\
-         | XDP | flood | sent/s (sender's average) | arrived/s | XDP drops/s | relay CPU % | flood sender CPU % | machine softirq % | SYN cookies/s | legit MB/s | legit vs unloaded | relay CPU-s/GB (legit) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         without a flood (the mean of a window before the floods and one after): on 2 CPUs \
+         the sender alone takes a large share of what the legit load had. Window 3, the flood \
+         plus legit load paced at half the unloaded rate: what a relay that is not saturated \
+         still delivers.\n\n\
+         | XDP | flood | sent/s (sender's average) | arrived/s | XDP drops/s | relay CPU % | flood sender CPU % | machine softirq % | SYN cookies/s | legit MB/s | legit vs unloaded | relay CPU-s/GB (legit) | paced legit MB/s (offered) | paced achieved |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in report["flood"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {
             let _ = writeln!(
                 md,
-                "| {} | error: {e} | | | | | | | | | | |",
+                "| {} | error: {e} | | | | | | | | | | | | |",
                 r["name"].as_str().unwrap_or("")
             );
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["xdp"].as_str().unwrap_or(""),
             r["flood"].as_str().unwrap_or(""),
             fmt(num(&r["flood_sender"], "pps")),
@@ -441,6 +443,16 @@ pub fn markdown(report: &Value) -> String {
             f(r, "legit_mb_per_sec"),
             num(r, "legit_vs_unloaded").map_or("–".to_owned(), |v| format!("{:.0} %", 100.0 * v)),
             fmt(num(&r["legit"], "relay_cpu_secs_per_gb")),
+            match (
+                num(&r["paced"], "mb_per_sec"),
+                num(&r["paced"], "offered_mb_per_sec"),
+            ) {
+                (Some(got), Some(offered)) =>
+                    format!("{} ({})", fmt(Some(got)), fmt(Some(offered))),
+                _ => "–".to_owned(),
+            },
+            num(&r["paced"], "achieved_of_offered")
+                .map_or("–".to_owned(), |v| format!("{:.0} %", 100.0 * v)),
         );
     }
 

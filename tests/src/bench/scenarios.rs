@@ -760,10 +760,17 @@ impl<'a> Bench<'a> {
             let xdp = if xdp_native { "native" } else { "off" };
             // The unloaded figure is the mean of a window before and one after the floods,
             // so drift in the machine's load during the group moves both sides alike.
-            let before = self.flood(&relay, None);
-            let floods =
-                ["blocked", "rate-limited"].map(|kind| (kind, self.flood(&relay, Some(kind))));
-            let after = self.flood(&relay, None);
+            let before = self.flood(&relay, None, None);
+            // Also a legit load paced at half of what the machine carried unloaded: whether a
+            // flood disturbs a relay that is not already saturated.
+            let paced = before
+                .as_ref()
+                .ok()
+                .and_then(|v| v["legit_mb_per_sec"].as_f64())
+                .map(|mb| mb * 1e6 / 2.0);
+            let floods = ["blocked", "rate-limited"]
+                .map(|kind| (kind, self.flood(&relay, Some(kind), paced)));
+            let after = self.flood(&relay, None, paced);
             let unloaded: Vec<f64> = [&before, &after]
                 .iter()
                 .filter_map(|r| r.as_ref().ok()?["legit_mb_per_sec"].as_f64())
@@ -1078,7 +1085,8 @@ impl<'a> Bench<'a> {
     /// A SYN flood of `kind` (`None`: no flood, the baseline) in two windows: the flood alone
     /// (relay CPU, XDP drops, kernel counters), then the flood plus legit `dd` load (16 KiB
     /// frames), whose throughput is compared with the baseline's.
-    fn flood(&self, relay: &Relay, kind: Option<&str>) -> Result<Value> {
+    /// One flood (or none), then legit load; with `paced` (bytes/s) also a paced legit load.
+    fn flood(&self, relay: &Relay, kind: Option<&str>, paced: Option<f64>) -> Result<Value> {
         let alone = self.profile.flood_alone_secs;
         let secs = self.profile.flood_secs;
         let mut flood = match kind {
@@ -1123,7 +1131,7 @@ impl<'a> Bench<'a> {
             None => None,
         };
         let flood_pid = flood.as_ref().map(Proc::pid);
-        let outcome = self.flood_windows(relay, flood_pid, alone, secs);
+        let outcome = self.flood_windows(relay, flood_pid, alone, secs, paced);
         let flood_result = match &mut flood {
             Some(proc) => {
                 proc.close_stdin();
@@ -1154,6 +1162,7 @@ impl<'a> Bench<'a> {
         flood_pid: Option<u32>,
         alone: f64,
         secs: f64,
+        paced: Option<f64>,
     ) -> Result<Value> {
         let admin = relay.admin.clone();
         let relay_ctl = self.bins.relay_ctl.clone();
@@ -1202,7 +1211,35 @@ impl<'a> Bench<'a> {
         row["machine_softirq_pct"] = json!(100.0 * (machine.softirq + machine.irq) / window);
         row["machine_idle_pct"] = json!(100.0 * machine.idle / window);
 
-        // Window 2: the flood plus legit load.
+        // Window 2: the flood plus legit load as fast as it goes; window 3 (with `paced`):
+        // the flood plus legit load at a fixed rate.
+        let legit = self.legit_window(relay, secs, None)?;
+        if let Some(rate) = paced {
+            let window = self.legit_window(relay, secs, Some(rate))?;
+            let achieved = window["mb_per_sec"].as_f64().unwrap_or(0.0);
+            row["paced"] = json!({
+                "offered_mb_per_sec": rate / 1e6,
+                "mb_per_sec": achieved,
+                "achieved_of_offered": achieved * 1e6 / rate,
+                "relay_cpu_pct": window["relay_cpu_pct"],
+            });
+        }
+        row["legit_mb_per_sec"] = legit["mb_per_sec"].clone();
+        row["legit"] = legit;
+        Ok(row)
+    }
+
+    /// Legit `dd` load (16 KiB frames) for `secs`, as fast as it goes or at `rate` bytes/s.
+    fn legit_window(&self, relay: &Relay, secs: f64, rate: Option<f64>) -> Result<Value> {
+        let admin = relay.admin.clone();
+        let relay_ctl = self.bins.relay_ctl.clone();
+        let net = &self.net;
+        let counters = || -> Result<Value> {
+            Ok(json!({
+                "verdicts": xdp_verdicts(&relay_ctl, &admin)?,
+                "netstat": net.server_counters()?,
+            }))
+        };
         let mut args = self.target_args(relay, "dd");
         args.extend(
             [
@@ -1217,6 +1254,9 @@ impl<'a> Bench<'a> {
             ]
             .map(str::to_owned),
         );
+        if let Some(rate) = rate {
+            args.extend(["--rate".to_owned(), format!("{rate:.0}")]);
+        }
         let mut hook = |_: Marker, _: &mut Proc| counters();
         let (result, window, begin, end) = self.loadgen(
             Some(relay),
@@ -1233,9 +1273,7 @@ impl<'a> Bench<'a> {
         legit["relay_cpu_secs_per_gb"] = json!(relay_cpu / (bytes / 1e9).max(1e-12));
         legit["during"] = per_sec(&begin, &end, window.secs());
         legit["generator"] = result;
-        row["legit_mb_per_sec"] = legit["mb_per_sec"].clone();
-        row["legit"] = legit;
-        Ok(row)
+        Ok(legit)
     }
 }
 

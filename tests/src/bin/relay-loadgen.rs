@@ -4,6 +4,7 @@
 //! ```text
 //! relay-loadgen throughput --target A --mode dd|tls [--domain D] --secrets FILE
 //!               --conns N --frame BYTES --duration SECS [--max-bytes B] [--warmup SECS]
+//!               [--rate BYTES_PER_SEC]
 //! relay-loadgen handshakes --target A --mode dd|tls ... --workers M --duration SECS [--frame B]
 //!               [--user random|first|last|sticky] [--source-base IPV4]
 //! relay-loadgen idle       --target A --mode dd|tls ... --conns K [--workers W] [--hold SECS]
@@ -16,7 +17,8 @@
 //!
 //! - throughput: N connections, each with a writer thread sending `frame`-byte writes of a
 //!   known pattern and a reader thread checking every echoed byte against it; reports bytes
-//!   echoed in the window.
+//!   echoed in the window. `--rate` paces the writers to that many bytes per second in all
+//!   (a load below what the machine can carry), instead of as fast as they can.
 //! - handshakes: M workers, each looping connect, handshake, one echoed frame, close; counts
 //!   completed handshakes. Each connection's user is picked at random from `--secrets` (the
 //!   relay's average case), or is always the first or the last one (its best and worst case
@@ -274,7 +276,13 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
     let duration = secs(args, "duration", 3.0)?;
     let warmup = secs(args, "warmup", 0.3)?;
     let max_bytes: u64 = args.get("max-bytes", u64::MAX)?;
+    let rate: Option<f64> = args.opt("rate")?;
     args.finish()?;
+    if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number of bytes per second");
+    }
+    // Each writer's share of the rate.
+    let per_conn = rate.map(|r| r / conns.max(1) as f64);
     if common.transport.is_none() || conns == 0 || frame == 0 {
         bail!("throughput needs --mode dd|tls, --conns ≥ 1 and --frame ≥ 1");
     }
@@ -294,10 +302,21 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
         let (pat_w, pat_r, stop_w) = (pat.clone(), pat.clone(), stop.clone());
         writers.push(thread::spawn(move || -> io::Result<u64> {
             let mut sent = 0usize;
+            let started = Instant::now();
             while !stop_w.load(Ordering::Relaxed) {
                 let at = sent % PERIOD;
                 writer.send(&pat_w[at..at + frame])?;
                 sent += frame;
+                if let Some(rate) = per_conn {
+                    let due = Duration::from_secs_f64(sent as f64 / rate);
+                    // Short sleeps, so a stop is noticed within 50 ms.
+                    while let Some(wait) = due.checked_sub(started.elapsed()) {
+                        if stop_w.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        thread::sleep(wait.min(Duration::from_millis(50)));
+                    }
+                }
             }
             writer.shutdown()?;
             Ok(sent as u64)
