@@ -22,6 +22,7 @@ use std::{
     cell::RefCell,
     ops::{Deref, DerefMut},
     sync::atomic::{AtomicUsize, Ordering},
+    thread::LocalKey,
 };
 
 /// Size of a relay read buffer for a direction that is not (or not yet) moving bulk data.
@@ -90,15 +91,7 @@ pub struct PooledBuf {
 impl PooledBuf {
     /// A read buffer of [`RELAY_BUF`] initialized bytes (contents unspecified).
     pub fn read() -> PooledBuf {
-        let buf = READ_POOL
-            .with(|p| p.borrow_mut().pop())
-            // Zeroed once at allocation; later users overwrite what they read.
-            .unwrap_or_else(|| vec![0; RELAY_BUF]);
-        lent(1);
-        PooledBuf {
-            buf,
-            kind: Kind::Read,
-        }
+        PooledBuf::initialized(&READ_POOL, RELAY_BUF, Kind::Read)
     }
 
     /// An empty scratch vector, possibly with capacity left from an earlier use.
@@ -120,14 +113,21 @@ impl PooledBuf {
         if !take_slot(&BULK_ON_LOAN, BULK_MAX) {
             return PooledBuf::read();
         }
-        let buf = BULK_POOL
+        PooledBuf::initialized(&BULK_POOL, BULK_BUF, Kind::Bulk)
+    }
+
+    /// A buffer of `len` initialized bytes from `pool`, or a new one.
+    fn initialized(
+        pool: &'static LocalKey<RefCell<Vec<Vec<u8>>>>,
+        len: usize,
+        kind: Kind,
+    ) -> PooledBuf {
+        let buf = pool
             .with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0; BULK_BUF]);
+            // Zeroed once at allocation; later users overwrite what they read.
+            .unwrap_or_else(|| vec![0; len]);
         lent(1);
-        PooledBuf {
-            buf,
-            kind: Kind::Bulk,
-        }
+        PooledBuf { buf, kind }
     }
 
     /// Whether this is a bulk buffer.

@@ -349,6 +349,31 @@ mod tests {
     impl StreamHalf for ReadHalf<DuplexStream> {}
     impl StreamHalf for WriteHalf<DuplexStream> {}
 
+    /// A relay task between two in-memory pipes of `capacity` bytes, `Xor(1)` toward the
+    /// upstream and `Xor(2)` back; returns the client's end, the upstream's end and the task.
+    fn spawn_xor_relay(
+        capacity: usize,
+    ) -> (
+        DuplexStream,
+        DuplexStream,
+        tokio::task::JoinHandle<(PumpStats, Option<PumpError>)>,
+    ) {
+        let (client, client_far) = tokio::io::duplex(capacity);
+        let (upstream, upstream_far) = tokio::io::duplex(capacity);
+        let relay = tokio::spawn(async move {
+            relay(
+                tokio::io::split(client_far),
+                tokio::io::split(upstream_far),
+                Xor(1),
+                Xor(2),
+                Duration::from_secs(5),
+                &(),
+            )
+            .await
+        });
+        (client, upstream, relay)
+    }
+
     struct Xor(u8);
     impl Transform for Xor {
         fn transform<'a>(
@@ -414,21 +439,7 @@ mod tests {
         // A current-thread runtime: the relay's task shares this thread's pool.
         use crate::relay::buffers::on_loan;
         assert_eq!(on_loan(), 0);
-        let (client, client_far) = tokio::io::duplex(1 << 16);
-        let (upstream, upstream_far) = tokio::io::duplex(1 << 16);
-        let (cr, cw) = tokio::io::split(client_far);
-        let (ur, uw) = tokio::io::split(upstream_far);
-        let relay = tokio::spawn(async move {
-            relay(
-                (cr, cw),
-                (ur, uw),
-                Xor(1),
-                Xor(2),
-                Duration::from_secs(5),
-                &(),
-            )
-            .await
-        });
+        let (client, upstream, relay) = spawn_xor_relay(1 << 16);
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
         client_w.write_all(&[1; 5000]).await.expect("write");
@@ -464,21 +475,7 @@ mod tests {
     #[tokio::test]
     async fn a_bulk_transfer_then_silence_holds_no_buffer() {
         use crate::relay::buffers::{BULK_BUF, bulk_pooled, on_loan};
-        let (client, client_far) = tokio::io::duplex(4 * BULK_BUF);
-        let (upstream, upstream_far) = tokio::io::duplex(4 * BULK_BUF);
-        let (cr, cw) = tokio::io::split(client_far);
-        let (ur, uw) = tokio::io::split(upstream_far);
-        let relay = tokio::spawn(async move {
-            relay(
-                (cr, cw),
-                (ur, uw),
-                Xor(1),
-                Xor(2),
-                Duration::from_secs(5),
-                &(),
-            )
-            .await
-        });
+        let (client, upstream, relay) = spawn_xor_relay(4 * BULK_BUF);
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
         // Several buffers' worth queued at once: the reads fill buffers and go bulk.
@@ -503,13 +500,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_passthrough_between_sockets_keeps_order_across_copy_and_splice() {
-        use tokio::net::{TcpListener, TcpStream};
-        async fn pair() -> (TcpStream, TcpStream) {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-            (a.expect("connect"), b.expect("accept").0)
-        }
+        use crate::relay::splice::tests::pair;
         let (mut client, client_far) = pair().await;
         let (mut upstream, upstream_far) = pair().await;
         let relay = tokio::spawn(async move {

@@ -112,7 +112,7 @@ fn splice_io(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::{
         io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -120,7 +120,7 @@ mod tests {
     };
 
     /// Two connected loopback sockets: (ours, the peer's).
-    async fn pair() -> (TcpStream, TcpStream) {
+    pub(crate) async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());

@@ -1164,15 +1164,7 @@ impl<'a> Bench<'a> {
         secs: f64,
         paced: Option<f64>,
     ) -> Result<Value> {
-        let admin = relay.admin.clone();
-        let relay_ctl = self.bins.relay_ctl.clone();
-        let net = &self.net;
-        let counters = || -> Result<Value> {
-            Ok(json!({
-                "verdicts": xdp_verdicts(&relay_ctl, &admin)?,
-                "netstat": net.server_counters()?,
-            }))
-        };
+        let counters = || self.drop_counters(relay);
         // Window 1: the flood alone.
         let pid = relay.proc.pid();
         let cpu = |p: Option<u32>| p.and_then(|p| procfs::cpu_secs(p).ok()).unwrap_or(0.0);
@@ -1229,17 +1221,16 @@ impl<'a> Bench<'a> {
         Ok(row)
     }
 
+    /// The relay's XDP verdict counters and its namespace's kernel counters, now.
+    fn drop_counters(&self, relay: &Relay) -> Result<Value> {
+        Ok(json!({
+            "verdicts": xdp_verdicts(&self.bins.relay_ctl, &relay.admin)?,
+            "netstat": self.net.server_counters()?,
+        }))
+    }
+
     /// Legit `dd` load (16 KiB frames) for `secs`, as fast as it goes or at `rate` bytes/s.
     fn legit_window(&self, relay: &Relay, secs: f64, rate: Option<f64>) -> Result<Value> {
-        let admin = relay.admin.clone();
-        let relay_ctl = self.bins.relay_ctl.clone();
-        let net = &self.net;
-        let counters = || -> Result<Value> {
-            Ok(json!({
-                "verdicts": xdp_verdicts(&relay_ctl, &admin)?,
-                "netstat": net.server_counters()?,
-            }))
-        };
         let mut args = self.target_args(relay, "dd");
         args.extend(
             [
@@ -1257,7 +1248,7 @@ impl<'a> Bench<'a> {
         if let Some(rate) = rate {
             args.extend(["--rate".to_owned(), format!("{rate:.0}")]);
         }
-        let mut hook = |_: Marker, _: &mut Proc| counters();
+        let mut hook = |_: Marker, _: &mut Proc| self.drop_counters(relay);
         let (result, window, begin, end) = self.loadgen(
             Some(relay),
             "throughput",
