@@ -17,6 +17,8 @@ pub mod ctr_vaes;
 pub mod dc;
 pub mod mode;
 pub mod obfs2;
+#[cfg(target_arch = "x86_64")]
+pub mod obfs2_x16;
 pub mod replay;
 pub mod secret;
 pub mod tls;
