@@ -21,6 +21,8 @@ pub mod obfs2;
 pub mod obfs2_x16;
 pub mod replay;
 pub mod secret;
+#[cfg(target_arch = "x86_64")]
+pub mod sha256_x16;
 pub mod tls;
 
 #[cfg(test)]

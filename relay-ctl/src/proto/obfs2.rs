@@ -165,12 +165,8 @@ pub fn accept_client_header_hinted(
 #[cfg(target_arch = "x86_64")]
 static WIDE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(super::obfs2_x16::available);
 
-/// Below this many users left to try, one at a time is cheaper than a sixteen-lane batch.
-#[cfg(target_arch = "x86_64")]
-const WIDE_FROM: usize = 4;
-
 /// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
-pub(super) const SHA256_IV: [u32; 8] = [
+pub(crate) const SHA256_IV: [u32; 8] = [
     0x6a09_e667,
     0xbb67_ae85,
     0x3c6e_f372,
@@ -213,13 +209,9 @@ impl TagProbe {
     /// Calls `attempt` on users in index order until it returns something; with AVX-512 and
     /// VAES only on those whose secret decrypts the tag to a protocol tag (sixteen tried at
     /// once), otherwise on every user. `attempt` confirms a user with [`TagProbe::tail`].
-    fn search<T>(
-        &self,
-        users: &[Secret],
-        mut attempt: impl FnMut(usize) -> Option<T>,
-    ) -> Option<T> {
+    fn search<T>(&self, users: &[Secret], attempt: impl FnMut(usize) -> Option<T>) -> Option<T> {
         #[cfg(target_arch = "x86_64")]
-        if *WIDE && users.len() >= WIDE_FROM {
+        if *WIDE && users.len() >= super::sha256_x16::BATCH_FROM {
             let mut key_prefix = [0u8; 32];
             key_prefix.copy_from_slice(&self.block[..32]);
             let wide = super::obfs2_x16::HeaderProbe::new(
@@ -227,24 +219,18 @@ impl TagProbe {
                 self.counter,
                 [self.tail[0], self.tail[1], self.tail[2], self.tail[3]],
             );
-            let mut base = 0;
-            for batch in users.chunks(super::obfs2_x16::LANES) {
-                let mut hits = if batch.len() >= WIDE_FROM {
-                    // SAFETY: `WIDE` says the CPU has what `tag_matches` needs.
-                    unsafe { wide.tag_matches(batch) }
-                } else {
-                    u16::MAX >> (16 - batch.len())
-                };
-                while hits != 0 {
-                    let lane = hits.trailing_zeros() as usize;
-                    hits &= hits - 1;
-                    if let Some(found) = attempt(base + lane) {
-                        return Some(found);
+            return super::sha256_x16::search(
+                users.len(),
+                |range| {
+                    if range.len() >= super::sha256_x16::BATCH_FROM {
+                        // SAFETY: `WIDE` says the CPU has what `tag_matches` needs.
+                        unsafe { wide.tag_matches(&users[range]) }
+                    } else {
+                        u16::MAX >> (16 - range.len())
                     }
-                }
-                base += batch.len();
-            }
-            return None;
+                },
+                attempt,
+            );
         }
         (0..users.len()).find_map(attempt)
     }

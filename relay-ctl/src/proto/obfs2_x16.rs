@@ -15,37 +15,22 @@
 //! tests compare it with the one-user code over random headers and secrets.
 
 use core::arch::x86_64::{
-    __m512i, _mm_loadu_si128, _mm512_add_epi32, _mm512_aesenc_epi128, _mm512_aesenclast_epi128,
-    _mm512_broadcast_i32x4, _mm512_bslli_epi128, _mm512_cmpeq_epi32_mask, _mm512_loadu_si512,
-    _mm512_ror_epi32, _mm512_set1_epi32, _mm512_set4_epi32, _mm512_setzero_si512,
-    _mm512_shuffle_epi8, _mm512_srli_epi32, _mm512_ternarylogic_epi32, _mm512_unpackhi_epi32,
+    __m512i, _mm_loadu_si128, _mm512_aesenc_epi128, _mm512_aesenclast_epi128,
+    _mm512_broadcast_i32x4, _mm512_bslli_epi128, _mm512_cmpeq_epi32_mask, _mm512_set1_epi32,
+    _mm512_set4_epi32, _mm512_setzero_si512, _mm512_shuffle_epi8, _mm512_unpackhi_epi32,
     _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64, _mm512_xor_si512,
 };
 
 use super::obfs2::SHA256_IV;
 use super::secret::Secret;
-
-/// Users per batch: one per 32-bit lane of a 512-bit register.
-pub const LANES: usize = 16;
+use super::sha256_x16::{self, LANES};
 
 /// Whether this CPU runs [`HeaderProbe::tag_matches`].
 pub fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+    sha256_x16::available()
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("vaes")
 }
-
-/// SHA-256 round constants (FIPS 180-4 §4.2.2).
-const K: [u32; 64] = [
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
 
 /// The AES-256 key schedule's round constants, one per even round key after the first.
 const RCON: [i32; 7] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40];
@@ -68,9 +53,7 @@ impl HeaderProbe {
             *w = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         }
         let mut state = SHA256_IV;
-        for (t, w) in prefix.iter().enumerate() {
-            scalar_round(&mut state, K[t].wrapping_add(*w));
-        }
+        sha256_x16::scalar_rounds(&mut state, &prefix);
         HeaderProbe {
             state,
             prefix,
@@ -101,46 +84,25 @@ impl HeaderProbe {
     /// in register `i`.
     #[target_feature(enable = "avx512f")]
     fn keys(&self, secrets: &[Secret]) -> [__m512i; 8] {
-        // The secrets' words by lane (unused lanes stay zero and are masked out later).
-        let mut words = [[0u32; LANES]; 4];
+        // One block: 32 header bytes, 16 secret bytes, 0x80, zeros, the bit length 384.
+        // Unused lanes keep a zero secret and are masked out later.
+        let mut words: sha256_x16::Lanes<16> = [[0; LANES]; 16];
+        for (i, p) in self.prefix.iter().enumerate() {
+            words[i] = [*p; LANES];
+        }
         for (lane, secret) in secrets.iter().enumerate() {
             for (i, b) in secret.as_bytes().chunks_exact(4).enumerate() {
-                words[i][lane] = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                words[8 + i][lane] = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
-        // One block: 32 header bytes, 16 secret bytes, 0x80, zeros, the bit length 384.
-        let mut w = [_mm512_setzero_si512(); 16];
-        for (i, p) in self.prefix.iter().enumerate() {
-            w[i] = _mm512_set1_epi32(*p as i32);
-        }
-        for (i, lane_words) in words.iter().enumerate() {
-            // SAFETY: a 64-byte array, one unaligned load.
-            w[8 + i] = unsafe { _mm512_loadu_si512(lane_words.as_ptr().cast()) };
-        }
-        w[12] = _mm512_set1_epi32(0x8000_0000u32 as i32);
-        w[15] = _mm512_set1_epi32(384);
-
-        let mut s = self.state.map(|x| _mm512_set1_epi32(x as i32));
-        for t in 8..64 {
-            let wt = if t < 16 {
-                w[t]
-            } else {
-                let next = add4(
-                    small_sigma1(w[(t - 2) % 16]),
-                    w[(t - 7) % 16],
-                    small_sigma0(w[(t - 15) % 16]),
-                    w[t % 16],
-                );
-                w[t % 16] = next;
-                next
-            };
-            round(&mut s, _mm512_add_epi32(wt, _mm512_set1_epi32(K[t] as i32)));
-        }
-        let mut digest = s;
-        for (d, iv) in digest.iter_mut().zip(SHA256_IV) {
-            *d = _mm512_add_epi32(*d, _mm512_set1_epi32(iv as i32));
-        }
-        digest
+        words[12] = [0x8000_0000; LANES];
+        words[15] = [384; LANES];
+        sha256_x16::compress_from(
+            sha256_x16::splat(&SHA256_IV),
+            sha256_x16::splat(&self.state),
+            sha256_x16::load(&words),
+            8,
+        )
     }
 
     /// From the digests: each lane's AES-256 key, its keystream block at offsets 48..64, and
@@ -199,72 +161,6 @@ impl HeaderProbe {
     }
 }
 
-/// One SHA-256 round on a scalar state; `kw` is the round constant plus the message word.
-fn scalar_round(s: &mut [u32; 8], kw: u32) {
-    let [a, b, c, d, e, f, g, h] = *s;
-    let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-    let ch = (e & f) ^ (!e & g);
-    let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(kw);
-    let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-    let maj = (a & b) ^ (a & c) ^ (b & c);
-    let t2 = s0.wrapping_add(maj);
-    *s = [t1.wrapping_add(t2), a, b, c, d.wrapping_add(t1), e, f, g];
-}
-
-/// One SHA-256 round in every lane; `kw` is the round constant plus the message word.
-#[target_feature(enable = "avx512f")]
-fn round(s: &mut [__m512i; 8], kw: __m512i) {
-    let [a, b, c, d, e, f, g, h] = *s;
-    // Ternary-logic truth tables: 0x96 is a ^ b ^ c, 0xca is a ? b : c, 0xe8 is the majority.
-    let s1 = _mm512_ternarylogic_epi32::<0x96>(
-        _mm512_ror_epi32::<6>(e),
-        _mm512_ror_epi32::<11>(e),
-        _mm512_ror_epi32::<25>(e),
-    );
-    let ch = _mm512_ternarylogic_epi32::<0xca>(e, f, g);
-    let t1 = add4(h, s1, ch, kw);
-    let s0 = _mm512_ternarylogic_epi32::<0x96>(
-        _mm512_ror_epi32::<2>(a),
-        _mm512_ror_epi32::<13>(a),
-        _mm512_ror_epi32::<22>(a),
-    );
-    let maj = _mm512_ternarylogic_epi32::<0xe8>(a, b, c);
-    let t2 = _mm512_add_epi32(s0, maj);
-    *s = [
-        _mm512_add_epi32(t1, t2),
-        a,
-        b,
-        c,
-        _mm512_add_epi32(d, t1),
-        e,
-        f,
-        g,
-    ];
-}
-
-#[target_feature(enable = "avx512f")]
-fn small_sigma0(x: __m512i) -> __m512i {
-    _mm512_ternarylogic_epi32::<0x96>(
-        _mm512_ror_epi32::<7>(x),
-        _mm512_ror_epi32::<18>(x),
-        _mm512_srli_epi32::<3>(x),
-    )
-}
-
-#[target_feature(enable = "avx512f")]
-fn small_sigma1(x: __m512i) -> __m512i {
-    _mm512_ternarylogic_epi32::<0x96>(
-        _mm512_ror_epi32::<17>(x),
-        _mm512_ror_epi32::<19>(x),
-        _mm512_srli_epi32::<10>(x),
-    )
-}
-
-#[target_feature(enable = "avx512f")]
-fn add4(a: __m512i, b: __m512i, c: __m512i, d: __m512i) -> __m512i {
-    _mm512_add_epi32(_mm512_add_epi32(a, b), _mm512_add_epi32(c, d))
-}
-
 /// In every 128-bit lane, word `i` of register `r` becomes word `r` of register `i`.
 #[target_feature(enable = "avx512f")]
 fn transpose4(v: [__m512i; 4]) -> [__m512i; 4] {
@@ -308,17 +204,6 @@ fn next_odd(prev_odd: __m512i, even: __m512i) -> __m512i {
     _mm512_xor_si512(running_xor(prev_odd), t)
 }
 
-/// Stores a register's sixteen words (tests).
-#[cfg(test)]
-#[target_feature(enable = "avx512f")]
-fn lanes(x: __m512i) -> [u32; LANES] {
-    let mut out = [0u32; LANES];
-    use core::arch::x86_64::_mm512_storeu_si512;
-    // SAFETY: a 64-byte array, one unaligned store.
-    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), x) };
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -350,10 +235,7 @@ mod tests {
             let users = secrets(&mut rng, LANES);
             let probe = HeaderProbe::new(&prefix, [0; 16], [0; 4]);
             // SAFETY: checked above.
-            let words = unsafe {
-                let d = probe.keys(&users);
-                d.map(|x| lanes(x))
-            };
+            let words = unsafe { sha256_x16::store(probe.keys(&users)) };
             for (lane, s) in users.iter().enumerate() {
                 let want = Sha256::new()
                     .chain_update(prefix)

@@ -127,13 +127,34 @@ impl TlsClientHello {
 /// and the outer one, not two more for the key. Built once per user when the configuration is
 /// loaded.
 #[derive(Clone)]
-pub struct HelloKey(HmacSha256);
+pub struct HelloKey {
+    mac: HmacSha256,
+    /// SHA-256 states after the ipad and the opad block, for [`super::hello_x16`].
+    pads: [[u32; 8]; 2],
+}
 
 impl HelloKey {
     /// Prepares `secret`.
     pub fn new(secret: &Secret) -> HelloKey {
-        // A 16-byte key is always a valid HMAC key.
-        HelloKey(<HmacSha256 as Mac>::new_from_slice(secret.as_bytes()).expect("any key length"))
+        let pads = [0x36, 0x5c].map(|pad| {
+            let mut block = [pad; 64];
+            for (b, k) in block.iter_mut().zip(secret.as_bytes()) {
+                *b ^= k;
+            }
+            let mut state = crate::proto::obfs2::SHA256_IV;
+            sha2::compress256(&mut state, &[block.into()]);
+            state
+        });
+        HelloKey {
+            // A 16-byte key is always a valid HMAC key.
+            mac: <HmacSha256 as Mac>::new_from_slice(secret.as_bytes()).expect("any key length"),
+            pads,
+        }
+    }
+
+    /// The SHA-256 states after the inner (ipad) and outer (opad) key blocks.
+    pub fn pad_states(&self) -> (&[u32; 8], &[u32; 8]) {
+        (&self.pads[0], &self.pads[1])
     }
 }
 
@@ -178,36 +199,86 @@ pub fn verify_client_hello_keys(
     let record_header = [CONTENT_HANDSHAKE, 0x03, 0x01, (len >> 8) as u8, len as u8];
     let received = &parsed.random;
 
-    let first = first.filter(|&i| i < keys.len());
-    let order = first
-        .into_iter()
-        .chain((0..keys.len()).filter(move |&i| Some(i) != first));
-    for user in order {
+    // The client's timestamp when `user`'s MAC matches the random.
+    let timestamp_of = |user: usize| {
         let mac = hello_mac_keyed(&keys[user], &record_header, handshake);
         if !bool::from(mac[..28].ct_eq(&received[..28])) {
-            continue;
+            return None;
         }
         let t = [28, 29, 30, 31].map(|i| mac[i] ^ received[i]);
-        let timestamp = u32::from_le_bytes(t);
-        let skew = policy.now.abs_diff(u64::from(timestamp));
-        let uptime = policy.allow_uptime && timestamp < UPTIME_MAX_SECS;
-        if skew > policy.window_secs && !uptime {
-            return Err(HelloError::TimestampOutOfWindow {
-                user,
-                timestamp,
-                now: policy.now,
-            });
-        }
-        return Ok(TlsClientHello {
+        Some((user, u32::from_le_bytes(t)))
+    };
+    let first = first.filter(|&i| i < keys.len());
+    let matched = first.and_then(timestamp_of).or_else(|| {
+        search(keys, &record_header, handshake, received, |user| {
+            if Some(user) == first {
+                None
+            } else {
+                timestamp_of(user)
+            }
+        })
+    });
+    let Some((user, timestamp)) = matched else {
+        return Err(HelloError::BadMac);
+    };
+    let skew = policy.now.abs_diff(u64::from(timestamp));
+    let uptime = policy.allow_uptime && timestamp < UPTIME_MAX_SECS;
+    if skew > policy.window_secs && !uptime {
+        return Err(HelloError::TimestampOutOfWindow {
             user,
-            client_random: parsed.random,
-            session_id: parsed.session_id,
-            cipher: parsed.cipher,
-            sni: parsed.sni.unwrap_or_default(),
             timestamp,
+            now: policy.now,
         });
     }
-    Err(HelloError::BadMac)
+    Ok(TlsClientHello {
+        user,
+        client_random: parsed.random,
+        session_id: parsed.session_id,
+        cipher: parsed.cipher,
+        sni: parsed.sni.unwrap_or_default(),
+        timestamp,
+    })
+}
+
+/// Whether this CPU computes sixteen users' MACs at once ([`super::hello_x16`]).
+#[cfg(target_arch = "x86_64")]
+static WIDE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(super::hello_x16::available);
+
+/// Calls `attempt` on users in index order until it returns something; with AVX-512 only on
+/// those whose MAC starts like the client random (sixteen computed at once), otherwise on
+/// every user. `attempt` checks a user with [`hello_mac_keyed`].
+fn search<T>(
+    keys: &[HelloKey],
+    record_header: &[u8; 5],
+    handshake: &[u8],
+    random: &[u8; 32],
+    attempt: impl FnMut(usize) -> Option<T>,
+) -> Option<T> {
+    #[cfg(target_arch = "x86_64")]
+    use crate::proto::sha256_x16;
+    #[cfg(target_arch = "x86_64")]
+    if *WIDE && keys.len() >= sha256_x16::BATCH_FROM {
+        let message = [
+            record_header.as_slice(),
+            handshake.get(..RANDOM_AT).unwrap_or_default(),
+            &[0; 32],
+            handshake.get(RANDOM_AT + 32..).unwrap_or_default(),
+        ];
+        let probe = super::hello_x16::HelloProbe::new(&message, random);
+        return sha256_x16::search(
+            keys.len(),
+            |range| {
+                if range.len() >= sha256_x16::BATCH_FROM {
+                    // SAFETY: `WIDE` says the CPU has what `mac_matches` needs.
+                    unsafe { probe.mac_matches(&keys[range]) }
+                } else {
+                    u16::MAX >> (16 - range.len())
+                }
+            },
+            attempt,
+        );
+    }
+    (0..keys.len()).find_map(attempt)
 }
 
 /// HMAC-SHA256(secret, record header ‖ handshake with the random zeroed), without copying.
@@ -217,7 +288,7 @@ fn hello_mac(secret: &Secret, record_header: &[u8; 5], handshake: &[u8]) -> [u8;
 
 /// [`hello_mac`] from a prepared key: clones the keyed state instead of re-absorbing the pads.
 fn hello_mac_keyed(key: &HelloKey, record_header: &[u8; 5], handshake: &[u8]) -> [u8; 32] {
-    let mut mac = key.0.clone();
+    let mut mac = key.mac.clone();
     mac.update(record_header);
     // The slices are bounds-checked by `parse` (a hello shorter than the random is malformed).
     mac.update(handshake.get(..RANDOM_AT).unwrap_or_default());
@@ -461,6 +532,47 @@ mod tests {
             verify_client_hello_keys(&hs, &keys[..1], Some(0), &p).unwrap_err(),
             HelloError::BadMac
         );
+    }
+
+    /// Every user of lists around the sixteen-lane batch sizes is found as itself, hinted or
+    /// not, with the same errors as one user at a time.
+    #[test]
+    fn many_users_each_found_with_or_without_hint() {
+        use rand::RngCore as _;
+        let mut rng = StdRng::seed_from_u64(9);
+        let now = 1_800_000_000u32;
+        for n in [1, 3, 4, 15, 16, 17, 33] {
+            let users: Vec<Secret> = (0..n)
+                .map(|_| {
+                    let mut b = [0u8; 16];
+                    rng.fill_bytes(&mut b);
+                    Secret::from_bytes(b)
+                })
+                .collect();
+            let keys: Vec<HelloKey> = users.iter().map(HelloKey::new).collect();
+            for (k, user) in users.iter().enumerate() {
+                let hs = handshake_of(&build_client_hello(&mut rng, user, K.domain, now));
+                for hint in [None, Some(k), Some((k + 1) % n), Some(n + 7)] {
+                    let h = verify_client_hello_keys(&hs, &keys, hint, &policy(now.into()));
+                    assert_eq!(h.unwrap().user, k, "{n} users, hint {hint:?}");
+                }
+                let late = u64::from(now) + 10_000;
+                assert_eq!(
+                    verify_client_hello_keys(&hs, &keys, None, &policy(late)).unwrap_err(),
+                    HelloError::TimestampOutOfWindow {
+                        user: k,
+                        timestamp: now,
+                        now: late
+                    }
+                );
+            }
+            let stranger = Secret::from_bytes([0x5a; 16]);
+            let hs = handshake_of(&build_client_hello(&mut rng, &stranger, K.domain, now));
+            assert_eq!(
+                verify_client_hello_keys(&hs, &keys, None, &policy(now.into())).unwrap_err(),
+                HelloError::BadMac
+            );
+        }
     }
 
     #[test]
