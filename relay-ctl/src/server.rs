@@ -10,36 +10,52 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{clock::monotonic_ns, daemon::Daemon};
 
-/// Binds every listen address, failing with the address that could not be bound. Plain std
-/// sockets: binding happens before the async runtime exists (see `cli::run`).
-pub fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
+/// Binds every listen address `copies` times, failing with the address that could not be
+/// bound; `result[i]` holds copy `i` of every address, for relay thread `i`. With more than one
+/// copy the sockets share the port with SO_REUSEPORT, so the kernel spreads new connections
+/// over the threads and none of them wakes another. Plain std sockets: binding happens before
+/// the async runtime exists (see `cli::run`).
+pub fn bind(
+    addrs: &[SocketAddr],
+    copies: usize,
+) -> anyhow::Result<Vec<Vec<std::net::TcpListener>>> {
+    let copies = copies.max(1);
+    let mut sets: Vec<Vec<std::net::TcpListener>> = (0..copies).map(|_| Vec::new()).collect();
     for addr in addrs {
-        let socket = Socket::new(
-            Domain::for_address(*addr),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot create a socket for {addr}: {e}"))?;
-        socket.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            // Keep [::] from also claiming the IPv4 port, so 0.0.0.0 and [::] can both be listed.
-            socket.set_only_v6(true)?;
+        // Port 0 means "any": the copies join the port the first one got.
+        let mut addr = *addr;
+        for set in &mut sets {
+            let listener = bind_one(addr, copies > 1)?;
+            addr = listener.local_addr()?;
+            set.push(listener);
         }
-        socket.set_nonblocking(true)?;
-        // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it to the
-        // child): set once here rather than with a syscall per connection. Relayed writes are
-        // whole messages a peer waits for; Nagle would only delay them.
-        socket.set_tcp_nodelay(true)?;
-        socket
-            .bind(&(*addr).into())
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        socket
-            .listen(1024)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        listeners.push(socket.into());
     }
-    Ok(listeners)
+    Ok(sets)
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| anyhow::anyhow!("cannot create a socket for {addr}: {e}"))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // Keep [::] from also claiming the IPv4 port, so 0.0.0.0 and [::] can both be listed.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it to the
+    // child): set once here rather than with a syscall per connection. Relayed writes are
+    // whole messages a peer waits for; Nagle would only delay them.
+    socket.set_tcp_nodelay(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    socket
+        .listen(1024)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    Ok(socket.into())
 }
 
 /// Accepts on `listener` forever, checking each connection against the shield.
@@ -103,12 +119,53 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay() {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let mut listeners = bind(&[addr]).expect("bind");
-        let listener = TcpListener::from_std(listeners.remove(0)).expect("listener");
+        let mut sets = bind(&[addr], 1).expect("bind");
+        let listener = TcpListener::from_std(sets.remove(0).remove(0)).expect("listener");
         let local = listener.local_addr().expect("local addr");
         let client = TcpStream::connect(local).await.expect("connect");
         let (accepted, _) = listener.accept().await.expect("accept");
         assert!(accepted.nodelay().expect("getsockopt"));
         drop(client);
+    }
+
+    /// Copies share one port (also when asked for port 0) and the kernel hands connections to
+    /// each of them.
+    #[tokio::test]
+    async fn copies_share_the_port_and_all_accept() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let sets = bind(&[addr], 4).expect("bind");
+        assert_eq!(sets.len(), 4);
+        let listeners: Vec<TcpListener> = sets
+            .into_iter()
+            .map(|mut set| TcpListener::from_std(set.remove(0)).expect("listener"))
+            .collect();
+        let port = listeners[0].local_addr().expect("addr").port();
+        assert!(
+            listeners
+                .iter()
+                .all(|l| l.local_addr().expect("addr").port() == port)
+        );
+        let mut clients = Vec::new();
+        let mut served = [false; 4];
+        // The kernel picks a copy by hashing the connection's addresses: different source
+        // ports reach every copy within a few hundred connections.
+        for _ in 0..400 {
+            clients.push(
+                TcpStream::connect((addr.ip(), port))
+                    .await
+                    .expect("connect"),
+            );
+            for (i, l) in listeners.iter().enumerate() {
+                while let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_millis(1), l.accept()).await
+                {
+                    served[i] = true;
+                }
+            }
+            if served.iter().all(|s| *s) {
+                return;
+            }
+        }
+        panic!("not every copy accepted: {served:?}");
     }
 }
