@@ -15,3 +15,4 @@ pub mod procfs;
 pub mod report;
 pub mod scenarios;
 pub mod spawn;
+pub mod spinners;

@@ -381,7 +381,7 @@ pub fn markdown(report: &Value) -> String {
         }
     }
 
-    md.push_str("\n## Latency (one connection, sequential 1 KiB request/response; added = relayed minus the mean of the two direct runs)\n\n| path | round trips | p50 µs | p99 µs | added p50 µs | added p99 µs |\n|---|---|---|---|---|---|\n");
+    md.push_str("\n## Latency (one connection, sequential 1 KiB request/response; added = relayed minus the mean of the two direct runs; a SCHED_IDLE spinner per CPU keeps idle vCPUs from halting, whose wake-up would otherwise dominate)\n\n| path | round trips | p50 µs | p99 µs | added p50 µs | added p99 µs |\n|---|---|---|---|---|---|\n");
     for r in report["latency"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {
             let _ = writeln!(

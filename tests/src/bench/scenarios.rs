@@ -990,6 +990,7 @@ impl<'a> Bench<'a> {
         };
         args.extend(["--duration".to_owned(), self.profile.lat_secs.to_string()]);
         let timeout = Duration::from_secs_f64(30.0 + self.profile.lat_secs);
+        let _awake = super::spinners::Spinners::start();
         let (result, window, _, _) =
             self.loadgen(Some(relay), "latency", &args, timeout, &mut |_, _| {
                 Ok(Value::Null)
