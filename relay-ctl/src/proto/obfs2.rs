@@ -583,13 +583,7 @@ mod tests {
     fn many_users_each_found_with_or_without_hint() {
         let mut rng = StdRng::seed_from_u64(5);
         for n in [1, 3, 4, 15, 16, 17, 33, 40] {
-            let users: Vec<Secret> = (0..n)
-                .map(|_| {
-                    let mut b = [0u8; 16];
-                    rng.fill_bytes(&mut b);
-                    Secret::from_bytes(b)
-                })
-                .collect();
+            let users: Vec<Secret> = crate::proto::secret::random_secrets(&mut rng, n);
             for k in 0..n {
                 let c = client_header(&mut rng, &users[k], ProtoTag::PaddedIntermediate, 2);
                 for hint in [None, Some(k), Some((k + 1) % n), Some(n + 7)] {

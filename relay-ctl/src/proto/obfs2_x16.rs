@@ -212,16 +212,6 @@ mod tests {
 
     use super::*;
 
-    fn secrets(rng: &mut StdRng, n: usize) -> Vec<Secret> {
-        (0..n)
-            .map(|_| {
-                let mut b = [0u8; 16];
-                rng.fill_bytes(&mut b);
-                Secret::from_bytes(b)
-            })
-            .collect()
-    }
-
     #[test]
     fn digests_match_sha256() {
         if !available() {
@@ -232,7 +222,7 @@ mod tests {
         for _ in 0..50 {
             let mut prefix = [0u8; 32];
             rng.fill_bytes(&mut prefix);
-            let users = secrets(&mut rng, LANES);
+            let users = crate::proto::secret::random_secrets(&mut rng, LANES);
             let probe = HeaderProbe::new(&prefix, [0; 16], [0; 4]);
             // SAFETY: checked above.
             let words = unsafe { sha256_x16::store(probe.keys(&users)) };
@@ -258,7 +248,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         for round in 0..400 {
             let n = rng.random_range(1..=LANES);
-            let users = secrets(&mut rng, n);
+            let users = crate::proto::secret::random_secrets(&mut rng, n);
             let mut prefix = [0u8; 32];
             rng.fill_bytes(&mut prefix);
             let mut counter = [0u8; 16];

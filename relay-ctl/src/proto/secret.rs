@@ -188,6 +188,18 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// `n` secrets from `rng` (tests).
+#[cfg(test)]
+pub fn random_secrets(rng: &mut impl rand::RngCore, n: usize) -> Vec<Secret> {
+    (0..n)
+        .map(|_| {
+            let mut b = [0u8; 16];
+            rng.fill_bytes(&mut b);
+            Secret::from_bytes(b)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

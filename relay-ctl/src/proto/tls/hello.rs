@@ -538,17 +538,10 @@ mod tests {
     /// not, with the same errors as one user at a time.
     #[test]
     fn many_users_each_found_with_or_without_hint() {
-        use rand::RngCore as _;
         let mut rng = StdRng::seed_from_u64(9);
         let now = 1_800_000_000u32;
         for n in [1, 3, 4, 15, 16, 17, 33] {
-            let users: Vec<Secret> = (0..n)
-                .map(|_| {
-                    let mut b = [0u8; 16];
-                    rng.fill_bytes(&mut b);
-                    Secret::from_bytes(b)
-                })
-                .collect();
+            let users: Vec<Secret> = crate::proto::secret::random_secrets(&mut rng, n);
             let keys: Vec<HelloKey> = users.iter().map(HelloKey::new).collect();
             for (k, user) in users.iter().enumerate() {
                 let hs = handshake_of(&build_client_hello(&mut rng, user, K.domain, now));
