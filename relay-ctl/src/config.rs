@@ -736,7 +736,8 @@ fn auto_interfaces() -> Vec<String> {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Native (driver) mode, generic mode where the driver refuses.
+    /// Native (driver) mode, generic mode where the driver refuses; generic first on a veth,
+    /// where native mode costs more (see `xdp::driver`).
     #[default]
     Auto,
     /// Native mode only.

@@ -1,5 +1,6 @@
 //! Loading the XDP program, attaching it to interfaces, and detaching it again.
 
+pub mod driver;
 pub mod interfaces;
 pub mod maps;
 
@@ -25,7 +26,7 @@ use crate::config;
 pub enum AttachMode {
     /// In the driver, before any allocation.
     Native,
-    /// In the core stack after the skb is built (drivers without XDP support).
+    /// In the core stack after the skb is built (drivers without XDP support, and veth).
     Generic,
 }
 
@@ -108,17 +109,14 @@ impl XdpProgram {
         ))
     }
 
-    /// Attaches to `interface`: native first, then generic, as `mode` allows.
+    /// Attaches to `interface` in the first mode of [`driver::attach_order`] that works.
     pub fn attach(
         &mut self,
         interface: &str,
         mode: config::XdpMode,
     ) -> Result<AttachMode, XdpError> {
-        let attempts: &[AttachMode] = match mode {
-            config::XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
-            config::XdpMode::Native => &[AttachMode::Native],
-            config::XdpMode::Generic | config::XdpMode::Off => &[AttachMode::Generic],
-        };
+        let driver = driver::driver(interface).ok();
+        let attempts = driver::attach_order(mode, driver.as_deref());
         if let Some(attached) = self.take_over(interface, attempts)? {
             return Ok(attached);
         }
@@ -133,8 +131,14 @@ impl XdpProgram {
                     if !failures.is_empty() {
                         tracing::info!(
                             interface,
-                            "falling back to generic XDP: {}",
+                            "falling back to {attempt} XDP: {}",
                             failures.join("; ")
+                        );
+                    } else if attempt == AttachMode::Generic && mode == config::XdpMode::Auto {
+                        tracing::info!(
+                            interface,
+                            driver = driver.as_deref().unwrap_or("unknown"),
+                            "generic XDP: on this driver native XDP copies every received frame"
                         );
                     }
                     let link = match &self.pins {
