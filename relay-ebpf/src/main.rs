@@ -16,7 +16,12 @@ use relay_common::Verdict;
 use crate::parse::Parsed;
 
 /// Entry point: parse, decide, count.
-#[xdp]
+///
+/// Declared frags-aware (multi-buffer): it reads only the headers, which are in the first
+/// buffer. Without that, generic XDP linearizes every GRO/GSO packet into one large
+/// allocation and drops the packet when that fails: on a veth (where `auto` picks generic)
+/// the benchmark's 64-connection transfers stalled.
+#[xdp(frags)]
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
     let verdict = match parse::parse(&ctx) {
         Parsed::Tcp(segment) => policy::decide(&ctx, &segment),
