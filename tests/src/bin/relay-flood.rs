@@ -12,10 +12,7 @@
 //! addresses in turn. Frames are Ethernet + IPv4 + TCP SYN with valid checksums, random source
 //! port, sequence number and IP id. It stops after `--count` frames, after `--duration`, or
 //! (with `--stop-on-stdin-eof`) when its stdin reaches end of file, as the orchestrator closes
-//! it when it has measured, whichever comes first; `--pps` paces it (0: as fast as the socket
-//! takes them). Frames go 64 to a `sendmmsg` call and pacing sleeps at least 1 ms, so the
-//! sender's own CPU (which competes with the relay's legit load on the benchmark machine) is
-//! mostly the kernel's delivery of its frames, XDP included. Prints
+//! it when it has measured, whichever comes first; `--pps` paces it (0: as fast as the socket takes them). Prints
 //! `result {"sent":…,"secs":…,"pps":…,"errors":…}`.
 
 use std::{
@@ -38,12 +35,8 @@ use serde_json::json;
 
 /// Ethernet (14) + IPv4 (20) + TCP (20).
 const FRAME_LEN: usize = 54;
-/// Frames per `sendmmsg` call (and per pacing check).
-const BATCH: usize = 64;
-/// How far ahead of its schedule the sender must be before it sleeps: shorter sleeps cost
-/// it a context switch each for nothing (timer slack is 50 µs), and its CPU competes with
-/// the relay's legit load on the benchmark machine.
-const MIN_SLEEP: Duration = Duration::from_millis(1);
+/// Frames sent per pacing check.
+const BATCH: u64 = 64;
 
 fn main() -> ExitCode {
     match run() {
@@ -83,7 +76,7 @@ fn run() -> Result<()> {
         (1u64 << host_bits).saturating_sub(2).max(1)
     };
     let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let mut frames = [template(src_mac, dst_mac, *dst.ip(), dst.port()); BATCH];
+    let mut frame = template(src_mac, dst_mac, *dst.ip(), dst.port());
     let deadline = Duration::from_secs_f64(duration);
     let stdin_closed = Arc::new(AtomicBool::new(false));
     if watch_stdin {
@@ -98,41 +91,33 @@ fn run() -> Result<()> {
     let (mut sent, mut errors) = (0u64, 0u64);
     let mut first_error = None;
     'outer: while sent < count {
-        let batch = BATCH.min(usize::try_from(count - sent).unwrap_or(BATCH));
-        for (i, frame) in frames[..batch].iter_mut().enumerate() {
-            let n = sent + i as u64;
+        for _ in 0..BATCH.min(count - sent) {
             let host = if src_count == 0 {
                 rng.random_range(1..=hosts)
             } else {
-                (n % u64::from(src_count)).min(hosts - 1) + 1
+                (sent % u64::from(src_count)).min(hosts - 1) + 1
             };
             let src = Ipv4Addr::from(u32::from(net).wrapping_add(host as u32));
-            fill(frame, src, rng.random(), rng.random(), rng.random());
-        }
-        let mut done = 0;
-        while done < batch {
-            match socket.send_all(&frames[done..batch]) {
-                Ok(n) => done += n,
+            fill(&mut frame, src, rng.random(), rng.random(), rng.random());
+            match socket.send(&frame) {
+                Ok(()) => {}
                 Err(e) => {
-                    // The frame at `done` failed; the rest of the batch is tried again.
-                    done += 1;
                     errors += 1;
                     first_error.get_or_insert_with(|| e.to_string());
                     if errors > 1000 && errors > sent {
-                        sent += done as u64;
                         break 'outer;
                     }
                 }
             }
+            sent += 1;
         }
-        sent += batch as u64;
         let elapsed = start.elapsed();
         if elapsed >= deadline || stdin_closed.load(Ordering::Relaxed) {
             break;
         }
         if pps > 0 {
             let due = Duration::from_secs_f64(sent as f64 / pps as f64);
-            if due >= elapsed + MIN_SLEEP {
+            if due > elapsed {
                 std::thread::sleep((due - elapsed).min(deadline - elapsed));
             }
         }
@@ -279,35 +264,13 @@ impl PacketSocket {
         Ok(socket)
     }
 
-    /// Sends `frames` with one `sendmmsg`; returns how many went (at least one), or the
-    /// error of the first.
-    fn send_all(&self, frames: &[[u8; FRAME_LEN]]) -> io::Result<usize> {
-        let mut iovecs: Vec<libc::iovec> = frames
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr().cast_mut().cast(),
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: all-zero is a valid msghdr (no name, no control data).
-                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                header.msg_hdr.msg_iov = iov;
-                header.msg_hdr.msg_iovlen = 1;
-                header
-            })
-            .collect();
-        let len = u32::try_from(headers.len()).unwrap_or(u32::MAX);
-        // SAFETY: a valid fd and `len` headers, each pointing at one live iovec over a live
-        // frame; the kernel only reads the frames.
-        let n = unsafe { libc::sendmmsg(self.0.as_raw_fd(), headers.as_mut_ptr(), len, 0) };
-        match usize::try_from(n) {
-            Err(_) => Err(io::Error::last_os_error()),
-            Ok(0) => Err(io::Error::other("sendmmsg sent nothing")),
-            Ok(n) => Ok(n),
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: a valid fd and buffer.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
         }
+        Ok(())
     }
 }
 
