@@ -17,8 +17,6 @@ use std::{
 use super::AttachMode;
 use crate::config::XdpMode;
 
-/// `ioctl` request for the ethtool interface (`linux/sockios.h`).
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
 /// ethtool command: driver name and version (`linux/ethtool.h`).
 const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
 /// The driver whose native XDP costs more than generic.
@@ -39,14 +37,6 @@ struct DrvInfo {
     testinfo_len: u32,
     eedump_len: u32,
     regdump_len: u32,
-}
-
-/// `struct ifreq` with the `ifr_data` member of its union (the union is 24 bytes on 64-bit).
-#[repr(C)]
-struct IfReq {
-    name: [c_char; libc::IFNAMSIZ],
-    data: *mut DrvInfo,
-    _union_rest: [u8; 24 - std::mem::size_of::<usize>()],
 }
 
 /// The driver of `interface` (`veth`, `virtio_net`, `mlx5_core`, …). Fails for an unknown
@@ -70,17 +60,15 @@ pub fn driver(interface: &str) -> io::Result<String> {
     // SAFETY: both are plain C structs for which all-zero is a valid value.
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
-    let mut request = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &raw mut info,
-        _union_rest: [0; 24 - std::mem::size_of::<usize>()],
-    };
-    for (dst, &src) in request.name.iter_mut().zip(bytes) {
+    // SAFETY: as above.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    request.ifr_ifru.ifru_data = (&raw mut info).cast();
+    for (dst, &src) in request.ifr_name.iter_mut().zip(bytes) {
         *dst = src as c_char;
     }
     // SAFETY: a valid socket, and a request whose data pointer is a live `ethtool_drvinfo`
     // the kernel fills in (at most its size).
-    let done = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL as _, &raw mut request) };
+    let done = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL as _, &raw mut request) };
     if done < 0 {
         return Err(io::Error::last_os_error());
     }

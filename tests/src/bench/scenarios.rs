@@ -31,6 +31,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
+use relay_ctl::config::XdpMode;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -268,30 +269,20 @@ struct Spec {
     label: &'static str,
     users: usize,
     fast: bool,
-    xdp: Xdp,
+    /// `[xdp] mode`: `Auto` is what an operator gets (native, or generic on a veth).
+    xdp: XdpMode,
     /// The flood configuration: default SYN limits and the blocked range; otherwise limits so
     /// high that the benchmark's own connections are never limited.
     flood: bool,
 }
 
-/// The relay's `[xdp] mode`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Xdp {
-    /// What an operator gets by default: native, or generic on a veth.
-    Auto,
-    /// Native even on a veth, for contrast.
-    Native,
-    /// Userspace enforcement.
-    Off,
-}
-
-impl Xdp {
-    fn config(self) -> &'static str {
-        match self {
-            Xdp::Auto => "auto",
-            Xdp::Native => "native",
-            Xdp::Off => "off",
-        }
+/// `mode` as `[xdp] mode` spells it.
+fn xdp_mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Auto => "auto",
+        XdpMode::Native => "native",
+        XdpMode::Generic => "generic",
+        XdpMode::Off => "off",
     }
 }
 
@@ -538,7 +529,7 @@ impl<'a> Bench<'a> {
         proc.wait_line(Stream::Err, Duration::from_secs(30), |l| {
             l.contains("ready")
         })?;
-        let xdp_mode = if spec.xdp == Xdp::Off {
+        let xdp_mode = if spec.xdp == XdpMode::Off {
             "off".to_owned()
         } else {
             attached_mode(&proc.tail()).with_context(|| {
@@ -702,7 +693,7 @@ impl<'a> Bench<'a> {
             label: "main",
             users: 1,
             fast: true,
-            xdp: Xdp::Auto,
+            xdp: XdpMode::Auto,
             flood: false,
         })?;
         self.throughput_matrix(&relay);
@@ -744,7 +735,7 @@ impl<'a> Bench<'a> {
             label: "slow",
             users: 1,
             fast: false,
-            xdp: Xdp::Auto,
+            xdp: XdpMode::Auto,
             flood: false,
         })?;
         self.throughput_matrix(&relay);
@@ -757,7 +748,7 @@ impl<'a> Bench<'a> {
             label: "users",
             users: 1000,
             fast: true,
-            xdp: Xdp::Auto,
+            xdp: XdpMode::Auto,
             flood: false,
         })?;
         for mode in ["dd", "tls"] {
@@ -782,7 +773,7 @@ impl<'a> Bench<'a> {
             label: "memory",
             users: 1,
             fast: true,
-            xdp: Xdp::Auto,
+            xdp: XdpMode::Auto,
             flood: false,
         })?;
         let outcome = self.idle(&relay);
@@ -792,9 +783,9 @@ impl<'a> Bench<'a> {
     }
 
     fn flood_group(&mut self) -> Result<()> {
-        for xdp in [Xdp::Auto, Xdp::Off] {
+        for xdp in [XdpMode::Auto, XdpMode::Off] {
             let relay = self.start_relay(Spec {
-                label: if xdp == Xdp::Off {
+                label: if xdp == XdpMode::Off {
                     "flood-off"
                 } else {
                     "flood-xdp"
@@ -804,7 +795,7 @@ impl<'a> Bench<'a> {
                 xdp,
                 flood: true,
             })?;
-            let xdp = if xdp == Xdp::Off { "off" } else { "on" };
+            let xdp = if xdp == XdpMode::Off { "off" } else { "on" };
             // The unloaded figure is the mean of a window before and one after the floods,
             // so drift in the machine's load during the group moves both sides alike.
             let before = self.flood(&relay, None, None);
@@ -861,7 +852,7 @@ impl<'a> Bench<'a> {
     /// and turns off GSO on the peer, so the peer sends MTU-sized segments; that is why the
     /// relay's `auto` mode attaches generic there. Both rows show what that choice is worth.
     fn xdp_contrasts(&mut self) -> Result<()> {
-        for (xdp, label) in [(Xdp::Native, "native-xdp"), (Xdp::Off, "no-xdp")] {
+        for (xdp, label) in [(XdpMode::Native, "native-xdp"), (XdpMode::Off, "no-xdp")] {
             let relay = self.start_relay(Spec {
                 label,
                 users: 1,
@@ -884,7 +875,7 @@ impl<'a> Bench<'a> {
             label: "main",
             users: 1,
             fast: true,
-            xdp: Xdp::Auto,
+            xdp: XdpMode::Auto,
             flood: false,
         })?;
         if full {
@@ -904,7 +895,7 @@ impl<'a> Bench<'a> {
             label: "users",
             users: 1000,
             fast: true,
-            xdp: Xdp::Auto,
+            xdp: XdpMode::Auto,
             flood: false,
         })?;
         for mode in ["dd", "tls"] {
@@ -1231,7 +1222,7 @@ impl<'a> Bench<'a> {
         let mut row = per_sec(&before.4, &after.4, window);
         // Packets that reached the relay's namespace: XDP sees them all; without XDP the IP
         // layer counts them.
-        row["arrived_per_sec"] = if relay.spec.xdp != Xdp::Off {
+        row["arrived_per_sec"] = if relay.spec.xdp != XdpMode::Off {
             json!(
                 row["verdicts_per_sec"]
                     .as_object()
@@ -1461,7 +1452,7 @@ dir = "{state}"
 "#,
         label = spec.label,
         fast = spec.fast,
-        mode = spec.xdp.config(),
+        mode = xdp_mode_name(spec.xdp),
         admin = admin.display(),
         state = state.display(),
     )
