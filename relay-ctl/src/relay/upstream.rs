@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::RelayContext;
 use crate::proto::{
@@ -50,6 +50,24 @@ pub fn addresses(ctx: &RelayContext, dc: i16) -> Result<(i16, Vec<SocketAddr>), 
     Err(UpstreamError::UnknownDc(dc))
 }
 
+/// Opens a TCP connection to `addr` with Nagle off, since every relayed write is a whole
+/// message the DC is waiting for. Quick ACK is off while connecting, so the kernel sends the
+/// handshake's closing ACK with the first data (the DC header, written at once) instead of as
+/// a packet of its own, as haproxy's `tcp-smart-connect` does; on the DC leg of a short
+/// connection that is one packet in eleven, and the kernel's delayed-ACK rules apply after it.
+async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_quickack(false)?;
+    TcpSocket::from_std_stream(socket.into())
+        .connect(addr)
+        .await
+}
+
 /// Connects to DC `dc` (or the default DC) and builds a fresh DC-side header carrying `tag`;
 /// the caller sends it (`DcHandshake::wire`) together with the client's first bytes, so the
 /// DC gets one segment instead of two (TCP_NODELAY is on: two writes would be two packets).
@@ -66,7 +84,7 @@ pub async fn connect(
     let mut stream = None;
     let start = std::time::Instant::now();
     for addr in addrs {
-        match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(ctx.connect_timeout, dial(addr)).await {
             Ok(Ok(s)) => {
                 // Counted from the first attempt: failed addresses before it are part of
                 // what the client waited for.
@@ -82,11 +100,45 @@ pub async fn connect(
         dc,
         errors: errors.join("; "),
     })?;
-    // Every relayed write is a whole message the DC is waiting for: no Nagle delay.
-    let _ = stream.set_nodelay(true);
     let leg = {
         let mut rng = rand::rng();
         obfs2::dc_header(&mut rng, tag, dc, fast)
     };
     Ok((stream, leg))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn dial_connects_with_nagle_off_and_carries_bytes_both_ways() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (dialed, accepted) = tokio::join!(dial(addr), listener.accept());
+        let (mut dialed, (mut accepted, _)) = (dialed.expect("dial"), accepted.expect("accept"));
+        assert!(dialed.nodelay().expect("getsockopt"));
+        dialed.write_all(b"header").await.expect("write");
+        let mut got = [0u8; 6];
+        accepted.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"header");
+        accepted.write_all(b"reply").await.expect("write");
+        let mut got = [0u8; 5];
+        dialed.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"reply");
+    }
+
+    #[tokio::test]
+    async fn dial_reports_a_refused_connection() {
+        // A port that was just free: nothing listens there.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let err = dial(addr).await.expect_err("nothing listens");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
 }
