@@ -717,6 +717,14 @@ fn kill9_and_restart_keeps_lists_bans_switches_and_usage() {
         (refusals(&relay.log(), "bob", "disabled") == 1).then_some(())
     })
     .unwrap_or_else(|| panic!("bob not refused as disabled:\n{}", relay.log()));
+    // The `conn` span exists at debug level only: an info line names its (masked) peer itself.
+    let log = relay.log();
+    let refused = user_lines(&log, REFUSED, "bob");
+    assert_eq!(
+        field(refused[0], "peer"),
+        Some("127.0.0.0/24"),
+        "{refused:?}"
+    );
     assert_eq!(dc.sessions().len(), sessions, "bob reached the DC");
     let mut client = rust_client(
         addr,

@@ -39,7 +39,8 @@ use crate::{
 };
 
 /// Serves one accepted client connection to its end. The caller runs it inside a `conn` span
-/// carrying the (masked) peer, so nothing in here logs the address again.
+/// carrying the (masked) peer at debug level; lines logged here at info and above name the
+/// peer themselves.
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
@@ -81,13 +82,14 @@ pub async fn serve(
                     drop(std::mem::take(&mut seen));
                     ctx.stats.handshake(Some(mode), HandshakeResult::Ok);
                     active.enter(ConnState::Relayed(mode));
-                    relay(client, accepted, admitted.account(), &ctx).await;
+                    relay(client, peer, accepted, admitted.account(), &ctx).await;
                 }
                 Err(rejection) => {
                     ctx.stats.handshake(Some(mode), HandshakeResult::Rejected);
                     // A shared link can make this once per connection: rate-limited.
                     crate::info_limited!(
                         (10, 50),
+                        peer = %crate::privacy::addr(peer),
                         user = account.name,
                         reason = rejection.name(),
                         "connection refused by user limit"
@@ -116,7 +118,13 @@ pub async fn serve(
     }
 }
 
-async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &RelayContext) {
+async fn relay(
+    client: TcpStream,
+    peer: SocketAddr,
+    accepted: Accepted,
+    account: &Account,
+    ctx: &RelayContext,
+) {
     let user = account.name.as_str();
     let Accepted {
         handshake,
@@ -133,6 +141,7 @@ async fn relay(client: TcpStream, accepted: Accepted, account: &Account, ctx: &R
             // A DC outage makes this once per connection: rate-limited.
             crate::info_limited!(
                 (5, 20),
+                peer = %crate::privacy::addr(peer),
                 user,
                 dc = handshake.dc,
                 "DC connection failed: {e}"
