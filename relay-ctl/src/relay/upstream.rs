@@ -53,8 +53,10 @@ pub fn addresses(ctx: &RelayContext, dc: i16) -> Result<(i16, Vec<SocketAddr>), 
 /// Opens a TCP connection to `addr` with Nagle off, since every relayed write is a whole
 /// message the DC is waiting for. Quick ACK is off while connecting, so the kernel sends the
 /// handshake's closing ACK with the first data (the DC header, written at once) instead of as
-/// a packet of its own, as haproxy's `tcp-smart-connect` does; on the DC leg of a short
-/// connection that is one packet in eleven, and the kernel's delayed-ACK rules apply after it.
+/// a packet of its own, as haproxy's `tcp-smart-connect` does. Because that data follows the
+/// SYN-ACK at once, the kernel then treats the leg as request/response and delays its ACKs
+/// (up to its delayed-ACK timeout, or until our next send), as it does for any such connection
+/// after its first exchange. A short dd connection: 9 segments from the relay instead of 11.
 async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
