@@ -138,7 +138,7 @@ impl XdpProgram {
                         tracing::info!(
                             interface,
                             driver = driver.as_deref().unwrap_or("unknown"),
-                            "generic XDP: on this driver native XDP copies every received frame"
+                            "generic XDP: on this driver native XDP turns off the peer's GSO and copies every frame"
                         );
                     }
                     let link = match &self.pins {

@@ -223,10 +223,11 @@ pub fn markdown(report: &Value) -> String {
          receive processing for its sockets and the flood's XDP drops land mostly on the flood \
          sender: see the machine softirq columns. Topology: generator ⇄ veth ⇄ relay (XDP \
          on its veth, `[xdp] mode = \"auto\"`) ⇄ veth ⇄ fake DC, three namespaces. On a veth \
-         `auto` attaches generic XDP: native XDP there makes the kernel copy every frame it \
-         receives (veth_xdp_rcv_skb → skb_pp_cow_data) and turns off GSO on the peer, which a \
-         NIC driver does not; the target row is repeated with XDP forced native and with XDP \
-         off to show both.\n\n",
+         `auto` attaches generic XDP: native XDP there turns off GSO on the peer and copies \
+         every MTU-sized frame it receives (veth_xdp_rcv_skb → skb_pp_cow_data); generic XDP \
+         copies too (too little headroom: do_xdp_generic → skb_pp_cow_data), but whole GSO \
+         packets. A NIC driver's native XDP does neither. The target row is repeated with XDP \
+         forced native and with XDP off to show both.\n\n",
     );
 
     md.push_str("## Targets (issue 6)\n\n| target | goal | measured | result | best existing (issue) |\n|---|---|---|---|---|\n");
