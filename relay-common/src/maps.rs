@@ -49,6 +49,9 @@ pub const PINNED: [&str; 12] = [
 pub const PIN_LAYOUT: &str = "v1";
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "relay_xdp";
+/// Name of the TC ingress (tcx) classifier in the object file: the same parse and policy as
+/// [`PROGRAM`], for interfaces where XDP would copy every packet (veth).
+pub const PROGRAM_TC: &str = "relay_tc";
 
 /// Capacity of [`LISTEN_PORTS`].
 pub const MAX_LISTEN_PORTS: u32 = 64;

@@ -736,14 +736,17 @@ fn auto_interfaces() -> Vec<String> {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Native (driver) mode, generic mode where the driver refuses; generic first on a veth,
-    /// where native mode costs more (see `xdp::driver`).
+    /// Native (driver) mode, else the TC ingress hook, else generic mode; TC first on a veth,
+    /// where XDP in either mode copies every packet (see `xdp::driver`).
     #[default]
     Auto,
     /// Native mode only.
     Native,
     /// Generic (skb) mode only.
     Generic,
+    /// The same program as a TC ingress (tcx) classifier only: after the skb exists, like
+    /// generic mode, without its copy.
+    Tc,
     /// No XDP: enforce everything in userspace at accept time.
     Off,
 }

@@ -1,4 +1,5 @@
-//! relay's XDP program: the kernel fast path in front of the relay's listen ports.
+//! relay's XDP program (and its TC twin for veth): the kernel fast path in front of the
+//! relay's listen ports.
 //!
 //! It drops allowlist-free sources that are banned or inside a blocked CIDR, and rate-limits bare
 //! SYNs per source, before the kernel allocates anything for them. It never looks past the TCP
@@ -10,30 +11,63 @@
 mod parse;
 mod policy;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use relay_common::Verdict;
 
-use crate::parse::Parsed;
+use crate::parse::{Frame, Parsed};
 
-/// Entry point: parse, decide, count.
-///
-/// Declared frags-aware (multi-buffer): it reads only the headers, which are in the first
-/// buffer. Without that, generic XDP linearizes every GRO/GSO packet into one large
-/// allocation and drops the packet when that fails: on a veth (where `auto` picks generic)
-/// the benchmark's 64-connection transfers stalled.
-#[xdp(frags)]
-pub fn relay_xdp(ctx: XdpContext) -> u32 {
-    let verdict = match parse::parse(&ctx) {
-        Parsed::Tcp(segment) => policy::decide(&ctx, &segment),
+/// Parse, decide, count: what both entry points do.
+#[inline(always)]
+fn verdict<C: EbpfContext + Frame>(ctx: &C) -> Verdict {
+    let verdict = match parse::parse(ctx) {
+        Parsed::Tcp(segment) => policy::decide(ctx, &segment),
         Parsed::NotTcp => Verdict::NotOurs,
         Parsed::Fragment => Verdict::Fragment,
         Parsed::Unparsed => Verdict::Unparsed,
     };
     policy::count(verdict);
-    if verdict.drops() {
+    verdict
+}
+
+/// XDP entry point.
+///
+/// Declared frags-aware (multi-buffer): it reads only the headers, which are in the first
+/// buffer. Without that, generic XDP linearizes every GRO/GSO packet into one large
+/// allocation and drops the packet when that fails.
+#[xdp(frags)]
+pub fn relay_xdp(ctx: XdpContext) -> u32 {
+    if verdict(&ctx).drops() {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
+    }
+}
+
+/// Headers the parser may read: Ethernet, one VLAN tag, IPv6 (the longer IP header), TCP.
+const HEADERS_MAX: u32 = 14 + 4 + 40 + 20;
+
+/// TC ingress (tcx) entry point, for interfaces where XDP costs a copy of every packet (a
+/// veth): the same decision, after the skb exists, as generic XDP would be, but without the
+/// copy. Passing returns `TC_ACT_UNSPEC` (tcx: "next"), so programs attached after this one
+/// still run.
+#[classifier]
+pub fn relay_tc(ctx: TcContext) -> i32 {
+    // Direct reads see only the skb's linear part; headers are nearly always in it, but a
+    // packet built otherwise gets them pulled in (a copy only when actually needed).
+    let linear = ctx.data_end() - ctx.data();
+    let wanted = ctx.len().min(HEADERS_MAX);
+    if (linear as u32) < wanted {
+        let _ = ctx.pull_data(wanted);
+    }
+    if verdict(&ctx).drops() {
+        TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_UNSPEC
     }
 }
 

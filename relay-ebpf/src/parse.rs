@@ -3,7 +3,7 @@
 //! Every read goes through [`read`], which checks the access against `data_end` as the verifier
 //! demands. Anything the parser cannot follow is reported, never guessed at.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -46,9 +46,40 @@ pub enum Parsed {
     Unparsed,
 }
 
+/// A packet the program can read directly: XDP's frame, or TC's linear skb data (which at
+/// ingress starts at the MAC header, as an XDP frame does).
+pub trait Frame {
+    /// Address of the first byte.
+    fn data(&self) -> usize;
+    /// Address one past the last readable byte.
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 /// Reads `N` bytes at `offset`, or `None` if they extend past the end of the frame.
 #[inline(always)]
-fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+fn read<const N: usize, F: Frame>(ctx: &F, offset: usize) -> Option<[u8; N]> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + N > end {
@@ -60,14 +91,14 @@ fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
 
 /// Parses the frame in `ctx` down to the TCP flags.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
-    let Some([hi, lo]) = read::<2>(ctx, ETH_HLEN - 2) else {
+pub fn parse<F: Frame>(ctx: &F) -> Parsed {
+    let Some([hi, lo]) = read::<2, F>(ctx, ETH_HLEN - 2) else {
         return Parsed::Unparsed;
     };
     let mut ethertype = u16::from_be_bytes([hi, lo]);
     let mut l3 = ETH_HLEN;
     if ethertype == ETH_P_8021Q {
-        let Some([hi, lo]) = read::<2>(ctx, ETH_HLEN + VLAN_HLEN - 2) else {
+        let Some([hi, lo]) = read::<2, F>(ctx, ETH_HLEN + VLAN_HLEN - 2) else {
             return Parsed::Unparsed;
         };
         ethertype = u16::from_be_bytes([hi, lo]);
@@ -81,8 +112,8 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
-    let Some(h) = read::<IPV4_MIN_HLEN>(ctx, l3) else {
+fn parse_ipv4<F: Frame>(ctx: &F, l3: usize) -> Parsed {
+    let Some(h) = read::<IPV4_MIN_HLEN, F>(ctx, l3) else {
         return Parsed::Unparsed;
     };
     let version = h[0] >> 4;
@@ -102,8 +133,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
-    let Some(h) = read::<IPV6_HLEN>(ctx, l3) else {
+fn parse_ipv6<F: Frame>(ctx: &F, l3: usize) -> Parsed {
+    let Some(h) = read::<IPV6_HLEN, F>(ctx, l3) else {
         return Parsed::Unparsed;
     };
     if h[0] >> 4 != 6 {
@@ -126,8 +157,8 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_tcp(ctx: &XdpContext, l4: usize, source: Source) -> Parsed {
-    let Some(h) = read::<TCP_MIN_HLEN>(ctx, l4) else {
+fn parse_tcp<F: Frame>(ctx: &F, l4: usize, source: Source) -> Parsed {
+    let Some(h) = read::<TCP_MIN_HLEN, F>(ctx, l4) else {
         return Parsed::Unparsed;
     };
     Parsed::Tcp(Segment {

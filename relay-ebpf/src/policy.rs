@@ -1,11 +1,11 @@
 //! The maps and the decision: allowlist, bans, blocked CIDRs, then the new-connection limiter.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use relay_common::{
@@ -58,7 +58,7 @@ pub fn count(verdict: Verdict) {
 
 /// Decides the fate of a TCP segment.
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, segment: &Segment) -> Verdict {
+pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
     if LISTEN_PORTS.get_ptr(segment.dst_port).is_none() {
         return Verdict::NotOurs;
     }
@@ -116,8 +116,8 @@ fn now() -> u64 {
 
 /// Spends one of the source's tokens, creating its bucket within the per-CPU state budget.
 #[inline(always)]
-fn limit<K>(
-    ctx: &XdpContext,
+fn limit<C: EbpfContext, K>(
+    ctx: &C,
     buckets: &LruHashMap<K, TokenBucket>,
     key: &K,
     config: &XdpConfig,

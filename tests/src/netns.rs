@@ -10,6 +10,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sched::{CloneFlags, setns};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -168,6 +169,22 @@ impl NetPair {
             _ => "unknown",
         };
         Some((mode.to_owned(), u32::try_from(id).ok()?))
+    }
+}
+
+impl NetPair {
+    /// The program enforcing on the server interface, as `(hook, program id)`: `"xdp"`
+    /// (native), `"xdpgeneric"` or `"tcx"` (TC ingress), if any.
+    pub fn server_hook(&self) -> Option<(String, u32)> {
+        if let Some(xdp) = self.server_xdp() {
+            return Some(xdp);
+        }
+        let ids = in_namespace(&self.server_ns, || {
+            SchedClassifier::query_tcx(&self.server_if, TcAttachType::Ingress)
+                .map(|(_, programs)| programs.iter().map(|p| p.id()).collect::<Vec<u32>>())
+        })
+        .ok()?;
+        ids.first().map(|&id| ("tcx".to_owned(), id))
     }
 }
 

@@ -81,7 +81,6 @@ drain_secs = 0
 
 [xdp]
 interfaces = ["{iface}"]
-mode = "native"
 {xdp}
 
 [blocklist]
@@ -108,7 +107,13 @@ fn daemon_runs_as_the_configured_user_with_only_bpf_and_net_admin() {
     let dir = traversable_dir();
     let relay = Relay::start(
         &pair.server_ns,
-        &relay_config(&pair, dir.path(), "user = \"nobody\"", "", ""),
+        &relay_config(
+            &pair,
+            dir.path(),
+            "user = \"nobody\"",
+            "mode = \"native\"",
+            "",
+        ),
     );
     assert!(
         relay.log().contains("dropped privileges"),
@@ -157,7 +162,7 @@ fn daemon_runs_as_the_configured_user_with_only_bpf_and_net_admin() {
     assert!(kernel::verdict_counts(prog_id)[Verdict::BlockedCidr as usize] >= 1);
 
     let log = relay.stop();
-    assert!(log.contains("XDP detached"), "{log}");
+    assert!(log.contains("program detached"), "{log}");
     assert_eq!(
         pair.server_xdp(),
         None,
@@ -217,11 +222,26 @@ fn keep_on_exit_protects_while_stopped_and_the_next_start_takes_over() {
     if !privileged("keep_on_exit_protects_while_stopped_and_the_next_start_takes_over") {
         return;
     }
+    keep_on_exit_cycle("native", "xdp");
+}
+
+/// The same with the TC hook (`auto` on a veth): its tcx link is pinned and taken over too.
+#[test]
+fn keep_on_exit_with_the_tc_hook() {
+    if !privileged("keep_on_exit_with_the_tc_hook") {
+        return;
+    }
+    keep_on_exit_cycle("auto", "tcx");
+}
+
+/// Three runs with `[xdp] mode = mode`, attaching as `hook` ([`NetPair::server_hook`]): with
+/// keep_on_exit, stopped, taken over, then keep_on_exit off.
+fn keep_on_exit_cycle(mode: &str, hook: &str) {
     let pair = NetPair::new("pin", 5);
     let bpffs = Bpffs::mount();
     let dir = traversable_dir();
     let keep = format!(
-        "keep_on_exit = true\npin_dir = \"{}\"",
+        "mode = \"{mode}\"\nkeep_on_exit = true\npin_dir = \"{}\"",
         bpffs.path().display()
     );
     let blocked = format!("\"{}/32\"", client_v4(3));
@@ -231,7 +251,8 @@ fn keep_on_exit_protects_while_stopped_and_the_next_start_takes_over() {
         &pair.server_ns,
         &relay_config(&pair, dir.path(), "", &keep, &blocked),
     );
-    let (_, first_prog) = pair.server_xdp().expect("XDP attached");
+    let (attached, first_prog) = pair.server_hook().expect("program attached");
+    assert_eq!(attached, hook);
     let socket = dir.path().join("run/admin.sock");
     cli(
         &socket,
@@ -242,7 +263,9 @@ fn keep_on_exit_protects_while_stopped_and_the_next_start_takes_over() {
     assert!(log.contains("left attached and pinned"), "{log}");
 
     // Stopped: still attached, still dropping, the maps pinned.
-    let (_, still) = pair.server_xdp().expect("XDP stays attached after exit");
+    let (_, still) = pair
+        .server_hook()
+        .expect("program stays attached after exit");
     assert_eq!(still, first_prog);
     assert!(
         dropped(&pair, client_v4(3)),
@@ -263,11 +286,12 @@ fn keep_on_exit_protects_while_stopped_and_the_next_start_takes_over() {
         &relay_config(&pair, dir.path(), "", &keep, ""),
     );
     assert!(
-        second.log().contains("took over the pinned XDP link"),
+        second.log().contains("took over the pinned link"),
         "{}",
         second.log()
     );
-    let (_, second_prog) = pair.server_xdp().expect("XDP attached");
+    let (attached, second_prog) = pair.server_hook().expect("program attached");
+    assert_eq!(attached, hook);
     assert_ne!(
         second_prog, first_prog,
         "the new program replaced the old one"
@@ -284,7 +308,10 @@ fn keep_on_exit_protects_while_stopped_and_the_next_start_takes_over() {
     second.stop();
 
     // Third run with keep_on_exit off: removes the pins, and detaches at exit.
-    let pin_dir_only = format!("pin_dir = \"{}\"", bpffs.path().display());
+    let pin_dir_only = format!(
+        "mode = \"{mode}\"\npin_dir = \"{}\"",
+        bpffs.path().display()
+    );
     let third = Relay::start(
         &pair.server_ns,
         &relay_config(&pair, dir.path(), "", &pin_dir_only, ""),
@@ -299,7 +326,7 @@ fn keep_on_exit_protects_while_stopped_and_the_next_start_takes_over() {
         "operator block restored from the state dir"
     );
     let log = third.stop();
-    assert!(log.contains("XDP detached"), "{log}");
-    assert_eq!(pair.server_xdp(), None);
+    assert!(log.contains("program detached"), "{log}");
+    assert_eq!(pair.server_hook(), None);
     assert!(!pins.exists(), "pins removed");
 }

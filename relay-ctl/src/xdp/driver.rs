@@ -1,12 +1,14 @@
 //! The kernel driver behind a network interface, as `ethtool -i` reports it, and the attach
 //! modes `[xdp] mode` allows on it, best first.
 //!
-//! `auto` prefers native XDP, except on a veth (containers, network namespaces): there the
-//! frames already arrive as socket buffers, and native XDP makes the kernel copy every
-//! received frame into a private buffer and turn off GSO on the peer, so the peer sends
-//! MTU-sized segments. Generic XDP runs the same program on the same frames without either:
-//! on a veth it costs the relay far less CPU per byte relayed and drops a SYN flood at the
-//! same rate (measured in `cargo xtask bench`; figures in issue 6).
+//! `auto` prefers native XDP, which runs in the driver before any allocation. Where the driver
+//! has none, both other places run after the skb exists, and generic XDP then copies nearly
+//! every packet (it needs 256 bytes of headroom that skbs rarely have), while the TC ingress
+//! (tcx) hook runs the same program without copying: so TC comes next, and generic XDP last
+//! (kernels before 6.6 have no tcx). On a veth (containers, network namespaces) the frames
+//! already arrive as skbs and native XDP is the worst place: it copies every frame and turns
+//! off GSO on the peer, so `auto` starts with TC there (measured in `cargo xtask bench`;
+//! figures in issue 6).
 
 use std::{
     ffi::c_char,
@@ -84,9 +86,10 @@ pub fn driver(interface: &str) -> io::Result<String> {
 /// The modes to try on an interface whose driver is `driver` (`None`: unknown), in order.
 pub fn attach_order(mode: XdpMode, driver: Option<&str>) -> &'static [AttachMode] {
     match mode {
-        XdpMode::Auto if driver == Some(VETH) => &[AttachMode::Generic, AttachMode::Native],
-        XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+        XdpMode::Auto if driver == Some(VETH) => &[AttachMode::Tc, AttachMode::Generic],
+        XdpMode::Auto => &[AttachMode::Native, AttachMode::Tc, AttachMode::Generic],
         XdpMode::Native => &[AttachMode::Native],
+        XdpMode::Tc => &[AttachMode::Tc],
         XdpMode::Generic | XdpMode::Off => &[AttachMode::Generic],
     }
 }
@@ -96,15 +99,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_prefers_generic_on_veth_only() {
+    fn auto_prefers_tc_on_veth_and_native_elsewhere() {
         assert_eq!(
             attach_order(XdpMode::Auto, Some("veth")),
-            [AttachMode::Generic, AttachMode::Native]
+            [AttachMode::Tc, AttachMode::Generic]
         );
         for other in [Some("virtio_net"), Some("mlx5_core"), None] {
             assert_eq!(
                 attach_order(XdpMode::Auto, other),
-                [AttachMode::Native, AttachMode::Generic],
+                [AttachMode::Native, AttachMode::Tc, AttachMode::Generic],
                 "{other:?}"
             );
         }
@@ -114,9 +117,10 @@ mod tests {
             [AttachMode::Native]
         );
         assert_eq!(
-            attach_order(XdpMode::Generic, Some("ixgbe")),
+            attach_order(XdpMode::Generic, Some("veth")),
             [AttachMode::Generic]
         );
+        assert_eq!(attach_order(XdpMode::Tc, Some("ixgbe")), [AttachMode::Tc]);
     }
 
     #[test]

@@ -11,8 +11,9 @@ use std::{fmt, path::PathBuf};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        ProgramError, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -26,8 +27,12 @@ use crate::config;
 pub enum AttachMode {
     /// In the driver, before any allocation.
     Native,
-    /// In the core stack after the skb is built (drivers without XDP support, and veth).
+    /// In the core stack after the skb is built (drivers without XDP support). Copies every
+    /// packet that lacks XDP's 256 bytes of headroom, which is nearly all of them.
     Generic,
+    /// Not XDP: the same program as a TC ingress (tcx) classifier, after the skb is built like
+    /// generic XDP but without its copy. For veth, where both XDP modes copy every packet.
+    Tc,
 }
 
 impl fmt::Display for AttachMode {
@@ -35,6 +40,7 @@ impl fmt::Display for AttachMode {
         f.write_str(match self {
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
+            AttachMode::Tc => "tc",
         })
     }
 }
@@ -69,9 +75,16 @@ pub enum XdpError {
 pub struct XdpProgram {
     ebpf: Ebpf,
     maps: XdpMaps,
-    links: Vec<(String, AttachMode, XdpLinkId)>,
+    links: Vec<(String, AttachMode, LinkId)>,
     /// With `keep_on_exit`: where maps and links are pinned.
     pins: Option<pin::PinDir>,
+}
+
+/// The kernel's handle on one attachment.
+#[derive(Debug)]
+enum LinkId {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
 }
 
 /// The program's log channel; must be drained (see [`drain_logs`]).
@@ -97,6 +110,7 @@ impl XdpProgram {
             }
         };
         program(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        classifier(&mut ebpf)?.load().map_err(XdpError::Program)?;
         let maps = XdpMaps::take(&mut ebpf)?;
         Ok((
             XdpProgram {
@@ -122,23 +136,19 @@ impl XdpProgram {
         }
         let mut failures = Vec::new();
         for &attempt in attempts {
-            let kernel_mode = match attempt {
-                AttachMode::Native => XdpMode::Driver,
-                AttachMode::Generic => XdpMode::Skb,
-            };
-            match program(&mut self.ebpf)?.attach(interface, kernel_mode) {
+            match self.attach_once(interface, attempt) {
                 Ok(link) => {
                     if !failures.is_empty() {
                         tracing::info!(
                             interface,
-                            "falling back to {attempt} XDP: {}",
+                            "falling back to {attempt} mode: {}",
                             failures.join("; ")
                         );
-                    } else if attempt == AttachMode::Generic && mode == config::XdpMode::Auto {
+                    } else if attempt == AttachMode::Tc && mode == config::XdpMode::Auto {
                         tracing::info!(
                             interface,
                             driver = driver.as_deref().unwrap_or("unknown"),
-                            "generic XDP: on this driver native XDP turns off the peer's GSO and copies every frame"
+                            "TC ingress instead of XDP: on this driver XDP copies every packet"
                         );
                     }
                     let link = match &self.pins {
@@ -157,6 +167,22 @@ impl XdpProgram {
             interface: interface.to_owned(),
             reason: failures.join("; "),
         })
+    }
+
+    /// One attach in `mode`, unpinned.
+    fn attach_once(&mut self, interface: &str, mode: AttachMode) -> Result<LinkId, ProgramError> {
+        let kernel_mode = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+            AttachMode::Tc => {
+                let prog = classifier(&mut self.ebpf).map_err(program_error)?;
+                return prog
+                    .attach(interface, TcAttachType::Ingress)
+                    .map(LinkId::Tc);
+            }
+        };
+        let prog = program(&mut self.ebpf).map_err(program_error)?;
+        prog.attach(interface, kernel_mode).map(LinkId::Xdp)
     }
 
     /// With pins: if an earlier run left a link on `interface` in an allowed mode, swaps this
@@ -189,17 +215,10 @@ impl XdpProgram {
                 error_chain(&e)
             ))
         })?;
-        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
-            failed(format!(
-                "pinned link {}: {}",
-                path.display(),
-                error_chain(&e)
-            ))
-        })?;
-        let id = program(&mut self.ebpf)?
-            .attach_to_link(link)
-            .map_err(|e| failed(format!("replacing the pinned program: {}", error_chain(&e))))?;
-        tracing::info!(interface, %mode, "took over the pinned XDP link without detaching");
+        let id = self
+            .replace_program(mode, FdLink::from(pinned))
+            .map_err(|e| failed(format!("pinned link {}: {e}", path.display())))?;
+        tracing::info!(interface, %mode, "took over the pinned link without detaching");
         self.links.push((interface.to_owned(), mode, id));
         Ok(Some(mode))
     }
@@ -210,21 +229,37 @@ impl XdpProgram {
         &mut self,
         interface: &str,
         mode: AttachMode,
-        id: XdpLinkId,
+        id: LinkId,
         path: PathBuf,
-    ) -> Result<XdpLinkId, XdpError> {
+    ) -> Result<LinkId, XdpError> {
         let failed = |reason: String| XdpError::Attach {
             interface: interface.to_owned(),
             reason,
         };
-        let prog = program(&mut self.ebpf)?;
-        let link = prog.take_link(id).map_err(XdpError::Program)?;
-        let fd = FdLink::try_from(link).map_err(|e| {
-            failed(format!(
-                "{mode} attachment is not a bpf_link, cannot pin it: {}",
-                error_chain(&e)
-            ))
-        })?;
+        let fd = match id {
+            LinkId::Xdp(id) => program(&mut self.ebpf)?
+                .take_link(id)
+                .map_err(XdpError::Program)
+                .and_then(|link| {
+                    FdLink::try_from(link).map_err(|e| {
+                        failed(format!(
+                            "{mode} attachment is not a bpf_link, cannot pin it: {}",
+                            error_chain(&e)
+                        ))
+                    })
+                })?,
+            LinkId::Tc(id) => classifier(&mut self.ebpf)?
+                .take_link(id)
+                .map_err(XdpError::Program)
+                .and_then(|link| {
+                    FdLink::try_from(link).map_err(|e| {
+                        failed(format!(
+                            "{mode} attachment is not a bpf_link, cannot pin it: {}",
+                            error_chain(&e)
+                        ))
+                    })
+                })?,
+        };
         let pinned = fd.pin(&path).map_err(|e| {
             failed(format!(
                 "pinning at {}: {}",
@@ -232,8 +267,30 @@ impl XdpProgram {
                 error_chain(&e)
             ))
         })?;
-        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| failed(error_chain(&e)))?;
-        prog.attach_to_link(link).map_err(XdpError::Program)
+        self.replace_program(mode, FdLink::from(pinned))
+            .map_err(failed)
+    }
+
+    /// Makes `link` (a bpf_link in `mode`) run this program, atomically, and returns the
+    /// program's handle on it.
+    fn replace_program(&mut self, mode: AttachMode, link: FdLink) -> Result<LinkId, String> {
+        match mode {
+            AttachMode::Native | AttachMode::Generic => {
+                let link = XdpLink::try_from(link).map_err(|e| error_chain(&e))?;
+                program(&mut self.ebpf)
+                    .map_err(|e| e.to_string())?
+                    .attach_to_link(link)
+                    .map(LinkId::Xdp)
+            }
+            AttachMode::Tc => {
+                let link = SchedClassifierLink::try_from(link).map_err(|e| error_chain(&e))?;
+                classifier(&mut self.ebpf)
+                    .map_err(|e| e.to_string())?
+                    .attach_to_link(link)
+                    .map(LinkId::Tc)
+            }
+        }
+        .map_err(|e| format!("replacing the program: {}", error_chain(&e)))
     }
 
     /// Whether links and maps stay after exit.
@@ -260,7 +317,7 @@ impl XdpProgram {
     pub fn detach_all(&mut self) {
         if self.pins.is_some() {
             for (interface, mode, _) in &self.links {
-                tracing::info!(interface, %mode, "XDP left attached and pinned (keep_on_exit)");
+                tracing::info!(interface, %mode, "program left attached and pinned (keep_on_exit)");
             }
             // Closing the program's handles leaves the pinned links attached.
             self.links.clear();
@@ -268,9 +325,16 @@ impl XdpProgram {
         }
         let links = std::mem::take(&mut self.links);
         for (interface, mode, link) in links {
-            match program(&mut self.ebpf).and_then(|p| p.detach(link).map_err(XdpError::Program)) {
-                Ok(()) => tracing::info!(interface, %mode, "XDP detached"),
-                Err(e) => tracing::warn!(interface, "detaching XDP failed: {e}"),
+            let detached = match link {
+                LinkId::Xdp(link) => {
+                    program(&mut self.ebpf).and_then(|p| p.detach(link).map_err(XdpError::Program))
+                }
+                LinkId::Tc(link) => classifier(&mut self.ebpf)
+                    .and_then(|p| p.detach(link).map_err(XdpError::Program)),
+            };
+            match detached {
+                Ok(()) => tracing::info!(interface, %mode, "program detached"),
+                Err(e) => tracing::warn!(interface, %mode, "detaching failed: {e}"),
             }
         }
     }
@@ -279,6 +343,22 @@ impl XdpProgram {
 impl Drop for XdpProgram {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, XdpError> {
+    let name = relay_common::maps::PROGRAM_TC;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| XdpError::Program(ProgramError::UnexpectedProgramType))?;
+    prog.try_into().map_err(XdpError::Program)
+}
+
+/// The program error inside `e`, for paths that only report program errors.
+fn program_error(e: XdpError) -> ProgramError {
+    match e {
+        XdpError::Program(e) => e,
+        other => ProgramError::IOError(std::io::Error::other(other.to_string())),
     }
 }
 

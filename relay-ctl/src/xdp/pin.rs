@@ -71,7 +71,7 @@ impl PinDir {
 
     /// A link an earlier run pinned on `interface`, with its mode.
     pub fn existing_link(&self, interface: &str) -> Option<(AttachMode, PathBuf)> {
-        [AttachMode::Native, AttachMode::Generic]
+        [AttachMode::Native, AttachMode::Generic, AttachMode::Tc]
             .into_iter()
             .map(|mode| (mode, self.link(interface, mode)))
             .find(|(_, path)| path.exists())

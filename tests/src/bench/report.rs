@@ -223,11 +223,12 @@ pub fn markdown(report: &Value) -> String {
          receive processing for its sockets and the flood's XDP drops land mostly on the flood \
          sender: see the machine softirq columns. Topology: generator ⇄ veth ⇄ relay (XDP \
          on its veth, `[xdp] mode = \"auto\"`) ⇄ veth ⇄ fake DC, three namespaces. On a veth \
-         `auto` attaches generic XDP: native XDP there turns off GSO on the peer and copies \
-         every MTU-sized frame it receives (veth_xdp_rcv_skb → skb_pp_cow_data); generic XDP \
-         copies too (too little headroom: do_xdp_generic → skb_pp_cow_data), but whole GSO \
-         packets. A NIC driver's native XDP does neither. The target row is repeated with XDP \
-         forced native and with XDP off to show both.\n\n",
+         `auto` attaches the program at the TC ingress hook (tcx): native XDP there turns off \
+         GSO on the peer and copies every MTU-sized frame it receives (veth_xdp_rcv_skb → \
+         skb_pp_cow_data), and generic XDP copies every packet too (too little headroom: \
+         do_xdp_generic → skb_pp_cow_data), though whole GSO packets; TC copies nothing. A NIC \
+         driver's native XDP does none of this. The target row is repeated with XDP forced \
+         native, forced generic, and off to show all three.\n\n",
     );
 
     md.push_str("## Targets (issue 6)\n\n| target | goal | measured | result | best existing (issue) |\n|---|---|---|---|---|\n");
