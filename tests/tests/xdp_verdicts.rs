@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use nix::{
     errno::Errno,
@@ -29,6 +29,9 @@ use relay_tests::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+/// The TC classifier's answers: drop, or "not decided here" (tcx: run the next program).
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_UNSPEC: i32 = -1;
 
 /// The relay's listen port in every test.
 const PORT: u16 = 443;
@@ -130,6 +133,12 @@ impl Fixture {
             .try_into()
             .expect("an XDP program");
         program.load().expect("verifier accepts the program");
+        let classifier: &mut SchedClassifier = ebpf
+            .program_mut(names::PROGRAM_TC)
+            .expect("TC program in the object")
+            .try_into()
+            .expect("a TC classifier");
+        classifier.load().expect("verifier accepts the classifier");
         let mut fixture = Fixture {
             config: take(&mut ebpf, names::CONFIG),
             ports: take(&mut ebpf, names::LISTEN_PORTS),
@@ -228,6 +237,43 @@ impl Fixture {
             "the program must not modify the frame"
         );
         Ok(result.return_value)
+    }
+
+    /// Runs the TC classifier once on `frame` and returns its TC action.
+    fn run_tc(&self, frame: &[u8]) -> i32 {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(names::PROGRAM_TC)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("TC test run of [{}]: {e:?}", hex(frame)));
+        result.return_value as i32
+    }
+
+    /// Like [`Fixture::expect`], through the TC classifier.
+    #[track_caller]
+    fn expect_tc(&self, what: &str, frame: &[u8], verdict: Verdict) {
+        let before = self.counts();
+        let got = self.run_tc(frame);
+        let after = self.counts();
+        let moved: Vec<(Verdict, u64)> = Verdict::ALL
+            .iter()
+            .filter(|v| after[**v as usize] != before[**v as usize])
+            .map(|v| (*v, after[*v as usize].wrapping_sub(before[*v as usize])))
+            .collect();
+        assert_eq!(moved, vec![(verdict, 1)], "{what} (TC): counters moved");
+        let wanted = if action(verdict) == XDP_DROP {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_UNSPEC
+        };
+        assert_eq!(got, wanted, "{what} (TC): action for {}", verdict.name());
     }
 
     /// [`Fixture::try_run`], panicking if the kernel refuses the run.
@@ -1583,4 +1629,89 @@ fn idle_limiter_state_is_forgotten_by_userspace() {
         "idle IPv4 and IPv6 buckets removed"
     );
     assert_eq!(maps.forget_idle_limiter_state(now + 2 * minute, minute), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The TC hook
+// ---------------------------------------------------------------------------------------
+
+/// The TC classifier (what `auto` attaches on a veth) shares the XDP program's parser, policy
+/// and maps: every kind of frame gets the same verdict from both, counted in the same
+/// counters, and a source's SYN budget is one budget across both.
+#[test]
+fn the_tc_hook_decides_as_xdp_does() {
+    if !privileged("the_tc_hook_decides_as_xdp_does") {
+        return;
+    }
+    let mut fx = Fixture::new(DEFAULT_CONFIG);
+    fx.block("198.51.100.0/25");
+    fx.block("2001:db8:0:c8::/64");
+    fx.allow("198.51.100.7/32");
+    fx.ban(v4(200), BanEntry::NEVER);
+    let cases = [
+        ("SYN", Frame::tcp(v4(201), PORT).syn(), Verdict::Passed),
+        (
+            "IPv6 ACK",
+            Frame::tcp(v6(1, 1), PORT).ack(),
+            Verdict::Passed,
+        ),
+        (
+            "SYN from a blocked CIDR",
+            Frame::tcp(v4(1), PORT).syn(),
+            Verdict::BlockedCidr,
+        ),
+        (
+            "IPv6 ACK from a blocked CIDR",
+            Frame::tcp(v6(200, 1), PORT).ack(),
+            Verdict::BlockedCidr,
+        ),
+        (
+            "VLAN-tagged SYN from a blocked CIDR",
+            Frame::tcp(v4(2), PORT).syn().vlan(10),
+            Verdict::BlockedCidr,
+        ),
+        (
+            "allowlisted inside the blocked CIDR",
+            Frame::tcp(v4(7), PORT).syn(),
+            Verdict::Allowlisted,
+        ),
+        ("banned", Frame::tcp(v4(200), PORT).ack(), Verdict::Banned),
+        (
+            "another port",
+            Frame::tcp(v4(1), OTHER_PORT).syn(),
+            Verdict::NotOurs,
+        ),
+        ("UDP", Frame::udp(v4(1), PORT), Verdict::NotOurs),
+        (
+            "IPv4 fragment",
+            Frame::tcp(v4(1), PORT).fragment_offset(8),
+            Verdict::Fragment,
+        ),
+        (
+            "behind an IPv6 extension header",
+            Frame::tcp_v6(v6(200, 1), PORT)
+                .syn()
+                .ipv6_extension(IPPROTO_HOPOPTS),
+            Verdict::Unparsed,
+        ),
+        (
+            "truncated TCP header",
+            Frame::tcp(v4(1), PORT)
+                .syn()
+                .truncate(ETH_HLEN + IPV4_HLEN + 10),
+            Verdict::Unparsed,
+        ),
+    ];
+    for (what, frame, verdict) in &cases {
+        let frame = frame.build();
+        fx.expect(what, &frame, *verdict);
+        fx.expect_tc(what, &frame, *verdict);
+    }
+    // One SYN budget (a burst of 3) per source, whichever hook spends it.
+    let syn = Frame::tcp(v4(150), PORT).syn().build();
+    fx.expect("SYN 1", &syn, Verdict::Passed);
+    fx.expect_tc("SYN 2", &syn, Verdict::Passed);
+    fx.expect("SYN 3", &syn, Verdict::Passed);
+    fx.expect_tc("SYN 4", &syn, Verdict::SynRateLimited);
+    fx.expect("SYN 5", &syn, Verdict::SynRateLimited);
 }

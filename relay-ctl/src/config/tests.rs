@@ -90,6 +90,23 @@ fn zero_burst_is_rejected() {
 }
 
 #[test]
+fn every_xdp_mode_parses() {
+    for (text, mode) in [
+        ("auto", XdpMode::Auto),
+        ("native", XdpMode::Native),
+        ("tc", XdpMode::Tc),
+        ("generic", XdpMode::Generic),
+        ("off", XdpMode::Off),
+    ] {
+        let config = parse(&format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[xdp]\nmode = \"{text}\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(config.xdp.mode, mode, "{text}");
+    }
+}
+
+#[test]
 fn unknown_mode_is_rejected() {
     expect_invalid(
         "[server]\nlisten = [\"127.0.0.1:1\"]\n[xdp]\nmode = \"turbo\"\n",
