@@ -110,7 +110,13 @@ impl XdpProgram {
             }
         };
         program(&mut ebpf)?.load().map_err(XdpError::Program)?;
-        classifier(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        // Only the TC mode needs it: where it fails, the XDP modes still work.
+        if let Err(e) = classifier(&mut ebpf).and_then(|c| c.load().map_err(XdpError::Program)) {
+            tracing::warn!(
+                "the program's TC variant did not load, only XDP modes are available: {}",
+                error_chain(&e)
+            );
+        }
         let maps = XdpMaps::take(&mut ebpf)?;
         Ok((
             XdpProgram {
