@@ -109,9 +109,11 @@ impl XdpProgram {
                 None
             }
         };
-        program(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        program(&mut ebpf)
+            .and_then(Xdp::load)
+            .map_err(XdpError::Program)?;
         // Only the TC mode needs it: where it fails, the XDP modes still work.
-        if let Err(e) = classifier(&mut ebpf).and_then(|c| c.load().map_err(XdpError::Program)) {
+        if let Err(e) = classifier(&mut ebpf).and_then(SchedClassifier::load) {
             tracing::warn!(
                 "the program's TC variant did not load, only XDP modes are available: {}",
                 error_chain(&e)
@@ -181,13 +183,13 @@ impl XdpProgram {
             AttachMode::Native => XdpMode::Driver,
             AttachMode::Generic => XdpMode::Skb,
             AttachMode::Tc => {
-                let prog = classifier(&mut self.ebpf).map_err(program_error)?;
+                let prog = classifier(&mut self.ebpf)?;
                 return prog
                     .attach(interface, TcAttachType::Ingress)
                     .map(LinkId::Tc);
             }
         };
-        let prog = program(&mut self.ebpf).map_err(program_error)?;
+        let prog = program(&mut self.ebpf)?;
         prog.attach(interface, kernel_mode).map(LinkId::Xdp)
     }
 
@@ -243,29 +245,20 @@ impl XdpProgram {
             reason,
         };
         let fd = match id {
-            LinkId::Xdp(id) => program(&mut self.ebpf)?
-                .take_link(id)
-                .map_err(XdpError::Program)
-                .and_then(|link| {
-                    FdLink::try_from(link).map_err(|e| {
-                        failed(format!(
-                            "{mode} attachment is not a bpf_link, cannot pin it: {}",
-                            error_chain(&e)
-                        ))
-                    })
-                })?,
-            LinkId::Tc(id) => classifier(&mut self.ebpf)?
-                .take_link(id)
-                .map_err(XdpError::Program)
-                .and_then(|link| {
-                    FdLink::try_from(link).map_err(|e| {
-                        failed(format!(
-                            "{mode} attachment is not a bpf_link, cannot pin it: {}",
-                            error_chain(&e)
-                        ))
-                    })
-                })?,
-        };
+            LinkId::Xdp(id) => program(&mut self.ebpf)
+                .and_then(|p| p.take_link(id))
+                .map(FdLink::try_from),
+            LinkId::Tc(id) => classifier(&mut self.ebpf)
+                .and_then(|p| p.take_link(id))
+                .map(FdLink::try_from),
+        }
+        .map_err(XdpError::Program)?
+        .map_err(|e| {
+            failed(format!(
+                "{mode} attachment is not a bpf_link, cannot pin it: {}",
+                error_chain(&e)
+            ))
+        })?;
         let pinned = fd.pin(&path).map_err(|e| {
             failed(format!(
                 "pinning at {}: {}",
@@ -284,15 +277,13 @@ impl XdpProgram {
             AttachMode::Native | AttachMode::Generic => {
                 let link = XdpLink::try_from(link).map_err(|e| error_chain(&e))?;
                 program(&mut self.ebpf)
-                    .map_err(|e| e.to_string())?
-                    .attach_to_link(link)
+                    .and_then(|p| p.attach_to_link(link))
                     .map(LinkId::Xdp)
             }
             AttachMode::Tc => {
                 let link = SchedClassifierLink::try_from(link).map_err(|e| error_chain(&e))?;
                 classifier(&mut self.ebpf)
-                    .map_err(|e| e.to_string())?
-                    .attach_to_link(link)
+                    .and_then(|p| p.attach_to_link(link))
                     .map(LinkId::Tc)
             }
         }
@@ -332,11 +323,8 @@ impl XdpProgram {
         let links = std::mem::take(&mut self.links);
         for (interface, mode, link) in links {
             let detached = match link {
-                LinkId::Xdp(link) => {
-                    program(&mut self.ebpf).and_then(|p| p.detach(link).map_err(XdpError::Program))
-                }
-                LinkId::Tc(link) => classifier(&mut self.ebpf)
-                    .and_then(|p| p.detach(link).map_err(XdpError::Program)),
+                LinkId::Xdp(link) => program(&mut self.ebpf).and_then(|p| p.detach(link)),
+                LinkId::Tc(link) => classifier(&mut self.ebpf).and_then(|p| p.detach(link)),
             };
             match detached {
                 Ok(()) => tracing::info!(interface, %mode, "program detached"),
@@ -352,28 +340,24 @@ impl Drop for XdpProgram {
     }
 }
 
-fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, XdpError> {
-    let name = relay_common::maps::PROGRAM_TC;
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| XdpError::Program(ProgramError::UnexpectedProgramType))?;
-    prog.try_into().map_err(XdpError::Program)
+/// The XDP program in `ebpf`.
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, ProgramError> {
+    named(ebpf, relay_common::maps::PROGRAM)?.try_into()
 }
 
-/// The program error inside `e`, for paths that only report program errors.
-fn program_error(e: XdpError) -> ProgramError {
-    match e {
-        XdpError::Program(e) => e,
-        other => ProgramError::IOError(std::io::Error::other(other.to_string())),
-    }
+/// The TC classifier in `ebpf`.
+fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, ProgramError> {
+    named(ebpf, relay_common::maps::PROGRAM_TC)?.try_into()
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    let name = relay_common::maps::PROGRAM;
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| XdpError::Program(ProgramError::UnexpectedProgramType))?;
-    prog.try_into().map_err(XdpError::Program)
+/// Program `name` in `ebpf`; aya has no "not found" error, so a missing one is reported as
+/// the wrong type.
+fn named<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::Program, ProgramError> {
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)
 }
 
 /// An error and its sources on one line: aya's top-level messages alone hide the errno.
