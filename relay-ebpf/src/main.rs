@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use relay_common::Verdict;
 
-use crate::parse::{Frame, Parsed};
+use crate::parse::{Frame, HEADERS_MAX, Parsed};
 
 /// Parse, decide, count: what both entry points do.
 #[inline(always)]
@@ -48,9 +48,6 @@ pub fn relay_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Headers the parser may read: Ethernet, one VLAN tag, IPv6 (the longer IP header), TCP.
-const HEADERS_MAX: u32 = 14 + 4 + 40 + 20;
-
 /// TC ingress (tcx) entry point, for interfaces where XDP costs a copy of every packet (a
 /// veth): the same decision, after the skb exists, as generic XDP would be, but without the
 /// copy. Passing returns `TC_ACT_UNSPEC` (tcx: "next"), so programs attached after this one
@@ -60,7 +57,7 @@ pub fn relay_tc(ctx: TcContext) -> i32 {
     // Direct reads see only the skb's linear part; headers are nearly always in it, but a
     // packet built otherwise gets them pulled in (a copy only when actually needed).
     let linear = ctx.data_end() - ctx.data();
-    let wanted = ctx.len().min(HEADERS_MAX);
+    let wanted = ctx.len().min(HEADERS_MAX as u32);
     if (linear as u32) < wanted {
         let _ = ctx.pull_data(wanted);
     }

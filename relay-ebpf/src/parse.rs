@@ -12,10 +12,15 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const IPPROTO_TCP: u8 = 6;
 const IPV4_MIN_HLEN: usize = 20;
+const IPV4_MAX_HLEN: usize = 60;
 const IPV6_HLEN: usize = 40;
 const TCP_MIN_HLEN: usize = 20;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
+
+/// The most header bytes the parser may read: Ethernet, one VLAN tag, the longest IP header
+/// (IPv4 with options), TCP.
+pub const HEADERS_MAX: usize = ETH_HLEN + VLAN_HLEN + IPV4_MAX_HLEN + TCP_MIN_HLEN;
 
 /// IPv6 next-header values that are extension headers (RFC 8200 and the IANA list).
 const IPV6_EXTENSION_HEADERS: [u8; 9] = [0, 43, 44, 50, 51, 60, 135, 139, 140];
@@ -79,7 +84,7 @@ impl Frame for TcContext {
 
 /// Reads `N` bytes at `offset`, or `None` if they extend past the end of the frame.
 #[inline(always)]
-fn read<const N: usize, F: Frame>(ctx: &F, offset: usize) -> Option<[u8; N]> {
+fn read<const N: usize>(ctx: &impl Frame, offset: usize) -> Option<[u8; N]> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + N > end {
@@ -92,13 +97,13 @@ fn read<const N: usize, F: Frame>(ctx: &F, offset: usize) -> Option<[u8; N]> {
 /// Parses the frame in `ctx` down to the TCP flags.
 #[inline(always)]
 pub fn parse<F: Frame>(ctx: &F) -> Parsed {
-    let Some([hi, lo]) = read::<2, F>(ctx, ETH_HLEN - 2) else {
+    let Some([hi, lo]) = read::<2>(ctx, ETH_HLEN - 2) else {
         return Parsed::Unparsed;
     };
     let mut ethertype = u16::from_be_bytes([hi, lo]);
     let mut l3 = ETH_HLEN;
     if ethertype == ETH_P_8021Q {
-        let Some([hi, lo]) = read::<2, F>(ctx, ETH_HLEN + VLAN_HLEN - 2) else {
+        let Some([hi, lo]) = read::<2>(ctx, ETH_HLEN + VLAN_HLEN - 2) else {
             return Parsed::Unparsed;
         };
         ethertype = u16::from_be_bytes([hi, lo]);
@@ -113,7 +118,7 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4<F: Frame>(ctx: &F, l3: usize) -> Parsed {
-    let Some(h) = read::<IPV4_MIN_HLEN, F>(ctx, l3) else {
+    let Some(h) = read::<IPV4_MIN_HLEN>(ctx, l3) else {
         return Parsed::Unparsed;
     };
     let version = h[0] >> 4;
@@ -134,7 +139,7 @@ fn parse_ipv4<F: Frame>(ctx: &F, l3: usize) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv6<F: Frame>(ctx: &F, l3: usize) -> Parsed {
-    let Some(h) = read::<IPV6_HLEN, F>(ctx, l3) else {
+    let Some(h) = read::<IPV6_HLEN>(ctx, l3) else {
         return Parsed::Unparsed;
     };
     if h[0] >> 4 != 6 {
@@ -158,7 +163,7 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize) -> Parsed {
 
 #[inline(always)]
 fn parse_tcp<F: Frame>(ctx: &F, l4: usize, source: Source) -> Parsed {
-    let Some(h) = read::<TCP_MIN_HLEN, F>(ctx, l4) else {
+    let Some(h) = read::<TCP_MIN_HLEN>(ctx, l4) else {
         return Parsed::Unparsed;
     };
     Parsed::Tcp(Segment {

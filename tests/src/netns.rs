@@ -170,9 +170,7 @@ impl NetPair {
         };
         Some((mode.to_owned(), u32::try_from(id).ok()?))
     }
-}
 
-impl NetPair {
     /// The program enforcing on the server interface, as `(hook, program id)`: `"xdp"`
     /// (native), `"xdpgeneric"` or `"tcx"` (TC ingress), if any.
     pub fn server_hook(&self) -> Option<(String, u32)> {

@@ -261,13 +261,11 @@ impl Fixture {
     fn expect_tc(&self, what: &str, frame: &[u8], verdict: Verdict) {
         let before = self.counts();
         let got = self.run_tc(frame);
-        let after = self.counts();
-        let moved: Vec<(Verdict, u64)> = Verdict::ALL
-            .iter()
-            .filter(|v| after[**v as usize] != before[**v as usize])
-            .map(|v| (*v, after[*v as usize].wrapping_sub(before[*v as usize])))
-            .collect();
-        assert_eq!(moved, vec![(verdict, 1)], "{what} (TC): counters moved");
+        assert_eq!(
+            self.moved_since(before),
+            vec![format!("{}:+1", verdict.name())],
+            "{what} (TC): counters moved"
+        );
         let wanted = if action(verdict) == XDP_DROP {
             TC_ACT_SHOT
         } else {
@@ -298,14 +296,10 @@ impl Fixture {
         self.state_budget.get(&0, 0).expect("read STATE_BUDGET")[cpu]
     }
 
-    /// Runs `frame` and asserts the action of `verdict` and that exactly `verdict`'s counter
-    /// moved, by one.
-    #[track_caller]
-    fn expect(&self, what: &str, frame: &[u8], verdict: Verdict) {
-        let before = self.counts();
-        let got = self.run(frame);
+    /// The counters that moved since `before`, as `name:+n`.
+    fn moved_since(&self, before: [u64; Verdict::COUNT as usize]) -> Vec<String> {
         let after = self.counts();
-        let moved: Vec<String> = Verdict::ALL
+        Verdict::ALL
             .iter()
             .filter(|v| after[**v as usize] != before[**v as usize])
             .map(|v| {
@@ -315,9 +309,17 @@ impl Fixture {
                     after[*v as usize].wrapping_sub(before[*v as usize])
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    /// Runs `frame` and asserts the action of `verdict` and that exactly `verdict`'s counter
+    /// moved, by one.
+    #[track_caller]
+    fn expect(&self, what: &str, frame: &[u8], verdict: Verdict) {
+        let before = self.counts();
+        let got = self.run(frame);
         assert_eq!(
-            moved,
+            self.moved_since(before),
             vec![format!("{}:+1", verdict.name())],
             "{what}: counters moved (frame of {} bytes: [{}])",
             frame.len(),

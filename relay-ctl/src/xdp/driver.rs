@@ -21,7 +21,7 @@ use crate::config::XdpMode;
 
 /// ethtool command: driver name and version (`linux/ethtool.h`).
 const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
-/// The driver whose native XDP costs more than generic.
+/// The driver on which `auto` starts with the TC hook (both XDP modes copy every packet).
 const VETH: &str = "veth";
 
 /// `struct ethtool_drvinfo`.

@@ -179,18 +179,18 @@ impl XdpProgram {
 
     /// One attach in `mode`, unpinned.
     fn attach_once(&mut self, interface: &str, mode: AttachMode) -> Result<LinkId, ProgramError> {
-        let kernel_mode = match mode {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Generic => XdpMode::Skb,
-            AttachMode::Tc => {
-                let prog = classifier(&mut self.ebpf)?;
-                return prog
-                    .attach(interface, TcAttachType::Ingress)
-                    .map(LinkId::Tc);
-            }
-        };
-        let prog = program(&mut self.ebpf)?;
-        prog.attach(interface, kernel_mode).map(LinkId::Xdp)
+        let ebpf = &mut self.ebpf;
+        match mode {
+            AttachMode::Native => program(ebpf)?
+                .attach(interface, XdpMode::Driver)
+                .map(LinkId::Xdp),
+            AttachMode::Generic => program(ebpf)?
+                .attach(interface, XdpMode::Skb)
+                .map(LinkId::Xdp),
+            AttachMode::Tc => classifier(ebpf)?
+                .attach(interface, TcAttachType::Ingress)
+                .map(LinkId::Tc),
+        }
     }
 
     /// With pins: if an earlier run left a link on `interface` in an allowed mode, swaps this

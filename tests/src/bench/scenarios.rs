@@ -12,7 +12,7 @@
 //! Two more groups run only when named in `--only`, for iterating on one figure quickly:
 //! `handshakes` (`dd` and fake-TLS handshakes with 1 and with 1,000 users) and `target` (one
 //! row per target of the issue: crypto, the 8 × 16 KiB `dd` fast-mode throughput row (also
-//! with XDP forced native and with XDP off), handshakes with 1 and 1,000 users, idle memory;
+//! with XDP forced native, forced generic, and off), handshakes with 1 and 1,000 users, idle memory;
 //! no flood).
 //!
 //! Every relay runs `[xdp] mode = "auto"` as an operator's would (TC ingress on the veth), except
