@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod crypto;
+pub mod epoll;
 pub mod net;
 pub mod procfs;
 pub mod report;

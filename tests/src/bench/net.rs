@@ -29,6 +29,8 @@ pub const SERVER_UP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const DC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 /// The relay's port.
 pub const RELAY_PORT: u16 = 4443;
+/// The floor forwarder's port (server namespace, next to the relay's).
+pub const FLOOR_PORT: u16 = 4444;
 /// The fake DC's port.
 pub const DC_PORT: u16 = 9002;
 /// Spoofed flood sources that the relay's blocklist covers.

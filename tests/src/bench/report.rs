@@ -12,6 +12,9 @@ struct Target {
     goal: &'static str,
     /// The best existing proxy's figure the issue quotes, for context.
     reference: &'static str,
+    /// The same figure for `relay-floor`, a forwarder with no protocol and no crypto, in the
+    /// same run: the floor this topology sets (`None` where it has no counterpart).
+    floor: Option<f64>,
     /// `None` when the scenario did not produce a figure.
     measured: Option<f64>,
     unit: &'static str,
@@ -45,12 +48,16 @@ pub fn targets(report: &Value) -> Value {
         Some(100.0 * (1.0 - many / one))
     };
     let flood = row(report, "flood", "XDP on, blocked flood");
+    let floor_gb = row(report, "throughput", "floor").and_then(|r| num(r, "relay_cpu_secs_per_gb"));
+    let floor_hs =
+        row(report, "handshakes", "floor").and_then(|r| num(r, "handshakes_per_relay_cpu_sec"));
     let list = [
         Target {
             id: "relay_cpu_per_gb",
             what: "relay CPU-seconds per GB echoed (8 conns × 16 KiB, dd, fast mode)",
             goal: "≤ 0.85",
             reference: "1.7–1.8 (best existing)",
+            floor: floor_gb,
             measured: throughput.and_then(|r| num(r, "relay_cpu_secs_per_gb")),
             unit: "CPU-s/GB",
             pass: |v| v <= 0.85,
@@ -60,6 +67,7 @@ pub fn targets(report: &Value) -> Value {
             what: "in-process decrypt + re-encrypt (16 KiB) vs openssl aes-256-ctr",
             goal: "≥ 30 %",
             reference: "",
+            floor: None,
             measured: num(&report["crypto"], "transform_to_openssl").map(|r| 100.0 * r),
             unit: "%",
             pass: |v| v >= 30.0,
@@ -69,6 +77,7 @@ pub fn targets(report: &Value) -> Value {
             what: "dd handshakes per relay CPU-second (1 user)",
             goal: "≥ 25,000",
             reference: "24,400 (C), 10,800 (Rust)",
+            floor: floor_hs,
             measured: hs("dd 1 user"),
             unit: "/CPU-s",
             pass: |v| v >= 25_000.0,
@@ -78,6 +87,7 @@ pub fn targets(report: &Value) -> Value {
             what: "fake-TLS handshakes per relay CPU-second (1 user)",
             goal: "≥ 8,000",
             reference: "7,600 (C), 4,000 (Rust)",
+            floor: None,
             measured: hs("tls 1 user"),
             unit: "/CPU-s",
             pass: |v| v >= 8_000.0,
@@ -87,6 +97,7 @@ pub fn targets(report: &Value) -> Value {
             what: "dd handshake rate drop with 1,000 users",
             goal: "< 10 %",
             reference: "",
+            floor: None,
             measured: drop("dd"),
             unit: "%",
             pass: |v| v < 10.0,
@@ -96,6 +107,7 @@ pub fn targets(report: &Value) -> Value {
             what: "fake-TLS handshake rate drop with 1,000 users",
             goal: "< 10 %",
             reference: "",
+            floor: None,
             measured: drop("tls"),
             unit: "%",
             pass: |v| v < 10.0,
@@ -105,6 +117,7 @@ pub fn targets(report: &Value) -> Value {
             what: "relay RSS per idle post-handshake connection",
             goal: "≤ 8 KiB",
             reference: "11 KiB (C), 62 KiB (Rust)",
+            floor: None,
             measured: row(report, "memory", "idle connections")
                 .and_then(|r| num(r, "rss_per_conn_kib")),
             unit: "KiB",
@@ -115,6 +128,7 @@ pub fn targets(report: &Value) -> Value {
             what: "relay CPU during a blocked SYN flood, flood alone (XDP on)",
             goal: "< 5 % of a core",
             reference: "",
+            floor: None,
             measured: flood.and_then(|r| num(r, "relay_cpu_pct")),
             unit: "% core",
             pass: |v| v < 5.0,
@@ -124,6 +138,7 @@ pub fn targets(report: &Value) -> Value {
             what: "legit throughput during a blocked SYN flood vs unloaded (XDP on)",
             goal: "≥ 90 %",
             reference: "",
+            floor: None,
             measured: flood
                 .and_then(|r| num(r, "legit_vs_unloaded"))
                 .map(|r| 100.0 * r),
@@ -139,6 +154,7 @@ pub fn targets(report: &Value) -> Value {
                     "what": t.what,
                     "goal": t.goal,
                     "reference": t.reference,
+                    "floor": t.floor,
                     "measured": t.measured,
                     "unit": t.unit,
                     "pass": t.measured.map(t.pass),
@@ -231,7 +247,7 @@ pub fn markdown(report: &Value) -> String {
          native, forced generic, and off to show all three.\n\n",
     );
 
-    md.push_str("## Targets (issue 6)\n\n| target | goal | measured | result | best existing (issue) |\n|---|---|---|---|---|\n");
+    md.push_str("## Targets (issue 6)\n\n`floor`: the same load through `relay-floor`, a forwarder with the relay's sockets and threading but no protocol and no crypto (splice for bulk, plain copies for short connections), in this run: the floor the topology sets under any relay.\n\n| target | goal | measured | result | floor | best existing (issue) |\n|---|---|---|---|---|---|\n");
     for t in report["targets"].as_array().into_iter().flatten() {
         let result = match t["pass"].as_bool() {
             Some(true) => "pass",
@@ -240,12 +256,13 @@ pub fn markdown(report: &Value) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} {} | {} | {} |",
+            "| {} | {} | {} {} | {} | {} | {} |",
             t["what"].as_str().unwrap_or(""),
             t["goal"].as_str().unwrap_or(""),
             fmt(t["measured"].as_f64()),
             t["unit"].as_str().unwrap_or(""),
             result,
+            t["floor"].as_f64().map_or(String::new(), |v| fmt(Some(v))),
             t["reference"].as_str().unwrap_or(""),
         );
     }
@@ -302,7 +319,11 @@ pub fn markdown(report: &Value) -> String {
             md,
             "| {} | {} | {} | {} × {} KiB | {} | {}{} | {} | {} | {} | {} | {} | {} |",
             r["mode"].as_str().unwrap_or(""),
-            if r["fast_mode"] == true { "on" } else { "off" },
+            match r["fast_mode"].as_bool() {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "–",
+            },
             r["xdp"].as_str().unwrap_or(""),
             r["conns"],
             r["frame"].as_u64().unwrap_or(0) / 1024,
@@ -335,13 +356,15 @@ pub fn markdown(report: &Value) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            if r["mode"] == "tls" {
-                "ee (fake TLS)"
-            } else {
-                "dd"
+            match r["mode"].as_str() {
+                Some("tls") => "ee (fake TLS)",
+                Some(other) => other,
+                None => "",
             },
-            r["users"],
-            r["user_pick"].as_str().unwrap_or(""),
+            r["users"]
+                .as_u64()
+                .map_or("–".to_owned(), |n| n.to_string()),
+            r["user_pick"].as_str().unwrap_or("–"),
             r["workers"],
             f(r, "handshakes_per_sec"),
             f(r, "relay_cpu_pct"),
@@ -524,10 +547,14 @@ mod tests {
     #[test]
     fn targets_are_judged_only_when_measured() {
         let report = json!({
-            "throughput": [{"name": "x", "target_row": true, "relay_cpu_secs_per_gb": 0.5}],
+            "throughput": [
+                {"name": "x", "target_row": true, "relay_cpu_secs_per_gb": 0.5},
+                {"name": "floor", "relay_cpu_secs_per_gb": 0.25},
+            ],
             "handshakes": [
                 {"name": "dd 1 user", "handshakes_per_relay_cpu_sec": 20000.0},
                 {"name": "dd 1000 users", "handshakes_per_relay_cpu_sec": 19000.0},
+                {"name": "floor", "handshakes_per_relay_cpu_sec": 30000.0},
             ],
             "crypto": {"transform_to_openssl": 0.2},
         });
@@ -546,7 +573,12 @@ mod tests {
         assert!((by("dd_users_drop")["measured"].as_f64().unwrap() - 5.0).abs() < 1e-9);
         assert_eq!(by("dd_users_drop")["pass"], true);
         assert_eq!(by("rss_per_idle_conn")["pass"], Value::Null);
+        // The floor rows sit next to the targets they bound, and nowhere else.
+        assert_eq!(by("relay_cpu_per_gb")["floor"], 0.25);
+        assert_eq!(by("dd_handshakes")["floor"], 30000.0);
+        assert_eq!(by("ee_handshakes")["floor"], Value::Null);
         let md = markdown(&json!({"targets": t, "machine": {}}));
         assert!(md.contains("not measured"));
+        assert!(md.contains("| 30,000 |"));
     }
 }

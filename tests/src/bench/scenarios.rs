@@ -38,8 +38,8 @@ use super::{
     args::Args,
     crypto,
     net::{
-        self, BLOCKED_NET, CLIENT, DC, DC_PORT, LIMITED_NET, Net, RELAY_PORT, SERVER, SOURCE_BASE,
-        SOURCES,
+        self, BLOCKED_NET, CLIENT, DC, DC_PORT, FLOOR_PORT, LIMITED_NET, Net, RELAY_PORT, SERVER,
+        SOURCE_BASE, SOURCES,
     },
     procfs::{self, SysCpu},
     report,
@@ -192,6 +192,7 @@ struct Bins {
     loadgen: PathBuf,
     fakedc: PathBuf,
     flood: PathBuf,
+    floor: PathBuf,
 }
 
 impl Bins {
@@ -211,6 +212,7 @@ impl Bins {
             loadgen: bin("relay-loadgen")?,
             fakedc: bin("relay-fakedc")?,
             flood: bin("relay-flood")?,
+            floor: bin("relay-floor")?,
         })
     }
 }
@@ -592,21 +594,24 @@ impl<'a> Bench<'a> {
     /// Runs `relay-loadgen MODE ARGS` in the client namespace, sampling CPU at its `begin` and
     /// `end` lines and calling `hook` right after each sample; returns its result, the window
     /// and what the hook returned.
+    /// Runs the generator in `mode`, sampling CPU at its `begin` and `end` lines; `measured`
+    /// is the process whose CPU the window reports as the relay's (a relay-ctl, or the floor
+    /// forwarder).
     fn loadgen(
         &self,
-        relay: Option<&Relay>,
+        measured: Option<&Proc>,
         mode: &str,
         args: &[String],
         timeout: Duration,
         hook: &mut dyn FnMut(Marker, &mut Proc) -> Result<Value>,
     ) -> Result<(Value, Window, Value, Value)> {
         Bench::interrupted()?;
-        let relay_pid = match relay {
-            Some(relay) => {
-                if !alive(relay.proc.pid()) {
-                    bail!("relay-ctl is not running:\n{}", relay.proc.tail());
+        let relay_pid = match measured {
+            Some(proc) => {
+                if !alive(proc.pid()) {
+                    bail!("{} is not running:\n{}", proc.name, proc.tail());
                 }
-                Some(relay.proc.pid())
+                Some(proc.pid())
             }
             None => None,
         };
@@ -851,6 +856,8 @@ impl<'a> Bench<'a> {
     /// and turns off GSO on the peer, so the peer sends MTU-sized segments; generic XDP copies
     /// every packet too (it lacks XDP's headroom), though whole GSO packets. That is why the
     /// relay's `auto` mode attaches the TC hook there. The rows show what that choice is worth.
+    /// Last, the target row's load and the handshake load through the floor forwarder
+    /// ([`Bench::with_floor`]).
     fn xdp_contrasts(&mut self) -> Result<()> {
         for (xdp, label) in [
             (XdpMode::Native, "native-xdp"),
@@ -870,6 +877,16 @@ impl<'a> Bench<'a> {
             self.record("throughput", &name, outcome);
             self.stop_relay(relay);
         }
+        let n = self.profile.conns[self.profile.target_conns];
+        let outcome = self.with_floor("splice", |floor, args| {
+            self.echo_run(floor, args, n, 16 * 1024)
+        });
+        self.record("throughput", "floor", outcome);
+        let workers = self.profile.hs_workers;
+        let outcome = self.with_floor("copy", |floor, args| {
+            self.handshake_run(floor, args, workers)
+        });
+        self.record("handshakes", "floor", outcome);
         Ok(())
     }
 
@@ -936,7 +953,64 @@ impl<'a> Bench<'a> {
     }
 
     fn throughput(&self, relay: &Relay, mode: &str, conns: usize, frame: usize) -> Result<Value> {
-        let mut args = self.target_args(relay, mode);
+        let args = self.target_args(relay, mode);
+        let mut row = self.echo_run(&relay.proc, args, conns, frame)?;
+        row["mode"] = json!(mode);
+        row["fast_mode"] = json!(relay.spec.fast);
+        row["xdp"] = json!(relay.xdp_mode);
+        Ok(row)
+    }
+
+    /// Runs `measure` against `relay-floor` (moving bytes as `how` says: `splice` or `copy`),
+    /// a forwarder with the relay's socket options and threading but no protocol and no
+    /// crypto, started in the server namespace on [`FLOOR_PORT`] and stopped afterwards. No
+    /// kernel program is attached (the relays that attach one are stopped by then). Its
+    /// figures are the floor under any relay's on this topology.
+    fn with_floor(
+        &self,
+        how: &str,
+        measure: impl FnOnce(&Proc, Vec<String>) -> Result<Value>,
+    ) -> Result<Value> {
+        let listen = format!("{SERVER}:{FLOOR_PORT}");
+        let upstream = format!("{DC}:{DC_PORT}");
+        let mut floor = spawn::spawn(
+            "relay-floor",
+            Some(&self.net.server_ns),
+            &self.bins.floor,
+            &[
+                "--listen",
+                &listen,
+                "--upstream",
+                &upstream,
+                "--move",
+                how,
+                "--lifetime-secs",
+                "600",
+            ],
+            &[],
+        )?;
+        floor.wait_line(Stream::Out, Duration::from_secs(10), |l| {
+            l.starts_with("listening")
+        })?;
+        // The generator speaks the DC side's protocol: the floor passes it through unchanged.
+        let args = ["--target", &listen, "--mode", "direct"].map(str::to_owned);
+        let outcome = measure(&floor, args.to_vec());
+        let _ = floor.stop(Signal::SIGTERM, Duration::from_secs(5));
+        let mut row = outcome?;
+        row["mode"] = json!(format!("floor: {how} forwarder, no protocol"));
+        row["xdp"] = json!("off");
+        Ok(row)
+    }
+
+    /// `conns` connections echoing `frame`-byte writes through `measured` (a relay, or the
+    /// floor forwarder) for the profile's throughput window.
+    fn echo_run(
+        &self,
+        measured: &Proc,
+        mut args: Vec<String>,
+        conns: usize,
+        frame: usize,
+    ) -> Result<Value> {
         args.extend(
             [
                 "--conns",
@@ -952,15 +1026,12 @@ impl<'a> Bench<'a> {
         );
         let timeout = Duration::from_secs_f64(60.0 + self.profile.tp_secs);
         let (result, window, _, _) =
-            self.loadgen(Some(relay), "throughput", &args, timeout, &mut |_, _| {
+            self.loadgen(Some(measured), "throughput", &args, timeout, &mut |_, _| {
                 Ok(Value::Null)
             })?;
         let bytes = result["bytes_echoed"].as_f64().unwrap_or(0.0);
         let mut row = window.json();
         let relay_cpu = row["relay_cpu_secs"].as_f64().unwrap_or(0.0);
-        row["mode"] = json!(mode);
-        row["fast_mode"] = json!(relay.spec.fast);
-        row["xdp"] = json!(relay.xdp_mode);
         row["conns"] = json!(conns);
         row["frame"] = json!(frame);
         row["bytes_echoed"] = json!(bytes);
@@ -987,10 +1058,24 @@ impl<'a> Bench<'a> {
             workers = workers.min(usize::from(SOURCES));
             args.extend(["--source-base".to_owned(), SOURCE_BASE.to_string()]);
         }
+        args.extend(["--user".to_owned(), pick.to_owned()]);
+        let mut row = self.handshake_run(&relay.proc, args, workers)?;
+        row["mode"] = json!(mode);
+        row["users"] = json!(relay.spec.users);
+        row["user_pick"] = json!(pick);
+        Ok(row)
+    }
+
+    /// `workers` generator threads opening short connections through `measured` (a relay, or
+    /// the floor forwarder) for the profile's handshake window.
+    fn handshake_run(
+        &self,
+        measured: &Proc,
+        mut args: Vec<String>,
+        workers: usize,
+    ) -> Result<Value> {
         args.extend(
             [
-                "--user",
-                pick,
                 "--workers",
                 &workers.to_string(),
                 "--duration",
@@ -1000,15 +1085,12 @@ impl<'a> Bench<'a> {
         );
         let timeout = Duration::from_secs_f64(60.0 + self.profile.hs_secs);
         let (result, window, _, _) =
-            self.loadgen(Some(relay), "handshakes", &args, timeout, &mut |_, _| {
+            self.loadgen(Some(measured), "handshakes", &args, timeout, &mut |_, _| {
                 Ok(Value::Null)
             })?;
         let count = result["handshakes"].as_f64().unwrap_or(0.0);
         let mut row = window.json();
         let relay_cpu = row["relay_cpu_secs"].as_f64().unwrap_or(0.0);
-        row["mode"] = json!(mode);
-        row["users"] = json!(relay.spec.users);
-        row["user_pick"] = json!(pick);
         row["workers"] = json!(workers);
         row["handshakes"] = json!(count);
         row["handshakes_per_sec"] = json!(count / window.secs());
@@ -1033,7 +1115,7 @@ impl<'a> Bench<'a> {
         let timeout = Duration::from_secs_f64(30.0 + self.profile.lat_secs);
         let _awake = super::spinners::Spinners::start();
         let (result, window, _, _) =
-            self.loadgen(Some(relay), "latency", &args, timeout, &mut |_, _| {
+            self.loadgen(Some(&relay.proc), "latency", &args, timeout, &mut |_, _| {
                 Ok(Value::Null)
             })?;
         let mut row = result;
@@ -1077,7 +1159,7 @@ impl<'a> Bench<'a> {
             .map(str::to_owned),
         );
         let (result, _, after, _) = self.loadgen(
-            Some(relay),
+            Some(&relay.proc),
             "idle",
             &args,
             Duration::from_secs(300),
@@ -1288,7 +1370,7 @@ impl<'a> Bench<'a> {
         }
         let mut hook = |_: Marker, _: &mut Proc| self.drop_counters(relay);
         let (result, window, begin, end) = self.loadgen(
-            Some(relay),
+            Some(&relay.proc),
             "throughput",
             &args,
             Duration::from_secs_f64(60.0 + secs),

@@ -15,7 +15,7 @@
 use std::{
     io::{self, ErrorKind, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::AsRawFd as _,
     process::ExitCode,
     time::Duration,
 };
@@ -23,7 +23,11 @@ use std::{
 use aes::cipher::{KeyIvInit as _, StreamCipher as _};
 use anyhow::{Context as _, Result};
 use nix::libc;
-use relay_tests::bench::{args::Args, procfs};
+use relay_tests::bench::{
+    args::Args,
+    epoll::{Epoll, IN, OUT},
+    procfs,
+};
 
 type AesCtr = ctr::Ctr128BE<aes::Aes256>;
 
@@ -109,53 +113,6 @@ enum Next {
     Write,
     Close,
 }
-
-struct Epoll(OwnedFd);
-
-impl Epoll {
-    fn new() -> io::Result<Epoll> {
-        // SAFETY: no pointers; the returned fd is owned from here on.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd nobody else owns.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events, u64: token };
-        // SAFETY: valid fds and an event struct that lives through the call.
-        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    fn wait(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
-        // SAFETY: the buffer is valid for `events.len()` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as libc::c_int,
-                1000,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == ErrorKind::Interrupted {
-                Ok(0)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(n as usize)
-    }
-}
-
-const IN: u32 = libc::EPOLLIN as u32;
-const OUT: u32 = libc::EPOLLOUT as u32;
 
 /// One thread's loop: accept, read, echo, until the process ends.
 fn serve(listener: TcpListener) -> Result<()> {

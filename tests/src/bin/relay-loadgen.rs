@@ -2,7 +2,7 @@
 //! same blocking client the probe tests use, `dd` or fake TLS).
 //!
 //! ```text
-//! relay-loadgen throughput --target A --mode dd|tls [--domain D] --secrets FILE
+//! relay-loadgen throughput --target A --mode dd|tls|direct [--domain D] --secrets FILE
 //!               --conns N --frame BYTES --duration SECS [--max-bytes B] [--warmup SECS]
 //!               [--rate BYTES_PER_SEC]
 //! relay-loadgen handshakes --target A --mode dd|tls ... --workers M --duration SECS [--frame B]
@@ -18,7 +18,9 @@
 //! - throughput: N connections, each with a writer thread sending `frame`-byte writes of a
 //!   known pattern and a reader thread checking every echoed byte against it; reports bytes
 //!   echoed in the window. `--rate` paces the writers to that many bytes per second in all
-//!   (a load below what the machine can carry), instead of as fast as they can.
+//!   (a load below what the machine can carry), instead of as fast as they can. `--mode
+//!   direct` speaks the DC side's protocol, to the fake DC or through a plain forwarder
+//!   (`relay-floor`).
 //! - handshakes: M workers, each looping connect, handshake, one echoed frame, close; counts
 //!   completed handshakes. Each connection's user is picked at random from `--secrets` (the
 //!   relay's average case), or is always the first or the last one (its best and worst case
@@ -48,7 +50,7 @@ use rand::Rng as _;
 use relay_ctl::proto::{AesCtr, ProtoTag, Secret, obfs2};
 use relay_tests::{
     bench::{args::Args, procfs},
-    mtproto_client::{ClientOptions, MtprotoClient, Transport},
+    mtproto_client::{ClientOptions, ClientReader, ClientWriter, MtprotoClient, Transport},
 };
 use serde_json::{Value, json};
 
@@ -195,6 +197,34 @@ impl Conn {
         }
     }
 
+    /// Splits into a reader and a writer usable from different threads.
+    fn split(self) -> io::Result<(ConnReader, ConnWriter)> {
+        Ok(match self {
+            Conn::Proxy(c) => {
+                let (reader, writer) = c.split();
+                (ConnReader::Proxy(reader), ConnWriter::Proxy(writer))
+            }
+            Conn::Direct(d) => {
+                let Direct {
+                    stream,
+                    encrypt,
+                    decrypt,
+                    scratch,
+                } = *d;
+                let reader = ConnReader::Direct {
+                    stream: stream.try_clone()?,
+                    decrypt,
+                };
+                let writer = ConnWriter::Direct {
+                    stream,
+                    encrypt,
+                    scratch,
+                };
+                (reader, writer)
+            }
+        })
+    }
+
     /// Sends `frame` and checks that exactly it comes back.
     fn echo(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> io::Result<()> {
         self.send(frame)?;
@@ -207,6 +237,69 @@ impl Conn {
             ));
         }
         Ok(())
+    }
+}
+
+/// The receiving half of a [`Conn`].
+enum ConnReader {
+    Proxy(ClientReader),
+    Direct { stream: TcpStream, decrypt: AesCtr },
+}
+
+impl ConnReader {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            ConnReader::Proxy(r) => r.set_read_timeout(timeout),
+            ConnReader::Direct { stream, .. } => stream.set_read_timeout(timeout),
+        }
+    }
+
+    /// Up to `buf.len()` decrypted bytes; 0 at the end of the stream.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ConnReader::Proxy(r) => r.recv(buf),
+            ConnReader::Direct { stream, decrypt } => {
+                let n = stream.read(buf)?;
+                decrypt.apply(&mut buf[..n]);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// The sending half of a [`Conn`].
+enum ConnWriter {
+    Proxy(ClientWriter),
+    Direct {
+        stream: TcpStream,
+        encrypt: AesCtr,
+        scratch: Vec<u8>,
+    },
+}
+
+impl ConnWriter {
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            ConnWriter::Proxy(w) => w.send(data),
+            ConnWriter::Direct {
+                stream,
+                encrypt,
+                scratch,
+            } => {
+                scratch.clear();
+                scratch.extend_from_slice(data);
+                encrypt.apply(scratch);
+                stream.write_all(scratch)
+            }
+        }
+    }
+
+    /// Half-closes: the other side sees the end of the stream.
+    fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            ConnWriter::Proxy(w) => w.shutdown(),
+            ConnWriter::Direct { stream, .. } => stream.shutdown(std::net::Shutdown::Write),
+        }
     }
 }
 
@@ -283,8 +376,8 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
     }
     // Each writer's share of the rate.
     let per_conn = rate.map(|r| r / conns.max(1) as f64);
-    if common.transport.is_none() || conns == 0 || frame == 0 {
-        bail!("throughput needs --mode dd|tls, --conns ≥ 1 and --frame ≥ 1");
+    if conns == 0 || frame == 0 {
+        bail!("throughput needs --conns ≥ 1 and --frame ≥ 1");
     }
     let pat = Arc::new(pattern(frame.max(RECV_BUF)));
     let stop = Arc::new(AtomicBool::new(false));
@@ -292,13 +385,10 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     for (i, counter) in counters.iter().enumerate() {
-        let Conn::Proxy(client) = common
+        let (mut reader, mut writer) = common
             .connect(0)
             .with_context(|| format!("connection {i}: handshake"))?
-        else {
-            unreachable!("throughput uses the relay");
-        };
-        let (mut reader, mut writer) = client.split();
+            .split()?;
         let (pat_w, pat_r, stop_w) = (pat.clone(), pat.clone(), stop.clone());
         writers.push(thread::spawn(move || -> io::Result<u64> {
             let mut sent = 0usize;
