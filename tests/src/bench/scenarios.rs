@@ -882,6 +882,12 @@ impl<'a> Bench<'a> {
             self.echo_run(floor, args, n, 16 * 1024)
         });
         self.record("throughput", "floor", outcome);
+        // The same through user space, as a relay's transformed direction goes: what the
+        // copies and the extra system calls add before any crypto.
+        let outcome = self.with_floor("copy", |floor, args| {
+            self.echo_run(floor, args, n, 16 * 1024)
+        });
+        self.record("throughput", "floor, copying", outcome);
         let workers = self.profile.hs_workers;
         let outcome = self.with_floor("copy", |floor, args| {
             self.handshake_run(floor, args, workers)
