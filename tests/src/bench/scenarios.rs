@@ -6,14 +6,16 @@
 //!
 //! Groups, in order (each with relay-ctl started fresh on its own configuration):
 //! `crypto` (openssl and the in-process transform), `main` (1 user, fast mode: throughput,
-//! handshakes, latency), `slow` (fast mode off: throughput), `users` (1,000 users:
+//! handshakes, latency; then the target row with XDP forced native, forced generic and off,
+//! and the target row's and the handshakes' load through `relay-floor`, a forwarder with no
+//! protocol and no crypto: the floor the topology sets), `slow` (fast mode off: throughput), `users` (1,000 users:
 //! handshakes), `memory` (idle connections), `flood` (XDP as `auto` attaches it, then XDP off).
 //!
 //! Two more groups run only when named in `--only`, for iterating on one figure quickly:
 //! `handshakes` (`dd` and fake-TLS handshakes with 1 and with 1,000 users) and `target` (one
 //! row per target of the issue: crypto, the 8 × 16 KiB `dd` fast-mode throughput row (also
-//! with XDP forced native, forced generic, and off), handshakes with 1 and 1,000 users, idle memory;
-//! no flood).
+//! with XDP forced native, forced generic, and off), handshakes with 1 and 1,000 users, idle
+//! memory, the floor's rows; no flood).
 //!
 //! Every relay runs `[xdp] mode = "auto"` as an operator's would (TC ingress on the veth), except
 //! where a row says otherwise.
