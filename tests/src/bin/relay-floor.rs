@@ -294,7 +294,11 @@ mod copy {
         let mut free: Vec<usize> = Vec::new();
         let mut buf = vec![0u8; COPY_BUF];
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        // Slots freed during a batch: reused only after it, since the batch may still hold
+        // events for the sockets that were in them.
+        let mut freed: Vec<usize> = Vec::new();
         loop {
+            free.append(&mut freed);
             let n = epoll.wait(&mut events)?;
             for event in &events[..n] {
                 let (token, flags) = (event.u64, event.events);
@@ -309,7 +313,7 @@ mod copy {
                 // Dropping the pair closes both sockets, which leaves the epoll set.
                 if let Ok(Fate::Done) | Err(_) = pair.on_event(side, flags, &mut buf) {
                     slots[slot] = None;
-                    free.push(slot);
+                    freed.push(slot);
                 }
             }
         }
