@@ -973,7 +973,7 @@ impl<'a> Bench<'a> {
     /// a forwarder with the relay's socket options and threading but no protocol and no
     /// crypto, started in the server namespace on [`FLOOR_PORT`] and stopped afterwards. No
     /// kernel program is attached (the relays that attach one are stopped by then). Its
-    /// figures are the floor under any relay's on this topology.
+    /// figures are the floor under a relay's that makes the same system calls here.
     fn with_floor(
         &self,
         how: &str,

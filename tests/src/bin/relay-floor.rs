@@ -1,9 +1,10 @@
 //! relay-floor: the benchmark's floor. A TCP forwarder that does nothing but move bytes: no
 //! protocol, no crypto, the relay's socket options (`TCP_NODELAY` both ways, quick ACK off
 //! while connecting upstream) and one worker thread per CPU, each with its own `SO_REUSEPORT`
-//! listener. What it costs per GB echoed and per connection is what TCP and an event loop
-//! alone cost on the bench's topology; an MTProto relay, which must also check a handshake
-//! and decrypt and re-encrypt at least one direction, cannot go below it.
+//! listener. What it costs per GB echoed and per connection is what TCP and a lean event
+//! loop alone cost on the bench's topology: the floor under a relay that makes the same
+//! system calls, to which an MTProto relay adds a handshake check and the decryption and
+//! re-encryption of at least one direction.
 //!
 //! ```text
 //! relay-floor --listen 198.18.0.1:4444 --upstream 198.18.1.2:9002 [--move splice|copy]
