@@ -8,7 +8,9 @@
 //! `crypto` (openssl and the in-process transform), `main` (1 user, fast mode: throughput,
 //! handshakes, latency; then the target row with XDP forced native, forced generic and off,
 //! and the target row's and the handshakes' load through `relay-floor`, a forwarder with no
-//! protocol and no crypto: the floor the topology sets), `slow` (fast mode off: throughput), `users` (1,000 users:
+//! protocol and no crypto: the floor the topology sets; and the handshakes through
+//! `relay-floor --move dd`, a `dd` relay's essential work on a hand-written epoll loop),
+//! `slow` (fast mode off: throughput), `users` (1,000 users:
 //! handshakes), `memory` (idle connections), `flood` (XDP as `auto` attaches it, then XDP off).
 //!
 //! Two more groups run only when named in `--only`, for iterating on one figure quickly:
@@ -895,6 +897,10 @@ impl<'a> Bench<'a> {
             self.handshake_run(floor, args, workers)
         });
         self.record("handshakes", "floor", outcome);
+        // What the relay would start from without tokio: the same loop doing a `dd` relay's
+        // essential work (header check, replay set, DC header, transform).
+        let outcome = self.with_floor("dd", |floor, args| self.handshake_run(floor, args, workers));
+        self.record("handshakes", "dd on an epoll loop", outcome);
         Ok(())
     }
 
@@ -969,11 +975,13 @@ impl<'a> Bench<'a> {
         Ok(row)
     }
 
-    /// Runs `measure` against `relay-floor` (moving bytes as `how` says: `splice` or `copy`),
-    /// a forwarder with the relay's socket options and threading but no protocol and no
-    /// crypto, started in the server namespace on [`FLOOR_PORT`] and stopped afterwards. No
-    /// kernel program is attached (the relays that attach one are stopped by then). Its
-    /// figures are the floor under a relay's that makes the same system calls here.
+    /// Runs `measure` against `relay-floor` (moving bytes as `how` says: `splice`, `copy`, or
+    /// `dd` with a fresh secret), a forwarder with the relay's socket options and threading
+    /// but none of its features, started in the server namespace on [`FLOOR_PORT`] and
+    /// stopped afterwards. No kernel program is attached (the relays that attach one are
+    /// stopped by then). With `splice` and `copy` (no protocol, no crypto) its figures are
+    /// the floor under a relay's that makes the same system calls here; `dd` adds the
+    /// essential work of a `dd` relay in the same hand-written event loop.
     fn with_floor(
         &self,
         how: &str,
@@ -981,31 +989,51 @@ impl<'a> Bench<'a> {
     ) -> Result<Value> {
         let listen = format!("{SERVER}:{FLOOR_PORT}");
         let upstream = format!("{DC}:{DC_PORT}");
+        let secret: String = rand::random::<[u8; 16]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut argv = [
+            "--listen",
+            &listen,
+            "--upstream",
+            &upstream,
+            "--move",
+            how,
+            "--lifetime-secs",
+            "600",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        // The generator speaks `dd` to the `dd` loop, and the DC side's protocol to the
+        // forwarders, which pass it through unchanged.
+        let mut args = ["--target", &listen, "--mode", "direct"]
+            .map(str::to_owned)
+            .to_vec();
+        if how == "dd" {
+            argv.extend(["--secret".to_owned(), secret.clone()]);
+            args = ["--target", &listen, "--mode", "dd", "--secret", &secret]
+                .map(str::to_owned)
+                .to_vec();
+        }
         let mut floor = spawn::spawn(
             "relay-floor",
             Some(&self.net.server_ns),
             &self.bins.floor,
-            &[
-                "--listen",
-                &listen,
-                "--upstream",
-                &upstream,
-                "--move",
-                how,
-                "--lifetime-secs",
-                "600",
-            ],
+            &argv,
             &[],
         )?;
         floor.wait_line(Stream::Out, Duration::from_secs(10), |l| {
             l.starts_with("listening")
         })?;
-        // The generator speaks the DC side's protocol: the floor passes it through unchanged.
-        let args = ["--target", &listen, "--mode", "direct"].map(str::to_owned);
-        let outcome = measure(&floor, args.to_vec());
+        let outcome = measure(&floor, args);
         let _ = floor.stop(Signal::SIGTERM, Duration::from_secs(5));
         let mut row = outcome?;
-        row["mode"] = json!(format!("floor: {how} forwarder, no protocol"));
+        row["mode"] = json!(if how == "dd" {
+            "dd on a hand-written epoll loop (no limits, no timeouts, no fronting)".to_owned()
+        } else {
+            format!("floor: {how} forwarder, no protocol")
+        });
         row["xdp"] = json!("off");
         Ok(row)
     }
