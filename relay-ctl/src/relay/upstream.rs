@@ -58,6 +58,14 @@ pub fn addresses(ctx: &RelayContext, dc: i16) -> Result<(i16, Vec<SocketAddr>), 
 /// (up to its delayed-ACK timeout, or until our next send), as it does for any such connection
 /// after its first exchange. A short dd connection: 9 segments from the relay instead of 11.
 async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    TcpSocket::from_std_stream(dc_socket(addr)?.into())
+        .connect(addr)
+        .await
+}
+
+/// The unconnected, non-blocking socket [`dial`] connects: Nagle off, quick ACK off. Public
+/// so the bench's floor forwarder dials exactly as the relay does.
+pub fn dc_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM.nonblocking(),
@@ -65,9 +73,7 @@ async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
     )?;
     socket.set_tcp_nodelay(true)?;
     socket.set_tcp_quickack(false)?;
-    TcpSocket::from_std_stream(socket.into())
-        .connect(addr)
-        .await
+    Ok(socket)
 }
 
 /// Connects to DC `dc` (or the default DC) and builds a fresh DC-side header carrying `tag`;

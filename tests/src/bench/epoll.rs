@@ -1,8 +1,9 @@
-//! A minimal epoll wrapper for the benchmark's own event loops (`relay-fakedc`,
-//! `relay-floor`): level-triggered, a `u64` token per descriptor.
+//! What the benchmark's own event loops (`relay-fakedc`, `relay-floor`) share: a minimal
+//! epoll wrapper (a `u64` token per descriptor), their listeners, and partial writes.
 
 use std::{
-    io,
+    io::{self, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
@@ -59,4 +60,38 @@ impl Epoll {
         }
         Ok(n as usize)
     }
+}
+
+/// A non-blocking listener on `addr` that shares the port with one per worker thread
+/// (SO_REUSEPORT); accepted sockets inherit `TCP_NODELAY`.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Writes as much of `data` as the non-blocking socket takes now; how much that was.
+pub fn write_some(mut stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }

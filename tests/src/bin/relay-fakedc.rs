@@ -13,7 +13,7 @@
 //! `--lifetime-secs` have passed (a bound for a forgotten process).
 
 use std::{
-    io::{self, ErrorKind, Read as _, Write as _},
+    io::{ErrorKind, Read as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     process::ExitCode,
@@ -21,11 +21,11 @@ use std::{
 };
 
 use aes::cipher::{KeyIvInit as _, StreamCipher as _};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use nix::libc;
 use relay_tests::bench::{
     args::Args,
-    epoll::{Epoll, IN, OUT},
+    epoll::{Epoll, IN, OUT, reuseport_listener, write_some},
     procfs,
 };
 
@@ -57,7 +57,7 @@ fn run() -> Result<()> {
     procfs::raise_nofile(1 << 16)?;
     let mut listeners = Vec::new();
     for _ in 0..threads.max(1) {
-        listeners.push(listener(listen)?);
+        listeners.push(reuseport_listener(listen, 4096)?);
     }
     let addr = listeners[0].local_addr()?;
     let workers: Vec<_> = listeners
@@ -76,23 +76,6 @@ fn run() -> Result<()> {
             .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
     }
     Ok(())
-}
-
-/// A non-blocking listener on `addr` sharing the port with the other threads' listeners.
-fn listener(addr: SocketAddr) -> Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("bind {addr}"))?;
-    socket.listen(4096)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 /// One DC connection.
@@ -184,7 +167,6 @@ fn accept_all(
         if stream.set_nonblocking(true).is_err() {
             continue;
         }
-        let _ = stream.set_nodelay(true);
         let index = free.pop().unwrap_or_else(|| {
             slots.push(None);
             slots.len() - 1
@@ -223,7 +205,7 @@ impl Conn {
             };
             decrypt.apply_keystream(data);
             encrypt.apply_keystream(data);
-            match write_some(&mut self.stream, data) {
+            match write_some(&self.stream, data) {
                 Ok(written) if written == data.len() => {}
                 Ok(written) => {
                     self.pending.extend_from_slice(&data[written..]);
@@ -260,7 +242,7 @@ impl Conn {
     }
 
     fn on_writable(&mut self) -> Next {
-        match write_some(&mut self.stream, &self.pending) {
+        match write_some(&self.stream, &self.pending) {
             Ok(written) => {
                 self.pending.drain(..written);
                 if self.pending.is_empty() {
@@ -272,19 +254,4 @@ impl Conn {
             Err(_) => Next::Close,
         }
     }
-}
-
-/// Writes as much of `data` as the socket takes now.
-fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
-    let mut written = 0;
-    while written < data.len() {
-        match stream.write(&data[written..]) {
-            Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(written)
 }

@@ -205,22 +205,8 @@ impl Conn {
                 (ConnReader::Proxy(reader), ConnWriter::Proxy(writer))
             }
             Conn::Direct(d) => {
-                let Direct {
-                    stream,
-                    encrypt,
-                    decrypt,
-                    scratch,
-                } = *d;
-                let reader = ConnReader::Direct {
-                    stream: stream.try_clone()?,
-                    decrypt,
-                };
-                let writer = ConnWriter::Direct {
-                    stream,
-                    encrypt,
-                    scratch,
-                };
-                (reader, writer)
+                let Direct { reader, writer } = *d;
+                (ConnReader::Direct(reader), ConnWriter::Direct(writer))
             }
         })
     }
@@ -243,14 +229,14 @@ impl Conn {
 /// The receiving half of a [`Conn`].
 enum ConnReader {
     Proxy(ClientReader),
-    Direct { stream: TcpStream, decrypt: AesCtr },
+    Direct(DirectReader),
 }
 
 impl ConnReader {
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             ConnReader::Proxy(r) => r.set_read_timeout(timeout),
-            ConnReader::Direct { stream, .. } => stream.set_read_timeout(timeout),
+            ConnReader::Direct(r) => r.stream.set_read_timeout(timeout),
         }
     }
 
@@ -258,11 +244,7 @@ impl ConnReader {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             ConnReader::Proxy(r) => r.recv(buf),
-            ConnReader::Direct { stream, decrypt } => {
-                let n = stream.read(buf)?;
-                decrypt.apply(&mut buf[..n]);
-                Ok(n)
-            }
+            ConnReader::Direct(r) => r.recv(buf),
         }
     }
 }
@@ -270,27 +252,14 @@ impl ConnReader {
 /// The sending half of a [`Conn`].
 enum ConnWriter {
     Proxy(ClientWriter),
-    Direct {
-        stream: TcpStream,
-        encrypt: AesCtr,
-        scratch: Vec<u8>,
-    },
+    Direct(DirectWriter),
 }
 
 impl ConnWriter {
     fn send(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             ConnWriter::Proxy(w) => w.send(data),
-            ConnWriter::Direct {
-                stream,
-                encrypt,
-                scratch,
-            } => {
-                scratch.clear();
-                scratch.extend_from_slice(data);
-                encrypt.apply(scratch);
-                stream.write_all(scratch)
-            }
+            ConnWriter::Direct(w) => w.send(data),
         }
     }
 
@@ -298,17 +267,28 @@ impl ConnWriter {
     fn shutdown(&mut self) -> io::Result<()> {
         match self {
             ConnWriter::Proxy(w) => w.shutdown(),
-            ConnWriter::Direct { stream, .. } => stream.shutdown(std::net::Shutdown::Write),
+            ConnWriter::Direct(w) => w.stream.shutdown(std::net::Shutdown::Write),
         }
     }
 }
 
 /// A client of the fake DC itself: a DC-side obfuscated2 header (what the relay sends), then
-/// AES-CTR both ways. The baseline for "added" latency.
+/// AES-CTR both ways. The baseline for "added" latency, and what `relay-floor` forwards.
 struct Direct {
+    reader: DirectReader,
+    writer: DirectWriter,
+}
+
+/// [`Direct`]'s receiving half: the DC → client keystream.
+struct DirectReader {
+    stream: TcpStream,
+    decrypt: AesCtr,
+}
+
+/// [`Direct`]'s sending half: the client → DC keystream.
+struct DirectWriter {
     stream: TcpStream,
     encrypt: AesCtr,
-    decrypt: AesCtr,
     scratch: Vec<u8>,
 }
 
@@ -321,24 +301,43 @@ impl Direct {
         let leg = obfs2::dc_header(&mut rand::rng(), ProtoTag::PaddedIntermediate, 2, None);
         stream.write_all(&leg.wire)?;
         Ok(Direct {
-            stream,
-            encrypt: leg.encrypt,
-            decrypt: leg.decrypt,
-            scratch: Vec::new(),
+            reader: DirectReader {
+                stream: stream.try_clone()?,
+                decrypt: leg.decrypt,
+            },
+            writer: DirectWriter {
+                stream,
+                encrypt: leg.encrypt,
+                scratch: Vec::new(),
+            },
         })
     }
 
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.writer.send(data)
+    }
+
+    fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.reader.stream.read_exact(buf)?;
+        self.reader.decrypt.apply(buf);
+        Ok(())
+    }
+}
+
+impl DirectReader {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        self.decrypt.apply(&mut buf[..n]);
+        Ok(n)
+    }
+}
+
+impl DirectWriter {
     fn send(&mut self, data: &[u8]) -> io::Result<()> {
         self.scratch.clear();
         self.scratch.extend_from_slice(data);
         self.encrypt.apply(&mut self.scratch);
         self.stream.write_all(&self.scratch)
-    }
-
-    fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.stream.read_exact(buf)?;
-        self.decrypt.apply(buf);
-        Ok(())
     }
 }
 

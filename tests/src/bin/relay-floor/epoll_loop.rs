@@ -11,18 +11,21 @@
 
 use std::{
     collections::HashSet,
-    io::{self, ErrorKind, Read as _, Write as _},
+    io::{self, ErrorKind, Read as _},
     net::{Shutdown, SocketAddr, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _},
 };
 
 use anyhow::Result;
 use nix::libc;
-use relay_ctl::proto::{
-    AesCtr, ModeSet, Secret,
-    obfs2::{self, HEADER_LEN, REPLAY_KEY_LEN},
+use relay_ctl::{
+    proto::{
+        AesCtr, ModeSet, Secret,
+        obfs2::{self, HEADER_LEN, REPLAY_KEY_LEN},
+    },
+    relay::upstream::dc_socket,
 };
-use relay_tests::bench::epoll::{Epoll, IN, OUT};
+use relay_tests::bench::epoll::{Epoll, IN, OUT, write_some};
 
 /// The read buffer, one per worker.
 const BUF: usize = 64 * 1024;
@@ -187,7 +190,7 @@ impl Worker {
 
     /// Starts connecting the DC leg of `slot`.
     fn dial(&self, slot: usize) -> io::Result<TcpStream> {
-        let dc = super::dc_socket(self.upstream)?;
+        let dc = dc_socket(self.upstream)?;
         match dc.connect(&self.upstream.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -338,19 +341,4 @@ impl Keys {
         self.client_decrypt.apply(bytes);
         self.dc_encrypt.apply(bytes);
     }
-}
-
-/// Writes as much of `data` as the socket takes now.
-fn write_some(mut stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
-    let mut written = 0;
-    while written < data.len() {
-        match stream.write(&data[written..]) {
-            Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(written)
 }
