@@ -533,6 +533,13 @@ pub struct Timeouts {
     /// A relayed connection with no bytes either way for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_secs: u64,
+    /// A connection that has sent nothing, or stopped short of a whole handshake, for this many
+    /// milliseconds gets a connection to the mask host that receives its bytes, so from then
+    /// on the mask's own timers decide how it ends (the mask connection is dropped again if
+    /// the handshake completes and verifies). Genuine clients send their whole hello or header
+    /// at once and never wait this long.
+    #[serde(default = "default_mask_grace_ms")]
+    pub mask_grace_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -540,8 +547,13 @@ impl Default for Timeouts {
         Timeouts {
             handshake_secs: default_handshake_timeout(),
             idle_secs: default_idle_timeout(),
+            mask_grace_ms: default_mask_grace_ms(),
         }
     }
+}
+
+fn default_mask_grace_ms() -> u64 {
+    250
 }
 
 fn default_handshake_timeout() -> u64 {
@@ -1024,6 +1036,14 @@ impl Config {
             return Err(invalid(
                 "handshake_secs",
                 "[timeouts] must be at least 1 second".to_owned(),
+            ));
+        }
+        if self.timeouts.mask_grace_ms == 0
+            || self.timeouts.mask_grace_ms >= self.timeouts.handshake_secs.saturating_mul(1000)
+        {
+            return Err(invalid(
+                "mask_grace_ms",
+                "[timeouts] mask_grace_ms must be at least 1 and below handshake_secs".to_owned(),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

@@ -534,6 +534,7 @@ impl Daemon {
             connections_active_by_mode: relay.stats.active_by_state(),
             handshakes: relay.stats.handshakes(),
             fronted: relay.stats.fronted_by_reason(),
+            mask_legs: relay.stats.mask_legs(),
             replays_detected: relay.stats.replays(),
             relayed_bytes: relay.stats.relayed_bytes(),
             bans_active_by_reason,

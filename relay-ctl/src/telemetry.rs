@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 24] = [
+pub const METRIC_NAMES: [&str; 25] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -38,6 +38,7 @@ pub const METRIC_NAMES: [&str; 24] = [
     "relay_handshakes_total",
     "relay_handshake_failures_total",
     "relay_fronted_connections_total",
+    "relay_mask_legs_total",
     "relay_replays_detected_total",
     "relay_relayed_bytes_total",
     "relay_user_bytes_total",
@@ -133,6 +134,10 @@ fn describe() {
     describe_counter!(
         "relay_fronted_connections_total",
         "Connections handed to the mask host, by reason."
+    );
+    describe_counter!(
+        "relay_mask_legs_total",
+        "Mask connections opened for clients quiet short of a whole handshake (outcome=opened), and those closed again because the handshake then verified (outcome=abandoned): what genuine clients cost the mask host."
     );
     describe_counter!(
         "relay_replays_detected_total",
@@ -286,6 +291,9 @@ impl Publisher {
         for (reason, n) in &s.fronted {
             counter!("relay_fronted_connections_total", "reason" => reason.clone()).absolute(*n);
         }
+        for (outcome, n) in &s.mask_legs {
+            counter!("relay_mask_legs_total", "outcome" => outcome.clone()).absolute(*n);
+        }
         counter!("relay_replays_detected_total").absolute(s.replays_detected);
         for (direction, n) in &s.relayed_bytes {
             counter!("relay_relayed_bytes_total", "direction" => direction.clone()).absolute(*n);
@@ -400,6 +408,7 @@ mod tests {
             .insert("ok".into(), 4);
         s.handshake_failures.insert("bad_secret".into(), 2);
         s.fronted.insert("bad_secret".into(), 2);
+        s.mask_legs.insert("opened".into(), 1);
         s.relayed_bytes.insert("client_to_dc".into(), 1000);
         s.bans_total.insert("replay".into(), 1);
         s.blocklist_entries

@@ -281,6 +281,10 @@ pub struct Stats {
     /// Connections handed to the mask host, by reason.
     #[serde(default)]
     pub fronted: BTreeMap<String, u64>,
+    /// Mask connections opened for clients quiet mid-handshake (`opened`), and those closed
+    /// again because the handshake then verified (`abandoned`).
+    #[serde(default)]
+    pub mask_legs: BTreeMap<String, u64>,
     /// Replayed handshakes caught.
     #[serde(default)]
     pub replays_detected: u64,

@@ -7,6 +7,7 @@
 //! - [`mode`]: proxy modes (classic, secure, TLS) and the protocol tags each admits.
 //! - [`cipher`]: the AES-256-CTR stream cipher every leg uses.
 //! - [`obfs2`]: the 64-byte obfuscated2 headers, client→proxy and proxy→DC.
+//! - [`opening`]: what a connection's first bytes can still become, given the enabled modes.
 //! - [`tls`]: fake-TLS: ClientHello reassembly and validation, the server flight, records.
 //! - [`replay`]: the bounded anti-replay cache of handshake keys.
 //! - [`dc`]: built-in Telegram DC addresses.
@@ -17,6 +18,7 @@ pub mod ctr_vaes;
 pub mod dc;
 pub mod mode;
 pub mod obfs2;
+pub mod opening;
 #[cfg(target_arch = "x86_64")]
 pub mod obfs2_x16;
 pub mod replay;

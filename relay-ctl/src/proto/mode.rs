@@ -104,8 +104,11 @@ impl ModeSet {
     pub const EMPTY: ModeSet = ModeSet(0);
     /// Every mode enabled.
     pub const ALL: ModeSet = ModeSet(0b111);
-    /// The server default: secure and TLS (classic's fixed packet sizes are easy to fingerprint).
-    pub const DEFAULT: ModeSet = ModeSet::EMPTY.with(Mode::Secure).with(Mode::Tls);
+    /// The server default: TLS only. A server that also accepts obfuscated2 (classic, secure)
+    /// must wait for up to 64 bytes of random-looking data before it can tell a client from a
+    /// probe, and plain obfuscated2 traffic is itself recognisable; TLS-only fronts anything
+    /// that is not a ClientHello on its first byte.
+    pub const DEFAULT: ModeSet = ModeSet::EMPTY.with(Mode::Tls);
 
     const fn bit(mode: Mode) -> u8 {
         1 << mode as u8
@@ -180,7 +183,7 @@ mod tests {
 
         let d = ModeSet::DEFAULT;
         assert!(!d.admits(Abridged, false));
-        assert!(d.admits(PaddedIntermediate, false));
+        assert!(!d.admits(PaddedIntermediate, false));
         assert!(d.admits(PaddedIntermediate, true));
         let tls_only: ModeSet = [Mode::Tls].into_iter().collect();
         assert!(!tls_only.admits(PaddedIntermediate, false));
@@ -193,7 +196,7 @@ mod tests {
     fn names() {
         assert_eq!("secure".parse::<Mode>(), Ok(Mode::Secure));
         assert!("dd".parse::<Mode>().is_err());
-        assert_eq!(format!("{:?}", ModeSet::DEFAULT), "{Secure, Tls}");
+        assert_eq!(format!("{:?}", ModeSet::DEFAULT), "{Tls}");
         assert_eq!(ModeSet::ALL.iter().collect::<Vec<_>>(), Mode::ALL);
     }
 }

@@ -356,6 +356,26 @@ pub fn is_allowed_start(header: &[u8; HEADER_LEN]) -> bool {
     header[0] != 0xef && !FORBIDDEN_STARTS.contains(&first) && header[4..8] != [0; 4]
 }
 
+/// Whether `prefix` (the first bytes a client sent, any length) can still begin a header a
+/// Telegram client would send: clients re-roll headers with a forbidden start (see
+/// [`is_allowed_start`]), so a prefix showing one is a probe, decided as soon as the bytes that
+/// show it have arrived rather than after all 64.
+pub fn may_start_header(prefix: &[u8]) -> bool {
+    if prefix.first() == Some(&0xef) {
+        return false;
+    }
+    let n = prefix.len().min(4);
+    let starts_forbidden = FORBIDDEN_STARTS
+        .iter()
+        .any(|f| f.to_le_bytes()[..n] == prefix[..n]);
+    // A forbidden start rules the prefix out only once all four of its bytes are there: "GE"
+    // may still become "GEX…".
+    if n == 4 && starts_forbidden {
+        return false;
+    }
+    !(prefix.len() >= 8 && prefix[4..8] == [0; 4])
+}
+
 /// Random header with the given middle (or a random one), tag and DC, re-rolled until its
 /// start is allowed; returns the wire bytes, the sender's keystream at 64 and the receiver's
 /// keystream at 0.
@@ -675,6 +695,61 @@ mod tests {
         proxy.encrypt.seek(reply.len() as u64);
         proxy.encrypt.apply(&mut b);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn forbidden_starts_are_decided_on_the_bytes_that_show_them() {
+        for probe in [
+            &b"GET / HTTP/1.1"[..],
+            b"HEAD /",
+            b"POST",
+            b"OPTIONS * HTTP/1.1",
+            &[0xef],
+            &[0xef, 0, 0],
+            &[0xdd; 4],
+            &[0xee; 5],
+            &[0x16, 0x03, 0x01, 0x02],
+            &[1, 2, 3, 4, 0, 0, 0, 0],
+            &[0; 8],
+        ] {
+            assert!(!may_start_header(probe), "{probe:02x?} let through");
+        }
+        for prefix in [
+            &b""[..],
+            b"G",
+            b"GE",
+            b"GET",
+            b"GETX",
+            b"HEAX",
+            b"PUT / HTTP/1.1",
+            &[0xdd, 0xdd, 0xdd],
+            &[0x16, 0x03, 0x01, 0x03],
+            &[1, 2, 3, 4, 0, 0, 0],
+            &[1, 2, 3, 4, 0, 0, 0, 1],
+            &[0; 7],
+        ] {
+            assert!(may_start_header(prefix), "{prefix:02x?} refused");
+        }
+        // Agrees with the whole-header rule on every header a client may send and every one
+        // it may not.
+        let mut rng = rand::rng();
+        for first in FORBIDDEN_STARTS.iter().map(|f| f.to_le_bytes()) {
+            let mut h = [0u8; HEADER_LEN];
+            rng.fill_bytes(&mut h);
+            h[..4].copy_from_slice(&first);
+            assert_eq!(may_start_header(&h), is_allowed_start(&h));
+            for n in 0..4 {
+                assert!(may_start_header(&h[..n]) || h[0] == 0xef);
+            }
+        }
+        for _ in 0..10_000 {
+            let mut h = [0u8; HEADER_LEN];
+            rng.fill_bytes(&mut h);
+            if rng.random_bool(0.1) {
+                h[4..8].fill(0);
+            }
+            assert_eq!(may_start_header(&h), is_allowed_start(&h));
+        }
     }
 
     #[test]

@@ -278,10 +278,7 @@ mod tests {
             )
         );
         let only = links("1.2.3.4", 8443, &s, ModeSet::DEFAULT, "a.b");
-        assert_eq!(
-            only.iter().map(|l| l.mode).collect::<Vec<_>>(),
-            [Mode::Secure, Mode::Tls]
-        );
+        assert_eq!(only.iter().map(|l| l.mode).collect::<Vec<_>>(), [Mode::Tls]);
     }
 
     #[test]

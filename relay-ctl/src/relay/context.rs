@@ -58,6 +58,9 @@ pub struct RelayContext {
     pub connect_timeout: Duration,
     /// Limit for a client's whole handshake.
     pub handshake_timeout: Duration,
+    /// How long a client may be quiet short of a whole handshake before the mask host gets a
+    /// connection carrying its bytes.
+    pub mask_grace: Duration,
     /// Limit for a relayed pair with no traffic.
     pub idle_timeout: Duration,
     /// Each user's account, same order as `users`.
@@ -128,6 +131,7 @@ impl RelayContext {
             fast_mode: config.upstream.fast_mode,
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             handshake_timeout: Duration::from_secs(config.timeouts.handshake_secs),
+            mask_grace: Duration::from_millis(config.timeouts.mask_grace_ms),
             idle_timeout: Duration::from_secs(config.timeouts.idle_secs),
             replay,
             misuse,

@@ -1,40 +1,54 @@
 //! Fronting: a connection that failed its handshake is handed, bytes already read included, to
-//! the real site behind `[tls] mask`, so a prober sees that site and nothing else.
+//! the real site behind `[tls] mask`, so a prober sees that site and nothing else: its answers,
+//! and its ending (a FIN as a FIN, a reset as a reset).
+
+use std::io::ErrorKind;
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
     RelayContext,
-    pump::{self, Passthrough},
+    intake::ToFront,
+    pump::{self, Passthrough, PumpError},
     stats::FrontReason,
 };
 
 /// Forwards `client` (after the bytes in `seen`) to the mask host both ways, or closes it when
 /// fronting is off or the mask host is unreachable.
 pub async fn front(client: TcpStream, seen: Vec<u8>, reason: FrontReason, ctx: &RelayContext) {
-    let Some(mask) = ctx.mask.as_deref() else {
-        return;
+    let to_front = ToFront {
+        mask: None,
+        unsent: seen,
     };
-    let upstream = match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(mask)).await {
-        Ok(Ok(s)) => s,
-        // A probe flood while the mask host is down would make these once per connection.
-        Ok(Err(e)) => {
-            crate::warn_limited!((1, 10), mask, "fronting target unreachable: {e}");
-            return;
-        }
-        Err(_) => {
-            crate::warn_limited!((1, 10), mask, "fronting target timed out");
-            return;
-        }
+    front_with(client, to_front, reason, ctx).await;
+}
+
+/// Like [`front`], on the mask connection `to_front` already holds if it has one (opened while
+/// the client was quiet mid-handshake), sending it only the bytes it has not had.
+pub async fn front_with(
+    client: TcpStream,
+    to_front: ToFront,
+    reason: FrontReason,
+    ctx: &RelayContext,
+) {
+    let ToFront { mask, unsent } = to_front;
+    let upstream = match mask {
+        Some(stream) => stream,
+        None => match connect(ctx).await {
+            Some(stream) => stream,
+            None => return,
+        },
     };
     ctx.stats.fronted(reason);
     let (up_r, mut up_w) = upstream.into_split();
-    if up_w.write_all(&seen).await.is_err() {
-        return;
+    // The mask may have closed already (it answered a stalled handshake): what it sent is
+    // still to be passed on, so a failed write here does not end the connection.
+    if !unsent.is_empty() && up_w.write_all(&unsent).await.is_err() {
+        tracing::debug!("mask closed before the client's last bytes");
     }
-    let (client_r, client_w) = client.into_split();
-    let (stats, _) = pump::relay(
-        (client_r, client_w),
+    let (mut client_r, mut client_w) = client.into_split();
+    let (stats, error) = pump::relay(
+        (&mut client_r, &mut client_w),
         (up_r, up_w),
         Passthrough,
         Passthrough,
@@ -42,10 +56,35 @@ pub async fn front(client: TcpStream, seen: Vec<u8>, reason: FrontReason, ctx: &
         &(),
     )
     .await;
+    if let Some(PumpError::Io(e)) = &error
+        && e.kind() == ErrorKind::ConnectionReset
+        && let Ok(client) = client_r.reunite(client_w)
+    {
+        // The mask (or the client) reset: the client sees a reset too, not a FIN.
+        let _ = client.set_zero_linger();
+    }
     tracing::debug!(
         reason = reason.name(),
-        to_mask = stats.from_client + seen.len() as u64,
+        to_mask = stats.from_client + unsent.len() as u64,
         from_mask = stats.from_upstream,
         "fronted"
     );
+}
+
+/// Connects to the mask host, or `None` (logged, rate-limited) when fronting is off or the host
+/// cannot be reached in time.
+async fn connect(ctx: &RelayContext) -> Option<TcpStream> {
+    let mask = ctx.mask.as_deref()?;
+    match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(mask)).await {
+        Ok(Ok(s)) => Some(s),
+        // A probe flood while the mask host is down would make these once per connection.
+        Ok(Err(e)) => {
+            crate::warn_limited!((1, 10), mask, "fronting target unreachable: {e}");
+            None
+        }
+        Err(_) => {
+            crate::warn_limited!((1, 10), mask, "fronting target timed out");
+            None
+        }
+    }
 }

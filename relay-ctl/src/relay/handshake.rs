@@ -12,15 +12,16 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::RelayContext;
+use super::{RelayContext, intake::Intake};
 use crate::misuse::Offence;
 use crate::proto::{
     Mode,
     obfs2::{self, ClientHandshake, HEADER_LEN, Obfs2Error},
+    opening::{self, Opening},
     replay::ReplayKey,
     tls::{
         self, HelloError, HelloPolicy, ReadError,
-        reader::{ClientHelloReader, HelloRead, Sniff, sniff},
+        reader::{ClientHelloReader, HelloRead},
         record::RecordDecoder,
     },
 };
@@ -44,6 +45,9 @@ pub enum Failure {
     ModeDisabled,
     /// The client hung up or the socket failed mid-handshake.
     Closed,
+    /// The client stopped short of a whole handshake and the mask site, which had been sent its
+    /// bytes, answered or ended the connection first.
+    Incomplete,
     /// After the server flight the client sent something that is not the obfuscated2 header;
     /// fronting is no longer possible because the relay has already answered.
     BadAfterFlight,
@@ -51,7 +55,7 @@ pub enum Failure {
 
 impl Failure {
     /// Every failure, in discriminant order.
-    pub const ALL: [Failure; 9] = [
+    pub const ALL: [Failure; 10] = [
         Failure::BadSecret,
         Failure::UnknownSni,
         Failure::BadTimestamp,
@@ -60,6 +64,7 @@ impl Failure {
         Failure::Garbage,
         Failure::ModeDisabled,
         Failure::Closed,
+        Failure::Incomplete,
         Failure::BadAfterFlight,
     ];
 
@@ -74,6 +79,7 @@ impl Failure {
             Failure::Garbage => "garbage",
             Failure::ModeDisabled => "mode_disabled",
             Failure::Closed => "closed",
+            Failure::Incomplete => "incomplete",
             Failure::BadAfterFlight => "bad_after_flight",
         }
     }
@@ -84,7 +90,7 @@ impl Failure {
             Failure::BadSecret | Failure::BadTimestamp => Some(Offence::BadSecret),
             Failure::UnknownSni => Some(Offence::UnknownSni),
             Failure::Replay => Some(Offence::Replay),
-            Failure::Timeout => Some(Offence::Timeout),
+            Failure::Timeout | Failure::Incomplete => Some(Offence::Timeout),
             Failure::Garbage | Failure::ModeDisabled | Failure::BadAfterFlight => {
                 Some(Offence::Garbage)
             }
@@ -117,8 +123,9 @@ pub struct Accepted {
     pub records: Option<RecordDecoder>,
 }
 
-/// Runs the client handshake. Every byte read is appended to `seen`, so a failed connection
-/// can be replayed to the mask host exactly as the client sent it.
+/// Runs the client handshake. Every byte read is kept in `intake`, so a failed connection
+/// can be replayed to the mask host exactly as the client sent it; a client that goes quiet
+/// short of a whole handshake gets a mask connection meanwhile (see [`super::intake`]).
 ///
 /// `answered` is set once the fake-TLS server flight has been sent: from then on the client
 /// has seen the relay speak, so whatever happens (even a timeout that cancels this future) the
@@ -128,26 +135,20 @@ pub async fn accept(
     client: &mut TcpStream,
     peer: IpAddr,
     ctx: &RelayContext,
-    seen: &mut Vec<u8>,
+    intake: &mut Intake,
     answered: &mut bool,
 ) -> Result<Accepted, Failure> {
-    while seen.len() < 3 {
-        read_more(client, seen).await?;
-        if sniff(seen) == Sniff::NotTls {
-            break;
+    loop {
+        match opening::classify(&intake.seen, ctx.modes) {
+            Opening::NeedMore => {
+                intake.read_more(client, ctx).await?;
+            }
+            Opening::Tls => return accept_tls(client, peer, ctx, intake, answered).await,
+            Opening::Obfs2 => return accept_obfs2(client, peer, ctx, intake).await,
+            Opening::TlsDisabled => return Err(Failure::ModeDisabled),
+            Opening::NotAClient => return Err(Failure::Garbage),
         }
     }
-    if sniff(seen) == Sniff::Tls {
-        if !ctx.modes.contains(Mode::Tls) {
-            return Err(Failure::ModeDisabled);
-        }
-        return accept_tls(client, peer, ctx, seen, answered).await;
-    }
-    if !ctx.modes.contains(Mode::Classic) && !ctx.modes.contains(Mode::Secure) {
-        // TLS-only: anything else is a probe.
-        return Err(Failure::Garbage);
-    }
-    accept_obfs2(client, peer, ctx, seen).await
 }
 
 /// The user `peer` matched last, when there is more than one user to choose from.
@@ -164,26 +165,19 @@ fn remember(ctx: &RelayContext, peer: IpAddr, user: usize, now: Instant) {
     }
 }
 
-async fn read_more(client: &mut TcpStream, seen: &mut Vec<u8>) -> Result<usize, Failure> {
-    // Straight into `seen`'s spare capacity: a stack buffer here would be held across the
-    // await and so become part of every connection's task, for its whole life.
-    seen.reserve(4096);
-    match client.read_buf(seen).await {
-        Ok(0) | Err(_) => Err(Failure::Closed),
-        Ok(n) => Ok(n),
-    }
-}
-
 async fn accept_obfs2(
     client: &mut TcpStream,
     peer: IpAddr,
     ctx: &RelayContext,
-    seen: &mut Vec<u8>,
+    intake: &mut Intake,
 ) -> Result<Accepted, Failure> {
-    while seen.len() < HEADER_LEN {
-        read_more(client, seen).await?;
+    while intake.seen.len() < HEADER_LEN {
+        intake.read_more(client, ctx).await?;
+        if !obfs2::may_start_header(&intake.seen) {
+            return Err(Failure::Garbage);
+        }
     }
-    let header: [u8; HEADER_LEN] = seen[..HEADER_LEN]
+    let header: [u8; HEADER_LEN] = intake.seen[..HEADER_LEN]
         .try_into()
         .map_err(|_| Failure::Garbage)?;
     let now = Instant::now();
@@ -196,12 +190,13 @@ async fn accept_obfs2(
     )
     .map_err(obfs2_failure)?;
     check_replay(ctx, ReplayKey::obfs2(&handshake.replay_key))?;
+    intake.abandon_mask(ctx);
     remember(ctx, peer, handshake.user, now);
     let mode = Mode::of(handshake.tag, false).ok_or(Failure::ModeDisabled)?;
     Ok(Accepted {
         user: handshake.user,
         mode,
-        early_data: seen[HEADER_LEN..].to_vec(),
+        early_data: intake.seen[HEADER_LEN..].to_vec(),
         handshake,
         tls: false,
         records: None,
@@ -212,17 +207,17 @@ async fn accept_tls(
     client: &mut TcpStream,
     peer: IpAddr,
     ctx: &RelayContext,
-    seen: &mut Vec<u8>,
+    intake: &mut Intake,
     answered: &mut bool,
 ) -> Result<Accepted, Failure> {
     let mut reader = ClientHelloReader::new();
     let mut fed = 0;
     let hello = loop {
-        match reader.feed(&seen[fed..]).map_err(read_failure)? {
+        match reader.feed(&intake.seen[fed..]).map_err(read_failure)? {
             HelloRead::Done(hello) => break hello,
             HelloRead::NeedMore => {
-                fed = seen.len();
-                read_more(client, seen).await?;
+                fed = intake.seen.len();
+                intake.read_more(client, ctx).await?;
             }
         }
     };
@@ -242,6 +237,7 @@ async fn accept_tls(
     )
     .map_err(hello_failure)?;
     check_replay(ctx, ReplayKey::tls(&verified.client_random))?;
+    intake.abandon_mask(ctx);
     remember(ctx, peer, verified.user, now);
     let user = verified.user;
     let flight = {
@@ -257,7 +253,7 @@ async fn accept_tls(
 
     // From here on the client has its answer: failures close instead of fronting.
     let mut decoder = RecordDecoder::new();
-    let mut payload = seen[after_hello..].to_vec();
+    let mut payload = intake.seen[after_hello..].to_vec();
     let n = decoder
         .decode_in_place(&mut payload)
         .map_err(|_| Failure::BadAfterFlight)?;

@@ -7,6 +7,7 @@ pub mod context;
 pub mod front;
 pub mod handshake;
 pub mod hints;
+pub mod intake;
 pub mod pump;
 pub mod splice;
 pub mod stats;
@@ -25,6 +26,7 @@ pub use self::context::RelayContext;
 use self::{
     accounts::Account,
     handshake::{Accepted, Failure},
+    intake::Intake,
     stats::{ConnState, FrontReason, HandshakeResult, Metered},
     transform::{ToClient, ToUpstream},
 };
@@ -50,11 +52,11 @@ pub async fn serve(
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
     // TCP_NODELAY comes from the listener (see `server::bind`).
     let mut active = ctx.stats.connection();
-    let mut seen = Vec::new();
+    let mut intake = Intake::new(&ctx);
     let mut answered = false;
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::accept(&mut client, peer.ip(), &ctx, &mut seen, &mut answered),
+        handshake::accept(&mut client, peer.ip(), &ctx, &mut intake, &mut answered),
     )
     .await
     .unwrap_or(Err(Failure::Timeout))
@@ -79,7 +81,7 @@ pub async fn serve(
                 Ok(admitted) => {
                     // Only a failure is fronted: the handshake bytes must not live as long as
                     // the relayed connection.
-                    drop(std::mem::take(&mut seen));
+                    drop(intake);
                     ctx.stats.handshake(Some(mode), HandshakeResult::Ok);
                     active.enter(ConnState::Relayed(mode));
                     relay(client, peer, accepted, admitted.account(), &ctx).await;
@@ -96,7 +98,7 @@ pub async fn serve(
                     );
                     if ctx.on_limit == OnLimit::Front && !accepted.tls {
                         active.enter(ConnState::Fronted);
-                        front::front(client, seen, FrontReason::UserLimit, &ctx).await;
+                        front::front(client, intake.seen, FrontReason::UserLimit, &ctx).await;
                     }
                 }
             }
@@ -105,14 +107,15 @@ pub async fn serve(
             tracing::debug!(reason = failure.name(), "handshake failed");
             ctx.stats.failure(failure);
             // An obfuscated2 header no secret decrypts does not tell its mode.
-            let mode = (sniff(&seen) == Sniff::Tls).then_some(Mode::Tls);
+            let mode = (sniff(&intake.seen) == Sniff::Tls).then_some(Mode::Tls);
             ctx.stats.handshake(mode, HandshakeResult::Failed);
             if let Some(offence) = failure.offence() {
                 ctx.misuse.report(peer.ip(), offence).await;
             }
             if failure.frontable() {
                 active.enter(ConnState::Fronted);
-                front::front(client, seen, FrontReason::Failure(failure), &ctx).await;
+                let to_front = intake.into_front(&ctx).await;
+                front::front_with(client, to_front, FrontReason::Failure(failure), &ctx).await;
             }
         }
     }

@@ -56,6 +56,14 @@ pub trait StreamHalf {
     }
 }
 
+/// A borrowed half, so the caller gets its socket back when the relay ends (to choose how it
+/// closes).
+impl<T: StreamHalf> StreamHalf for &mut T {
+    fn socket(&self) -> Option<&TcpStream> {
+        (**self).socket()
+    }
+}
+
 impl StreamHalf for OwnedReadHalf {
     fn socket(&self) -> Option<&TcpStream> {
         Some(self.as_ref())

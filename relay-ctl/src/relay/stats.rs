@@ -137,6 +137,27 @@ impl FrontReason {
     }
 }
 
+/// What became of a mask connection opened for a client quiet mid-handshake: label values of
+/// `relay_mask_legs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MaskLeg {
+    /// Opened (every one counts here).
+    Opened,
+    /// Closed again because the handshake then completed and verified.
+    Abandoned,
+}
+
+impl MaskLeg {
+    const ALL: [MaskLeg; 2] = [MaskLeg::Opened, MaskLeg::Abandoned];
+
+    const fn name(self) -> &'static str {
+        match self {
+            MaskLeg::Opened => "opened",
+            MaskLeg::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// Direction of relayed bytes: label values of `relay_relayed_bytes_total`.
 pub const DIRECTIONS: [&str; 2] = ["client_to_dc", "dc_to_client"];
 
@@ -205,6 +226,7 @@ pub struct RelayStats {
     failures: [AtomicU64; Failure::ALL.len()],
     handshakes: [[AtomicU64; HandshakeResult::ALL.len()]; HANDSHAKE_MODES.len()],
     fronted: [AtomicU64; Failure::ALL.len() + 1],
+    mask_legs: [AtomicU64; MaskLeg::ALL.len()],
     replays: AtomicU64,
     bytes: [AtomicU64; DIRECTIONS.len()],
     dc_connect: Mutex<BTreeMap<i16, DcTimes>>,
@@ -235,6 +257,31 @@ impl RelayStats {
     /// A connection was handed to the mask host.
     pub fn fronted(&self, reason: FrontReason) {
         self.fronted[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A mask connection was opened for a client quiet mid-handshake.
+    pub fn mask_leg_opened(&self) {
+        self.mask_legs[MaskLeg::Opened as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A mask connection opened for a client mid-handshake was closed again: the handshake
+    /// verified.
+    pub fn mask_leg_abandoned(&self) {
+        self.mask_legs[MaskLeg::Abandoned as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mask connections opened for clients quiet mid-handshake, and of those the ones closed
+    /// again because the handshake verified (what genuine clients cost the mask host).
+    pub fn mask_legs(&self) -> BTreeMap<String, u64> {
+        MaskLeg::ALL
+            .iter()
+            .map(|m| {
+                (
+                    m.name().to_owned(),
+                    self.mask_legs[*m as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// A replayed handshake was caught.

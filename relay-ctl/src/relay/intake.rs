@@ -1,0 +1,192 @@
+//! The client's bytes up to a complete handshake, and the mask connection opened for a client
+//! that goes quiet short of one.
+//!
+//! A censor's probe that stops (or never starts) mid-handshake must end when, and as, the mask
+//! site would end it. So once a client has been quiet for `[timeouts] mask_grace_ms` with no
+//! complete hello or header, a connection to the mask host is opened and sent every byte so far,
+//! and then each new byte as it arrives: the mask's own timers run from then on. If the mask
+//! answers or ends that connection before the handshake is complete, the connection is fronted
+//! (the answer reaches the client as the mask sent it); if the handshake completes and verifies,
+//! the mask connection is dropped. Genuine clients send their whole hello or header at once, so
+//! they rarely cause a mask connection at all.
+
+use std::{future::Future, io, pin::Pin};
+
+use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream, time::Instant};
+
+use super::{RelayContext, handshake::Failure};
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+/// The mask connection of a client still in its handshake.
+enum MaskLeg {
+    /// Not opened (yet): the client has not been quiet for the grace period.
+    Waiting,
+    /// Being connected.
+    Connecting(Connecting),
+    /// Open; `sent` bytes of the client's have been forwarded to it.
+    Open { stream: TcpStream, sent: usize },
+    /// Not opened and never to be: fronting is off, the mask host failed, or the relay has
+    /// answered the client itself.
+    Off,
+}
+
+/// What happened on the mask leg while the client was quiet.
+enum MaskEvent {
+    /// The connection is up: forward what the client sent.
+    Opened,
+    /// The mask sent bytes, closed or reset: the handshake is over, the mask decided.
+    Answered,
+}
+
+/// Every byte a client sent in its handshake, and the mask connection opened for it if it went
+/// quiet short of a complete one.
+pub struct Intake {
+    /// The client's bytes, in order (replayed to the mask when the connection is fronted).
+    pub seen: Vec<u8>,
+    mask: MaskLeg,
+    /// When the client connected or last sent bytes.
+    last: Instant,
+}
+
+/// A connection ready to be fronted: the mask connection if one is open, and the client's
+/// bytes it has not been sent yet.
+pub struct ToFront {
+    /// The open mask connection, if the client had gone quiet and it was opened.
+    pub mask: Option<TcpStream>,
+    /// The client's bytes the mask has not received.
+    pub unsent: Vec<u8>,
+}
+
+impl Intake {
+    /// An empty intake for a connection accepted now; a mask connection may be opened for it
+    /// only when fronting is on.
+    pub fn new(ctx: &RelayContext) -> Intake {
+        Intake {
+            seen: Vec::new(),
+            mask: if ctx.mask.is_some() {
+                MaskLeg::Waiting
+            } else {
+                MaskLeg::Off
+            },
+            last: Instant::now(),
+        }
+    }
+
+    /// Reads at least one more byte from the client into [`Intake::seen`], forwarding it to the
+    /// mask connection if that is open; meanwhile opens the mask connection once the client
+    /// has been quiet for the grace period. Fails with [`Failure::Closed`] when the client hangs
+    /// up and with [`Failure::Incomplete`] when the mask answers or ends its connection first.
+    pub async fn read_more(
+        &mut self,
+        client: &mut TcpStream,
+        ctx: &RelayContext,
+    ) -> Result<usize, Failure> {
+        loop {
+            // Straight into `seen`'s spare capacity: a stack buffer would be held across the
+            // await and so become part of every connection's task.
+            self.seen.reserve(4096);
+            tokio::select! {
+                r = client.read_buf(&mut self.seen) => {
+                    let n = match r {
+                        Ok(0) | Err(_) => return Err(Failure::Closed),
+                        Ok(n) => n,
+                    };
+                    self.last = Instant::now();
+                    self.forward().await?;
+                    return Ok(n);
+                }
+                event = self.mask.event(self.last + ctx.mask_grace, ctx) => match event {
+                    MaskEvent::Opened => {
+                        ctx.stats.mask_leg_opened();
+                        self.forward().await?;
+                    }
+                    MaskEvent::Answered => return Err(Failure::Incomplete),
+                },
+            }
+        }
+    }
+
+    /// Sends the mask connection, if open, the client's bytes it has not had yet.
+    async fn forward(&mut self) -> Result<(), Failure> {
+        if let MaskLeg::Open { stream, sent } = &mut self.mask {
+            stream
+                .write_all(&self.seen[*sent..])
+                .await
+                .map_err(|_| Failure::Incomplete)?;
+            *sent = self.seen.len();
+        }
+        Ok(())
+    }
+
+    /// The handshake verified: the relay answers the client itself from here on, so a mask
+    /// connection opened meanwhile is closed and none is opened later.
+    pub fn abandon_mask(&mut self, ctx: &RelayContext) {
+        if matches!(self.mask, MaskLeg::Open { .. } | MaskLeg::Connecting(_)) {
+            ctx.stats.mask_leg_abandoned();
+        }
+        self.mask = MaskLeg::Off;
+    }
+
+    /// What fronting needs: the mask connection if it is open (waiting for one still being
+    /// connected) and the bytes it has not been sent.
+    pub async fn into_front(self, ctx: &RelayContext) -> ToFront {
+        let (mask, sent) = match self.mask {
+            MaskLeg::Open { stream, sent } => (Some(stream), sent),
+            MaskLeg::Connecting(connecting) => {
+                match tokio::time::timeout(ctx.connect_timeout, connecting).await {
+                    Ok(Ok(stream)) => (Some(stream), 0),
+                    _ => (None, 0),
+                }
+            }
+            MaskLeg::Waiting | MaskLeg::Off => (None, 0),
+        };
+        let mut unsent = self.seen;
+        unsent.drain(..sent);
+        ToFront { mask, unsent }
+    }
+}
+
+impl MaskLeg {
+    /// Waits for the next thing that happens on the mask leg: at `grace_end` a connection is
+    /// started, when it is up [`MaskEvent::Opened`], when the mask then speaks or ends,
+    /// [`MaskEvent::Answered`]. Cancel-safe: a connection being made lives in `self`.
+    async fn event(&mut self, grace_end: Instant, ctx: &RelayContext) -> MaskEvent {
+        loop {
+            match self {
+                MaskLeg::Waiting => {
+                    tokio::time::sleep_until(grace_end).await;
+                    let Some(mask) = ctx.mask.clone() else {
+                        *self = MaskLeg::Off;
+                        continue;
+                    };
+                    let timeout = ctx.connect_timeout;
+                    *self = MaskLeg::Connecting(Box::pin(async move {
+                        tokio::time::timeout(timeout, TcpStream::connect(mask))
+                            .await
+                            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                    }));
+                }
+                MaskLeg::Connecting(connecting) => match connecting.as_mut().await {
+                    Ok(stream) => {
+                        *self = MaskLeg::Open { stream, sent: 0 };
+                        return MaskEvent::Opened;
+                    }
+                    Err(e) => {
+                        // A probe flood while the mask host is down would make this once per
+                        // connection: rate-limited. The handshake deadline then ends it.
+                        crate::warn_limited!((1, 10), "fronting target unreachable: {e}");
+                        *self = MaskLeg::Off;
+                    }
+                },
+                MaskLeg::Open { stream, .. } => {
+                    // Bytes, FIN or RST from the mask all end the handshake; peek leaves the
+                    // bytes for the fronting pump to pass on.
+                    let _ = stream.peek(&mut [0u8; 1]).await;
+                    return MaskEvent::Answered;
+                }
+                MaskLeg::Off => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
