@@ -1160,6 +1160,38 @@ impl CrowdSec {
     }
 }
 
+/// What the configuration lets a censor see, one line per setting, for `config check` and the
+/// start-up log: enabled obfuscated2 modes and fronting turned off.
+pub fn exposure(config: &Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    let modes = config.server.modes;
+    if modes.contains(Mode::Classic) {
+        lines.push(
+            "mode \"classic\" is enabled: plain obfuscated2 has fixed packet sizes a censor can \
+             match on the wire, and its header is random bytes, so relay cannot tell a client \
+             from a probe before 64 bytes arrive (see \"secure\")"
+                .to_owned(),
+        );
+    }
+    if modes.contains(Mode::Secure) || modes.contains(Mode::Classic) {
+        lines.push(format!(
+            "obfuscated2 modes are enabled: random bytes are a possible client header, so a \
+             probe of fewer than 64 random bytes reaches the mask site up to \
+             [timeouts] mask_grace_ms ({} ms) later than the site itself would see it, and the \
+             stream has no TLS cover; \"tls\" alone avoids both",
+            config.timeouts.mask_grace_ms
+        ));
+    }
+    if !config.tls.fronting {
+        lines.push(
+            "[tls] fronting is off: failed handshakes and probes are closed instead of handed \
+             to the mask site, which tells a censor this is not that site"
+                .to_owned(),
+        );
+    }
+    lines
+}
+
 /// A warning when `path` holds user secrets and other users on the host can read it (mode bits
 /// `o+r`), or `None`.
 pub fn secrets_exposure(path: &Path, config: &Config) -> Option<String> {

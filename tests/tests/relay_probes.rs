@@ -539,7 +539,11 @@ fn probe_silent_connection_reaches_the_mask_after_the_grace_period() {
     let mut probe = connect(relay_addr);
     let conns = mask.wait(WAIT, |c| !c.is_empty());
     let waited = started.elapsed();
-    assert_eq!(conns.len(), 1, "the silent connection never reached the mask");
+    assert_eq!(
+        conns.len(),
+        1,
+        "the silent connection never reached the mask"
+    );
     assert!(conns[0].received.is_empty());
     // `[timeouts] mask_grace_ms` (250 by default), well before the 2 s handshake timeout.
     assert!(
@@ -1075,5 +1079,88 @@ fn client_silent_after_the_server_flight_is_closed_not_fronted() {
     );
     let (_, end) = read_until_closed(&mut client, Duration::from_secs(3));
     end.expect("the relay closes a client that never sends its header");
+    assert!(dc.sessions().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1f. The mask connection of a client quiet mid-handshake
+
+/// A genuine client that pauses mid-header past `[timeouts] mask_grace_ms` gets a mask
+/// connection meanwhile; when the rest arrives and verifies, that connection is closed and the
+/// client is relayed: the pause costs the mask one short connection, not the client its session.
+#[test]
+fn genuine_client_pausing_past_the_grace_is_relayed_and_the_mask_leg_closed() {
+    let dc = fake_dc();
+    let mask = MaskServer::start(None);
+    let mut setup = Setup::tls_only(mask.addr);
+    setup.modes = r#"["secure", "tls"]"#;
+    let (relay, relay_addr) = setup.start(&dc);
+    let mut options = ClientOptions::new(secret(), Transport::Secure);
+    // The header in two writes 600 ms apart: the mask gets the first 32 bytes meanwhile.
+    options.segments = Some((32, Duration::from_millis(600)));
+    let payload = b"after a pause".to_vec();
+    let mut client = MtprotoClient::connect_with(relay_addr, &options, &payload)
+        .unwrap_or_else(|e| panic!("paused client: {e}\n{}", relay.log()));
+    client.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut echo = vec![0u8; payload.len()];
+    client
+        .recv_exact(&mut echo)
+        .unwrap_or_else(|e| panic!("no echo after the pause: {e}\n{}", relay.log()));
+    assert_eq!(echo, payload);
+    let conns = mask.wait(WAIT, |c| c.len() == 1 && c[0].closed);
+    assert_eq!(
+        conns.len(),
+        1,
+        "one mask connection for the pause: {conns:?}"
+    );
+    assert!(
+        conns[0].closed,
+        "the mask connection stayed open: {conns:?}"
+    );
+    assert_eq!(
+        conns[0].received,
+        client.handshake_bytes()[..32],
+        "the mask got the first segment"
+    );
+    let legs = relay_tests::util::wait_until(WAIT, || {
+        let m = relay_tests::metrics::Metrics::parse(&relay.scrape());
+        let abandoned = m.sum("relay_mask_legs_total", &[("outcome", "abandoned")]);
+        (abandoned >= 1.0).then(|| {
+            (
+                m.sum("relay_mask_legs_total", &[("outcome", "opened")]),
+                abandoned,
+            )
+        })
+    });
+    assert_eq!(legs, Some((1.0, 1.0)), "mask legs opened, abandoned");
+    assert_eq!(dc.sessions().len(), 1);
+}
+
+/// A truncated ClientHello: the mask gets it after the grace period and ends the connection on
+/// its own terms (here: it closes at once), and the prober sees that end at that time, long
+/// before relay's handshake deadline.
+#[test]
+fn truncated_hello_ends_when_the_mask_ends_it() {
+    let dc = fake_dc();
+    // Answers and closes once it has a request head: stands in for a site that gives up.
+    let mask = MaskServer::start(Some(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()));
+    let mut setup = Setup::tls_only(mask.addr);
+    setup.handshake_secs = 5;
+    let (_relay, relay_addr) = setup.start(&dc);
+    let hello = fake_tls_hello(&secret(), DOMAIN);
+    let started = Instant::now();
+    let mut probe = connect(relay_addr);
+    probe.write_all(&hello[..100]).expect("send");
+    // The head ends in `\r\n\r\n` only once this reaches the mask, as the next bytes.
+    thread::sleep(Duration::from_millis(500));
+    probe.write_all(b"\r\n\r\n").expect("send");
+    let (answer, end) = read_until_closed(&mut probe, WAIT);
+    let took = started.elapsed();
+    end.expect("closed as the mask closed");
+    assert_eq!(answer, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    assert!(
+        took < Duration::from_secs(setup.handshake_secs),
+        "ended after {took:?}: relay's own deadline, not the mask's"
+    );
     assert!(dc.sessions().is_empty());
 }

@@ -37,6 +37,9 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
     );
     let modes: Vec<&str> = config.server.modes.iter().map(|m| m.name()).collect();
     println!("  modes           {}", modes.join(", "));
+    for line in crate::config::exposure(&config) {
+        println!("  exposure        {line}");
+    }
     let users: Vec<&str> = config.users.iter().map(|u| u.name.as_str()).collect();
     println!(
         "  users           {}",

@@ -56,6 +56,9 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         "relay-ctl {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    for line in crate::config::exposure(&config) {
+        tracing::warn!("{line}");
+    }
     raise_fd_limit(&config);
     // Bind first: a taken port is the most common start-up failure and needs no BPF to find.
     let listeners = server::bind(&config.server.listen, relay_thread_count())?;

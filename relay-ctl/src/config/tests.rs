@@ -361,3 +361,45 @@ fn an_inline_crowdsec_key_is_a_secret_too() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     assert!(secrets_exposure(&path, &config).is_some());
 }
+
+#[test]
+fn default_modes_are_tls_only_and_expose_nothing() {
+    let config = Config::embedded().expect("embedded default");
+    assert_eq!(config.server.modes, ModeSet::EMPTY.with(Mode::Tls));
+    assert!(exposure(&config).is_empty(), "{:?}", exposure(&config));
+    assert_eq!(config.timeouts.mask_grace_ms, 250);
+}
+
+#[test]
+fn obfuscated2_modes_and_fronting_off_are_named_as_exposures() {
+    let secure = parse("[server]\nlisten = [\"127.0.0.1:1\"]\nmodes = [\"secure\", \"tls\"]\n")
+        .expect("valid");
+    let lines = exposure(&secure);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("64 random bytes") && lines[0].contains("250 ms"),
+        "{lines:?}"
+    );
+    let classic = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nmodes = [\"classic\"]\n[tls]\nfronting = false\n",
+    )
+    .expect("valid");
+    let lines = exposure(&classic);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("fixed packet sizes")));
+    assert!(lines.iter().any(|l| l.contains("fronting is off")));
+}
+
+#[test]
+fn mask_grace_must_fit_inside_the_handshake_deadline() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[timeouts]\nhandshake_secs = 1\nmask_grace_ms = 1000\n",
+        5,
+        "mask_grace_ms",
+    );
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[timeouts]\nmask_grace_ms = 0\n",
+        4,
+        "mask_grace_ms",
+    );
+}

@@ -18,9 +18,9 @@ pub mod ctr_vaes;
 pub mod dc;
 pub mod mode;
 pub mod obfs2;
-pub mod opening;
 #[cfg(target_arch = "x86_64")]
 pub mod obfs2_x16;
+pub mod opening;
 pub mod replay;
 pub mod secret;
 #[cfg(target_arch = "x86_64")]

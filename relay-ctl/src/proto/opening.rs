@@ -53,7 +53,13 @@ mod tests {
         assert_eq!(classify(&[0x16], tls), Opening::NeedMore);
         assert_eq!(classify(&[0x16, 0x03], tls), Opening::NeedMore);
         assert_eq!(classify(&[0x16, 0x03, 0x01], tls), Opening::Tls);
-        for probe in [&b"G"[..], b"\x00", b"\x17", &[0x16, 0x02], &[0x16, 0x03, 0x03]] {
+        for probe in [
+            &b"G"[..],
+            b"\x00",
+            b"\x17",
+            &[0x16, 0x02],
+            &[0x16, 0x03, 0x03],
+        ] {
             assert_eq!(classify(probe, tls), Opening::NotAClient, "{probe:02x?}");
         }
     }
@@ -66,7 +72,10 @@ mod tests {
         assert_eq!(classify(b"HEAD / HTTP/1.0", secure), Opening::NotAClient);
         assert_eq!(classify(b"PUT / HTTP/1.1", secure), Opening::Obfs2);
         assert_eq!(classify(&[0xef], secure), Opening::NotAClient);
-        assert_eq!(classify(&[1, 2, 3, 4, 0, 0, 0, 0], secure), Opening::NotAClient);
+        assert_eq!(
+            classify(&[1, 2, 3, 4, 0, 0, 0, 0], secure),
+            Opening::NotAClient
+        );
         // `16 03 01 02` is a TLS record when TLS is on.
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02], secure), Opening::Tls);
         let classic = set(&[Mode::Classic]);

@@ -4,11 +4,12 @@
 //! A censor's probe that stops (or never starts) mid-handshake must end when, and as, the mask
 //! site would end it. So once a client has been quiet for `[timeouts] mask_grace_ms` with no
 //! complete hello or header, a connection to the mask host is opened and sent every byte so far,
-//! and then each new byte as it arrives: the mask's own timers run from then on. If the mask
-//! answers or ends that connection before the handshake is complete, the connection is fronted
-//! (the answer reaches the client as the mask sent it); if the handshake completes and verifies,
-//! the mask connection is dropped. Genuine clients send their whole hello or header at once, so
-//! they rarely cause a mask connection at all.
+//! and then each new byte that still leaves the handshake short: the mask's own timers run from
+//! then on. If the mask answers or ends that connection before the handshake is complete, the
+//! connection is fronted (the answer reaches the client as the mask sent it); if the handshake
+//! completes and verifies, the mask connection is dropped, never having seen the bytes that
+//! completed it. Genuine clients send their whole hello or header at once, so they rarely cause
+//! a mask connection at all.
 
 use std::{future::Future, io, pin::Pin};
 
@@ -73,15 +74,17 @@ impl Intake {
         }
     }
 
-    /// Reads at least one more byte from the client into [`Intake::seen`], forwarding it to the
-    /// mask connection if that is open; meanwhile opens the mask connection once the client
-    /// has been quiet for the grace period. Fails with [`Failure::Closed`] when the client hangs
-    /// up and with [`Failure::Incomplete`] when the mask answers or ends its connection first.
+    /// Reads at least one more byte from the client into [`Intake::seen`]; meanwhile opens the
+    /// mask connection once the client has been quiet for the grace period. The mask connection
+    /// gets the bytes the caller found short of a handshake (those seen before this call), never
+    /// the ones that may complete it. Fails with [`Failure::Closed`] when the client hangs up
+    /// and with [`Failure::Incomplete`] when the mask answers or ends its connection first.
     pub async fn read_more(
         &mut self,
         client: &mut TcpStream,
         ctx: &RelayContext,
     ) -> Result<usize, Failure> {
+        self.forward().await?;
         loop {
             // Straight into `seen`'s spare capacity: a stack buffer would be held across the
             // await and so become part of every connection's task.
@@ -93,7 +96,6 @@ impl Intake {
                         Ok(n) => n,
                     };
                     self.last = Instant::now();
-                    self.forward().await?;
                     return Ok(n);
                 }
                 event = self.mask.event(self.last + ctx.mask_grace, ctx) => match event {
