@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::gate::SourceKey;
+
 /// Limits of one user, from the config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -19,7 +21,7 @@ pub struct Limits {
     pub disabled: bool,
     /// Concurrent connections.
     pub max_connections: Option<u64>,
-    /// Distinct client addresses within the unique-IP window.
+    /// Distinct client addresses (IPv6: /64 prefixes) within the unique-IP window.
     pub max_unique_ips: Option<u64>,
     /// Bytes in both directions, all time.
     pub quota: Option<u64>,
@@ -74,7 +76,9 @@ pub struct Account {
     active: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
-    recent_ips: Mutex<HashMap<IpAddr, Instant>>,
+    /// Client addresses within the unique-IP window, IPv6 per /64: one host's privacy
+    /// addresses are one address, and a holder of a /64 cannot take a slot per address.
+    recent_ips: Mutex<HashMap<SourceKey, Instant>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -148,11 +152,12 @@ impl Account {
             let mut recent = lock(&self.recent_ips);
             // Addresses are kept only as long as the window.
             recent.retain(|_, seen| now.duration_since(*seen) < ip_window);
-            if !recent.contains_key(&ip) && recent.len() as u64 >= max {
+            let source = SourceKey::from(ip);
+            if !recent.contains_key(&source) && recent.len() as u64 >= max {
                 self.active.fetch_sub(1, Ordering::AcqRel);
                 return Err(Rejection::MaxUniqueIps);
             }
-            recent.insert(ip, now);
+            recent.insert(source, now);
         }
         Ok(())
     }
@@ -366,6 +371,31 @@ mod tests {
             "old ones aged out"
         );
         assert_eq!(a.usage(later, WINDOW).unique_ips, 1);
+    }
+
+    /// A phone's IPv6 privacy addresses share its /64: one slot, not one per address; another
+    /// /64 is another address.
+    #[test]
+    fn ipv6_addresses_count_per_64() {
+        let a = account(Limits {
+            max_unique_ips: Some(2),
+            ..Limits::default()
+        });
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let v6 = |prefix: u16, host: u16| IpAddr::from([0x2001, 0xdb8, 0, prefix, host, 0, 0, 1]);
+        for host in 1..=100 {
+            assert!(
+                a.admit(v6(1, host), t0, wall, WINDOW).is_ok(),
+                "address {host} in the same /64"
+            );
+        }
+        assert!(a.admit(v6(2, 1), t0, wall, WINDOW).is_ok(), "a second /64");
+        assert_eq!(
+            a.admit(v6(3, 1), t0, wall, WINDOW).map(|_| ()),
+            Err(Rejection::MaxUniqueIps),
+            "a third /64"
+        );
+        assert_eq!(a.usage(t0, WINDOW).unique_ips, 2);
     }
 
     #[test]
