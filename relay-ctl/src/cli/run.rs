@@ -47,10 +47,12 @@ struct Started {
 /// Loads the configuration, binds, loads XDP and gives up root, all on one thread.
 fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
     let config = super::load_config(config_path)?;
+    // Logging starts with the config's `[log]`: every warning about the config comes after it,
+    // or it would go nowhere.
+    crate::logging::init_with(&config.log);
     if let Some(warning) = config_path.and_then(|p| crate::config::secrets_exposure(p, &config)) {
         tracing::warn!("{warning}");
     }
-    crate::logging::init_with(&config.log);
     tracing::info!(
         config = %config_path.map_or_else(|| "embedded default".to_owned(), |p| p.display().to_string()),
         "relay-ctl {} starting",
