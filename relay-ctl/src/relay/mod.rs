@@ -7,6 +7,7 @@ pub mod context;
 pub mod front;
 pub mod handshake;
 pub mod hints;
+pub mod mask_flight;
 pub mod pump;
 pub mod splice;
 pub mod stats;
