@@ -6,7 +6,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -189,6 +192,8 @@ pub fn not_probed(tls: &Tls) -> Option<&'static str> {
 pub struct MaskFlight {
     current: ArcSwap<FlightState>,
     relearn: Notify,
+    /// Bumped by [`MaskFlight::reconfigure`]: a round started before must not publish.
+    generation: AtomicU64,
 }
 
 impl MaskFlight {
@@ -198,6 +203,7 @@ impl MaskFlight {
         let flight = MaskFlight {
             current: ArcSwap::from_pointee(initial(config)),
             relearn: Notify::new(),
+            generation: AtomicU64::new(0),
         };
         flight.log_current();
         flight
@@ -220,6 +226,7 @@ impl MaskFlight {
             )
         };
         if key(old) != key(new) {
+            self.generation.fetch_add(1, Ordering::Relaxed);
             self.current.store(Arc::new(initial(new)));
             self.log_current();
             self.relearn.notify_one();
@@ -393,7 +400,14 @@ pub async fn run(flight: Arc<MaskFlight>, config: impl Fn() -> Arc<Config>) {
 async fn round(flight: &MaskFlight, config: &Config) -> Duration {
     let connect_timeout = Duration::from_secs(config.upstream.connect_timeout_secs);
     let target = config.tls.mask_target();
-    match learn(&config.tls, connect_timeout).await {
+    let generation = flight.generation.load(Ordering::Relaxed);
+    let result = learn(&config.tls, connect_timeout).await;
+    if flight.generation.load(Ordering::Relaxed) != generation {
+        // Reconfigured meanwhile: this was the old mask. The reconfiguration's wake-up starts
+        // the next round at once.
+        return Duration::MAX;
+    }
+    match result {
         Ok(learned) => {
             if let Err(e) = save_cache(&config.state.dir, &learned) {
                 tracing::warn!("mask flight learned but not cached: {e}");
