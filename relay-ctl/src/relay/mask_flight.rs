@@ -611,6 +611,33 @@ mod tests {
         assert_eq!(flight.current().source, Source::Fallback);
     }
 
+    #[tokio::test]
+    async fn a_round_overtaken_by_a_reload_does_not_publish() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let target = site(site_flight(ExtensionOrder::KeyShareFirst, 4000)).await;
+        let old = config(&target, state.path(), "");
+        let new = config_other(state.path());
+        let flight = MaskFlight::start(&old);
+        let ((), wait) = tokio::join!(
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                flight.reconfigure(&old, &new);
+            },
+            round(&flight, &old)
+        );
+        assert_eq!(wait, Duration::MAX);
+        let current = flight.current();
+        assert_eq!(current.source, Source::Fallback);
+        assert!(
+            current
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("127.0.0.1:9")),
+            "{:?}",
+            current.reason
+        );
+    }
+
     fn config_other(state: &Path) -> Config {
         config("127.0.0.1:9", state, "")
     }
