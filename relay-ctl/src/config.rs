@@ -454,6 +454,13 @@ pub struct Tls {
     /// Accepted clock difference of a ClientHello timestamp, in seconds.
     #[serde(default = "default_time_skew")]
     pub time_skew_secs: u32,
+    /// Probe `mask` as a TLS client to copy the shape of its server flight (needs `fronting`);
+    /// off: the fake flight uses a plausible fixed size range.
+    #[serde(default = "yes")]
+    pub learn_flight: bool,
+    /// Seconds between probes of the mask site's flight.
+    #[serde(default = "default_flight_refresh")]
+    pub flight_refresh_secs: u64,
 }
 
 impl Default for Tls {
@@ -463,6 +470,8 @@ impl Default for Tls {
             mask: None,
             fronting: true,
             time_skew_secs: default_time_skew(),
+            learn_flight: true,
+            flight_refresh_secs: default_flight_refresh(),
         }
     }
 }
@@ -481,6 +490,9 @@ fn default_domain() -> String {
 }
 fn default_time_skew() -> u32 {
     120
+}
+fn default_flight_refresh() -> u64 {
+    6 * 3600
 }
 
 /// `[upstream]`
@@ -1030,6 +1042,14 @@ impl Config {
             return Err(invalid(
                 "domain",
                 "[tls] domain must be an ASCII host name".to_owned(),
+            ));
+        }
+        if self.tls.flight_refresh_secs < 60 {
+            return Err(invalid(
+                "flight_refresh_secs",
+                "[tls] flight_refresh_secs must be at least 60 (set learn_flight = false to stop \
+                 probing)"
+                    .to_owned(),
             ));
         }
         if self.timeouts.handshake_secs == 0 || self.timeouts.idle_secs == 0 {

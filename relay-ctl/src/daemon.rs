@@ -24,8 +24,8 @@ use crate::{
     control::{
         Handler,
         api::{
-            BanInfo, ErrorKind, PrefixEntry, Reply, Request, Response, Stats, UserInfo,
-            XdpAttachment,
+            BanInfo, ErrorKind, PrefixEntry, Reply, Request, Response, Stats, TlsFlightStats,
+            UserInfo, XdpAttachment,
         },
         store::{BlockEntry, Lists, SavedBan, SavedUsage, Store, unix_now},
     },
@@ -36,6 +36,7 @@ use crate::{
         accounts::{Account, Accounts, Rejection},
         context::replay_cache,
         hints::Hints,
+        mask_flight::MaskFlight,
         stats::RelayStats,
     },
     shield::{Enforcement, ListSource, Shield},
@@ -77,6 +78,8 @@ pub struct Daemon {
     reloads: [AtomicU64; 2],
     /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
     pub crowdsec: Arc<crate::crowdsec::Status>,
+    /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
+    pub flight: Arc<MaskFlight>,
 }
 
 /// Why the daemon could not start or reload.
@@ -103,6 +106,7 @@ impl Daemon {
         let replay = replay_cache(&config);
         let hints = Arc::new(Hints::default());
         let stats = Arc::new(RelayStats::default());
+        let flight = Arc::new(MaskFlight::start(&config));
         let relay = RelayContext::new(
             &config,
             users,
@@ -111,6 +115,7 @@ impl Daemon {
             hints.clone(),
             misuse.clone(),
             stats.clone(),
+            flight.clone(),
         );
         let store = Store::new(&config.state.dir);
         let capacity = Capacity::new(config.limits.bounds());
@@ -133,6 +138,7 @@ impl Daemon {
             started: Instant::now(),
             reloads: Default::default(),
             crowdsec,
+            flight,
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;
@@ -191,7 +197,9 @@ impl Daemon {
             self.hints.clone(),
             self.misuse.clone(),
             self.relay.load().stats.clone(),
+            self.flight.clone(),
         );
+        self.flight.reconfigure(&old, &new);
         self.relay.store(Arc::new(relay));
         crate::logging::reconfigure(&new.log);
         self.config.store(Arc::new(new));
@@ -548,6 +556,16 @@ impl Daemon {
                 .collect(),
             handshakes_active: self.capacity.handshakes() as u64,
             crowdsec: self.crowdsec.snapshot(),
+            tls_flight: {
+                let flight = self.flight.current();
+                TlsFlightStats {
+                    source: flight.source.name().to_owned(),
+                    record_min: *flight.shape.cert_len.start() as u64,
+                    record_max: *flight.shape.cert_len.end() as u64,
+                    learned_unix: flight.learned.as_ref().map(|l| l.learned_unix),
+                    reason: flight.reason.clone(),
+                }
+            },
         }
     }
 

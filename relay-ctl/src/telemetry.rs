@@ -26,11 +26,11 @@ use crate::{
     config,
     control::api::Stats,
     daemon::Daemon,
-    relay::{accounts::Rejection, stats::DC_CONNECT_BUCKETS},
+    relay::{accounts::Rejection, mask_flight::Source, stats::DC_CONNECT_BUCKETS},
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 25] = [
+pub const METRIC_NAMES: [&str; 27] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -56,6 +56,8 @@ pub const METRIC_NAMES: [&str; 25] = [
     "relay_crowdsec_decisions",
     "relay_crowdsec_pull_seconds",
     "relay_crowdsec_published_total",
+    "relay_tls_flight_source",
+    "relay_tls_flight_record_bytes",
 ];
 
 /// Name of the CrowdSec pull-time histogram.
@@ -205,6 +207,15 @@ fn describe() {
         "relay_crowdsec_published_total",
         "relay's own bans sent to CrowdSec, by result (ok, failed, dropped when the queue was full)."
     );
+    describe_gauge!(
+        "relay_tls_flight_source",
+        "1 for where the fake-TLS server flight's shape comes from: learned (probed from the mask), cached (loaded from the state dir) or fallback (fixed plausible sizes); 0 for the others."
+    );
+    describe_gauge!(
+        "relay_tls_flight_record_bytes",
+        Unit::Bytes,
+        "Smallest and largest size (bound=min|max) of the fake encrypted-handshake record."
+    );
 }
 
 /// Records one DC connect time (a no-op while no recorder is installed).
@@ -322,6 +333,21 @@ impl Publisher {
             counter!("relay_config_reloads_total", "result" => result.clone()).absolute(*n);
         }
         self.publish_crowdsec(s);
+        self.publish_tls_flight(s);
+    }
+
+    fn publish_tls_flight(&self, s: &Stats) {
+        let flight = &s.tls_flight;
+        for source in Source::ALL {
+            let value = if flight.source == source.name() {
+                1.0
+            } else {
+                0.0
+            };
+            gauge!("relay_tls_flight_source", "source" => source.name()).set(value);
+        }
+        gauge!("relay_tls_flight_record_bytes", "bound" => "min").set(flight.record_min as f64);
+        gauge!("relay_tls_flight_record_bytes", "bound" => "max").set(flight.record_max as f64);
     }
 
     fn publish_crowdsec(&mut self, s: &Stats) {
@@ -416,6 +442,13 @@ mod tests {
         s.config_reloads.insert("success".into(), 1);
         s.connections_refused
             .insert("max_connections_per_source".into(), 6);
+        s.tls_flight = crate::control::api::TlsFlightStats {
+            source: "cached".into(),
+            record_min: 3951,
+            record_max: 3957,
+            learned_unix: Some(1_700_000_000),
+            reason: None,
+        };
         s.crowdsec = Some(crate::control::api::CrowdSecStats {
             up: true,
             decisions: BTreeMap::from([("cscli".to_owned(), 4), ("relay".to_owned(), 1)]),
@@ -486,6 +519,9 @@ mod tests {
             "relay_crowdsec_decisions{origin=\"cscli\"} 4",
             "relay_crowdsec_published_total{result=\"dropped\"} 1",
             "relay_crowdsec_pull_seconds_bucket{le=\"0.025\"} 1",
+            "relay_tls_flight_source{source=\"cached\"} 1",
+            "relay_tls_flight_source{source=\"fallback\"} 0",
+            "relay_tls_flight_record_bytes{bound=\"max\"} 3957",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

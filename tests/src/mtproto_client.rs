@@ -113,6 +113,7 @@ pub struct MtprotoClient {
     reader: ClientReader,
     writer: ClientWriter,
     handshake: Vec<u8>,
+    server_flight: Vec<u8>,
 }
 
 impl MtprotoClient {
@@ -155,6 +156,7 @@ impl MtprotoClient {
         );
         let mut encrypt = header.encrypt;
         let mut sent = Vec::new();
+        let mut server_flight = Vec::new();
         let tls = match &options.transport {
             Transport::FakeTls { domain } => {
                 let hello = build_client_hello(&mut rng, &options.secret, domain, unix_now());
@@ -165,6 +167,7 @@ impl MtprotoClient {
                 let flight = read_server_flight(&mut stream)?;
                 verify_server_flight(&options.secret, &client_random, &flight)
                     .map_err(|e| invalid(format!("server flight refused: {e}")))?;
+                server_flight.clone_from(&flight);
                 // tdlib: "Proxy has sent too many data" if anything follows the flight.
                 stream.set_nonblocking(true)?;
                 let mut probe = [0u8; 1];
@@ -218,6 +221,7 @@ impl MtprotoClient {
                 sent: early_data.len() as u64,
             },
             handshake: sent,
+            server_flight,
         })
     }
 
@@ -225,6 +229,11 @@ impl MtprotoClient {
     /// 64-byte header), early data included: what a censor would capture and replay.
     pub fn handshake_bytes(&self) -> &[u8] {
         &self.handshake
+    }
+
+    /// The fake-TLS server flight the proxy answered with (verified); empty for obfuscated2.
+    pub fn server_flight(&self) -> &[u8] {
+        &self.server_flight
     }
 
     /// Encrypts and sends `data` (wrapped in records for fake TLS).

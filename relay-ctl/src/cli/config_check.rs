@@ -2,6 +2,12 @@
 
 use std::path::Path;
 
+use crate::{
+    config::Config,
+    proto::tls::FlightShape,
+    relay::mask_flight::{self, Cache},
+};
+
 /// Parses and validates the file, then prints a summary of the effective configuration.
 pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
     let config = super::load_config(file)?;
@@ -58,6 +64,7 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
             "off".to_owned()
         }
     );
+    println!("  tls flight      {}", flight_summary(&config));
     println!(
         "  lists           {} blocked, {} allowed",
         config.blocklist.cidrs.len(),
@@ -101,4 +108,44 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What fake-TLS flights will copy, from the cache in the state dir alone: `config check`
+/// makes no connection (the running relay probes the mask at start).
+fn flight_summary(config: &Config) -> String {
+    let fallback = FlightShape::fallback().cert_len;
+    let fallback = format!("fallback {}..={} bytes", fallback.start(), fallback.end());
+    if let Some(why) = mask_flight::not_probed(&config.tls) {
+        return format!("{fallback}: {why}");
+    }
+    let path = mask_flight::cache_path(config);
+    let every = format!(
+        "probed at start and every {} s",
+        config.tls.flight_refresh_secs
+    );
+    match mask_flight::load_cache(&config.state.dir, &config.tls) {
+        Cache::Usable(learned) => format!(
+            "cached profile of {} ({}, learned at unix time {}), {every}: {}",
+            learned.target,
+            path.display(),
+            learned.learned_unix,
+            mask_flight::describe(&learned)
+        ),
+        Cache::Missing => format!(
+            "no cached profile ({}): {fallback} until {} answers the probe ({every})",
+            path.display(),
+            config.tls.mask_target()
+        ),
+        Cache::OtherSite(learned) => format!(
+            "the cached profile is of {} for {}, not this mask: {fallback} until {} answers the \
+             probe ({every})",
+            learned.target,
+            learned.domain,
+            config.tls.mask_target()
+        ),
+        Cache::Unreadable(e) => format!(
+            "cached profile unreadable ({e}): {fallback} until {} answers the probe ({every})",
+            config.tls.mask_target()
+        ),
+    }
 }

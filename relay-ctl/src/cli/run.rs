@@ -170,6 +170,14 @@ async fn serve(
         _ => None,
     };
     let mut tasks = vec![tokio::spawn(upkeep(daemon.clone()))];
+    let config = {
+        let daemon = daemon.clone();
+        move || daemon.config()
+    };
+    tasks.push(tokio::spawn(crate::relay::mask_flight::run(
+        daemon.flight.clone(),
+        config,
+    )));
     if let Some(listen) = metrics {
         tasks.push(tokio::spawn(crate::telemetry::export(daemon.clone())));
         tracing::info!(%listen, "metrics endpoint listening");

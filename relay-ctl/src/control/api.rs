@@ -314,6 +314,26 @@ pub struct Stats {
     /// CrowdSec bouncer and publisher, when `[crowdsec]` is configured.
     #[serde(default)]
     pub crowdsec: Option<CrowdSecStats>,
+    /// The shape of fake-TLS server flights.
+    #[serde(default)]
+    pub tls_flight: TlsFlightStats,
+}
+
+/// Where the fake-TLS flight's shape comes from and the sizes it uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFlightStats {
+    /// `learned`, `cached` or `fallback`.
+    pub source: String,
+    /// Smallest size of the fake encrypted-handshake record.
+    pub record_min: u64,
+    /// Largest size of the fake encrypted-handshake record.
+    pub record_max: u64,
+    /// When the profile in use was learned (unix seconds), if one is.
+    #[serde(default)]
+    pub learned_unix: Option<u64>,
+    /// Why the fallback is used, if it is.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// One XDP attachment.

@@ -10,6 +10,7 @@ use std::{
 use super::{
     accounts::{Account, Accounts},
     hints::Hints,
+    mask_flight::MaskFlight,
     stats::RelayStats,
 };
 use crate::{
@@ -75,6 +76,8 @@ pub struct RelayContext {
     pub misuse: Arc<Misuse>,
     /// Relay-wide counters (shared across reloads).
     pub stats: Arc<RelayStats>,
+    /// The shape of fake-TLS server flights, learned from the mask (shared across reloads).
+    pub flight: Arc<MaskFlight>,
 }
 
 /// A replay cache sized by `[replay]`, remembering keys for both edges of the timestamp window.
@@ -87,8 +90,10 @@ pub fn replay_cache(config: &Config) -> Arc<Mutex<ReplayCache>> {
 
 impl RelayContext {
     /// Builds the context from a validated config and the resolved users. `accounts`,
-    /// `replay` and `hints` carry over from the previous context on reload (the caller clears
-    /// `hints` when it reloads: user indices may mean other users).
+    /// `replay`, `hints` and `flight` carry over from the previous context on reload (the
+    /// caller clears `hints` when it reloads: user indices may mean other users).
+    // The shared parts are passed one by one: each outlives reloads for its own reason.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         users: Vec<RelayUser>,
@@ -97,6 +102,7 @@ impl RelayContext {
         hints: Arc<Hints>,
         misuse: Arc<Misuse>,
         stats: Arc<RelayStats>,
+        flight: Arc<MaskFlight>,
     ) -> RelayContext {
         let time_skew_secs = u64::from(config.tls.time_skew_secs);
         let limits: std::collections::HashMap<&str, _> = config
@@ -136,6 +142,7 @@ impl RelayContext {
             replay,
             misuse,
             stats,
+            flight,
         }
     }
 }

@@ -242,8 +242,10 @@ async fn accept_tls(
     let user = verified.user;
     let flight = {
         let mut rng = rand::rng();
-        let cert_len = tls::flight::plausible_cert_len(&mut rng);
-        tls::flight::server_flight(&mut rng, &ctx.secrets[user], &verified, cert_len)
+        let shape = &ctx.flight.current().shape;
+        let cert_len = shape.pick_cert_len(&mut rng);
+        let secret = &ctx.secrets[user];
+        tls::flight::server_flight_shaped(&mut rng, secret, &verified, cert_len, shape.order)
     };
     *answered = true;
     client

@@ -8,6 +8,7 @@ pub mod front;
 pub mod handshake;
 pub mod hints;
 pub mod intake;
+pub mod mask_flight;
 pub mod pump;
 pub mod splice;
 pub mod stats;

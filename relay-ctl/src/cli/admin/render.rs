@@ -224,6 +224,23 @@ pub fn stats(s: &Stats) -> String {
     if s.replays_detected > 0 {
         summary.push(("replays", s.replays_detected.to_string()));
     }
+    let flight = &s.tls_flight;
+    if !flight.source.is_empty() {
+        summary.push((
+            "tls flight",
+            format!(
+                "{}, record {}..={} bytes{}",
+                flight.source,
+                flight.record_min,
+                flight.record_max,
+                flight
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
     if !s.relayed_bytes.is_empty() {
         let dir = |d: &str| bytes(s.relayed_bytes.get(d).copied().unwrap_or(0));
         summary.push((
@@ -583,6 +600,13 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
         s.config_reloads.insert("success".into(), 1);
         s.connections_refused.insert("max_handshakes".into(), 9);
         s.connections_refused.insert("max_connections".into(), 0);
+        s.tls_flight = crate::control::api::TlsFlightStats {
+            source: "fallback".into(),
+            record_min: 2500,
+            record_max: 4700,
+            learned_unix: None,
+            reason: Some("probing a:443 failed".into()),
+        };
         s.dc_connect.insert(
             "2".into(),
             crate::control::api::DcConnect {
@@ -601,6 +625,12 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
             "{text}"
         );
         assert!(text.contains("replays      2\n"), "{text}");
+        assert!(
+            text.contains(
+                "tls flight   fallback, record 2500..=4700 bytes (probing a:443 failed)\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("refused      max_handshakes 9\n"), "{text}");
         assert!(
             text.contains("relayed      1.5 KiB client→DC, 10.0 MiB DC→client\n"),

@@ -1,6 +1,8 @@
 //! The server's answer to a ClientHello (§1.6): exactly three records — ServerHello,
 //! ChangeCipherSpec, one application-data record of certificate-like size — with
-//! HMAC-SHA256(secret, client random ‖ flight) as the server random.
+//! HMAC-SHA256(secret, client random ‖ flight) as the server random. The ServerHello's
+//! extension order and the third record's size copy the mask site's own flight where it is
+//! learned (see [`super::profile`]).
 
 use hmac::{Hmac, Mac};
 use rand::{CryptoRng, Rng};
@@ -8,6 +10,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::hello::TlsClientHello;
+use super::profile::{ExtensionOrder, FALLBACK_CERT_LEN};
 use super::{CONTENT_APP_DATA, CONTENT_HANDSHAKE, MAX_PLAINTEXT, RECORD_HEADER_LEN};
 use crate::proto::secret::Secret;
 
@@ -26,19 +29,31 @@ const SUPPORTED_VERSIONS: [u8; 6] = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
 const KEY_SHARE: [u8; 8] = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20];
 
 /// A size for the fake certificate record in the range real chains have (mtg's fallback:
-/// 2500..=4700 bytes).
+/// 2500..=4700 bytes), for when the mask site's flight is not known.
 pub fn plausible_cert_len<R: Rng + ?Sized>(rng: &mut R) -> usize {
-    rng.random_range(2500..=4700)
+    rng.random_range(FALLBACK_CERT_LEN)
 }
 
-/// The three records answering `hello`, authenticated with the matched user's `secret`.
-/// `cert_len` is clamped to `1..=MAX_CERT_LEN`. Send exactly these bytes and nothing else
-/// until the client speaks: tdlib fails on any extra buffered byte.
+/// [`server_flight_shaped`] with key_share before supported_versions.
 pub fn server_flight<R: CryptoRng + ?Sized>(
     rng: &mut R,
     secret: &Secret,
     hello: &TlsClientHello,
     cert_len: usize,
+) -> Vec<u8> {
+    server_flight_shaped(rng, secret, hello, cert_len, ExtensionOrder::KeyShareFirst)
+}
+
+/// The three records answering `hello`, authenticated with the matched user's `secret`, the
+/// ServerHello extensions in `order`. `cert_len` is clamped to `1..=MAX_CERT_LEN`. Send
+/// exactly these bytes and nothing else until the client speaks: tdlib fails on any extra
+/// buffered byte.
+pub fn server_flight_shaped<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    secret: &Secret,
+    hello: &TlsClientHello,
+    cert_len: usize,
+    order: ExtensionOrder,
 ) -> Vec<u8> {
     let sid = hello.session_id.as_slice();
     let cert_len = cert_len.clamp(1, MAX_CERT_LEN);
@@ -66,9 +81,14 @@ pub fn server_flight<R: CryptoRng + ?Sized>(
     out.extend_from_slice(&hello.cipher);
     out.push(0x00);
     out.extend_from_slice(&be16(ext_len));
+    if order == ExtensionOrder::VersionsFirst {
+        out.extend_from_slice(&SUPPORTED_VERSIONS);
+    }
     out.extend_from_slice(&KEY_SHARE);
     out.extend_from_slice(&public);
-    out.extend_from_slice(&SUPPORTED_VERSIONS);
+    if order == ExtensionOrder::KeyShareFirst {
+        out.extend_from_slice(&SUPPORTED_VERSIONS);
+    }
     out.extend_from_slice(&CHANGE_CIPHER_SPEC);
     out.extend_from_slice(&[CONTENT_APP_DATA, 0x03, 0x03]);
     out.extend_from_slice(&be16(cert_len));
@@ -294,5 +314,33 @@ mod tests {
         let f = server_flight(&mut rng, &secret, &hello, 1 << 20);
         assert_eq!(f.len(), 138 + MAX_CERT_LEN);
         verify_server_flight(&secret, &hello.client_random, &f).unwrap();
+    }
+
+    #[test]
+    fn learned_shapes_mirror_the_site_and_still_verify() {
+        use crate::proto::tls::profile::{FlightShape, parse_flight};
+        let mut rng = StdRng::seed_from_u64(15);
+        let secret = Secret::from_hex(K.secret).unwrap();
+        let mut hello = kurigram_hello();
+        for order in [ExtensionOrder::KeyShareFirst, ExtensionOrder::VersionsFirst] {
+            for encrypted in [1, 40, 2_000, 6_123, MAX_CERT_LEN, 100_000] {
+                let shape = FlightShape {
+                    order,
+                    cert_len: encrypted.min(MAX_CERT_LEN)..=encrypted.min(MAX_CERT_LEN),
+                };
+                for sid in [&[][..], &[5; 32]] {
+                    hello.session_id = SessionId::new(sid).unwrap();
+                    let cert_len = shape.pick_cert_len(&mut rng);
+                    let f = server_flight_shaped(&mut rng, &secret, &hello, cert_len, order);
+                    verify_server_flight(&secret, &hello.client_random, &f).unwrap();
+                    // Read back as a site's flight: the order and the size are the shape's.
+                    let p = parse_flight(&f).unwrap();
+                    assert_eq!(p.order(), order);
+                    assert!(p.ccs && p.app_records == 1);
+                    assert_eq!(p.encrypted_len as usize, encrypted.min(MAX_CERT_LEN));
+                    assert!(!p.other_extensions());
+                }
+            }
+        }
     }
 }

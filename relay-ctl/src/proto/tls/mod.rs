@@ -5,19 +5,26 @@
 //! - [`reader`]: reassemble the ClientHello from TCP segments and TLS records.
 //! - [`hello`]: authenticate and parse it.
 //! - [`flight`]: build (and, client side, check) the server's three records.
+//! - [`profile`]: probe the mask site and learn the shape of its own server flight.
 //! - [`record`]: the application-data record codec.
 
 pub mod flight;
 pub mod hello;
 #[cfg(target_arch = "x86_64")]
 pub mod hello_x16;
+pub mod profile;
 pub mod reader;
 pub mod record;
 
-pub use flight::{FlightError, plausible_cert_len, server_flight, verify_server_flight};
+pub use flight::{
+    FlightError, plausible_cert_len, server_flight, server_flight_shaped, verify_server_flight,
+};
 pub use hello::{
     DEFAULT_WINDOW_SECS, HelloError, HelloKey, HelloPolicy, SessionId, TlsClientHello,
     UPTIME_MAX_SECS, build_client_hello, verify_client_hello, verify_client_hello_keys,
+};
+pub use profile::{
+    ExtensionOrder, FlightProfile, FlightShape, ProfileError, parse_flight, probe_hello,
 };
 pub use reader::{ClientHelloReader, HelloRead, ReadError, ReassembledHello, Sniff, sniff};
 pub use record::{MAX_PAYLOAD, RecordDecoder, RecordError, app_data_header, encode_records};
