@@ -24,6 +24,16 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config(port: u16, dc: SocketAddr, mask: SocketAddr, state: &Path) -> String {
+    config_with(port, dc, mask, state, true)
+}
+
+fn config_with(
+    port: u16,
+    dc: SocketAddr,
+    mask: SocketAddr,
+    state: &Path,
+    accept_uptime_clock: bool,
+) -> String {
     format!(
         r#"
 [server]
@@ -43,6 +53,7 @@ secret = "{SECRET}"
 [tls]
 domain = "{DOMAIN}"
 mask = "{mask}"
+accept_uptime_clock = {accept_uptime_clock}
 
 [upstream]
 default_dc = 2
@@ -169,4 +180,40 @@ fn replays_captured_before_a_restart_are_fronted_after_it() {
         "a replayed handshake reached the DC after the restart\nrelay log:\n{}",
         relay.log()
     );
+}
+
+/// `[tls] accept_uptime_clock`: a hello stamped with an uptime (an hour since boot) is
+/// answered when it is on, and fronted like a probe when it is off.
+#[test]
+fn uptime_clock_hellos_follow_the_switch() {
+    let secret = Secret::from_hex(SECRET).expect("secret");
+    for accept in [true, false] {
+        let state = tempfile::tempdir().expect("state dir");
+        let mask = MaskServer::start(None);
+        let dc = FakeDc::start(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (relay, port) = Relay::start_local_on_free_port(|port| {
+            config_with(port, dc.addr, mask.addr, state.path(), accept)
+        });
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let hello =
+            relay_ctl::proto::tls::build_client_hello(&mut rand::rng(), &secret, DOMAIN, 3600);
+        let answer = replay(addr, &hello);
+        let answered = answer.starts_with(&[0x16, 0x03, 0x03]);
+        if accept {
+            assert!(
+                answered,
+                "uptime hello not answered with a server flight ({} bytes back)\n{}",
+                answer.len(),
+                relay.log()
+            );
+        } else {
+            assert!(!answered, "uptime hello answered although refused");
+            let conns = mask.wait(WAIT, |c| c.iter().any(|c| c.received == hello));
+            assert!(
+                conns.iter().any(|c| c.received == hello),
+                "the refused uptime hello never reached the mask\n{}",
+                relay.log()
+            );
+        }
+    }
 }

@@ -70,11 +70,12 @@ impl ReplayStore {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return ReplayMemory::new(limits);
+                tracing::info!(dir = %self.dir.display(), "no replay memory saved yet: starting empty");
+                return ReplayMemory::with_rng(limits, StdRng::from_os_rng());
             }
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), "cannot read the replay memory, starting empty: {e}");
-                return ReplayMemory::new(limits);
+                return ReplayMemory::with_rng(limits, StdRng::from_os_rng());
             }
         };
         let mut generations = Vec::new();
@@ -296,10 +297,13 @@ mod tests {
     fn dropped_generations_lose_their_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ReplayStore::new(dir.path());
-        let memory = Mutex::new(ReplayMemory::new(ReplayLimits {
-            memory_bytes: 6 * LIMITS.generation_bytes(),
-            ..LIMITS
-        }));
+        let memory = Mutex::new(ReplayMemory::with_rng(
+            ReplayLimits {
+                memory_bytes: 6 * LIMITS.generation_bytes(),
+                ..LIMITS
+            },
+            StdRng::seed_from_u64(1),
+        ));
         for i in 0..1000 {
             memory.lock().expect("lock").check_and_insert(key(i), 100);
         }
@@ -344,7 +348,7 @@ mod tests {
         // The replay dir's place is taken by a file: every save fails.
         fs::write(dir.path().join(REPLAY_DIR), "in the way").expect("write");
         let store = ReplayStore::new(dir.path());
-        let memory = Mutex::new(ReplayMemory::new(LIMITS));
+        let memory = Mutex::new(ReplayMemory::with_rng(LIMITS, StdRng::seed_from_u64(1)));
         memory.lock().expect("lock").check_and_insert(key(1), 100);
         store.save(&memory, true);
         store.save(&memory, true);

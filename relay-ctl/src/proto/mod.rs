@@ -8,7 +8,7 @@
 //! - [`cipher`]: the AES-256-CTR stream cipher every leg uses.
 //! - [`obfs2`]: the 64-byte obfuscated2 headers, client→proxy and proxy→DC.
 //! - [`tls`]: fake-TLS: ClientHello reassembly and validation, the server flight, records.
-//! - [`replay`]: the bounded anti-replay cache of handshake keys.
+//! - [`replay`]: the anti-replay memory of handshake keys (keyed Bloom-filter generations).
 //! - [`dc`]: built-in Telegram DC addresses.
 
 pub mod cipher;

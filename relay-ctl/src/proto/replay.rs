@@ -24,7 +24,7 @@ pub mod file;
 
 use std::collections::VecDeque;
 
-use rand::{RngCore as _, SeedableRng as _, rngs::StdRng};
+use rand::{RngCore as _, rngs::StdRng};
 use sha2::{Digest, Sha256};
 
 use self::bloom::Generation;
@@ -166,12 +166,8 @@ pub struct ReplayMemory {
 }
 
 impl ReplayMemory {
-    /// An empty memory; hash keys come from the operating system's random source.
-    pub fn new(limits: ReplayLimits) -> ReplayMemory {
-        ReplayMemory::with_rng(limits, StdRng::from_os_rng())
-    }
-
-    /// An empty memory drawing hash keys from `rng` (tests pass a seeded one).
+    /// An empty memory drawing the generations' hash keys from `rng` (seeded from the
+    /// operating system's random source, or in tests from a fixed seed).
     pub fn with_rng(limits: ReplayLimits, rng: StdRng) -> ReplayMemory {
         ReplayMemory {
             limits,
