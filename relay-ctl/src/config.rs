@@ -461,6 +461,10 @@ pub struct Tls {
     /// Seconds between probes of the mask site's flight.
     #[serde(default = "default_flight_refresh")]
     pub flight_refresh_secs: u64,
+    /// Accept ClientHello timestamps that count seconds since the client's boot (below 1000
+    /// days) whatever `time_skew_secs` says; such hellos are then limited by `[replay]` only.
+    #[serde(default = "yes")]
+    pub accept_uptime_clock: bool,
 }
 
 impl Default for Tls {
@@ -472,6 +476,7 @@ impl Default for Tls {
             time_skew_secs: default_time_skew(),
             learn_flight: true,
             flight_refresh_secs: default_flight_refresh(),
+            accept_uptime_clock: true,
         }
     }
 }
@@ -575,11 +580,19 @@ fn default_idle_timeout() -> u64 {
     300
 }
 
-/// `[replay]`
+/// `[replay]`: the anti-replay memory. Each authenticated handshake is remembered for
+/// `retention_secs` or `retention_handshakes` later handshakes, whichever is longer, within
+/// `memory_bytes` (see [`crate::proto::replay`]).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
-    /// Memory the anti-replay cache may use, in bytes.
+    /// Seconds a handshake is remembered at least (at rates the memory allows).
+    #[serde(default = "default_replay_retention")]
+    pub retention_secs: u64,
+    /// Later handshakes a handshake is remembered for at least, however fast they come.
+    #[serde(default = "default_replay_handshakes")]
+    pub retention_handshakes: u64,
+    /// Most memory the filters may take, in bytes.
     #[serde(default = "default_replay_memory")]
     pub memory_bytes: usize,
 }
@@ -587,13 +600,32 @@ pub struct Replay {
 impl Default for Replay {
     fn default() -> Self {
         Replay {
+            retention_secs: default_replay_retention(),
+            retention_handshakes: default_replay_handshakes(),
             memory_bytes: default_replay_memory(),
         }
     }
 }
 
+impl Replay {
+    /// The memory's limits.
+    pub fn limits(&self) -> crate::proto::replay::ReplayLimits {
+        crate::proto::replay::ReplayLimits {
+            retention_secs: self.retention_secs,
+            handshakes: self.retention_handshakes,
+            memory_bytes: self.memory_bytes,
+        }
+    }
+}
+
+fn default_replay_retention() -> u64 {
+    86_400
+}
+fn default_replay_handshakes() -> u64 {
+    1_000_000
+}
 fn default_replay_memory() -> usize {
-    8 * 1024 * 1024
+    32 * 1024 * 1024
 }
 
 /// `[state]`
@@ -1064,6 +1096,19 @@ impl Config {
             return Err(invalid(
                 "mask_grace_ms",
                 "[timeouts] mask_grace_ms must be at least 1 and below handshake_secs".to_owned(),
+            ));
+        }
+        if let Err(message) = self.replay.limits().check() {
+            return Err(invalid("memory_bytes", format!("[replay] {message}")));
+        }
+        if self.replay.retention_secs < 2 * u64::from(self.tls.time_skew_secs) {
+            return Err(invalid(
+                "retention_secs",
+                format!(
+                    "[replay] retention_secs must cover the fake-TLS time window: at least \
+                     2 × [tls] time_skew_secs = {}",
+                    2 * u64::from(self.tls.time_skew_secs)
+                ),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

@@ -24,17 +24,17 @@ use crate::{
     control::{
         Handler,
         api::{
-            BanInfo, ErrorKind, PrefixEntry, Reply, Request, Response, Stats, TlsFlightStats,
-            UserInfo, XdpAttachment,
+            BanInfo, ErrorKind, PrefixEntry, ReplayMemoryStats, Reply, Request, Response, Stats,
+            TlsFlightStats, UserInfo, XdpAttachment,
         },
+        replay_store::ReplayStore,
         store::{BlockEntry, Lists, SavedBan, SavedUsage, Store, unix_now},
     },
     misuse::Misuse,
-    proto::replay::ReplayCache,
+    proto::replay::ReplayMemory,
     relay::{
         RelayContext,
         accounts::{Account, Accounts, Rejection},
-        context::replay_cache,
         hints::Hints,
         mask_flight::MaskFlight,
         stats::RelayStats,
@@ -59,7 +59,9 @@ pub struct Daemon {
     /// The misuse detector.
     pub misuse: Arc<Misuse>,
     accounts: Arc<Accounts>,
-    replay: Arc<Mutex<ReplayCache>>,
+    replay: Arc<Mutex<ReplayMemory>>,
+    /// Where the replay memory is kept.
+    replay_store: Arc<ReplayStore>,
     /// Per-source user hints, shared by every relay context.
     hints: Arc<Hints>,
     /// What new connections are served with; replaced on reload.
@@ -103,7 +105,10 @@ impl Daemon {
         let shield = Arc::new(RwLock::new(shield));
         let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
         let accounts = Arc::new(Accounts::default());
-        let replay = replay_cache(&config);
+        let replay_store = Arc::new(ReplayStore::new(&config.state.dir));
+        let replay = Arc::new(Mutex::new(
+            replay_store.load(config.replay.limits(), unix_now()),
+        ));
         let hints = Arc::new(Hints::default());
         let stats = Arc::new(RelayStats::default());
         let flight = Arc::new(MaskFlight::start(&config));
@@ -128,6 +133,7 @@ impl Daemon {
             misuse,
             accounts,
             replay,
+            replay_store,
             hints,
             relay: ArcSwap::from_pointee(relay),
             capacity,
@@ -184,6 +190,10 @@ impl Daemon {
             .apply(&new)
             .map_err(|e| anyhow::anyhow!("applying lists and limits: {e}"))?;
         self.misuse.reconfigure(&new.misuse);
+        self.replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_limits(new.replay.limits());
         self.capacity.set_bounds(new.limits.bounds());
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         self.accounts.retain(&names);
@@ -358,13 +368,33 @@ impl Daemon {
         Response::Ok { data: reply }
     }
 
-    /// Saves bans and usage; called periodically and at shutdown.
+    /// Saves bans, usage and what changed in the replay memory (its filling generation at
+    /// most every [`crate::control::replay_store::SAVE_NEWEST_EVERY`]); called periodically.
     pub async fn save_runtime_state(&self) {
+        self.save_bans_and_usage().await;
+        self.save_replay(false).await;
+    }
+
+    /// Saves everything, the whole replay memory included; called at shutdown.
+    pub async fn save_state_at_exit(&self) {
+        self.save_bans_and_usage().await;
+        self.save_replay(true).await;
+    }
+
+    async fn save_bans_and_usage(&self) {
         if let Err(e) = self.save_bans().await {
             tracing::error!("saving bans: {e}");
         }
         if let Err(e) = self.save_usage().await {
             tracing::error!("saving usage: {e}");
+        }
+    }
+
+    /// Writes the replay memory's changes off the async threads (files of about a megabyte).
+    async fn save_replay(&self, force: bool) {
+        let (store, replay) = (self.replay_store.clone(), self.replay.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || store.save(&replay, force)).await {
+            tracing::error!("saving the replay memory: {e}");
         }
     }
 
@@ -544,6 +574,7 @@ impl Daemon {
             fronted: relay.stats.fronted_by_reason(),
             mask_legs: relay.stats.mask_legs(),
             replays_detected: relay.stats.replays(),
+            replay_memory: self.replay_memory_stats(),
             relayed_bytes: relay.stats.relayed_bytes(),
             bans_active_by_reason,
             xdp_attached,
@@ -566,6 +597,25 @@ impl Daemon {
                     reason: flight.reason.clone(),
                 }
             },
+        }
+    }
+
+    fn replay_memory_stats(&self) -> ReplayMemoryStats {
+        let c = self
+            .replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .coverage(unix_now());
+        let (saves, saves_failed) = self.replay_store.save_counts();
+        ReplayMemoryStats {
+            entries: c.entries,
+            generations: c.generations as u64,
+            bytes: c.bytes as u64,
+            covered_secs: c.covered_secs,
+            dropped_expired: c.dropped_expired,
+            dropped_early: c.dropped_early,
+            saves,
+            saves_failed,
         }
     }
 

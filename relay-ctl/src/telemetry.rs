@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 27] = [
+pub const METRIC_NAMES: [&str; 33] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -40,6 +40,12 @@ pub const METRIC_NAMES: [&str; 27] = [
     "relay_fronted_connections_total",
     "relay_mask_legs_total",
     "relay_replays_detected_total",
+    "relay_replay_memory_entries",
+    "relay_replay_memory_bytes",
+    "relay_replay_memory_generations",
+    "relay_replay_memory_covered_seconds",
+    "relay_replay_generations_dropped_total",
+    "relay_replay_memory_saves_total",
     "relay_relayed_bytes_total",
     "relay_user_bytes_total",
     "relay_user_connections_active",
@@ -143,7 +149,33 @@ fn describe() {
     );
     describe_counter!(
         "relay_replays_detected_total",
-        "Replayed handshakes caught by the anti-replay cache."
+        "Replayed handshakes caught by the anti-replay memory."
+    );
+    describe_gauge!(
+        "relay_replay_memory_entries",
+        "Handshakes the anti-replay memory remembers."
+    );
+    describe_gauge!(
+        "relay_replay_memory_bytes",
+        Unit::Bytes,
+        "Filter bytes the anti-replay memory holds."
+    );
+    describe_gauge!(
+        "relay_replay_memory_generations",
+        "Bloom-filter generations the anti-replay memory holds."
+    );
+    describe_gauge!(
+        "relay_replay_memory_covered_seconds",
+        Unit::Seconds,
+        "Age of the oldest handshake the anti-replay memory remembers: replays of anything younger are caught."
+    );
+    describe_counter!(
+        "relay_replay_generations_dropped_total",
+        "Anti-replay generations dropped: expired (past [replay] retention_secs and retention_handshakes) or early (memory_bytes too small for the handshake rate)."
+    );
+    describe_counter!(
+        "relay_replay_memory_saves_total",
+        "Saves of the anti-replay memory to the state dir, by result (ok, failed)."
     );
     describe_counter!(
         "relay_relayed_bytes_total",
@@ -306,6 +338,17 @@ impl Publisher {
             counter!("relay_mask_legs_total", "outcome" => outcome.clone()).absolute(*n);
         }
         counter!("relay_replays_detected_total").absolute(s.replays_detected);
+        let r = &s.replay_memory;
+        gauge!("relay_replay_memory_entries").set(r.entries as f64);
+        gauge!("relay_replay_memory_bytes").set(r.bytes as f64);
+        gauge!("relay_replay_memory_generations").set(r.generations as f64);
+        gauge!("relay_replay_memory_covered_seconds").set(r.covered_secs as f64);
+        counter!("relay_replay_generations_dropped_total", "reason" => "expired")
+            .absolute(r.dropped_expired);
+        counter!("relay_replay_generations_dropped_total", "reason" => "early")
+            .absolute(r.dropped_early);
+        counter!("relay_replay_memory_saves_total", "result" => "ok").absolute(r.saves);
+        counter!("relay_replay_memory_saves_total", "result" => "failed").absolute(r.saves_failed);
         for (direction, n) in &s.relayed_bytes {
             counter!("relay_relayed_bytes_total", "direction" => direction.clone()).absolute(*n);
         }
@@ -419,6 +462,14 @@ mod tests {
             connections_accepted: 7,
             bans_active: 1,
             replays_detected: 2,
+            replay_memory: crate::control::api::ReplayMemoryStats {
+                entries: 5,
+                generations: 1,
+                bytes: 1000,
+                covered_secs: 3600,
+                dropped_early: 1,
+                ..Default::default()
+            },
             ..Stats::default()
         };
         s.verdicts.insert("passed".into(), 100);
@@ -503,6 +554,9 @@ mod tests {
             "relay_connections_active{mode=\"tls\"} 3",
             "relay_handshakes_total{mode=\"tls\",result=\"ok\"} 4",
             "relay_replays_detected_total 2",
+            "relay_replay_memory_covered_seconds 3600",
+            "relay_replay_generations_dropped_total{reason=\"early\"} 1",
+            "relay_replay_memory_saves_total{result=\"failed\"} 0",
             "relay_user_bytes_total{user=\"alice\",direction=\"dc_to_client\"} 20",
             "relay_user_rejections_total{user=\"alice\",reason=\"quota\"} 3",
             "relay_user_rejections_total{user=\"alice\",reason=\"expired\"} 0",

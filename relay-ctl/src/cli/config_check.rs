@@ -66,6 +66,16 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
     );
     println!("  tls flight      {}", flight_summary(&config));
     println!(
+        "  tls clock       skew ±{} s, uptime clocks {}",
+        config.tls.time_skew_secs,
+        if config.tls.accept_uptime_clock {
+            "accepted (limited by the replay memory only)"
+        } else {
+            "refused"
+        }
+    );
+    println!("  replay          {}", replay_summary(&config));
+    println!(
         "  lists           {} blocked, {} allowed",
         config.blocklist.cidrs.len(),
         config.allowlist.cidrs.len()
@@ -148,4 +158,27 @@ fn flight_summary(config: &Config) -> String {
             config.tls.mask_target()
         ),
     }
+}
+
+/// What the replay memory keeps, for how long, at what false-positive rate.
+fn replay_summary(config: &crate::config::Config) -> String {
+    let limits = config.replay.limits();
+    format!(
+        "each handshake kept {} or {} later handshakes, whichever is longer; \
+         {} generations of {} bytes at most ({} bytes); {} kept up to {:.0} handshakes/s; \
+         false positives at most {:.1e} per handshake at full load; saved in {}",
+        humantime::format_duration(std::time::Duration::from_secs(limits.retention_secs)),
+        limits.handshakes,
+        limits.max_generations(),
+        limits.generation_bytes(),
+        limits.memory_bytes,
+        humantime::format_duration(std::time::Duration::from_secs(limits.retention_secs)),
+        limits.max_rate_for_retention(),
+        limits.false_positive_rate(),
+        config
+            .state
+            .dir
+            .join(crate::control::replay_store::REPLAY_DIR)
+            .display()
+    )
 }

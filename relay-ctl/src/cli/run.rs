@@ -201,7 +201,7 @@ async fn serve(
         task.abort();
     }
     drop(admin_server);
-    daemon.save_runtime_state().await;
+    daemon.save_state_at_exit().await;
     daemon.shield.write().await.shutdown();
     if let Some(task) = log_task {
         task.abort();

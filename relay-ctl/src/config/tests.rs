@@ -401,5 +401,35 @@ fn mask_grace_must_fit_inside_the_handshake_deadline() {
         "[server]\nlisten = [\"127.0.0.1:1\"]\n[timeouts]\nmask_grace_ms = 0\n",
         4,
         "mask_grace_ms",
+fn replay_memory_and_uptime_clock_settings() {
+    let config = parse("[server]\nlisten = [\"127.0.0.1:1\"]\n").expect("valid");
+    assert!(
+        config.tls.accept_uptime_clock,
+        "accepted by default, as before"
+    );
+    let limits = config.replay.limits();
+    assert_eq!(
+        (
+            limits.retention_secs,
+            limits.handshakes,
+            limits.memory_bytes
+        ),
+        (86_400, 1_000_000, 32 << 20)
+    );
+    let config = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[tls]\naccept_uptime_clock = false\n\
+         [replay]\nmemory_bytes = 8388608\n",
+    )
+    .expect("an old config's memory_bytes still fits a million handshakes");
+    assert!(!config.tls.accept_uptime_clock);
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[replay]\nmemory_bytes = 65536\n",
+        4,
+        "cannot hold 1000000 handshakes",
+    );
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ntime_skew_secs = 600\n[replay]\nretention_secs = 900\n",
+        6,
+        "at least 2 × [tls] time_skew_secs = 1200",
     );
 }

@@ -288,6 +288,9 @@ pub struct Stats {
     /// Replayed handshakes caught.
     #[serde(default)]
     pub replays_detected: u64,
+    /// The anti-replay memory.
+    #[serde(default)]
+    pub replay_memory: ReplayMemoryStats,
     /// Bytes relayed between clients and DCs since start, by direction (`client_to_dc`,
     /// `dc_to_client`).
     #[serde(default)]
@@ -334,6 +337,27 @@ pub struct TlsFlightStats {
     /// Why the fallback is used, if it is.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// The anti-replay memory: what it holds and how its saves go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayMemoryStats {
+    /// Handshakes remembered.
+    pub entries: u64,
+    /// Live generations.
+    pub generations: u64,
+    /// Filter bytes held.
+    pub bytes: u64,
+    /// Seconds back to the oldest remembered handshake.
+    pub covered_secs: u64,
+    /// Generations dropped with every key beyond both bounds.
+    pub dropped_expired: u64,
+    /// Generations dropped earlier for lack of `[replay] memory_bytes`.
+    pub dropped_early: u64,
+    /// Saves to the state dir that wrote something.
+    pub saves: u64,
+    /// Saves that failed.
+    pub saves_failed: u64,
 }
 
 /// One XDP attachment.

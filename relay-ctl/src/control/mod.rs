@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod netset;
+pub mod replay_store;
 pub mod server;
 pub mod store;
 

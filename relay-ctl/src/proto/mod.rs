@@ -9,7 +9,7 @@
 //! - [`obfs2`]: the 64-byte obfuscated2 headers, client→proxy and proxy→DC.
 //! - [`opening`]: what a connection's first bytes can still become, given the enabled modes.
 //! - [`tls`]: fake-TLS: ClientHello reassembly and validation, the server flight, records.
-//! - [`replay`]: the bounded anti-replay cache of handshake keys.
+//! - [`replay`]: the anti-replay memory of handshake keys (keyed Bloom-filter generations).
 //! - [`dc`]: built-in Telegram DC addresses.
 
 pub mod cipher;

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     config::{Config, OnLimit},
     misuse::Misuse,
-    proto::{ModeSet, Secret, replay::ReplayCache, tls::HelloKey},
+    proto::{ModeSet, Secret, replay::ReplayMemory, tls::HelloKey},
 };
 
 /// A user as the relay sees it.
@@ -45,6 +45,8 @@ pub struct RelayContext {
     pub tls_domain: String,
     /// Accepted ClientHello clock skew.
     pub time_skew_secs: u64,
+    /// Accept ClientHello timestamps that count time since boot (`[tls] accept_uptime_clock`).
+    pub accept_uptime_clock: bool,
     /// Where failed connections go, if fronting is on.
     pub mask: Option<String>,
     /// DC address overrides.
@@ -70,22 +72,14 @@ pub struct RelayContext {
     pub unique_ips_window: Duration,
     /// What a connection refused by a user limit gets.
     pub on_limit: OnLimit,
-    /// Handshake keys seen recently (shared across reloads).
-    pub replay: Arc<Mutex<ReplayCache>>,
+    /// Handshake keys seen (shared across reloads, kept in the state dir).
+    pub replay: Arc<Mutex<ReplayMemory>>,
     /// Counts failures and bans sources.
     pub misuse: Arc<Misuse>,
     /// Relay-wide counters (shared across reloads).
     pub stats: Arc<RelayStats>,
     /// The shape of fake-TLS server flights, learned from the mask (shared across reloads).
     pub flight: Arc<MaskFlight>,
-}
-
-/// A replay cache sized by `[replay]`, remembering keys for both edges of the timestamp window.
-pub fn replay_cache(config: &Config) -> Arc<Mutex<ReplayCache>> {
-    Arc::new(Mutex::new(ReplayCache::new(
-        config.replay.memory_bytes,
-        2 * u64::from(config.tls.time_skew_secs),
-    )))
 }
 
 impl RelayContext {
@@ -98,7 +92,7 @@ impl RelayContext {
         config: &Config,
         users: Vec<RelayUser>,
         accounts: &Accounts,
-        replay: Arc<Mutex<ReplayCache>>,
+        replay: Arc<Mutex<ReplayMemory>>,
         hints: Arc<Hints>,
         misuse: Arc<Misuse>,
         stats: Arc<RelayStats>,
@@ -130,6 +124,7 @@ impl RelayContext {
             modes: config.server.modes,
             tls_domain: config.tls.domain.clone(),
             time_skew_secs,
+            accept_uptime_clock: config.tls.accept_uptime_clock,
             mask: config.tls.fronting.then(|| config.tls.mask_target()),
             dc_overrides: config.upstream.dc.clone(),
             default_dc: config.upstream.default_dc,

@@ -226,7 +226,7 @@ async fn accept_tls(
         domain: &ctx.tls_domain,
         now: unix_now(),
         window_secs: ctx.time_skew_secs,
-        allow_uptime: true,
+        allow_uptime: ctx.accept_uptime_clock,
     };
     let now = Instant::now();
     let verified = tls::hello::verify_client_hello_keys(
