@@ -401,6 +401,10 @@ fn mask_grace_must_fit_inside_the_handshake_deadline() {
         "[server]\nlisten = [\"127.0.0.1:1\"]\n[timeouts]\nmask_grace_ms = 0\n",
         4,
         "mask_grace_ms",
+    );
+}
+
+#[test]
 fn replay_memory_and_uptime_clock_settings() {
     let config = parse("[server]\nlisten = [\"127.0.0.1:1\"]\n").expect("valid");
     assert!(
