@@ -93,6 +93,8 @@ const DEFAULT_CONFIG: XdpConfig = XdpConfig {
     syn_burst: 3,
     new_state_per_cpu_per_sec: 1_000_000,
     flags: XdpConfig::FLAG_SYN_LIMIT,
+    banned_syn_rate_per_sec: 0,
+    banned_syn_burst: 2,
 };
 
 /// One loaded instance of the XDP program and handles on its maps.
@@ -1417,6 +1419,8 @@ fn limiter_disabled_never_limits() {
         syn_burst: 1,
         new_state_per_cpu_per_sec: 0,
         flags: 0,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
     });
     for family in FAMILIES {
         fx.expect_n(
@@ -1436,6 +1440,8 @@ fn limiter_disabled_never_limits() {
     // Switching it on (a reload) takes effect at the next packet.
     fx.set_config(XdpConfig {
         flags: XdpConfig::FLAG_SYN_LIMIT,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
         new_state_per_cpu_per_sec: 1_000,
         ..DEFAULT_CONFIG
     });
@@ -1445,6 +1451,8 @@ fn limiter_disabled_never_limits() {
     // And off again.
     fx.set_config(XdpConfig {
         flags: 0,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
         ..DEFAULT_CONFIG
     });
     fx.expect_n("limiter switched off", &syn, Verdict::Passed, 5);
@@ -1464,6 +1472,8 @@ fn state_budget_suppresses_new_sources_per_cpu() {
         syn_burst: 2,
         new_state_per_cpu_per_sec: u32::from(K),
         flags: XdpConfig::FLAG_SYN_LIMIT,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
     });
     // K IPv4 and IPv6 sources together: both families draw on one budget.
     let sources: Vec<IpAddr> = (1..=K + M)
@@ -1598,6 +1608,8 @@ fn idle_limiter_state_is_forgotten_by_userspace() {
         syn_burst: 4,
         new_state_per_cpu_per_sec: 1000,
         flags: XdpConfig::FLAG_SYN_LIMIT,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
     })
     .expect("config");
     maps.set_ports(&[PORT]).expect("ports");

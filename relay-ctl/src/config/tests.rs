@@ -361,3 +361,34 @@ fn an_inline_crowdsec_key_is_a_secret_too() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     assert!(secrets_exposure(&path, &config).is_some());
 }
+
+#[test]
+fn misuse_ban_action_defaults_to_front_for_probes_only() {
+    use relay_common::{BanAction, BanReason};
+    let config = parse("[server]\nlisten = [\"127.0.0.1:1\"]\n").expect("valid");
+    assert_eq!(config.misuse.action, ProbeBanAction::Front);
+    assert_eq!(
+        config.misuse.action_for(BanReason::BadSecret),
+        BanAction::Front
+    );
+    assert_eq!(
+        config.misuse.action_for(BanReason::ConnRate),
+        BanAction::Drop
+    );
+    let config = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\naction = \"drop\"\nbanned_syn_rate_per_sec = 1\nbanned_syn_burst = 3\n",
+    )
+    .expect("valid");
+    assert_eq!(config.misuse.action_for(BanReason::Replay), BanAction::Drop);
+    assert_eq!(config.misuse.banned_syn_burst.get(), 3);
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\naction = \"reset\"\n",
+        4,
+        "unknown variant",
+    );
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nbanned_syn_burst = 0\n",
+        4,
+        "nonzero",
+    );
+}
