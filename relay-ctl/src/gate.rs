@@ -72,9 +72,8 @@ impl Gate {
     /// the userspace limiter keeps an address no longer than that.
     pub fn forget_idle(&self, now_ns: u64) {
         let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = |_: &SourceKey, b: &mut TokenBucket| {
-            now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS
-        };
+        let fresh =
+            |_: &SourceKey, b: &mut TokenBucket| now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS;
         limiter.buckets.retain(fresh);
         limiter.banned.retain(fresh);
     }

@@ -153,11 +153,7 @@ fn front_banned<K>(
     let admitted = match buckets.get_ptr_mut(key) {
         // SAFETY: a pointer into the shared LRU value; a race spends a token twice at worst.
         Some(bucket) => unsafe {
-            (*bucket).try_take(
-                now,
-                config.banned_syn_rate_per_sec,
-                config.banned_syn_burst,
-            )
+            (*bucket).try_take(now, config.banned_syn_rate_per_sec, config.banned_syn_burst)
         },
         None => {
             let bucket = TokenBucket::first_event(now, config.banned_syn_burst);
