@@ -355,7 +355,7 @@ impl Shield {
         if let IpAddr::V4(v4) = addr
             && let Some(cs) = self.crowdsec_bans.get(&v4)
         {
-            entry = merged(Some(entry), Some(crowdsec_entry(cs))).unwrap_or(entry);
+            entry = merged(Some(entry), Some(cs)).unwrap_or(entry);
         }
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             program.maps().ban(addr, entry)?;
@@ -392,8 +392,7 @@ impl Shield {
             .bans
             .get(&SourceKey::V4(addr.octets()))
             .map(|b| BanEntry::new(b.expires_ns, b.reason, b.action));
-        let crowdsec = self.crowdsec_bans.get(&addr).map(crowdsec_entry);
-        let entry = merged(own, crowdsec);
+        let entry = merged(own, self.crowdsec_bans.get(&addr));
         let ip = IpAddr::V4(addr);
         match entry {
             Some(entry) => {
@@ -605,19 +604,23 @@ fn crowdsec_entry(ban: &CrowdSecBan) -> BanEntry {
 }
 
 /// The one kernel entry for relay's own ban and CrowdSec's on the same address: the later
-/// expiry, and the drop action if either drops (CrowdSec's always does), so a front-ban never
-/// softens CrowdSec's decision.
-fn merged(own: Option<BanEntry>, crowdsec: Option<BanEntry>) -> Option<BanEntry> {
-    match (own, crowdsec) {
-        (Some(a), Some(b)) => {
-            let mut entry = if a.expires_ns >= b.expires_ns { a } else { b };
-            if !(a.fronts() && b.fronts()) {
-                entry.action = BanAction::Drop as u32;
-            }
-            Some(entry)
-        }
-        (a, b) => a.or(b),
+/// expiry, and the drop action if either drops, so a front-ban never softens a decision of
+/// CrowdSec's own (origin `crowdsec`, `cscli`, lists). A decision of origin `relay` next to
+/// relay's own ban is that ban coming back from the LAPI (or a sibling relay's ban of the
+/// same prober): relay's own action stands.
+fn merged(own: Option<BanEntry>, crowdsec: Option<&CrowdSecBan>) -> Option<BanEntry> {
+    let Some(own) = own else {
+        return crowdsec.map(crowdsec_entry);
+    };
+    let Some(cs) = crowdsec else {
+        return Some(own);
+    };
+    let mut entry = own;
+    entry.expires_ns = own.expires_ns.max(cs.expires_ns);
+    if cs.origin != crate::crowdsec::ORIGIN {
+        entry.action = BanAction::Drop as u32;
     }
+    Some(entry)
 }
 
 /// The block list prefix a CrowdSec IPv6 address or range is enforced as.
@@ -806,5 +809,36 @@ mod tests {
         assert!(shield.crowdsec_ban(addr).is_none());
         shield.unban(addr);
         assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Passed);
+    }
+
+    #[test]
+    fn a_front_ban_keeps_its_action_against_its_own_echo_only() {
+        let mut shield = userspace();
+        let addr: IpAddr = "198.18.1.2".parse().expect("ip");
+        shield
+            .ban(
+                addr,
+                BanReason::BadSecret,
+                BanAction::Front,
+                Some(Duration::from_secs(60)),
+                5,
+            )
+            .expect("ban");
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::BannedFronted);
+        // Relay's own ban back from the LAPI: still fronted.
+        shield.apply_crowdsec(&[set("198.18.1.2", "relay", u64::MAX)]);
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::BannedFronted);
+        // A decision of CrowdSec's own: dropped while it holds, fronted again after it.
+        shield.apply_crowdsec(&[set("198.18.1.2", "cscli", u64::MAX)]);
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::Banned);
+        shield.apply_crowdsec(&[Change::Remove {
+            target: Target::Ip(addr),
+            origin: "cscli".into(),
+        }]);
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::BannedFronted);
+        assert_eq!(
+            shield.bans().map(|b| b.action).collect::<Vec<_>>(),
+            [BanAction::Front]
+        );
     }
 }
