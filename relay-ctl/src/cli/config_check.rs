@@ -35,6 +35,15 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
             " (limiter off)"
         }
     );
+    println!(
+        "  prober bans     {}, banned budget {} per second, burst {} (floods: drop)",
+        config
+            .misuse
+            .action_for(relay_common::BanReason::BadSecret)
+            .name(),
+        config.misuse.banned_syn_rate_per_sec,
+        config.misuse.banned_syn_burst
+    );
     let modes: Vec<&str> = config.server.modes.iter().map(|m| m.name()).collect();
     println!("  modes           {}", modes.join(", "));
     let users: Vec<&str> = config.users.iter().map(|u| u.name.as_str()).collect();
