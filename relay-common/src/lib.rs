@@ -9,5 +9,5 @@ pub mod maps;
 pub mod verdict;
 
 pub use bucket::{StateBudget, TokenBucket};
-pub use maps::{BanEntry, BanReason, XdpConfig};
+pub use maps::{BanAction, BanEntry, BanReason, XdpConfig};
 pub use verdict::Verdict;

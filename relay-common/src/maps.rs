@@ -25,12 +25,17 @@ pub const BANS_V6: &str = "BANS_V6";
 pub const SYN_V4: &str = "SYN_V4";
 /// `LruHashMap<[u8; 8], TokenBucket>`: new-connection limiter state per IPv6 /64.
 pub const SYN_V6: &str = "SYN_V6";
+/// `LruHashMap<[u8; 4], TokenBucket>`: the smaller new-connection budget of IPv4 sources under
+/// a front-ban ([`BanAction::Front`]); apart from [`SYN_V4`] so a ban starts a fresh budget.
+pub const BAN_SYN_V4: &str = "BAN_SYN_V4";
+/// `LruHashMap<[u8; 8], TokenBucket>`: the same per front-banned IPv6 /64.
+pub const BAN_SYN_V6: &str = "BAN_SYN_V6";
 /// `PerCpuArray<StateBudget>` with one entry: the new-state budget of each CPU.
 pub const STATE_BUDGET: &str = "STATE_BUDGET";
 /// `PerCpuArray<u64>` indexed by [`crate::Verdict`].
 pub const VERDICTS: &str = "VERDICTS";
 /// Maps pinned with `[xdp] keep_on_exit` (all but aya-log's channel).
-pub const PINNED: [&str; 12] = [
+pub const PINNED: [&str; 14] = [
     CONFIG,
     LISTEN_PORTS,
     ALLOW_V4,
@@ -41,12 +46,14 @@ pub const PINNED: [&str; 12] = [
     BANS_V6,
     SYN_V4,
     SYN_V6,
+    BAN_SYN_V4,
+    BAN_SYN_V6,
     STATE_BUDGET,
     VERDICTS,
 ];
 /// Version of the pinned layout: bumped whenever a key or value struct changes, so a new
 /// relay-ctl never reuses pins of an incompatible shape.
-pub const PIN_LAYOUT: &str = "v1";
+pub const PIN_LAYOUT: &str = "v2";
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "relay_xdp";
 /// Name of the TC ingress (tcx) classifier in the object file: the same parse and policy as
@@ -78,9 +85,13 @@ pub struct XdpConfig {
     pub new_state_per_cpu_per_sec: u32,
     /// Bit set of `XdpConfig::FLAG_*`.
     pub flags: u32,
+    /// New connections per second refilled into the budget of a front-banned source.
+    pub banned_syn_rate_per_sec: u32,
+    /// Size of a front-banned source's budget. Applies whether or not the limiter is on.
+    pub banned_syn_burst: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<XdpConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
 
 impl XdpConfig {
     /// The per-source new-connection limiter is on.
@@ -100,8 +111,8 @@ pub struct BanEntry {
     pub expires_ns: u64,
     /// A [`BanReason`] discriminant.
     pub reason: u32,
-    /// Explicit padding so the layout has no uninitialised bytes.
-    pub _pad: u32,
+    /// A [`BanAction`] discriminant; an unknown value drops.
+    pub action: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
@@ -110,13 +121,18 @@ impl BanEntry {
     /// Expiry of a ban that never lapses.
     pub const NEVER: u64 = u64::MAX;
 
-    /// A ban with the given expiry and reason.
-    pub const fn new(expires_ns: u64, reason: BanReason) -> Self {
+    /// A ban with the given expiry, reason and action.
+    pub const fn new(expires_ns: u64, reason: BanReason, action: BanAction) -> Self {
         BanEntry {
             expires_ns,
             reason: reason as u32,
-            _pad: 0,
+            action: action as u32,
         }
+    }
+
+    /// Whether the banned source's connections are fronted rather than dropped.
+    pub const fn fronts(&self) -> bool {
+        self.action == BanAction::Front as u32
     }
 
     /// Whether the ban still holds at `now_ns`.
@@ -174,12 +190,49 @@ impl BanReason {
         }
     }
 
+    /// Whether the reason is a prober's offence (a handshake no client of this relay would
+    /// send), for which `[misuse] action` applies; floods and external lists always drop.
+    pub const fn is_probe(self) -> bool {
+        matches!(
+            self,
+            BanReason::BadSecret
+                | BanReason::UnknownSni
+                | BanReason::Replay
+                | BanReason::Timeout
+                | BanReason::Garbage
+        )
+    }
+
     /// The reason for a raw discriminant read back from a map.
     pub const fn from_u32(raw: u32) -> Option<Self> {
         if (raw as usize) < Self::ALL.len() {
             Some(Self::ALL[raw as usize])
         } else {
             None
+        }
+    }
+}
+
+/// What a ban does to the banned source's traffic.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum BanAction {
+    /// Every packet is dropped in the kernel: the port looks dead to the source.
+    Drop = 0,
+    /// Connections are admitted within a small SYN budget and handed to the mask site at
+    /// accept, without handshake work: a prober keeps seeing the site.
+    Front = 1,
+}
+
+impl BanAction {
+    /// Every action, in discriminant order.
+    pub const ALL: [BanAction; 2] = [BanAction::Drop, BanAction::Front];
+
+    /// Stable lowercase name (config value, CLI output, state file).
+    pub const fn name(self) -> &'static str {
+        match self {
+            BanAction::Drop => "drop",
+            BanAction::Front => "front",
         }
     }
 }

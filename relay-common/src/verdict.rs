@@ -13,7 +13,7 @@ pub enum Verdict {
     Allowlisted = 2,
     /// Source is inside an operator CIDR on the blocklist: dropped.
     BlockedCidr = 3,
-    /// Source has an unexpired exact-address ban: dropped.
+    /// Source has an unexpired drop-ban ([`crate::BanAction::Drop`]): dropped.
     Banned = 4,
     /// Bare SYN over the source's new-connection budget: dropped.
     SynRateLimited = 5,
@@ -24,11 +24,17 @@ pub enum Verdict {
     StateSuppressed = 7,
     /// IPv4 fragment with a non-zero offset (no TCP header to look at): passed.
     Fragment = 8,
+    /// Source has an unexpired front-ban ([`crate::BanAction::Front`]) and the packet is not a
+    /// bare SYN, or a bare SYN within the source's banned budget: passed, and userspace fronts
+    /// the connection at accept.
+    BannedFronted = 9,
+    /// Bare SYN from a front-banned source over its (small) banned budget: dropped.
+    BannedSynLimited = 10,
 }
 
 impl Verdict {
     /// Number of verdicts, i.e. the size of the counter array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
 
     /// Every verdict, in index order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -41,6 +47,8 @@ impl Verdict {
         Verdict::Unparsed,
         Verdict::StateSuppressed,
         Verdict::Fragment,
+        Verdict::BannedFronted,
+        Verdict::BannedSynLimited,
     ];
 
     /// Stable snake_case name, used as a metric label and in CLI output.
@@ -55,6 +63,8 @@ impl Verdict {
             Verdict::Unparsed => "unparsed",
             Verdict::StateSuppressed => "state_suppressed",
             Verdict::Fragment => "fragment",
+            Verdict::BannedFronted => "banned_fronted",
+            Verdict::BannedSynLimited => "banned_syn_limited",
         }
     }
 
@@ -62,7 +72,10 @@ impl Verdict {
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Verdict::BlockedCidr | Verdict::Banned | Verdict::SynRateLimited
+            Verdict::BlockedCidr
+                | Verdict::Banned
+                | Verdict::SynRateLimited
+                | Verdict::BannedSynLimited
         )
     }
 }

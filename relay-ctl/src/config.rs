@@ -321,6 +321,25 @@ pub struct Misuse {
     pub connections: u32,
     /// Most sources tracked at once (memory bound: about 100 bytes each).
     pub max_sources: usize,
+    /// What a ban for a prober's offence (bad secret, unknown SNI, replay, timeout, garbage)
+    /// does: `front` (its connections get the mask site) or `drop` (in the kernel).
+    /// Connection-rate bans always drop.
+    pub action: ProbeBanAction,
+    /// New connections per second refilled into a front-banned source's budget.
+    pub banned_syn_rate_per_sec: u32,
+    /// Connections a front-banned source may open at once; beyond its budget SYNs are dropped.
+    pub banned_syn_burst: NonZeroU32,
+}
+
+/// `[misuse] action`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeBanAction {
+    /// Front every connection of the banned source at accept.
+    #[default]
+    Front,
+    /// Drop the banned source in the kernel.
+    Drop,
 }
 
 impl Default for Misuse {
@@ -335,11 +354,22 @@ impl Default for Misuse {
             garbage: 10,
             connections: 1200,
             max_sources: 100_000,
+            action: ProbeBanAction::Front,
+            banned_syn_rate_per_sec: 2,
+            banned_syn_burst: NonZeroU32::new(8).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
 
 impl Misuse {
+    /// The action of a ban for `reason`: `action` for a prober's offences, drop otherwise.
+    pub fn action_for(&self, reason: relay_common::BanReason) -> relay_common::BanAction {
+        match self.action {
+            ProbeBanAction::Front if reason.is_probe() => relay_common::BanAction::Front,
+            _ => relay_common::BanAction::Drop,
+        }
+    }
+
     /// The detector's thresholds.
     pub fn thresholds(&self) -> crate::misuse::Thresholds {
         crate::misuse::Thresholds {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use relay_common::{BanReason, Verdict};
+use relay_common::{BanAction, BanReason, Verdict};
 use tokio::sync::RwLock;
 
 use crate::{
@@ -293,6 +293,7 @@ impl Daemon {
         match self.store.load_bans() {
             Ok(bans) => {
                 let now = unix_now();
+                let misuse = self.config().misuse.clone();
                 let mut shield = self.shield.write().await;
                 for ban in bans {
                     let (Ok(addr), Some(reason)) = (
@@ -307,7 +308,13 @@ impl Daemon {
                         Some(t) if t > now => Some(Duration::from_secs(t - now)),
                         Some(_) => continue,
                     };
-                    if let Err(e) = shield.ban(addr, reason, ttl, ban.count) {
+                    // Files written before bans had an action get the one `[misuse]` gives.
+                    let action = ban
+                        .action
+                        .as_deref()
+                        .and_then(|name| BanAction::ALL.into_iter().find(|a| a.name() == name))
+                        .unwrap_or_else(|| misuse.action_for(reason));
+                    if let Err(e) = shield.ban(addr, reason, action, ttl, ban.count) {
                         tracing::error!(%addr, "restoring ban: {e}");
                     }
                 }
@@ -438,6 +445,7 @@ impl Daemon {
             .map(|b| SavedBan {
                 addr: b.addr.to_string(),
                 reason: b.reason.name().to_owned(),
+                action: Some(b.action.name().to_owned()),
                 count: b.count,
                 expires_unix: b.remaining(now_mono).map(|d| now + d.as_secs()),
             })
@@ -729,6 +737,7 @@ impl Daemon {
                     .map(|b| BanInfo {
                         addr: b.addr.to_string(),
                         reason: b.reason.name().to_owned(),
+                        action: b.action.name().to_owned(),
                         count: b.count,
                         expires_in_secs: b.remaining(now).map(|d| d.as_secs()),
                         source: "relay".to_owned(),
@@ -739,6 +748,7 @@ impl Daemon {
                     .map(|(addr, b)| BanInfo {
                         addr: addr.to_string(),
                         reason: "crowdsec".to_owned(),
+                        action: BanAction::Drop.name().to_owned(),
                         count: 0,
                         expires_in_secs: Some(
                             Duration::from_nanos(b.expires_ns.saturating_sub(now)).as_secs(),

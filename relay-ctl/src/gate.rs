@@ -60,6 +60,8 @@ struct Lists {
 struct Limiter {
     buckets: HashMap<SourceKey, TokenBucket>,
     budget: StateBudget,
+    /// Budgets of front-banned sources (the kernel's `BAN_SYN_*`); bounded by the bans.
+    banned: HashMap<SourceKey, TokenBucket>,
 }
 
 /// Idle time after which a bucket is certainly full again and can be forgotten.
@@ -69,11 +71,11 @@ impl Gate {
     /// Forgets limiter state of sources idle for a minute (their buckets are full again), so
     /// the userspace limiter keeps an address no longer than that.
     pub fn forget_idle(&self, now_ns: u64) {
-        self.limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .buckets
-            .retain(|_, b| now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS);
+        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh =
+            |_: &SourceKey, b: &mut TokenBucket| now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS;
+        limiter.buckets.retain(fresh);
+        limiter.banned.retain(fresh);
     }
 
     /// Sets the tunables (same struct the kernel reads).
@@ -128,36 +130,67 @@ impl Gate {
         std::array::from_fn(|i| self.verdicts[i].load(Ordering::Relaxed))
     }
 
-    /// The list checks alone (allow, ban, block), without the limiter and without counting.
+    /// The list checks alone (allow, ban, block), without the limiters and without counting:
+    /// a front-banned source gets [`Verdict::BannedFronted`] without spending its budget.
     /// With XDP attached this re-checks at accept what the kernel could not see: a SYN behind
     /// IPv6 extension headers or split across IPv4 fragments passes XDP unparsed.
     pub fn check_lists(&self, source: IpAddr, now_ns: u64) -> Option<Verdict> {
         let source = source.to_canonical();
         let lists = self.lists();
         if lists.allow.contains(source) {
-            Some(Verdict::Allowlisted)
-        } else if lists
+            return Some(Verdict::Allowlisted);
+        }
+        let ban = lists
             .bans
             .get(&SourceKey::from(source))
-            .is_some_and(|b| b.active_at(now_ns))
-        {
-            Some(Verdict::Banned)
-        } else if lists.block.contains(source) {
-            Some(Verdict::BlockedCidr)
-        } else {
-            None
+            .filter(|b| b.active_at(now_ns));
+        match ban {
+            Some(ban) if !ban.fronts() => Some(Verdict::Banned),
+            _ if lists.block.contains(source) => Some(Verdict::BlockedCidr),
+            Some(_) => Some(Verdict::BannedFronted),
+            None => None,
         }
     }
 
     fn decide(&self, source: IpAddr, now_ns: u64) -> Verdict {
-        if let Some(verdict) = self.check_lists(source, now_ns) {
-            return verdict;
+        let config = self.lists().config;
+        let key = SourceKey::from(source.to_canonical());
+        match self.check_lists(source, now_ns) {
+            Some(Verdict::BannedFronted) => match config {
+                Some(config) => self.limit_banned(key, now_ns, &config),
+                None => Verdict::BannedFronted,
+            },
+            Some(verdict) => verdict,
+            None => match config {
+                Some(config) if config.syn_limit_enabled() => self.limit(key, now_ns, &config),
+                _ => Verdict::Passed,
+            },
         }
-        let config = match self.lists().config {
-            Some(config) if config.syn_limit_enabled() => config,
-            _ => return Verdict::Passed,
+    }
+
+    /// A front-banned source's budget, as the kernel's `front_banned`: no state budget (the
+    /// bans bound the keys).
+    fn limit_banned(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let admitted = match limiter.banned.get_mut(&key) {
+            Some(bucket) => bucket.try_take(
+                now_ns,
+                config.banned_syn_rate_per_sec,
+                config.banned_syn_burst,
+            ),
+            None => {
+                limiter.banned.insert(
+                    key,
+                    TokenBucket::first_event(now_ns, config.banned_syn_burst),
+                );
+                true
+            }
         };
-        self.limit(SourceKey::from(source.to_canonical()), now_ns, &config)
+        if admitted {
+            Verdict::BannedFronted
+        } else {
+            Verdict::BannedSynLimited
+        }
     }
 
     fn limit(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {
@@ -195,6 +228,8 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
+    use relay_common::{BanAction, BanReason};
+
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
@@ -206,6 +241,8 @@ mod tests {
             syn_burst: burst,
             new_state_per_cpu_per_sec: 1000,
             flags: XdpConfig::FLAG_SYN_LIMIT,
+            banned_syn_rate_per_sec: 0,
+            banned_syn_burst: 2,
         });
         gate
     }
@@ -229,11 +266,11 @@ mod tests {
         g.set_allow(set(&["10.0.0.5/32"]));
         g.ban(
             ip("10.0.0.5"),
-            BanEntry::new(BanEntry::NEVER, relay_common::BanReason::Operator),
+            BanEntry::new(BanEntry::NEVER, BanReason::Operator, BanAction::Drop),
         );
         g.ban(
             ip("192.0.2.1"),
-            BanEntry::new(10 * SEC, relay_common::BanReason::Replay),
+            BanEntry::new(10 * SEC, BanReason::Replay, BanAction::Drop),
         );
         assert_eq!(g.admit(ip("10.0.0.5"), SEC), Verdict::Allowlisted);
         assert_eq!(g.admit(ip("10.0.0.6"), SEC), Verdict::BlockedCidr);
@@ -273,7 +310,7 @@ mod tests {
         let g = gate(1000, 1000);
         g.ban(
             ip("2001:db8:1:2::1"),
-            BanEntry::new(BanEntry::NEVER, relay_common::BanReason::Replay),
+            BanEntry::new(BanEntry::NEVER, BanReason::Replay, BanAction::Drop),
         );
         assert_eq!(g.admit(ip("2001:db8:1:2::99"), SEC), Verdict::Banned);
         assert_eq!(g.admit(ip("2001:db8:1:3::1"), SEC), Verdict::Passed);
@@ -289,6 +326,8 @@ mod tests {
             syn_burst: 1,
             new_state_per_cpu_per_sec: 3,
             flags: XdpConfig::FLAG_SYN_LIMIT,
+            banned_syn_rate_per_sec: 0,
+            banned_syn_burst: 2,
         });
         let verdicts: Vec<Verdict> = (1..=5)
             .map(|i| g.admit(ip(&format!("198.18.1.{i}")), SEC))
@@ -314,7 +353,48 @@ mod tests {
             syn_burst: 1,
             new_state_per_cpu_per_sec: 1,
             flags: 0,
+            banned_syn_rate_per_sec: 0,
+            banned_syn_burst: 2,
         });
         assert!((0..100).all(|_| g.admit(ip("198.18.0.9"), SEC) == Verdict::Passed));
+    }
+
+    #[test]
+    fn front_ban_spends_its_own_budget_and_a_drop_ban_drops() {
+        let g = gate(1000, 1000);
+        g.ban(
+            ip("198.18.0.5"),
+            BanEntry::new(10 * SEC, BanReason::BadSecret, BanAction::Front),
+        );
+        g.ban(
+            ip("2001:db8:1:2::1"),
+            BanEntry::new(BanEntry::NEVER, BanReason::ConnRate, BanAction::Drop),
+        );
+        // A burst of 2 with no refill, whatever the ordinary limiter allows.
+        let verdicts: Vec<Verdict> = (0..4).map(|_| g.admit(ip("198.18.0.5"), SEC)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::BannedFronted,
+                Verdict::BannedFronted,
+                Verdict::BannedSynLimited,
+                Verdict::BannedSynLimited
+            ]
+        );
+        assert!(Verdict::BannedSynLimited.drops() && !Verdict::BannedFronted.drops());
+        // The list check alone (kernel mode) fronts without spending anything.
+        assert_eq!(
+            g.check_lists(ip("198.18.0.5"), SEC),
+            Some(Verdict::BannedFronted)
+        );
+        assert_eq!(g.admit(ip("2001:db8:1:2::9"), SEC), Verdict::Banned);
+        // A blocked CIDR drops a front-banned source anyway; a lapsed ban is ordinary again.
+        g.set_block(set(&["198.18.0.0/24"]));
+        assert_eq!(g.admit(ip("198.18.0.5"), SEC), Verdict::BlockedCidr);
+        g.set_block(PrefixSet::default());
+        assert_eq!(g.admit(ip("198.18.0.5"), 11 * SEC), Verdict::Passed);
+        let counts = g.verdict_counts();
+        assert_eq!(counts[Verdict::BannedFronted as usize], 2);
+        assert_eq!(counts[Verdict::BannedSynLimited as usize], 2);
     }
 }

@@ -8,7 +8,15 @@ use tracing::Instrument as _;
 use relay_common::Verdict;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{clock::monotonic_ns, daemon::Daemon};
+use crate::{
+    capacity::Slot,
+    clock::monotonic_ns,
+    daemon::Daemon,
+    relay::{
+        RelayContext, front,
+        stats::{ConnState, FrontReason},
+    },
+};
 
 /// Binds every listen address `copies` times, failing with the address that could not be
 /// bound; `result[i]` holds copy `i` of every address, for relay thread `i`. With more than one
@@ -58,7 +66,8 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<std::net::TcpL
     Ok(socket.into())
 }
 
-/// Accepts on `listener` forever, checking each connection against the shield.
+/// Accepts on `listener` forever, checking each connection against the shield: dropped
+/// verdicts are reset, front-banned sources fronted, the rest served.
 pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -97,6 +106,11 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
+        if verdict == Verdict::BannedFronted {
+            // No handshake work for a banned source: straight to the mask site.
+            tokio::spawn(front_banned(stream, slot, daemon.relay.load_full()));
+            continue;
+        }
         // One span per connection, at debug level: at info it would cost ~4 % of a short
         // connection's CPU (formatted on creation, entered on every poll) for the few lines
         // that name their peer themselves. The peer is masked as `[log] client_ips` says.
@@ -106,6 +120,15 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
             crate::relay::serve(stream, peer, slot, daemon.relay.load_full()).instrument(span),
         );
     }
+}
+
+/// Hands a connection from a front-banned source to the mask site, with nothing read from it,
+/// so the source sees the site as any prober does; closes it when fronting is off.
+async fn front_banned(stream: TcpStream, mut slot: Slot, ctx: Arc<RelayContext>) {
+    slot.handshake_done();
+    let mut active = ctx.stats.connection();
+    active.enter(ConnState::Fronted);
+    front::front(stream, Vec::new(), FrontReason::Banned, &ctx).await;
 }
 
 /// Closes with RST rather than FIN: the client retries or gives up at once.

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use relay_common::{BanEntry, BanReason, Verdict, XdpConfig};
+use relay_common::{BanAction, BanEntry, BanReason, Verdict, XdpConfig};
 
 use crate::{
     clock::monotonic_ns,
@@ -51,6 +51,8 @@ pub struct BanRecord {
     pub addr: IpAddr,
     /// Why.
     pub reason: BanReason,
+    /// Whether the source is dropped or fronted.
+    pub action: BanAction,
     /// CLOCK_MONOTONIC expiry in ns, [`BanEntry::NEVER`] for permanent.
     pub expires_ns: u64,
     /// The count that crossed the threshold (0 for operator bans).
@@ -240,6 +242,8 @@ impl Shield {
             } else {
                 0
             },
+            banned_syn_rate_per_sec: config.misuse.banned_syn_rate_per_sec,
+            banned_syn_burst: config.misuse.banned_syn_burst.get(),
         };
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             let maps = program.maps();
@@ -326,11 +330,13 @@ impl Shield {
         self.gate.check_lists(addr, 0) == Some(Verdict::Allowlisted)
     }
 
-    /// Bans `addr` (IPv4: the address; IPv6: its /64) for `ttl`, or for good with `None`.
+    /// Bans `addr` (IPv4: the address; IPv6: its /64) for `ttl`, or for good with `None`;
+    /// `action` says whether its traffic is dropped or its connections fronted.
     pub fn ban(
         &mut self,
         addr: IpAddr,
         reason: BanReason,
+        action: BanAction,
         ttl: Option<Duration>,
         count: u32,
     ) -> Result<(), MapsError> {
@@ -338,27 +344,24 @@ impl Shield {
         let expires_ns = ttl.map_or(BanEntry::NEVER, |ttl| {
             monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
         });
-        let mut entry = BanEntry::new(expires_ns, reason);
+        let record = BanRecord {
+            addr,
+            reason,
+            action,
+            expires_ns,
+            count,
+        };
+        let mut entry = BanEntry::new(expires_ns, reason, action);
         if let IpAddr::V4(v4) = addr
             && let Some(cs) = self.crowdsec_bans.get(&v4)
-            && cs.expires_ns > expires_ns
         {
-            // CrowdSec holds it longer: the kernel keeps that expiry.
-            entry = BanEntry::new(cs.expires_ns, BanReason::Operator);
+            entry = merged(Some(entry), Some(cs)).unwrap_or(entry);
         }
         if let Enforcement::Kernel(program) = &mut self.enforcement {
             program.maps().ban(addr, entry)?;
         }
         self.gate.ban(addr, entry);
-        self.bans.insert(
-            SourceKey::from(addr),
-            BanRecord {
-                addr,
-                reason,
-                expires_ns,
-                count,
-            },
-        );
+        self.bans.insert(SourceKey::from(addr), record);
         Ok(())
     }
 
@@ -383,20 +386,13 @@ impl Shield {
     }
 
     /// Writes the kernel (and gate) ban entry of an IPv4 address from relay's own ban and
-    /// CrowdSec's, whichever ends later; removes it when neither holds.
+    /// CrowdSec's (see [`merged`]); removes it when neither holds.
     fn write_v4_ban(&mut self, addr: Ipv4Addr) -> Result<(), MapsError> {
         let own = self
             .bans
             .get(&SourceKey::V4(addr.octets()))
-            .map(|b| BanEntry::new(b.expires_ns, b.reason));
-        let crowdsec = self
-            .crowdsec_bans
-            .get(&addr)
-            .map(|b| BanEntry::new(b.expires_ns, BanReason::Operator));
-        let entry = match (own, crowdsec) {
-            (Some(a), Some(b)) => Some(if a.expires_ns >= b.expires_ns { a } else { b }),
-            (a, b) => a.or(b),
-        };
+            .map(|b| BanEntry::new(b.expires_ns, b.reason, b.action));
+        let entry = merged(own, self.crowdsec_bans.get(&addr));
         let ip = IpAddr::V4(addr);
         match entry {
             Some(entry) => {
@@ -602,6 +598,31 @@ impl Shield {
     }
 }
 
+/// The kernel entry of a CrowdSec ban: dropped, like every external decision.
+fn crowdsec_entry(ban: &CrowdSecBan) -> BanEntry {
+    BanEntry::new(ban.expires_ns, BanReason::Operator, BanAction::Drop)
+}
+
+/// The one kernel entry for relay's own ban and CrowdSec's on the same address: the later
+/// expiry, and the drop action if either drops, so a front-ban never softens a decision of
+/// CrowdSec's own (origin `crowdsec`, `cscli`, lists). A decision of origin `relay` next to
+/// relay's own ban is that ban coming back from the LAPI (or a sibling relay's ban of the
+/// same prober): relay's own action stands.
+fn merged(own: Option<BanEntry>, crowdsec: Option<&CrowdSecBan>) -> Option<BanEntry> {
+    let Some(own) = own else {
+        return crowdsec.map(crowdsec_entry);
+    };
+    let Some(cs) = crowdsec else {
+        return Some(own);
+    };
+    let mut entry = own;
+    entry.expires_ns = own.expires_ns.max(cs.expires_ns);
+    if cs.origin != crate::crowdsec::ORIGIN {
+        entry.action = BanAction::Drop as u32;
+    }
+    Some(entry)
+}
+
 /// The block list prefix a CrowdSec IPv6 address or range is enforced as.
 fn crowdsec_prefix(target: &Target) -> Cidr {
     match target {
@@ -759,14 +780,26 @@ mod tests {
         // Relay's own ban and CrowdSec's on one IPv4 address: lifting one keeps the other.
         let addr: IpAddr = "198.18.1.1".parse().expect("ip");
         shield
-            .ban(addr, BanReason::BadSecret, Some(Duration::from_secs(60)), 5)
+            .ban(
+                addr,
+                BanReason::BadSecret,
+                BanAction::Drop,
+                Some(Duration::from_secs(60)),
+                5,
+            )
             .expect("ban");
         shield.apply_crowdsec(&[set("198.18.1.1", "relay", u64::MAX)]);
         assert!(shield.unban(addr).is_some());
         assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Banned);
         assert_eq!(shield.bans().count(), 0, "relay's own list is empty");
         shield
-            .ban(addr, BanReason::BadSecret, Some(Duration::from_secs(60)), 5)
+            .ban(
+                addr,
+                BanReason::BadSecret,
+                BanAction::Drop,
+                Some(Duration::from_secs(60)),
+                5,
+            )
             .expect("ban");
         shield.apply_crowdsec(&[Change::Remove {
             target: Target::Ip(addr),
@@ -776,5 +809,36 @@ mod tests {
         assert!(shield.crowdsec_ban(addr).is_none());
         shield.unban(addr);
         assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Passed);
+    }
+
+    #[test]
+    fn a_front_ban_keeps_its_action_against_its_own_echo_only() {
+        let mut shield = userspace();
+        let addr: IpAddr = "198.18.1.2".parse().expect("ip");
+        shield
+            .ban(
+                addr,
+                BanReason::BadSecret,
+                BanAction::Front,
+                Some(Duration::from_secs(60)),
+                5,
+            )
+            .expect("ban");
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::BannedFronted);
+        // Relay's own ban back from the LAPI: still fronted.
+        shield.apply_crowdsec(&[set("198.18.1.2", "relay", u64::MAX)]);
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::BannedFronted);
+        // A decision of CrowdSec's own: dropped while it holds, fronted again after it.
+        shield.apply_crowdsec(&[set("198.18.1.2", "cscli", u64::MAX)]);
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::Banned);
+        shield.apply_crowdsec(&[Change::Remove {
+            target: Target::Ip(addr),
+            origin: "cscli".into(),
+        }]);
+        assert_eq!(verdict(&shield, "198.18.1.2"), Verdict::BannedFronted);
+        assert_eq!(
+            shield.bans().map(|b| b.action).collect::<Vec<_>>(),
+            [BanAction::Front]
+        );
     }
 }

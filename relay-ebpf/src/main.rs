@@ -1,8 +1,9 @@
 //! relay's XDP program (and its TC twin for veth): the kernel fast path in front of the
 //! relay's listen ports.
 //!
-//! It drops allowlist-free sources that are banned or inside a blocked CIDR, and rate-limits bare
-//! SYNs per source, before the kernel allocates anything for them. It never looks past the TCP
+//! It drops allowlist-free sources that are drop-banned or inside a blocked CIDR, gives
+//! front-banned sources (fronted by userspace) a small SYN budget, and rate-limits bare SYNs per
+//! source, before the kernel allocates anything for them. It never looks past the TCP
 //! header, passes everything it cannot parse or that is not for the relay, and counts every
 //! verdict in a per-CPU array.
 #![no_std]

@@ -1,4 +1,6 @@
 //! The maps and the decision: allowlist, bans, blocked CIDRs, then the new-connection limiter.
+//! A drop-ban drops everything; a front-ban passes the source's traffic (userspace fronts its
+//! connections) and gives its bare SYNs a small budget of their own.
 
 use aya_ebpf::{
     EbpfContext,
@@ -42,6 +44,12 @@ static SYN_V4: LruHashMap<[u8; 4], TokenBucket> =
 #[map]
 static SYN_V6: LruHashMap<[u8; V6_LIMIT_PREFIX_BYTES], TokenBucket> =
     LruHashMap::with_max_entries(MAX_LIMITER_ENTRIES, 0);
+// No state budget for these: only banned sources get an entry, and userspace bounds those.
+#[map]
+static BAN_SYN_V4: LruHashMap<[u8; 4], TokenBucket> = LruHashMap::with_max_entries(MAX_BANS, 0);
+#[map]
+static BAN_SYN_V6: LruHashMap<[u8; V6_LIMIT_PREFIX_BYTES], TokenBucket> =
+    LruHashMap::with_max_entries(MAX_BANS, 0);
 #[map]
 static STATE_BUDGET: PerCpuArray<StateBudget> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -73,9 +81,17 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
             }
             if let Some(ban) = BANS_V4.get_ptr(addr) {
                 // SAFETY: a pointer into the map value; a concurrent delete at worst yields a
-                // stale expiry for this one packet.
-                if unsafe { (*ban).active_at(now()) } {
-                    return Verdict::Banned;
+                // stale entry for this one packet.
+                let ban = unsafe { *ban };
+                if ban.active_at(now()) {
+                    if !ban.fronts() {
+                        return Verdict::Banned;
+                    }
+                    // A blocked CIDR drops a front-banned source all the same.
+                    if BLOCK_V4.get(Key::new(32, *addr)).is_some() {
+                        return Verdict::BlockedCidr;
+                    }
+                    return front_banned(bare_syn, &BAN_SYN_V4, addr, config);
                 }
             }
             if BLOCK_V4.get(Key::new(32, *addr)).is_some() {
@@ -93,8 +109,16 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
             prefix.copy_from_slice(&addr[..V6_LIMIT_PREFIX_BYTES]);
             if let Some(ban) = BANS_V6.get_ptr(&prefix) {
                 // SAFETY: as above.
-                if unsafe { (*ban).active_at(now()) } {
-                    return Verdict::Banned;
+                let ban = unsafe { *ban };
+                if ban.active_at(now()) {
+                    if !ban.fronts() {
+                        return Verdict::Banned;
+                    }
+                    // A blocked CIDR drops a front-banned source all the same.
+                    if BLOCK_V6.get(Key::new(128, *addr)).is_some() {
+                        return Verdict::BlockedCidr;
+                    }
+                    return front_banned(bare_syn, &BAN_SYN_V6, &prefix, config);
                 }
             }
             if BLOCK_V6.get(Key::new(128, *addr)).is_some() {
@@ -112,6 +136,36 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
 fn now() -> u64 {
     // SAFETY: no preconditions; CLOCK_MONOTONIC, the clock userspace uses for ban expiry.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// A front-banned source: everything passes but bare SYNs over its banned budget.
+#[inline(always)]
+fn front_banned<K>(
+    bare_syn: bool,
+    buckets: &LruHashMap<K, TokenBucket>,
+    key: &K,
+    config: &XdpConfig,
+) -> Verdict {
+    if !bare_syn {
+        return Verdict::BannedFronted;
+    }
+    let now = now();
+    let admitted = match buckets.get_ptr_mut(key) {
+        // SAFETY: a pointer into the shared LRU value; a race spends a token twice at worst.
+        Some(bucket) => unsafe {
+            (*bucket).try_take(now, config.banned_syn_rate_per_sec, config.banned_syn_burst)
+        },
+        None => {
+            let bucket = TokenBucket::first_event(now, config.banned_syn_burst);
+            let _ = buckets.insert(key, bucket, BPF_NOEXIST as u64);
+            true
+        }
+    };
+    if admitted {
+        Verdict::BannedFronted
+    } else {
+        Verdict::BannedSynLimited
+    }
 }
 
 /// Spends one of the source's tokens, creating its bucket within the per-CPU state budget.

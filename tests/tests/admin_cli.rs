@@ -314,8 +314,11 @@ fn bans_made_by_the_misuse_loop_are_listed_and_lifted() {
     }
     let table = cli(&relay, &["bans", "list"]).ok();
     assert!(table.starts_with("ADDR "), "{table}");
+    // A connection-rate ban drops (only a prober's offences are fronted).
     assert!(
-        table.lines().any(|l| l.starts_with("127.0.0.1 ")),
+        table.lines().any(|l| l.starts_with("127.0.0.1 ")
+            && l.contains(" conn_rate ")
+            && l.contains(" drop ")),
         "{table}"
     );
     assert_eq!(

@@ -741,6 +741,8 @@ mask = "{SERVER_V4}:9"
 [misuse]
 bad_secret = {THRESHOLD}
 ban_secs = 600
+# Dropped in XDP, so the `banned` counter moves (the default fronts a prober).
+action = "drop"
 "#,
         iface = pair.server_if,
     );

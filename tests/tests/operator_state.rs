@@ -492,7 +492,7 @@ fn kill9_and_restart_keeps_lists_bans_switches_and_usage() {
     ];
     // Fixed admin socket and state dir, kept across the restart.
     let extra = format!(
-        "\n[misuse]\nbad_secret = 3\nban_secs = 3600\n\n[admin]\nsocket = {:?}\n\n[state]\ndir = {:?}\n",
+        "\n[misuse]\nbad_secret = 3\nban_secs = 3600\naction = \"drop\"\n\n[admin]\nsocket = {:?}\n\n[state]\ndir = {:?}\n",
         state.path().join("admin.sock").display().to_string(),
         state.path().join("state").display().to_string(),
     );
@@ -674,6 +674,7 @@ fn kill9_and_restart_keeps_lists_bans_switches_and_usage() {
         .and_then(|b| b.iter().find(|b| b["addr"] == "127.0.0.2"))
         .unwrap_or_else(|| panic!("ban on 127.0.0.2 lost: {bans_after}"));
     assert_eq!(ban["reason"], "bad_secret");
+    assert_eq!(ban["action"], "drop");
     let ban_ttl_after = ban["expires_in_secs"].as_u64().expect("ban TTL");
     assert!(
         ban_ttl_after < 3600 && ban_ttl_after <= ban_ttl_before && ban_ttl_after > 3400,

@@ -90,6 +90,8 @@ handshake_secs = 3
 bad_secret = 10
 garbage = 10
 ban_secs = 3
+# The prober's SYNs die in XDP while banned (the default would front it).
+action = "drop"
 "#,
         iface = pair.server_if,
     )

@@ -9,6 +9,8 @@ use std::{
 use relay_common::Verdict;
 use relay_tests::{
     kernel,
+    mask::MaskServer,
+    metrics::Metrics,
     netns::{NetPair, SERVER_V4, SERVER_V6, client_v4, client_v6, in_namespace},
     probe::{Outcome, connect_from, send_bad_header},
     relay::Relay,
@@ -257,8 +259,9 @@ fn unknown_interface_is_a_clear_error() {
     );
 }
 
-/// The misuse loop end to end: a source sending bad handshakes is fronted until the threshold,
-/// then banned in the XDP map, so its next SYNs die in the kernel; the ban lapses on time.
+/// The misuse loop end to end with `[misuse] action = "drop"`: a source sending bad handshakes
+/// is fronted until the threshold, then banned in the XDP map, so its next SYNs die in the
+/// kernel; the ban lapses on time.
 #[test]
 fn probe_storm_is_banned_in_the_kernel_and_expires() {
     if !privileged("probe_storm_is_banned_in_the_kernel_and_expires") {
@@ -284,6 +287,7 @@ mask = "{SERVER_V4}:9"
 [misuse]
 bad_secret = {THRESHOLD}
 ban_secs = {BAN_SECS}
+action = "drop"
 
 [state]
 dir = "/tmp/relay-test-state-{iface}"
@@ -335,5 +339,226 @@ dir = "/tmp/relay-test-state-{iface}"
 
     relay.wait_for("ban expired", Duration::from_secs(BAN_SECS + 3));
     assert!(attempt(&pair, prober).is_held(), "the ban lapsed on time");
+    relay.stop();
+}
+
+/// The mask site's answer to any complete request.
+const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n\
+Connection: close\r\n\r\nhi";
+/// What a browser (or a prober imitating one) sends.
+const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: mask.example\r\n\r\n";
+
+/// A bad obfuscated2 header (no secret decrypts it) that also ends an HTTP request head, so
+/// the mask site answers the fronted probe.
+fn bad_secret_probe() -> Vec<u8> {
+    let mut probe = vec![0x5a; 60];
+    probe.extend_from_slice(b"\r\n\r\n");
+    probe
+}
+
+/// Connects from `source`, sends `bytes` and reads until the server closes: the answer, or
+/// the outcome if there was no connection to send on.
+fn ask(pair: &NetPair, source: IpAddr, bytes: &[u8]) -> Result<Vec<u8>, Outcome> {
+    pair.in_client(|| {
+        use std::io::{Read as _, Write as _};
+        match connect_from(
+            source,
+            target(source),
+            CONNECT_TIMEOUT,
+            Duration::from_millis(1),
+        ) {
+            Outcome::Held(mut stream) => {
+                stream.write_all(bytes).expect("send");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                Ok(answer)
+            }
+            other => Err(other),
+        }
+    })
+}
+
+/// A prober banned for bad secrets keeps getting the mask site's answers (within its banned
+/// SYN budget, without handshake work), while a connection flood is banned with a drop and
+/// cut in the kernel.
+#[test]
+fn prober_ban_fronts_and_flood_ban_drops_in_the_kernel() {
+    if !privileged("prober_ban_fronts_and_flood_ban_drops_in_the_kernel") {
+        return;
+    }
+    let pair = NetPair::new("front", 2);
+    prober_ban_fronts_and_flood_ban_drops(&pair, "native");
+}
+
+/// The same with XDP off: the userspace gate fronts and drops (resets) alike.
+#[test]
+fn prober_ban_fronts_and_flood_ban_drops_in_userspace() {
+    if !privileged("prober_ban_fronts_and_flood_ban_drops_in_userspace") {
+        return;
+    }
+    let pair = NetPair::new("frontu", 2);
+    prober_ban_fronts_and_flood_ban_drops(&pair, "off");
+}
+
+fn prober_ban_fronts_and_flood_ban_drops(pair: &NetPair, mode: &str) {
+    const THRESHOLD: usize = 5;
+    const FLOOD: usize = 8;
+    const BANNED_BURST: usize = 3;
+    let kernel = mode != "off";
+    let mask = in_namespace(&pair.server_ns, || {
+        MaskServer::start(Some(HTTP_RESPONSE.to_vec()))
+    });
+    let config = format!(
+        r#"
+[server]
+listen = ["{SERVER_V4}:{PORT}"]
+modes = ["secure"]
+
+[xdp]
+interfaces = ["{iface}"]
+mode = "{mode}"
+
+[limits]
+syn_rate_per_sec = 0
+syn_burst = 32
+
+[tls]
+mask = "{mask}"
+
+[misuse]
+bad_secret = {THRESHOLD}
+connections = {FLOOD}
+ban_secs = 600
+banned_syn_rate_per_sec = 0
+banned_syn_burst = {BANNED_BURST}
+"#,
+        iface = pair.server_if,
+        mask = mask.addr,
+    );
+    let mut relay = Relay::start(&pair.server_ns, &config);
+    let prog_id = pair.server_hook().map(|(_, id)| id);
+    assert_eq!(prog_id.is_some(), kernel, "[xdp] mode = {mode}");
+    let counts = || prog_id.map(kernel::verdict_counts);
+    let prober = client_v4(2);
+    let flooder = client_v4(3);
+
+    // Before the ban, as after it: every probe gets the site's answer.
+    for i in 0..THRESHOLD {
+        let answer = ask(pair, prober, &bad_secret_probe());
+        assert_eq!(
+            answer.as_deref().ok(),
+            Some(HTTP_RESPONSE),
+            "probe {i}: {answer:?}"
+        );
+    }
+    let line = relay.wait_for("source banned", Duration::from_secs(5));
+    assert!(
+        line.contains("bad_secret") && line.contains("front"),
+        "{line}"
+    );
+    let before = counts();
+    let fronted_before = mask.conns().len();
+
+    // Banned: new connections go to the site at accept, up to the banned budget.
+    for i in 0..BANNED_BURST {
+        let answer = ask(pair, prober, HTTP_REQUEST);
+        assert_eq!(
+            answer.as_deref().ok(),
+            Some(HTTP_RESPONSE),
+            "banned prober, connection {i}: {answer:?}\n{}",
+            relay.log()
+        );
+    }
+    // The site saw exactly the requests: the relay read nothing of them itself.
+    let conns = mask.wait(Duration::from_secs(5), |c| {
+        c.len() == fronted_before + BANNED_BURST && c.iter().all(|c| c.closed)
+    });
+    assert_eq!(conns.len(), fronted_before + BANNED_BURST, "{conns:?}");
+    for conn in &conns[fronted_before..] {
+        assert_eq!(conn.received, HTTP_REQUEST);
+    }
+    let started = Instant::now();
+    let over = ask(pair, prober, HTTP_REQUEST);
+    let late = u64::from(started.elapsed() >= SYN_RTO);
+    match &over {
+        Err(Outcome::NoAnswer) => {}
+        Err(Outcome::Refused(why)) if !kernel => eprintln!("over budget, reset: {why}"),
+        other => panic!("over the banned budget the prober gets nothing, got {other:?}"),
+    }
+    // Counted as fronted for the ban (the exporter copies counters once a second).
+    let fronted = relay_tests::util::wait_until(Duration::from_secs(5), || {
+        let banned = Metrics::parse(&relay.scrape())
+            .sum("relay_fronted_connections_total", &[("reason", "banned")]);
+        (banned >= BANNED_BURST as f64).then_some(banned)
+    });
+    assert_eq!(fronted, Some(BANNED_BURST as f64));
+    if let (Some(before), Some(after)) = (before, counts()) {
+        let delta = |v: Verdict| after[v as usize] - before[v as usize];
+        // SYNs and the segments of the fronted connections.
+        assert!(
+            delta(Verdict::BannedFronted) >= 3 * BANNED_BURST as u64,
+            "{after:?}"
+        );
+        let limited = delta(Verdict::BannedSynLimited);
+        assert!((1..=1 + late).contains(&limited), "{after:?}, late {late}");
+        assert_eq!(delta(Verdict::Banned), 0, "{after:?}");
+    }
+
+    // A connection flood: banned for its rate, and that ban drops.
+    let mut held = Vec::new();
+    for i in 0..FLOOD {
+        let outcome = pair.in_client(|| {
+            connect_from(
+                flooder,
+                target(flooder),
+                CONNECT_TIMEOUT,
+                Duration::from_millis(1),
+            )
+        });
+        assert!(
+            !matches!(outcome, Outcome::NoAnswer),
+            "flood connection {i} is admitted before the ban"
+        );
+        held.push(outcome);
+    }
+    let line = relay.wait_for("source banned", Duration::from_secs(5));
+    assert!(
+        line.contains("conn_rate") && line.contains("drop"),
+        "{line}"
+    );
+    let before = counts();
+    match attempt(pair, flooder) {
+        Outcome::NoAnswer => {}
+        Outcome::Refused(why) if !kernel => eprintln!("flood source reset: {why}"),
+        other => panic!("the flood source must be dropped, got {other:?}"),
+    }
+    if let (Some(before), Some(after)) = (before, counts()) {
+        assert!(
+            after[Verdict::Banned as usize] > before[Verdict::Banned as usize],
+            "the kernel dropped the flood source's SYN: {after:?}"
+        );
+    }
+    drop(held);
+
+    // The operator sees which ban does what.
+    let bans = relay_tests::relay::relay_ctl_bin();
+    let out = std::process::Command::new(bans)
+        .args(["bans", "list", "--json", "--config"])
+        .arg(&relay.config_path)
+        .output()
+        .expect("relay-ctl bans list");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bans list --json ({e}): {out:?}"));
+    let action = |addr: IpAddr| {
+        json["bans"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["addr"] == addr.to_string()))
+            .map(|b| b["action"].clone())
+    };
+    assert_eq!(action(prober), Some("front".into()), "{json}");
+    assert_eq!(action(flooder), Some("drop".into()), "{json}");
     relay.stop();
 }

@@ -18,7 +18,9 @@ use nix::{
     time::{ClockId, clock_gettime},
     unistd::Pid,
 };
-use relay_common::{BanEntry, BanReason, StateBudget, Verdict, XdpConfig, maps as names};
+use relay_common::{
+    BanAction, BanEntry, BanReason, StateBudget, Verdict, XdpConfig, maps as names,
+};
 use relay_tests::{
     packet::{
         ETH_HLEN, ETH_P_8021AD, Frame, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
@@ -42,8 +44,12 @@ const OTHER_PORT: u16 = 80;
 /// `Verdict::drops`, so the test does not trust the code under test.
 fn action(verdict: Verdict) -> u32 {
     match verdict {
-        Verdict::BlockedCidr | Verdict::Banned | Verdict::SynRateLimited => XDP_DROP,
-        Verdict::Passed
+        Verdict::BlockedCidr
+        | Verdict::Banned
+        | Verdict::SynRateLimited
+        | Verdict::BannedSynLimited => XDP_DROP,
+        Verdict::BannedFronted
+        | Verdict::Passed
         | Verdict::NotOurs
         | Verdict::Allowlisted
         | Verdict::Unparsed
@@ -93,6 +99,8 @@ const DEFAULT_CONFIG: XdpConfig = XdpConfig {
     syn_burst: 3,
     new_state_per_cpu_per_sec: 1_000_000,
     flags: XdpConfig::FLAG_SYN_LIMIT,
+    banned_syn_rate_per_sec: 0,
+    banned_syn_burst: 2,
 };
 
 /// One loaded instance of the XDP program and handles on its maps.
@@ -196,9 +204,18 @@ impl Fixture {
         Self::insert_prefix(&mut self.block_v4, &mut self.block_v6, text);
     }
 
-    /// Bans one address until `expires_ns` (CLOCK_MONOTONIC).
+    /// Drop-bans one address until `expires_ns` (CLOCK_MONOTONIC).
     fn ban(&mut self, addr: impl Into<IpAddr>, expires_ns: u64) {
-        let entry = BanEntry::new(expires_ns, BanReason::Operator);
+        self.ban_with(addr, expires_ns, BanAction::Drop);
+    }
+
+    /// Bans one address (an IPv6 address's /64) until `expires_ns` with `action`.
+    fn ban_with(&mut self, addr: impl Into<IpAddr>, expires_ns: u64, action: BanAction) {
+        let reason = match action {
+            BanAction::Drop => BanReason::ConnRate,
+            BanAction::Front => BanReason::BadSecret,
+        };
+        let entry = BanEntry::new(expires_ns, reason, action);
         match addr.into() {
             IpAddr::V4(a) => self.bans_v4.insert(a.octets(), entry, 0),
             IpAddr::V6(a) => {
@@ -332,6 +349,21 @@ impl Fixture {
             verdict.name(),
             hex(frame)
         );
+    }
+
+    /// Runs `frame` and returns the one verdict whose counter moved, checking its action.
+    #[track_caller]
+    fn verdict_of(&self, frame: &[u8]) -> Verdict {
+        let before = self.counts();
+        let got = self.run(frame);
+        let after = self.counts();
+        let moved: Vec<Verdict> = Verdict::ALL
+            .into_iter()
+            .filter(|v| after[*v as usize] != before[*v as usize])
+            .collect();
+        assert_eq!(moved.len(), 1, "one counter moved: {moved:?}");
+        assert_eq!(got, action(moved[0]), "action for {}", moved[0].name());
+        moved[0]
     }
 
     /// [`Fixture::expect`] `n` times in a row.
@@ -1189,6 +1221,239 @@ fn expired_ban_passes() {
     fx.expect("lapsed ban, SYN 4", &syn, Verdict::SynRateLimited);
 }
 
+/// The ordinary limiter (burst 3) and, for front-banned sources, a smaller budget (burst 2),
+/// neither refilling.
+const FRONT_CONFIG: XdpConfig = XdpConfig {
+    banned_syn_rate_per_sec: 0,
+    banned_syn_burst: 2,
+    ..DEFAULT_CONFIG
+};
+
+#[test]
+fn front_ban_passes_within_its_budget_and_drops_syns_over_it() {
+    if !privileged("front_ban_passes_within_its_budget_and_drops_syns_over_it") {
+        return;
+    }
+    let mut fx = Fixture::new(FRONT_CONFIG);
+    let hour = 3_600 * 1_000_000_000;
+    for family in FAMILIES {
+        let src = family.source(1);
+        fx.ban_with(src, monotonic_ns() + hour, BanAction::Front);
+        let syn = Frame::tcp(src, PORT).syn().build();
+        fx.expect_n(
+            &format!("{family:?} front-banned SYN"),
+            &syn,
+            Verdict::BannedFronted,
+            2,
+        );
+        fx.expect_n(
+            &format!("{family:?} front-banned SYN over its budget"),
+            &syn,
+            Verdict::BannedSynLimited,
+            2,
+        );
+        // Its fronted connections carry data: nothing but bare SYNs spends the budget.
+        for (what, frame) in [
+            ("SYN+ACK", Frame::tcp(src, PORT).syn().ack()),
+            ("ACK", Frame::tcp(src, PORT).ack()),
+            ("PSH+ACK", Frame::tcp(src, PORT).psh().ack().payload(100)),
+            ("FIN+ACK", Frame::tcp(src, PORT).fin().ack()),
+            ("RST", Frame::tcp(src, PORT).rst()),
+        ] {
+            fx.expect(
+                &format!("{family:?} front-banned {what}"),
+                &frame.build(),
+                Verdict::BannedFronted,
+            );
+        }
+    }
+    // An IPv6 front-ban covers the /64, and its budget is the /64's.
+    fx.expect(
+        "another address in the front-banned /64",
+        &Frame::tcp(v6(1, 2), PORT).syn().build(),
+        Verdict::BannedSynLimited,
+    );
+    // The banned budget is apart from the ordinary one: the sources' own buckets were never
+    // touched, so once the bans go they get the full ordinary burst.
+    fx.bans_v4.remove(&v4(1).octets()).expect("lift IPv4 ban");
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&v6(1, 1).octets()[..8]);
+    fx.bans_v6.remove(&prefix).expect("lift IPv6 ban");
+    for family in FAMILIES {
+        let syn = Frame::tcp(family.source(1), PORT).syn().build();
+        fx.expect_n(
+            &format!("{family:?} after the ban"),
+            &syn,
+            Verdict::Passed,
+            3,
+        );
+        fx.expect(
+            &format!("{family:?} after the ban, over the burst"),
+            &syn,
+            Verdict::SynRateLimited,
+        );
+    }
+}
+
+#[test]
+fn front_ban_budget_holds_with_the_limiter_off_and_refills() {
+    if !privileged("front_ban_budget_holds_with_the_limiter_off_and_refills") {
+        return;
+    }
+    // 2 tokens per second, a budget of 1, the ordinary limiter off.
+    let mut fx = Fixture::new(XdpConfig {
+        flags: 0,
+        banned_syn_rate_per_sec: 2,
+        banned_syn_burst: 1,
+        ..DEFAULT_CONFIG
+    });
+    fx.ban_with(v4(1), BanEntry::NEVER, BanAction::Front);
+    let syn = Frame::tcp(v4(1), PORT).syn().build();
+    fx.expect("first SYN", &syn, Verdict::BannedFronted);
+    fx.expect("at once", &syn, Verdict::BannedSynLimited);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    fx.expect("0.7 s later", &syn, Verdict::BannedFronted);
+    fx.expect("at once again", &syn, Verdict::BannedSynLimited);
+    // Without the ban, the limiter being off means no limit at all.
+    fx.expect_n(
+        "unbanned",
+        &Frame::tcp(v4(2), PORT).syn().build(),
+        Verdict::Passed,
+        10,
+    );
+}
+
+#[test]
+fn blocked_cidr_and_drop_ban_beat_a_front_ban() {
+    if !privileged("blocked_cidr_and_drop_ban_beat_a_front_ban") {
+        return;
+    }
+    let mut fx = Fixture::new(FRONT_CONFIG);
+    fx.block("198.51.100.0/28");
+    fx.block("2001:db8:0:1::/64");
+    fx.ban_with(v4(1), BanEntry::NEVER, BanAction::Front);
+    fx.ban_with(v6(1, 1), BanEntry::NEVER, BanAction::Front);
+    fx.ban_with(v4(20), BanEntry::NEVER, BanAction::Drop);
+    fx.ban_with(v4(21), BanEntry::NEVER, BanAction::Front);
+    fx.allow("198.51.100.22/32");
+    fx.ban_with(v4(22), BanEntry::NEVER, BanAction::Front);
+    for src in [IpAddr::V4(v4(1)), IpAddr::V6(v6(1, 1))] {
+        fx.expect(
+            &format!("{src} front-banned inside a blocked CIDR"),
+            &Frame::tcp(src, PORT).ack().build(),
+            Verdict::BlockedCidr,
+        );
+    }
+    fx.expect(
+        "drop-ban",
+        &Frame::tcp(v4(20), PORT).ack().build(),
+        Verdict::Banned,
+    );
+    fx.expect(
+        "front-ban",
+        &Frame::tcp(v4(21), PORT).ack().build(),
+        Verdict::BannedFronted,
+    );
+    fx.expect(
+        "allowlisted front-ban",
+        &Frame::tcp(v4(22), PORT).syn().build(),
+        Verdict::Allowlisted,
+    );
+    // A lapsed front-ban is no ban at all.
+    fx.ban_with(v4(23), 1, BanAction::Front);
+    fx.expect(
+        "lapsed front-ban",
+        &Frame::tcp(v4(23), PORT).syn().build(),
+        Verdict::Passed,
+    );
+}
+
+/// The userspace gate (XDP off, or the accept-time re-check) takes the kernel's decisions:
+/// the same lists, bans and budgets give the same verdict for every SYN, in the same order.
+#[test]
+fn the_userspace_gate_decides_as_the_kernel_does() {
+    if !privileged("the_userspace_gate_decides_as_the_kernel_does") {
+        return;
+    }
+    let config = FRONT_CONFIG;
+    let mut fx = Fixture::new(config);
+    let gate = relay_ctl::gate::Gate::default();
+    gate.set_config(config);
+    let mut block = relay_ctl::prefix_set::PrefixSet::default();
+    let mut allow = relay_ctl::prefix_set::PrefixSet::default();
+    for text in ["198.51.100.128/26", "2001:db8:0:9::/64"] {
+        fx.block(text);
+        block.insert(text.parse::<relay_ctl::config::Cidr>().expect("CIDR").0);
+    }
+    fx.allow("198.51.100.130/32");
+    allow.insert(
+        "198.51.100.130/32"
+            .parse::<relay_ctl::config::Cidr>()
+            .expect("CIDR")
+            .0,
+    );
+    gate.set_block(block);
+    gate.set_allow(allow);
+    let never = BanEntry::NEVER;
+    let bans: [(IpAddr, BanAction); 5] = [
+        (v4(1).into(), BanAction::Front),
+        (v4(2).into(), BanAction::Drop),
+        (v4(129).into(), BanAction::Front),
+        (v6(1, 1).into(), BanAction::Front),
+        (v6(2, 1).into(), BanAction::Drop),
+    ];
+    for (src, action) in bans {
+        fx.ban_with(src, never, action);
+        let reason = match action {
+            BanAction::Drop => BanReason::ConnRate,
+            BanAction::Front => BanReason::BadSecret,
+        };
+        gate.ban(src, BanEntry::new(never, reason, action));
+    }
+    let sources: [IpAddr; 10] = [
+        v4(1).into(),
+        v4(2).into(),
+        v4(3).into(),
+        v4(129).into(),
+        v4(130).into(),
+        v4(131).into(),
+        v6(1, 1).into(),
+        v6(1, 7).into(),
+        v6(2, 1).into(),
+        v6(9, 1).into(),
+    ];
+    let mut kernel = Vec::new();
+    let mut userspace = Vec::new();
+    // Five SYNs each, interleaved, past both the ordinary and the banned burst.
+    for round in 0..5 {
+        for src in sources {
+            let what = format!("{src} SYN {round}");
+            kernel.push((
+                what.clone(),
+                fx.verdict_of(&Frame::tcp(src, PORT).syn().build()),
+            ));
+            userspace.push((what, gate.admit(src, monotonic_ns())));
+        }
+    }
+    assert_eq!(kernel, userspace);
+    // Every kind of verdict a SYN can get here was reached.
+    for v in [
+        Verdict::Passed,
+        Verdict::SynRateLimited,
+        Verdict::Allowlisted,
+        Verdict::BlockedCidr,
+        Verdict::Banned,
+        Verdict::BannedFronted,
+        Verdict::BannedSynLimited,
+    ] {
+        assert!(
+            kernel.iter().any(|(_, k)| *k == v),
+            "{} not reached",
+            v.name()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // New-connection limiter
 // ---------------------------------------------------------------------------------------
@@ -1417,6 +1682,8 @@ fn limiter_disabled_never_limits() {
         syn_burst: 1,
         new_state_per_cpu_per_sec: 0,
         flags: 0,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
     });
     for family in FAMILIES {
         fx.expect_n(
@@ -1436,6 +1703,8 @@ fn limiter_disabled_never_limits() {
     // Switching it on (a reload) takes effect at the next packet.
     fx.set_config(XdpConfig {
         flags: XdpConfig::FLAG_SYN_LIMIT,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
         new_state_per_cpu_per_sec: 1_000,
         ..DEFAULT_CONFIG
     });
@@ -1445,6 +1714,8 @@ fn limiter_disabled_never_limits() {
     // And off again.
     fx.set_config(XdpConfig {
         flags: 0,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
         ..DEFAULT_CONFIG
     });
     fx.expect_n("limiter switched off", &syn, Verdict::Passed, 5);
@@ -1464,6 +1735,8 @@ fn state_budget_suppresses_new_sources_per_cpu() {
         syn_burst: 2,
         new_state_per_cpu_per_sec: u32::from(K),
         flags: XdpConfig::FLAG_SYN_LIMIT,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
     });
     // K IPv4 and IPv6 sources together: both families draw on one budget.
     let sources: Vec<IpAddr> = (1..=K + M)
@@ -1598,6 +1871,8 @@ fn idle_limiter_state_is_forgotten_by_userspace() {
         syn_burst: 4,
         new_state_per_cpu_per_sec: 1000,
         flags: XdpConfig::FLAG_SYN_LIMIT,
+        banned_syn_rate_per_sec: 0,
+        banned_syn_burst: 2,
     })
     .expect("config");
     maps.set_ports(&[PORT]).expect("ports");
@@ -1650,6 +1925,7 @@ fn the_tc_hook_decides_as_xdp_does() {
     fx.block("2001:db8:0:c8::/64");
     fx.allow("198.51.100.7/32");
     fx.ban(v4(200), BanEntry::NEVER);
+    fx.ban_with(v4(210), BanEntry::NEVER, BanAction::Front);
     let cases = [
         ("SYN", Frame::tcp(v4(201), PORT).syn(), Verdict::Passed),
         (
@@ -1678,6 +1954,11 @@ fn the_tc_hook_decides_as_xdp_does() {
             Verdict::Allowlisted,
         ),
         ("banned", Frame::tcp(v4(200), PORT).ack(), Verdict::Banned),
+        (
+            "front-banned ACK",
+            Frame::tcp(v4(210), PORT).psh().ack().payload(10),
+            Verdict::BannedFronted,
+        ),
         (
             "another port",
             Frame::tcp(v4(1), OTHER_PORT).syn(),
@@ -1716,4 +1997,10 @@ fn the_tc_hook_decides_as_xdp_does() {
     fx.expect("SYN 3", &syn, Verdict::Passed);
     fx.expect_tc("SYN 4", &syn, Verdict::SynRateLimited);
     fx.expect("SYN 5", &syn, Verdict::SynRateLimited);
+    // One banned budget (a burst of 2) per front-banned source, likewise.
+    let syn = Frame::tcp(v4(210), PORT).syn().build();
+    fx.expect_tc("front-banned SYN 1", &syn, Verdict::BannedFronted);
+    fx.expect("front-banned SYN 2", &syn, Verdict::BannedFronted);
+    fx.expect_tc("front-banned SYN 3", &syn, Verdict::BannedSynLimited);
+    fx.expect("front-banned SYN 4", &syn, Verdict::BannedSynLimited);
 }

@@ -41,6 +41,15 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
             " (limiter off)"
         }
     );
+    println!(
+        "  prober bans     {}, banned budget {} per second, burst {} (floods: drop)",
+        config
+            .misuse
+            .action_for(relay_common::BanReason::BadSecret)
+            .name(),
+        config.misuse.banned_syn_rate_per_sec,
+        config.misuse.banned_syn_burst
+    );
     let modes: Vec<&str> = config.server.modes.iter().map(|m| m.name()).collect();
     println!("  modes           {}", modes.join(", "));
     for line in crate::config::exposure(&config) {

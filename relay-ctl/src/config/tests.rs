@@ -437,3 +437,34 @@ fn replay_memory_and_uptime_clock_settings() {
         "at least 2 × [tls] time_skew_secs = 1200",
     );
 }
+
+#[test]
+fn misuse_ban_action_defaults_to_front_for_probes_only() {
+    use relay_common::{BanAction, BanReason};
+    let config = parse("[server]\nlisten = [\"127.0.0.1:1\"]\n").expect("valid");
+    assert_eq!(config.misuse.action, ProbeBanAction::Front);
+    assert_eq!(
+        config.misuse.action_for(BanReason::BadSecret),
+        BanAction::Front
+    );
+    assert_eq!(
+        config.misuse.action_for(BanReason::ConnRate),
+        BanAction::Drop
+    );
+    let config = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\naction = \"drop\"\nbanned_syn_rate_per_sec = 1\nbanned_syn_burst = 3\n",
+    )
+    .expect("valid");
+    assert_eq!(config.misuse.action_for(BanReason::Replay), BanAction::Drop);
+    assert_eq!(config.misuse.banned_syn_burst.get(), 3);
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\naction = \"reset\"\n",
+        4,
+        "unknown variant",
+    );
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nbanned_syn_burst = 0\n",
+        4,
+        "nonzero",
+    );
+}

@@ -175,6 +175,10 @@ pub struct BanInfo {
     pub addr: String,
     /// Why.
     pub reason: String,
+    /// `drop` (in the kernel) or `front` (connections get the mask site); daemons from before
+    /// ban actions dropped every ban.
+    #[serde(default = "drop_action")]
+    pub action: String,
     /// Count that crossed the threshold.
     pub count: u32,
     /// Seconds left; none: permanent.
@@ -187,6 +191,10 @@ pub struct BanInfo {
 
 fn relay_source() -> String {
     "relay".to_owned()
+}
+
+fn drop_action() -> String {
+    "drop".to_owned()
 }
 
 /// The CrowdSec integration's state (`[crowdsec]`).

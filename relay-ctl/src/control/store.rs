@@ -46,6 +46,9 @@ pub struct SavedBan {
     pub addr: String,
     /// Ban reason name.
     pub reason: String,
+    /// Ban action name (`drop`, `front`); absent in files from before bans had one.
+    #[serde(default)]
+    pub action: Option<String>,
     /// Count that crossed the threshold.
     pub count: u32,
     /// Unix time the ban lapses; none: permanent.
@@ -202,5 +205,25 @@ mod tests {
     fn unwritable_dir_is_an_error_not_a_panic() {
         let store = Store::new(Path::new("/proc/relay-cannot-write-here"));
         assert!(store.save_usage(&BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn bans_from_before_ban_actions_load_without_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        fs::write(
+            dir.path().join(BANS),
+            r#"[{"addr": "198.51.100.1", "reason": "bad_secret", "count": 10}]"#,
+        )
+        .expect("write");
+        let bans = store.load_bans().expect("old file");
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].action, None);
+        let saved = SavedBan {
+            action: Some("front".into()),
+            ..bans[0].clone()
+        };
+        store.save_bans(std::slice::from_ref(&saved)).expect("save");
+        assert_eq!(store.load_bans().expect("new file"), vec![saved]);
     }
 }

@@ -1,6 +1,7 @@
 //! The misuse loop: connections and handshake failures are counted per source, and a source
 //! over a threshold is banned in the kernel (or the userspace fallback) for `[misuse] ban_secs`.
-//! Fronting keeps serving a prober until then, so the ban itself is no early probe signal.
+//! Fronting keeps serving a prober until then; a ban for a prober's offence then fronts the
+//! source at accept (`[misuse] action = "front"`), so the ban itself is no probe signal either.
 
 pub mod detector;
 
@@ -23,6 +24,8 @@ pub struct Misuse {
     bans_total: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     shield: Arc<RwLock<Shield>>,
     ban_ttl: std::sync::Mutex<Duration>,
+    /// `[misuse]`, for the action of each ban.
+    config: std::sync::Mutex<config::Misuse>,
     /// Where bans are offered for publishing to CrowdSec, once `[crowdsec]` starts.
     signals: std::sync::OnceLock<Signals>,
 }
@@ -39,6 +42,7 @@ impl Misuse {
             shield,
             bans_total: std::sync::Mutex::default(),
             ban_ttl: std::sync::Mutex::new(Duration::from_secs(config.ban_secs)),
+            config: std::sync::Mutex::new(config.clone()),
             signals: std::sync::OnceLock::new(),
         }
     }
@@ -56,6 +60,7 @@ impl Misuse {
             config.max_sources,
         );
         *lock(&self.ban_ttl) = Duration::from_secs(config.ban_secs);
+        *lock(&self.config) = config.clone();
     }
 
     /// Counts `offence` from `source`; bans it when it crosses a threshold. Allowlisted sources
@@ -70,11 +75,12 @@ impl Misuse {
             return;
         };
         let ttl = *lock(&self.ban_ttl);
+        let action = lock(&self.config).action_for(ban.reason);
         match self
             .shield
             .write()
             .await
-            .ban(source, ban.reason, Some(ttl), ban.count)
+            .ban(source, ban.reason, action, Some(ttl), ban.count)
         {
             Ok(()) => {
                 *lock(&self.bans_total)
@@ -90,6 +96,7 @@ impl Misuse {
                 tracing::warn!(
                 %source,
                 reason = ban.reason.name(),
+                action = action.name(),
                 count = ban.count,
                 ttl_secs = ttl.as_secs(),
                 "source banned"

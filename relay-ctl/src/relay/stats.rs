@@ -111,14 +111,17 @@ pub enum FrontReason {
     Failure(Failure),
     /// A user limit refused it and `[server] on_limit = "front"`.
     UserLimit,
+    /// Its source is under a front-ban: fronted at accept, without a handshake.
+    Banned,
 }
 
 impl FrontReason {
-    /// Label value: the failure's name, or `user_limit`.
+    /// Label value: the failure's name, `user_limit` or `banned`.
     pub const fn name(self) -> &'static str {
         match self {
             FrontReason::Failure(f) => f.name(),
             FrontReason::UserLimit => "user_limit",
+            FrontReason::Banned => "banned",
         }
     }
 
@@ -126,6 +129,7 @@ impl FrontReason {
         match self {
             FrontReason::Failure(f) => f as usize,
             FrontReason::UserLimit => Failure::ALL.len(),
+            FrontReason::Banned => Failure::ALL.len() + 1,
         }
     }
 
@@ -133,7 +137,7 @@ impl FrontReason {
         Failure::ALL
             .into_iter()
             .map(FrontReason::Failure)
-            .chain([FrontReason::UserLimit])
+            .chain([FrontReason::UserLimit, FrontReason::Banned])
     }
 }
 
@@ -225,7 +229,7 @@ pub struct RelayStats {
     active: [AtomicU64; ConnState::ALL.len()],
     failures: [AtomicU64; Failure::ALL.len()],
     handshakes: [[AtomicU64; HandshakeResult::ALL.len()]; HANDSHAKE_MODES.len()],
-    fronted: [AtomicU64; Failure::ALL.len() + 1],
+    fronted: [AtomicU64; Failure::ALL.len() + 2],
     mask_legs: [AtomicU64; MaskLeg::ALL.len()],
     replays: AtomicU64,
     bytes: [AtomicU64; DIRECTIONS.len()],

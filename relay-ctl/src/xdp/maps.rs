@@ -57,6 +57,8 @@ pub struct XdpMaps {
     verdicts: PerCpuArray<MapData, u64>,
     syn_v4: HashMap<MapData, [u8; 4], TokenBucket>,
     syn_v6: HashMap<MapData, [u8; names::V6_LIMIT_PREFIX_BYTES], TokenBucket>,
+    ban_syn_v4: HashMap<MapData, [u8; 4], TokenBucket>,
+    ban_syn_v6: HashMap<MapData, [u8; names::V6_LIMIT_PREFIX_BYTES], TokenBucket>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -112,6 +114,8 @@ impl XdpMaps {
             verdicts: take(ebpf, names::VERDICTS)?,
             syn_v4: take(ebpf, names::SYN_V4)?,
             syn_v6: take(ebpf, names::SYN_V6)?,
+            ban_syn_v4: take(ebpf, names::BAN_SYN_V4)?,
+            ban_syn_v6: take(ebpf, names::BAN_SYN_V6)?,
         })
     }
 
@@ -237,35 +241,15 @@ impl XdpMaps {
         }
     }
 
-    /// Removes limiter buckets idle for `idle_ns` (full again, so forgetting them changes no
-    /// decision). The kernel only evicts LRU entries when the map is full; this keeps a source
-    /// address in kernel memory no longer than its limiter needs it. Returns how many went.
+    /// Removes limiter buckets (front-banned sources' too) idle for `idle_ns` (full again, so
+    /// forgetting them changes no decision). The kernel only evicts LRU entries when the map is
+    /// full; this keeps a source address in kernel memory no longer than its limiter needs it.
+    /// Returns how many went.
     pub fn forget_idle_limiter_state(&mut self, now_ns: u64, idle_ns: u64) -> usize {
-        let idle = |b: &TokenBucket| now_ns.saturating_sub(b.last_ns) >= idle_ns;
-        let stale_v4: Vec<[u8; 4]> = self
-            .syn_v4
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, b)| idle(b))
-            .map(|(k, _)| k)
-            .collect();
-        let stale_v6: Vec<[u8; names::V6_LIMIT_PREFIX_BYTES]> = self
-            .syn_v6
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, b)| idle(b))
-            .map(|(k, _)| k)
-            .collect();
-        // Entries the LRU evicted meanwhile are already gone: not an error.
-        let removed_v4 = stale_v4
-            .iter()
-            .filter(|k| self.syn_v4.remove(k).is_ok())
-            .count();
-        let removed_v6 = stale_v6
-            .iter()
-            .filter(|k| self.syn_v6.remove(k).is_ok())
-            .count();
-        removed_v4 + removed_v6
+        forget_idle(&mut self.syn_v4, now_ns, idle_ns)
+            + forget_idle(&mut self.syn_v6, now_ns, idle_ns)
+            + forget_idle(&mut self.ban_syn_v4, now_ns, idle_ns)
+            + forget_idle(&mut self.ban_syn_v6, now_ns, idle_ns)
     }
 
     /// Verdict counters summed over CPUs, indexed by [`Verdict`].
@@ -284,6 +268,22 @@ impl XdpMaps {
         }
         Ok(out)
     }
+}
+
+/// Removes the buckets of `map` idle for `idle_ns`; returns how many went.
+fn forget_idle<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, TokenBucket>,
+    now_ns: u64,
+    idle_ns: u64,
+) -> usize {
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, b)| now_ns.saturating_sub(b.last_ns) >= idle_ns)
+        .map(|(k, _)| k)
+        .collect();
+    // Entries the LRU evicted meanwhile are already gone: not an error.
+    stale.iter().filter(|k| map.remove(k).is_ok()).count()
 }
 
 /// The /64 an IPv6 ban applies to.

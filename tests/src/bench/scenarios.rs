@@ -1437,10 +1437,15 @@ fn per_sec(begin: &Value, end: &Value, secs: f64) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    let dropped: f64 = ["blocked_cidr", "banned", "syn_rate_limited"]
-        .iter()
-        .map(|k| delta("verdicts", k))
-        .sum();
+    let dropped: f64 = [
+        "blocked_cidr",
+        "banned",
+        "syn_rate_limited",
+        "banned_syn_limited",
+    ]
+    .iter()
+    .map(|k| delta("verdicts", k))
+    .sum();
     json!({
         "xdp_dropped_per_sec": dropped / secs,
         "verdicts_per_sec": verdicts,

@@ -69,12 +69,13 @@ pub fn bans(list: &[BanInfo]) -> String {
     if list.is_empty() {
         return "no bans\n".to_owned();
     }
-    let mut t = Table::new(&["ADDR", "SOURCE", "REASON", "COUNT", "EXPIRES"]);
+    let mut t = Table::new(&["ADDR", "SOURCE", "REASON", "ACTION", "COUNT", "EXPIRES"]);
     for b in list {
         t.row(vec![
             b.addr.clone(),
             b.source.clone(),
             b.reason.clone(),
+            b.action.clone(),
             b.count.to_string(),
             expires(b.expires_in_secs),
         ]);
@@ -499,16 +500,29 @@ CIDR                     SOURCE    EXPIRES  REASON
 
     #[test]
     fn ban_table() {
-        let list = vec![BanInfo {
-            addr: "2001:db8::1".into(),
-            reason: "bad_secret".into(),
-            count: 20,
-            expires_in_secs: Some(600),
-            source: "relay".into(),
-        }];
+        let list = vec![
+            BanInfo {
+                addr: "2001:db8::1".into(),
+                reason: "bad_secret".into(),
+                action: "front".into(),
+                count: 20,
+                expires_in_secs: Some(600),
+                source: "relay".into(),
+            },
+            BanInfo {
+                addr: "198.51.100.7".into(),
+                reason: "conn_rate".into(),
+                action: "drop".into(),
+                count: 1300,
+                expires_in_secs: Some(3600),
+                source: "relay".into(),
+            },
+        ];
         assert_eq!(
             bans(&list),
-            "ADDR         SOURCE  REASON      COUNT  EXPIRES\n2001:db8::1  relay   bad_secret  20     10m\n"
+            "ADDR          SOURCE  REASON      ACTION  COUNT  EXPIRES\n\
+             2001:db8::1   relay   bad_secret  front   20     10m\n\
+             198.51.100.7  relay   conn_rate   drop    1300   1h\n"
         );
     }
 
