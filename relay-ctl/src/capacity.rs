@@ -1,7 +1,10 @@
 //! Concurrency bounds: connections in all, connections per source (/32, /64) and connections
-//! still in their handshake. A connection takes a [`Slot`] at accept; when a bound is reached
-//! the connection is refused there, so overload degrades service instead of growing memory and
-//! file descriptors.
+//! still in their handshake (see [`handshakes`]). A connection takes a [`Slot`] at accept; when
+//! a bound is reached the connection is refused there (or, for handshakes, the oldest silent
+//! one makes room), so overload degrades service instead of growing memory and file
+//! descriptors.
+
+pub mod handshakes;
 
 use std::{
     collections::HashMap,
@@ -13,18 +16,20 @@ use std::{
     },
 };
 
+use self::handshakes::{HandshakeBounds, Handshakes, Ticket};
 use crate::gate::SourceKey;
 
 /// The configured bounds (`[limits] max_connections`, `max_connections_per_source`,
-/// `max_handshakes`).
+/// `max_handshakes`, `max_handshakes_per_source`, `max_handshakes_per_prefix`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
     /// Open client connections in all.
     pub connections: usize,
     /// Open client connections from one source (/32 or /64).
     pub per_source: usize,
-    /// Client connections that have not finished their handshake.
-    pub handshakes: usize,
+    /// Client connections that have not finished their handshake, in all, per source and per
+    /// prefix.
+    pub handshakes: HandshakeBounds,
 }
 
 /// Which bound refused a connection.
@@ -36,14 +41,20 @@ pub enum Refusal {
     PerSource,
     /// `max_handshakes`.
     Handshakes,
+    /// `max_handshakes_per_source`.
+    HandshakesPerSource,
+    /// `max_handshakes_per_prefix`.
+    HandshakesPerPrefix,
 }
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Refusal; 3] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::Connections,
         Refusal::PerSource,
         Refusal::Handshakes,
+        Refusal::HandshakesPerSource,
+        Refusal::HandshakesPerPrefix,
     ];
 
     /// The metric label and log name.
@@ -52,6 +63,8 @@ impl Refusal {
             Refusal::Connections => "max_connections",
             Refusal::PerSource => "max_connections_per_source",
             Refusal::Handshakes => "max_handshakes",
+            Refusal::HandshakesPerSource => "max_handshakes_per_source",
+            Refusal::HandshakesPerPrefix => "max_handshakes_per_prefix",
         }
     }
 }
@@ -67,9 +80,8 @@ impl fmt::Display for Refusal {
 pub struct Capacity {
     max_connections: AtomicUsize,
     max_per_source: AtomicUsize,
-    max_handshakes: AtomicUsize,
     connections: AtomicUsize,
-    handshakes: AtomicUsize,
+    handshakes: Handshakes,
     /// Open connections per source; a source leaves the map with its last connection, so no
     /// address is kept longer than it is connected.
     per_source: Mutex<HashMap<SourceKey, usize>>,
@@ -82,9 +94,8 @@ impl Capacity {
         let capacity = Capacity {
             max_connections: AtomicUsize::new(0),
             max_per_source: AtomicUsize::new(0),
-            max_handshakes: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
-            handshakes: AtomicUsize::new(0),
+            handshakes: Handshakes::new(bounds.handshakes),
             per_source: Mutex::new(HashMap::new()),
             refused: Default::default(),
         };
@@ -99,17 +110,12 @@ impl Capacity {
             .store(bounds.connections, Ordering::Relaxed);
         self.max_per_source
             .store(bounds.per_source, Ordering::Relaxed);
-        self.max_handshakes
-            .store(bounds.handshakes, Ordering::Relaxed);
+        self.handshakes.set_bounds(bounds.handshakes);
     }
 
-    /// Takes a slot for a connection from `source`, in its handshake. `exempt_per_source`
-    /// (allowlisted sources) skips the per-source bound only.
-    pub fn try_admit(
-        self: &Arc<Self>,
-        source: IpAddr,
-        exempt_per_source: bool,
-    ) -> Result<Slot, Refusal> {
+    /// Takes a slot for a connection from `source`, in its handshake. `allowlisted` sources
+    /// skip the per-source bounds and are never refused for the handshake bound.
+    pub fn try_admit(self: &Arc<Self>, source: IpAddr, allowlisted: bool) -> Result<Slot, Refusal> {
         let refuse = |r: Refusal| {
             self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
             Err(r)
@@ -120,32 +126,33 @@ impl Capacity {
         ) {
             return refuse(Refusal::Connections);
         }
-        if !take(
-            &self.handshakes,
-            self.max_handshakes.load(Ordering::Relaxed),
-        ) {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            return refuse(Refusal::Handshakes);
-        }
         let key = SourceKey::from(source.to_canonical());
         {
             let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
             let open = per_source.entry(key).or_insert(0);
-            if !exempt_per_source && *open >= self.max_per_source.load(Ordering::Relaxed) {
+            if !allowlisted && *open >= self.max_per_source.load(Ordering::Relaxed) {
                 if *open == 0 {
                     per_source.remove(&key);
                 }
                 drop(per_source);
-                self.handshakes.fetch_sub(1, Ordering::Relaxed);
                 self.connections.fetch_sub(1, Ordering::Relaxed);
                 return refuse(Refusal::PerSource);
             }
             *open += 1;
         }
+        let handshake = match self.handshakes.admit(source, allowlisted) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.release(key, None);
+                return refuse(refusal);
+            }
+        };
         Ok(Slot {
             capacity: Arc::clone(self),
             source: key,
-            in_handshake: true,
+            handshake: Some(handshake.id),
+            ticket: handshake.ticket,
+            pressured: handshake.pressured,
         })
     }
 
@@ -156,7 +163,12 @@ impl Capacity {
 
     /// Client connections in their handshake.
     pub fn handshakes(&self) -> usize {
-        self.handshakes.load(Ordering::Relaxed)
+        self.handshakes.len()
+    }
+
+    /// Handshakes evicted to make room for newer ones.
+    pub fn handshakes_evicted(&self) -> u64 {
+        self.handshakes.evicted()
     }
 
     /// Sources with an open connection.
@@ -174,9 +186,9 @@ impl Capacity {
             .map(|r| (*r, self.refused[*r as usize].load(Ordering::Relaxed)))
     }
 
-    fn release(&self, source: SourceKey, in_handshake: bool) {
-        if in_handshake {
-            self.handshakes.fetch_sub(1, Ordering::Relaxed);
+    fn release(&self, source: SourceKey, handshake: Option<u64>) {
+        if let Some(id) = handshake {
+            self.handshakes.release(id);
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
         let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
@@ -203,22 +215,36 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 pub struct Slot {
     capacity: Arc<Capacity>,
     source: SourceKey,
-    in_handshake: bool,
+    /// The handshake slot, until the handshake is over.
+    handshake: Option<u64>,
+    ticket: Arc<Ticket>,
+    pressured: bool,
 }
 
 impl Slot {
     /// The handshake is over (relayed, fronted or failed): the connection no longer counts
-    /// against `max_handshakes`.
+    /// against the handshake bounds.
     pub fn handshake_done(&mut self) {
-        if std::mem::take(&mut self.in_handshake) {
-            self.capacity.handshakes.fetch_sub(1, Ordering::Relaxed);
+        if let Some(id) = self.handshake.take() {
+            self.capacity.handshakes.release(id);
         }
+    }
+
+    /// The handshake's ticket: tell it when the client speaks, wait on it for eviction.
+    pub fn ticket(&self) -> &Arc<Ticket> {
+        &self.ticket
+    }
+
+    /// Whether the handshake slots were mostly taken when this one was admitted (its handshake
+    /// gets a shorter deadline).
+    pub fn pressured(&self) -> bool {
+        self.pressured
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.capacity.release(self.source, self.in_handshake);
+        self.capacity.release(self.source, self.handshake);
     }
 }
 
@@ -234,7 +260,11 @@ mod tests {
         Bounds {
             connections,
             per_source,
-            handshakes,
+            handshakes: HandshakeBounds {
+                total: handshakes,
+                per_source: 1000,
+                per_prefix: 1000,
+            },
         }
     }
 
@@ -274,6 +304,8 @@ mod tests {
     fn handshake_bound_frees_when_the_handshake_ends() {
         let cap = Capacity::new(bounds(100, 100, 1));
         let mut a = cap.try_admit(ip("198.18.0.1"), false).expect("first");
+        // A silent handshake would be evicted to make room; one whose client spoke is not.
+        a.ticket().spoke();
         assert_eq!(
             cap.try_admit(ip("198.18.0.2"), false).err(),
             Some(Refusal::Handshakes)

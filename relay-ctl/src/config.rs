@@ -861,10 +861,17 @@ pub struct Limits {
     /// Mobile carriers put many users behind one address: keep it generous.
     #[serde(default = "default_max_per_source")]
     pub max_connections_per_source: NonZeroUsize,
-    /// Client connections in their handshake at once (a slowloris holds them until
-    /// `[timeouts] handshake_secs`).
+    /// Client connections in their handshake at once. At this bound (and the per-source and
+    /// per-prefix ones) the oldest handshake whose client has sent nothing is evicted to make
+    /// room; only when every one has spoken is a newcomer refused (never an allowlisted one).
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: NonZeroUsize,
+    /// Client connections in their handshake at once from one source (IPv4 address, IPv6 /64).
+    #[serde(default = "default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: NonZeroUsize,
+    /// Client connections in their handshake at once from one prefix (IPv4 /24, IPv6 /48).
+    #[serde(default = "default_max_handshakes_per_prefix")]
+    pub max_handshakes_per_prefix: NonZeroUsize,
 }
 
 impl Limits {
@@ -873,7 +880,11 @@ impl Limits {
         crate::capacity::Bounds {
             connections: self.max_connections.get(),
             per_source: self.max_connections_per_source.get(),
-            handshakes: self.max_handshakes.get(),
+            handshakes: crate::capacity::handshakes::HandshakeBounds {
+                total: self.max_handshakes.get(),
+                per_source: self.max_handshakes_per_source.get(),
+                per_prefix: self.max_handshakes_per_prefix.get(),
+            },
         }
     }
 }
@@ -888,6 +899,8 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_per_source(),
             max_handshakes: default_max_handshakes(),
+            max_handshakes_per_source: default_max_handshakes_per_source(),
+            max_handshakes_per_prefix: default_max_handshakes_per_prefix(),
         }
     }
 }
@@ -897,6 +910,12 @@ fn default_max_connections() -> NonZeroUsize {
 }
 fn default_max_per_source() -> NonZeroUsize {
     NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_max_handshakes_per_source() -> NonZeroUsize {
+    NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_max_handshakes_per_prefix() -> NonZeroUsize {
+    NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN)
 }
 fn default_max_handshakes() -> NonZeroUsize {
     NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)

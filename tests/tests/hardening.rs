@@ -239,8 +239,33 @@ fn concurrency_bounds_refuse_with_a_reset_and_recover() {
     drop(from_two);
     wait_idle(&relay, "after closing every session");
 
-    // Handshakes: two silent connections hold both handshake slots until the handshake timeout.
-    let silent: Vec<TcpStream> = (0..2)
+    // Handshakes: two connections that have sent part of a header hold both handshake slots
+    // until the handshake timeout, and a third is refused.
+    let partial: Vec<TcpStream> = (0..2)
+        .map(
+            |_| match connect_from(source(4), addr, WAIT, Duration::from_millis(200)) {
+                Outcome::Held(mut s) => {
+                    // A possible obfuscated2 header start: no forbidden prefix.
+                    s.write_all(&[1u8; 10]).expect("part of a header");
+                    s
+                }
+                other => panic!("partial handshake: {other:?}"),
+            },
+        )
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    assert!(refused(source(5), addr), "third connection in handshake");
+    // After handshake_secs (2 s) they are closed, and a real client gets in again.
+    let mut later = wait_until(WAIT, || try_relayed(source(5), addr))
+        .expect("handshake slots free after the handshake timeout");
+    echo(&mut later, 100);
+    drop(partial);
+    drop(later);
+    wait_idle(&relay, "after the partial handshakes");
+
+    // Silent connections do not hold slots against a newcomer: the oldest is evicted (closed,
+    // fronting being off) and the newcomer relayed.
+    let mut silent: Vec<TcpStream> = (0..2)
         .map(
             |_| match connect_from(source(4), addr, WAIT, Duration::from_millis(200)) {
                 Outcome::Held(s) => s,
@@ -248,12 +273,18 @@ fn concurrency_bounds_refuse_with_a_reset_and_recover() {
             },
         )
         .collect();
-    assert!(refused(source(5), addr), "third connection in handshake");
-    // After handshake_secs (2 s) they are closed, and a real client gets in again.
-    let mut later = wait_until(WAIT, || try_relayed(source(5), addr))
-        .expect("handshake slots free after the handshake timeout");
-    echo(&mut later, 100);
+    let mut newcomer = relayed(source(5), addr);
+    echo(&mut newcomer, 100);
+    silent[0]
+        .set_read_timeout(Some(WAIT))
+        .expect("read timeout");
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(silent[0].read(&mut buf), Ok(0) | Err(_)),
+        "the oldest silent handshake was closed to make room"
+    );
     drop(silent);
+    drop(newcomer);
 
     let m = metrics(&relay);
     for bound in [
@@ -264,6 +295,11 @@ fn concurrency_bounds_refuse_with_a_reset_and_recover() {
         let n = m.sum("relay_connections_refused_total", &[("reason", bound)]);
         assert!(n >= 1.0, "{bound} refusals counted: {n}");
     }
+    let evicted = wait_until(WAIT, || {
+        let n = metrics(&relay).sum("relay_handshake_failures_total", &[("reason", "evicted")]);
+        (n >= 1.0).then_some(n)
+    });
+    assert!(evicted.is_some(), "no eviction counted");
     assert!(
         relay.log().contains("concurrency bound reached"),
         "{}",

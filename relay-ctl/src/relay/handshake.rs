@@ -45,6 +45,8 @@ pub enum Failure {
     ModeDisabled,
     /// The client hung up or the socket failed mid-handshake.
     Closed,
+    /// The handshake, silent so far, was evicted to make room for a newer one.
+    Evicted,
     /// The client stopped short of a whole handshake and the mask site, which had been sent its
     /// bytes, answered or ended the connection first.
     Incomplete,
@@ -55,7 +57,7 @@ pub enum Failure {
 
 impl Failure {
     /// Every failure, in discriminant order.
-    pub const ALL: [Failure; 10] = [
+    pub const ALL: [Failure; 11] = [
         Failure::BadSecret,
         Failure::UnknownSni,
         Failure::BadTimestamp,
@@ -64,6 +66,7 @@ impl Failure {
         Failure::Garbage,
         Failure::ModeDisabled,
         Failure::Closed,
+        Failure::Evicted,
         Failure::Incomplete,
         Failure::BadAfterFlight,
     ];
@@ -79,22 +82,26 @@ impl Failure {
             Failure::Garbage => "garbage",
             Failure::ModeDisabled => "mode_disabled",
             Failure::Closed => "closed",
+            Failure::Evicted => "evicted",
             Failure::Incomplete => "incomplete",
             Failure::BadAfterFlight => "bad_after_flight",
         }
     }
 
-    /// What the misuse detector counts this as; `None` for a client that just hung up.
+    /// What the misuse detector counts this as.
     pub const fn offence(self) -> Option<Offence> {
         match self {
             Failure::BadSecret | Failure::BadTimestamp => Some(Offence::BadSecret),
             Failure::UnknownSni => Some(Offence::UnknownSni),
             Failure::Replay => Some(Offence::Replay),
-            Failure::Timeout | Failure::Incomplete => Some(Offence::Timeout),
+            // Holding a handshake open and leaving before it is complete is how handshake
+            // slots are starved: a close counts like a timeout.
+            Failure::Timeout | Failure::Incomplete | Failure::Evicted | Failure::Closed => {
+                Some(Offence::Timeout)
+            }
             Failure::Garbage | Failure::ModeDisabled | Failure::BadAfterFlight => {
                 Some(Offence::Garbage)
             }
-            Failure::Closed => None,
         }
     }
 

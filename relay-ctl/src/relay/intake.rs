@@ -11,11 +11,12 @@
 //! completed it. Genuine clients send their whole hello or header at once, so they rarely cause
 //! a mask connection at all.
 
-use std::{future::Future, io, pin::Pin};
+use std::{future::Future, io, pin::Pin, sync::Arc};
 
 use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream, time::Instant};
 
 use super::{RelayContext, handshake::Failure};
+use crate::capacity::handshakes::Ticket;
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 
@@ -48,6 +49,8 @@ pub struct Intake {
     mask: MaskLeg,
     /// When the client connected or last sent bytes.
     last: Instant,
+    /// The handshake slot's ticket, told when the client first speaks.
+    ticket: Arc<Ticket>,
 }
 
 /// A connection ready to be fronted: the mask connection if one is open, and the client's
@@ -60,9 +63,9 @@ pub struct ToFront {
 }
 
 impl Intake {
-    /// An empty intake for a connection accepted now; a mask connection may be opened for it
-    /// only when fronting is on.
-    pub fn new(ctx: &RelayContext) -> Intake {
+    /// An empty intake for a connection accepted now, holding the handshake slot `ticket`; a
+    /// mask connection may be opened for it only when fronting is on.
+    pub fn new(ctx: &RelayContext, ticket: Arc<Ticket>) -> Intake {
         Intake {
             seen: Vec::new(),
             mask: if ctx.mask.is_some() {
@@ -71,6 +74,7 @@ impl Intake {
                 MaskLeg::Off
             },
             last: Instant::now(),
+            ticket,
         }
     }
 
@@ -96,6 +100,7 @@ impl Intake {
                         Ok(n) => n,
                     };
                     self.last = Instant::now();
+                    self.ticket.spoke();
                     return Ok(n);
                 }
                 event = self.mask.event(self.last + ctx.mask_grace, ctx) => match event {

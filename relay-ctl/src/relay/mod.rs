@@ -53,14 +53,23 @@ pub async fn serve(
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
     // TCP_NODELAY comes from the listener (see `server::bind`).
     let mut active = ctx.stats.connection();
-    let mut intake = Intake::new(&ctx);
+    let mut intake = Intake::new(&ctx, Arc::clone(slot.ticket()));
     let mut answered = false;
-    let outcome = tokio::time::timeout(
-        ctx.handshake_timeout,
-        handshake::accept(&mut client, peer.ip(), &ctx, &mut intake, &mut answered),
-    )
-    .await
-    .unwrap_or(Err(Failure::Timeout))
+    // While handshake slots are mostly taken, handshakes get a quarter of the deadline.
+    let deadline = if slot.pressured() {
+        (ctx.handshake_timeout / 4).max(ctx.mask_grace * 2)
+    } else {
+        ctx.handshake_timeout
+    };
+    let ticket = Arc::clone(slot.ticket());
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(
+            deadline,
+            handshake::accept(&mut client, peer.ip(), &ctx, &mut intake, &mut answered),
+        ) => r.unwrap_or(Err(Failure::Timeout)),
+        // Only a handshake that has not sent a byte is evicted, so it has not been answered.
+        () = ticket.evicted() => Err(Failure::Evicted),
+    }
     .map_err(|failure| {
         if answered {
             Failure::BadAfterFlight
