@@ -37,6 +37,7 @@ use crate::{
         accounts::{Account, Accounts, Rejection},
         hints::Hints,
         mask_flight::MaskFlight,
+        mask_target::MaskTarget,
         stats::RelayStats,
     },
     shield::{Enforcement, ListSource, Shield},
@@ -209,6 +210,9 @@ impl Daemon {
             self.relay.load().stats.clone(),
             self.flight.clone(),
         );
+        let mut relay = relay;
+        // Same mask, same cached addresses.
+        relay.mask = MaskTarget::reuse(self.relay.load().mask.as_ref(), relay.mask.take());
         self.flight.reconfigure(&old, &new);
         self.relay.store(Arc::new(relay));
         crate::logging::reconfigure(&new.log);

@@ -11,6 +11,7 @@ use super::{
     accounts::{Account, Accounts},
     hints::Hints,
     mask_flight::MaskFlight,
+    mask_target::MaskTarget,
     stats::RelayStats,
 };
 use crate::{
@@ -48,7 +49,7 @@ pub struct RelayContext {
     /// Accept ClientHello timestamps that count time since boot (`[tls] accept_uptime_clock`).
     pub accept_uptime_clock: bool,
     /// Where failed connections go, if fronting is on.
-    pub mask: Option<String>,
+    pub mask: Option<Arc<MaskTarget>>,
     /// DC address overrides.
     pub dc_overrides: BTreeMap<i16, Vec<SocketAddr>>,
     /// DC for unknown ids.
@@ -125,7 +126,10 @@ impl RelayContext {
             tls_domain: config.tls.domain.clone(),
             time_skew_secs,
             accept_uptime_clock: config.tls.accept_uptime_clock,
-            mask: config.tls.fronting.then(|| config.tls.mask_target()),
+            mask: config
+                .tls
+                .fronting
+                .then(|| MaskTarget::new(config.tls.mask_target())),
             dc_overrides: config.upstream.dc.clone(),
             default_dc: config.upstream.default_dc,
             prefer_ipv6: config.upstream.prefer_ipv6,

@@ -46,6 +46,9 @@ pub async fn front_with(
     if !unsent.is_empty() && up_w.write_all(&unsent).await.is_err() {
         tracing::debug!("mask closed before the client's last bytes");
     }
+    // The handshake bytes are not kept for the (possibly long) fronted connection.
+    let replayed = unsent.len() as u64;
+    drop(unsent);
     let (mut client_r, mut client_w) = client.into_split();
     let (stats, error) = pump::relay(
         (&mut client_r, &mut client_w),
@@ -65,7 +68,7 @@ pub async fn front_with(
     }
     tracing::debug!(
         reason = reason.name(),
-        to_mask = stats.from_client + unsent.len() as u64,
+        to_mask = stats.from_client + replayed,
         from_mask = stats.from_upstream,
         "fronted"
     );
@@ -74,16 +77,16 @@ pub async fn front_with(
 /// Connects to the mask host, or `None` (logged, rate-limited) when fronting is off or the host
 /// cannot be reached in time.
 async fn connect(ctx: &RelayContext) -> Option<TcpStream> {
-    let mask = ctx.mask.as_deref()?;
-    match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(mask)).await {
-        Ok(Ok(s)) => Some(s),
-        // A probe flood while the mask host is down would make these once per connection.
-        Ok(Err(e)) => {
-            crate::warn_limited!((1, 10), mask, "fronting target unreachable: {e}");
-            None
-        }
-        Err(_) => {
-            crate::warn_limited!((1, 10), mask, "fronting target timed out");
+    let mask = ctx.mask.as_ref()?;
+    match mask.connect(ctx.connect_timeout).await {
+        Ok(s) => Some(s),
+        // A probe flood while the mask host is down would make this once per connection.
+        Err(e) => {
+            crate::warn_limited!(
+                (1, 10),
+                mask = mask.name(),
+                "fronting target unreachable: {e}"
+            );
             None
         }
     }

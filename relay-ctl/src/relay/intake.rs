@@ -168,11 +168,8 @@ impl MaskLeg {
                         continue;
                     };
                     let timeout = ctx.connect_timeout;
-                    *self = MaskLeg::Connecting(Box::pin(async move {
-                        tokio::time::timeout(timeout, TcpStream::connect(mask))
-                            .await
-                            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-                    }));
+                    *self =
+                        MaskLeg::Connecting(Box::pin(async move { mask.connect(timeout).await }));
                 }
                 MaskLeg::Connecting(connecting) => match connecting.as_mut().await {
                     Ok(stream) => {

@@ -9,6 +9,7 @@ pub mod handshake;
 pub mod hints;
 pub mod intake;
 pub mod mask_flight;
+pub mod mask_target;
 pub mod pump;
 pub mod splice;
 pub mod stats;
