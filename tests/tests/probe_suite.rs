@@ -375,6 +375,12 @@ fn probes(captures: &Captures) -> Vec<Probe> {
         ));
         all.push(probe(format!("{n} zero bytes"), Script::Send(vec![0; n])));
     }
+    // More than the site's TLS stack reads before it gives up: it closes with bytes unread,
+    // which the kernel turns into a reset.
+    all.push(probe(
+        "64 KiB random bytes",
+        Script::Send(random_bytes(64 << 10)),
+    ));
     all.push(probe(
         "lone TLS record header",
         Script::Send(vec![0x16, 0x03, 0x01, 0x02, 0x00]),
@@ -562,6 +568,28 @@ fn print_table(label: &str, rows: &[Row]) {
             row.relay.describe()
         ));
     }
+    // Timing tells the rule lets pass, for the record: a finer-grained censor could use them.
+    let slower: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let (relay, site) = (r.relay.ended_after?, r.site.ended_after?);
+            (relay > site + Duration::from_millis(100)).then(|| {
+                format!(
+                    "{} (+{:.2} s)",
+                    r.name,
+                    relay.saturating_sub(site).as_secs_f64()
+                )
+            })
+        })
+        .collect();
+    out.push_str(&format!(
+        "ended over 0.1 s later through the relay (within the rule): {}\n",
+        if slower.is_empty() {
+            "none".to_owned()
+        } else {
+            slower.join(", ")
+        }
+    ));
     let _ = io::stderr().write_all(out.as_bytes());
 }
 
