@@ -71,6 +71,25 @@ impl HttpsMask {
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// Waits until no new connection has come for `quiet` (at most `limit`): a relay that
+    /// probes its mask at start (to learn its TLS flight) has then finished, and counts taken
+    /// from here on are the test's own. Returns the connections accepted so far.
+    pub fn wait_quiet(&self, quiet: Duration, limit: Duration) -> usize {
+        let end = Instant::now() + limit;
+        let mut count = self.accepted();
+        let mut since = Instant::now();
+        while Instant::now() < end {
+            thread::sleep(Duration::from_millis(50));
+            let now = self.accepted();
+            if now != count {
+                (count, since) = (now, Instant::now());
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+        }
+        count
+    }
 }
 
 /// The rustls server configuration with a fresh self-signed certificate for `domain`.
