@@ -23,14 +23,25 @@ const FIRST_BURST_WAIT: Duration = Duration::from_secs(2);
 /// A pause this long ends the first burst.
 const BURST_GAP: Duration = Duration::from_millis(20);
 
+/// Where to split a first burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// After this many bytes.
+    At(usize),
+    /// This many bytes before its end (for clients whose hello length varies).
+    BeforeEnd(usize),
+}
+
 /// What the forwarder did with one connection's first burst.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitRecord {
     /// The split point taken from the queue (`None`: the queue was empty, no split).
-    pub split_at: Option<usize>,
+    pub split_at: Option<Split>,
+    /// The byte it split after (`None`: not split).
+    pub split_after: Option<usize>,
     /// Length of the client's first burst.
     pub first_len: usize,
-    /// Whether the burst really went out as two writes (`0 < k < first_len`).
+    /// Whether the burst really went out as two writes.
     pub split: bool,
     /// Bytes the target sent back to the client on this connection.
     pub answered: u64,
@@ -38,7 +49,7 @@ pub struct SplitRecord {
 
 #[derive(Default)]
 struct Shared {
-    splits: Mutex<VecDeque<Option<usize>>>,
+    splits: Mutex<VecDeque<Option<Split>>>,
     records: Mutex<Vec<SplitRecord>>,
 }
 
@@ -80,7 +91,7 @@ impl SplitForwarder {
 
     /// Queues split points for the next connections, one each in accept order (`None`: do
     /// not split that connection).
-    pub fn queue(&self, splits: impl IntoIterator<Item = Option<usize>>) {
+    pub fn queue(&self, splits: impl IntoIterator<Item = Option<Split>>) {
         self.shared
             .splits
             .lock()
@@ -98,11 +109,12 @@ impl SplitForwarder {
 fn forward(
     mut client: TcpStream,
     target: SocketAddr,
-    split_at: Option<usize>,
+    split_at: Option<Split>,
     pause: Duration,
 ) -> SplitRecord {
     let mut record = SplitRecord {
         split_at,
+        split_after: None,
         first_len: 0,
         split: false,
         answered: 0,
@@ -113,17 +125,26 @@ fn forward(
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let first = first_burst(&mut client, split_at.unwrap_or(0));
+    let at_least = match split_at {
+        Some(Split::At(k) | Split::BeforeEnd(k)) => k,
+        None => 0,
+    };
+    let first = first_burst(&mut client, at_least);
     record.first_len = first.len();
-    let sent = match split_at {
-        Some(k) if k > 0 && k < first.len() => {
-            record.split = true;
-            server.write_all(&first[..k]).is_ok() && {
-                thread::sleep(pause);
-                server.write_all(&first[k..]).is_ok()
-            }
+    let k = match split_at {
+        Some(Split::At(k)) => k,
+        Some(Split::BeforeEnd(n)) => first.len().saturating_sub(n),
+        None => 0,
+    };
+    let sent = if k > 0 && k < first.len() {
+        record.split = true;
+        record.split_after = Some(k);
+        server.write_all(&first[..k]).is_ok() && {
+            thread::sleep(pause);
+            server.write_all(&first[k..]).is_ok()
         }
-        _ => server.write_all(&first).is_ok(),
+    } else {
+        server.write_all(&first).is_ok()
     };
     if !sent || first.is_empty() {
         let _ = server.shutdown(Shutdown::Write);
