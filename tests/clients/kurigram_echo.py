@@ -17,7 +17,7 @@ from pyrogram.connection.proxy import normalize_proxy
 from pyrogram.connection.transport.tcp import TCPIntermediatePadded
 
 
-async def run(args):
+async def run_once(args):
     link = f"tg://proxy?server={args.host}&port={args.port}&secret={args.secret}"
     transport = TCPIntermediatePadded(proxy=normalize_proxy(link), dc_id=args.dc)
     # The address is not used: an MTProxy connection goes to the proxy.
@@ -36,6 +36,27 @@ async def run(args):
     return {"ok": True, "echoed": echoed}
 
 
+async def run(args):
+    """One connection, or --connections of them, at most --parallel at a time."""
+    if args.connections == 1:
+        return await run_once(args)
+    limit = asyncio.Semaphore(args.parallel)
+
+    async def one():
+        async with limit:
+            try:
+                return await run_once(args)
+            except Exception as e:  # report which connection failed, and how
+                return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+    results = await asyncio.gather(*(one() for _ in range(args.connections)))
+    echoed = [size for r in results for size in r.get("echoed", [])]
+    failed = [i for i, r in enumerate(results) if not r["ok"]]
+    if failed:
+        return {**results[failed[0]], "echoed": echoed, "failed_connections": failed}
+    return {"ok": True, "echoed": echoed, "connections": args.connections}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", required=True)
@@ -44,6 +65,10 @@ def main():
     p.add_argument("--dc", type=int, default=2)
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[24])
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--connections", type=int, default=1,
+                   help="connect, echo and close this many times")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="with --connections: how many may be open at once")
     args = p.parse_args()
     for size in args.sizes:
         if size < 24 or (size - 24) % 16:

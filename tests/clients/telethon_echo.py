@@ -22,7 +22,7 @@ TRANSPORTS = {
 }
 
 
-async def run(args):
+async def run_once(args):
     loggers = collections.defaultdict(lambda: logging.getLogger("telethon"))
     # The DC address is not used: an MTProxy connection goes to the proxy.
     conn = TRANSPORTS[args.transport](
@@ -51,6 +51,27 @@ async def run(args):
     return {"ok": True, "echoed": echoed}
 
 
+async def run(args):
+    """One connection, or --connections of them, at most --parallel at a time."""
+    if args.connections == 1:
+        return await run_once(args)
+    limit = asyncio.Semaphore(args.parallel)
+
+    async def one():
+        async with limit:
+            try:
+                return await run_once(args)
+            except Exception as e:  # report which connection failed, and how
+                return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+    results = await asyncio.gather(*(one() for _ in range(args.connections)))
+    echoed = [size for r in results for size in r.get("echoed", [])]
+    failed = [i for i, r in enumerate(results) if not r["ok"]]
+    if failed:
+        return {**results[failed[0]], "echoed": echoed, "failed_connections": failed}
+    return {"ok": True, "echoed": echoed, "connections": args.connections}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", required=True)
@@ -61,6 +82,10 @@ def main():
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[16])
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--local-addr", help="source address to connect from (e.g. 127.0.0.2)")
+    p.add_argument("--connections", type=int, default=1,
+                   help="connect, echo and close this many times")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="with --connections: how many may be open at once")
     args = p.parse_args()
     for size in args.sizes:
         if size % 4 or size < 8:

@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod fake_dc;
+pub mod https_mask;
 pub mod kernel;
 pub mod mask;
 pub mod metrics;
@@ -12,4 +13,6 @@ pub mod privilege;
 pub mod probe;
 pub mod pyclient;
 pub mod relay;
+pub mod split;
+pub mod tls_client;
 pub mod util;

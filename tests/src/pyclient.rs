@@ -104,6 +104,11 @@ pub struct Echo {
     pub deadline: Duration,
     /// Source address to connect from (Telethon only; `None`: the kernel's choice).
     pub local_addr: Option<String>,
+    /// Connections made one after the other in one process, each connect, echo and close
+    /// (the script stops at the first failure and reports its index).
+    pub connections: usize,
+    /// With several `connections`: how many may be open at once.
+    pub parallel: usize,
 }
 
 impl Echo {
@@ -118,6 +123,8 @@ impl Echo {
             op_timeout: Duration::from_secs(90),
             deadline: Duration::from_secs(180),
             local_addr: None,
+            connections: 1,
+            parallel: 1,
         }
     }
 
@@ -152,6 +159,10 @@ impl Echo {
             sizes.join(","),
             "--timeout".to_owned(),
             format!("{}", self.op_timeout.as_secs_f64()),
+            "--connections".to_owned(),
+            self.connections.to_string(),
+            "--parallel".to_owned(),
+            self.parallel.to_string(),
         ]
     }
 }

@@ -111,3 +111,25 @@ impl Default for RefusingPort {
         RefusingPort::new()
     }
 }
+
+/// A loopback address no earlier call in this process returned (127.64.0.1 upward, skipping
+/// `.0` and `.255`): a source of its own per client connection, so a relay's per-source
+/// limits and misuse bans, all at their defaults, never see two test connections as one
+/// client. Linux routes all of 127.0.0.0/8 to `lo`; binding to any of it needs no privilege.
+pub fn loopback_source() -> std::net::IpAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % (254 << 14);
+    let host = (n / 254) << 8 | (n % 254 + 1);
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x7f40_0000 | host))
+}
+
+/// Connects to `target` from a [`loopback_source`] of its own, within `timeout`.
+pub fn connect_from_own_source(
+    target: std::net::SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    let socket = bound_socket(loopback_source())?;
+    socket.connect_timeout(&target.into(), timeout)?;
+    Ok(socket.into())
+}
