@@ -447,6 +447,9 @@ secret = "{SECRET}"
 [tls]
 domain = "{DOMAIN}"
 mask = "{mask}"
+# The default (the test harness turns it off unless a config names it): fake-TLS flights copy
+# the mask's own, as an operator's relay does.
+learn_flight = true
 
 [upstream.dc]
 "2" = ["{dc}"]

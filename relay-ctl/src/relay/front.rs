@@ -4,7 +4,13 @@
 
 use std::io::ErrorKind;
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
 
 use super::{
     RelayContext,
@@ -40,7 +46,7 @@ pub async fn front_with(
         },
     };
     ctx.stats.fronted(reason);
-    let (up_r, mut up_w) = upstream.into_split();
+    let (mut up_r, mut up_w) = upstream.into_split();
     // The mask may have closed already (it answered a stalled handshake): what it sent is
     // still to be passed on, so a failed write here does not end the connection.
     if !unsent.is_empty() && up_w.write_all(&unsent).await.is_err() {
@@ -52,19 +58,24 @@ pub async fn front_with(
     let (mut client_r, mut client_w) = client.into_split();
     let (stats, error) = pump::relay(
         (&mut client_r, &mut client_w),
-        (up_r, up_w),
+        (&mut up_r, &mut up_w),
         Passthrough,
         Passthrough,
         ctx.idle_timeout,
         &(),
     )
     .await;
-    if let Some(PumpError::Io(e)) = &error
-        && e.kind() == ErrorKind::ConnectionReset
-        && let Ok(client) = client_r.reunite(client_w)
-    {
-        // The mask (or the client) reset: the client sees a reset too, not a FIN.
-        let _ = client.set_zero_linger();
+    if let Some(PumpError::Io(e)) = &error {
+        // An error ends the relay on whichever direction saw it first (a write into a socket
+        // the mask reset, say); what the mask sent before it is still queued and is the
+        // client's due.
+        pass_on_queued(&mut up_r, &mut client_w).await;
+        if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+            && let Ok(client) = client_r.reunite(client_w)
+        {
+            // The mask (or the client) reset: the client sees a reset too, not a FIN.
+            let _ = client.set_zero_linger();
+        }
     }
     tracing::debug!(
         reason = reason.name(),
@@ -72,6 +83,25 @@ pub async fn front_with(
         from_mask = stats.from_upstream,
         "fronted"
     );
+}
+
+/// Copies to `to` whatever `from` has already received, without waiting for more. Read with
+/// a plain non-blocking `recv`: the runtime's readiness flag may say "not readable" for bytes
+/// that arrived just before the reset that ended the relay.
+async fn pass_on_queued(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf) {
+    let socket = socket2::SockRef::from(from.as_ref());
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    for _ in 0..64 {
+        let n = match socket.recv(&mut buf) {
+            Ok(n @ 1..) => n,
+            _ => return,
+        };
+        // SAFETY: `recv` initialised the first `n` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+        if to.write_all(bytes).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Connects to the mask host, or `None` (logged, rate-limited) when fronting is off or the host
