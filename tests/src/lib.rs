@@ -11,5 +11,6 @@ pub mod packet;
 pub mod privilege;
 pub mod probe;
 pub mod pyclient;
+pub mod rawtcp;
 pub mod relay;
 pub mod util;
