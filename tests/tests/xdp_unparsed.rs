@@ -12,10 +12,12 @@ use std::{
 };
 
 use relay_tests::{
+    metrics::Metrics,
     netns::{NetPair, SERVER_V4, SERVER_V6, ip},
     packet::{Frame, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS},
     rawtcp::{Handshake, PacketSocket, handshake, resets},
     relay::Relay,
+    util::wait_until,
 };
 
 const PORT: u16 = 4443;
@@ -196,6 +198,17 @@ fn syns_the_kernel_cannot_parse_are_limited_per_source() {
             ));
         }
     }
+    // The refusals at accept are counted with the kernel's SYN drops (the exporter copies
+    // counters once a second); no SYN here was one the program could rate.
+    let refused = (ATTEMPTS as usize - BURST) * cases.len();
+    let limited = wait_until(Duration::from_secs(5), || {
+        let n = Metrics::parse(&relay.scrape()).sum(
+            "relay_xdp_packets_total",
+            &[("verdict", "syn_rate_limited")],
+        );
+        (n >= refused as f64).then_some(n)
+    });
     let log = relay.stop();
     assert!(failures.is_empty(), "{failures:#?}\n{log}");
+    assert_eq!(limited, Some(refused as f64), "{log}");
 }
