@@ -193,15 +193,7 @@ impl Admission {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .unrated(source, now_ns);
-        if unrated {
-            // The program may not have rated this connection's SYN: the whole decision here,
-            // with userspace's own buckets (same rate and burst), counted in the gate.
-            self.gate.admit(source, now_ns)
-        } else {
-            self.gate
-                .check_lists(source, now_ns)
-                .unwrap_or(Verdict::Passed)
-        }
+        self.gate.admit_behind_kernel(source, now_ns, unrated)
     }
 }
 

@@ -563,7 +563,7 @@ impl Frame {
         );
         let payload = &whole[layout.l3 + hlen..];
         assert!(
-            first_len % 8 == 0 && first_len > 0 && first_len < payload.len(),
+            first_len.is_multiple_of(8) && first_len > 0 && first_len < payload.len(),
             "fragment length {first_len} of a {} byte payload",
             payload.len()
         );

@@ -68,7 +68,7 @@ pub fn parse_segment(frame: &[u8]) -> Option<Segment> {
     Some(Segment {
         src,
         dst,
-        src_port: u16::from_be_bytes([*l4.get(0)?, *l4.get(1)?]),
+        src_port: u16::from_be_bytes([*l4.first()?, *l4.get(1)?]),
         dst_port: u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
         seq: u32::from_be_bytes(l4.get(4..8)?.try_into().ok()?),
         flags: *l4.get(13)?,
@@ -182,7 +182,7 @@ impl PacketSocket {
                 }
                 return Err(e);
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let n = usize::try_from(n).map_err(io::Error::other)?;

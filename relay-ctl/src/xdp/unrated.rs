@@ -24,18 +24,19 @@ impl UnratedMarks {
     /// [`UNRATED_WINDOW_NS`], or an unattributable packet was. A map that cannot be read
     /// counts as marked: the userspace limit never refuses a source within its budget.
     pub fn unrated(&self, source: IpAddr, now_ns: u64) -> bool {
-        // Zero is the array's initial value: never marked.
-        let recent = |at: u64| at != 0 && now_ns.saturating_sub(at) < UNRATED_WINDOW_NS;
         let own = match source.to_canonical() {
             IpAddr::V4(a) => self.v4.get(&a.octets(), 0),
             IpAddr::V6(a) => self.v6.get(&v6_prefix(a), 0),
         };
         match own {
-            Ok(at) if recent(at) => return true,
+            Ok(at) if recent(at, now_ns) => return true,
             Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(_) => return true,
         }
-        self.any.get(&0, 0).map_or(true, recent)
+        match self.any.get(&0, 0) {
+            Ok(at) => recent(at, now_ns),
+            Err(_) => true,
+        }
     }
 
     /// Removes marks older than [`UNRATED_WINDOW_NS`]; returns how many went.
@@ -53,8 +54,31 @@ impl UnratedMarks {
     }
 }
 
+/// Whether a mark made at `at` still holds at `now_ns`. Zero, the array's initial value, is
+/// no mark.
+fn recent(at: u64, now_ns: u64) -> bool {
+    at != 0 && now_ns.saturating_sub(at) < UNRATED_WINDOW_NS
+}
+
 fn v6_prefix(addr: std::net::Ipv6Addr) -> [u8; V6_LIMIT_PREFIX_BYTES] {
     let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
     prefix.copy_from_slice(&addr.octets()[..V6_LIMIT_PREFIX_BYTES]);
     prefix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_hold_for_the_window() {
+        let at = 5 * UNRATED_WINDOW_NS;
+        assert!(recent(at, at));
+        assert!(recent(at, at + UNRATED_WINDOW_NS - 1));
+        assert!(!recent(at, at + UNRATED_WINDOW_NS));
+        // A mark the kernel made after userspace read its clock.
+        assert!(recent(at + 1, at));
+        // Never marked, even right after boot.
+        assert!(!recent(0, 1));
+    }
 }
