@@ -30,12 +30,24 @@ pub const SYN_V6: &str = "SYN_V6";
 pub const BAN_SYN_V4: &str = "BAN_SYN_V4";
 /// `LruHashMap<[u8; 8], TokenBucket>`: the same per front-banned IPv6 /64.
 pub const BAN_SYN_V6: &str = "BAN_SYN_V6";
+/// `HashMap<[u8; 4], u64>`: IPv4 sources that sent a packet the program could not rate (a
+/// SYN behind IPv4 fragments), with the CLOCK_MONOTONIC time (ns) of the latest. Userspace
+/// applies the SYN limit at accept to these sources' connections, and removes old entries. A
+/// plain hash: traffic cannot evict a mark, and when it is full the program sets
+/// [`UNRATED_ANY`] instead.
+pub const UNRATED_V4: &str = "UNRATED_V4";
+/// `HashMap<[u8; 8], u64>`: the same per IPv6 /64 (a SYN behind extension headers).
+pub const UNRATED_V6: &str = "UNRATED_V6";
+/// One-entry `Array<u64>`: time (ns) of the latest unrated packet the program could not
+/// attribute to a source (malformed, too many VLAN tags) or could not mark (mark map full).
+/// While it is recent, userspace applies the SYN limit at accept to every source.
+pub const UNRATED_ANY: &str = "UNRATED_ANY";
 /// `PerCpuArray<StateBudget>` with one entry: the new-state budget of each CPU.
 pub const STATE_BUDGET: &str = "STATE_BUDGET";
 /// `PerCpuArray<u64>` indexed by [`crate::Verdict`].
 pub const VERDICTS: &str = "VERDICTS";
 /// Maps pinned with `[xdp] keep_on_exit` (all but aya-log's channel).
-pub const PINNED: [&str; 14] = [
+pub const PINNED: [&str; 17] = [
     CONFIG,
     LISTEN_PORTS,
     ALLOW_V4,
@@ -48,6 +60,9 @@ pub const PINNED: [&str; 14] = [
     SYN_V6,
     BAN_SYN_V4,
     BAN_SYN_V6,
+    UNRATED_V4,
+    UNRATED_V6,
+    UNRATED_ANY,
     STATE_BUDGET,
     VERDICTS,
 ];
@@ -70,6 +85,8 @@ pub const MAX_BLOCK_ENTRIES: u32 = 262_144;
 pub const MAX_BANS: u32 = 131_072;
 /// Capacity of each limiter LRU map.
 pub const MAX_LIMITER_ENTRIES: u32 = 131_072;
+/// Capacity of each unrated-source map.
+pub const MAX_UNRATED_ENTRIES: u32 = 65_536;
 /// IPv6 sources share one limiter bucket per /64.
 pub const V6_LIMIT_PREFIX_BYTES: usize = 8;
 

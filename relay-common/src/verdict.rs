@@ -17,12 +17,15 @@ pub enum Verdict {
     Banned = 4,
     /// Bare SYN over the source's new-connection budget: dropped.
     SynRateLimited = 5,
-    /// Headers truncated or not parsable (including IPv6 extension headers): passed.
+    /// Headers truncated or not parsable (including IPv6 extension headers): passed, and the
+    /// source marked in [`crate::maps::UNRATED_V4`] / `UNRATED_V6` (or every source in
+    /// [`crate::maps::UNRATED_ANY`] when none can be read) so userspace limits its connections.
     Unparsed = 6,
     /// Bare SYN from a source without limiter state while the per-CPU new-state budget is
     /// exhausted (spoofed-source flood): passed without creating state, left to SYN cookies.
     StateSuppressed = 7,
-    /// IPv4 fragment with a non-zero offset (no TCP header to look at): passed.
+    /// IPv4 fragment with a non-zero offset (no TCP header to look at): passed; a TCP
+    /// fragment's source is marked as for [`Verdict::Unparsed`].
     Fragment = 8,
     /// Source has an unexpired front-ban ([`crate::BanAction::Front`]) and the packet is not a
     /// bare SYN, or a bare SYN within the source's banned budget: passed, and userspace fronts

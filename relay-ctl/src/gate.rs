@@ -125,6 +125,20 @@ impl Gate {
         verdict
     }
 
+    /// The accept-time decision while the XDP program enforces. It rated the connection's SYN
+    /// unless `unrated` (the program marked the source as sending packets it passed without
+    /// rating: IPv6 extension headers, IPv4 fragments), so only the lists are checked again,
+    /// uncounted. An unrated source gets the whole decision, limits included, with this
+    /// gate's buckets (same rate and burst as the kernel's), counted: they are charged only
+    /// with connections of such sources, never on top of the kernel's for a rated one.
+    pub fn admit_behind_kernel(&self, source: IpAddr, now_ns: u64, unrated: bool) -> Verdict {
+        if unrated {
+            self.admit(source, now_ns)
+        } else {
+            self.check_lists(source, now_ns).unwrap_or(Verdict::Passed)
+        }
+    }
+
     /// Verdict counters, indexed by [`Verdict`].
     pub fn verdict_counts(&self) -> [u64; Verdict::COUNT as usize] {
         std::array::from_fn(|i| self.verdicts[i].load(Ordering::Relaxed))
@@ -357,6 +371,84 @@ mod tests {
             banned_syn_burst: 2,
         });
         assert!((0..100).all(|_| g.admit(ip("198.18.0.9"), SEC) == Verdict::Passed));
+    }
+
+    #[test]
+    fn behind_the_kernel_only_unrated_connections_are_limited_and_counted() {
+        let g = gate(0, 3);
+        let src = ip("198.18.0.7");
+        // Rated by the kernel: never limited here, never counted, no bucket spent.
+        assert!((0..10).all(|_| g.admit_behind_kernel(src, SEC, false) == Verdict::Passed));
+        assert_eq!(g.verdict_counts(), [0; Verdict::COUNT as usize]);
+        // Unrated: the full burst is still there, then the limit holds.
+        let verdicts: Vec<Verdict> = (0..5)
+            .map(|_| g.admit_behind_kernel(src, SEC, true))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Passed,
+                Verdict::Passed,
+                Verdict::Passed,
+                Verdict::SynRateLimited,
+                Verdict::SynRateLimited
+            ]
+        );
+        let counts = g.verdict_counts();
+        assert_eq!(counts[Verdict::Passed as usize], 3);
+        assert_eq!(counts[Verdict::SynRateLimited as usize], 2);
+        // A rated connection of the same source still gets in: the kernel rated it.
+        assert_eq!(g.admit_behind_kernel(src, SEC, false), Verdict::Passed);
+        // IPv6 unrated sources share a bucket per /64, as in the kernel.
+        assert_eq!(
+            g.admit_behind_kernel(ip("2001:db8::1"), SEC, true),
+            Verdict::Passed
+        );
+        for _ in 0..2 {
+            g.admit_behind_kernel(ip("2001:db8::2"), SEC, true);
+        }
+        assert_eq!(
+            g.admit_behind_kernel(ip("2001:db8::3"), SEC, true),
+            Verdict::SynRateLimited
+        );
+    }
+
+    #[test]
+    fn behind_the_kernel_lists_apply_either_way() {
+        let g = gate(0, 1);
+        g.set_allow(set(&["198.18.0.9/32"]));
+        g.set_block(set(&["198.18.1.0/24"]));
+        g.ban(
+            ip("198.18.0.5"),
+            BanEntry::new(BanEntry::NEVER, BanReason::BadSecret, BanAction::Front),
+        );
+        for unrated in [false, true] {
+            let allowed = ip("198.18.0.9");
+            assert!(
+                (0..3)
+                    .all(|_| g.admit_behind_kernel(allowed, SEC, unrated) == Verdict::Allowlisted)
+            );
+            assert_eq!(
+                g.admit_behind_kernel(ip("198.18.1.1"), SEC, unrated),
+                Verdict::BlockedCidr
+            );
+        }
+        // A front-banned source's unrated connections spend its banned budget (2, no refill).
+        let fronted: Vec<Verdict> = (0..3)
+            .map(|_| g.admit_behind_kernel(ip("198.18.0.5"), SEC, true))
+            .collect();
+        assert_eq!(
+            fronted,
+            [
+                Verdict::BannedFronted,
+                Verdict::BannedFronted,
+                Verdict::BannedSynLimited
+            ]
+        );
+        assert_eq!(
+            g.admit_behind_kernel(ip("198.18.0.5"), SEC, false),
+            Verdict::BannedFronted
+        );
     }
 
     #[test]

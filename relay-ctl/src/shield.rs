@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{IpAddr, Ipv4Addr},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     crowdsec::decisions::{Change, Target},
     gate::{Gate, SourceKey},
     prefix_set::PrefixSet,
-    xdp::{MapsError, PrefixList, XdpProgram},
+    xdp::{MapsError, PrefixList, UnratedMarks, XdpProgram},
 };
 
 /// Where the policy is enforced.
@@ -179,19 +179,21 @@ pub struct CrowdSecBan {
 #[derive(Clone)]
 pub struct Admission {
     gate: Arc<Gate>,
-    kernel: bool,
+    /// In kernel mode, the program's marks on sources whose SYNs it may not have rated.
+    kernel: Option<Arc<RwLock<UnratedMarks>>>,
 }
 
 impl Admission {
     /// See [`Shield::admit`].
     pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
-        if self.kernel {
-            self.gate
-                .check_lists(source, now_ns)
-                .unwrap_or(Verdict::Passed)
-        } else {
-            self.gate.admit(source, now_ns)
-        }
+        let Some(marks) = &self.kernel else {
+            return self.gate.admit(source, now_ns);
+        };
+        let unrated = marks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .unrated(source, now_ns);
+        self.gate.admit_behind_kernel(source, now_ns, unrated)
     }
 }
 
@@ -527,8 +529,11 @@ impl Shield {
     }
 
     /// Decides on a connection just accepted from `source`. In kernel mode the program already
-    /// rate-limited its SYN; the lists are checked again because a SYN the program could not
-    /// parse (IPv6 extension headers, IPv4 fragments) passed it unchecked.
+    /// rate-limited its SYN, and the lists are checked again; but a source the program marked
+    /// as sending packets it could not rate (a SYN behind IPv6 extension headers or in IPv4
+    /// fragments) gets the whole decision here, the SYN limit included, with userspace's own
+    /// buckets. Those buckets count only such sources' connections, so a source whose SYNs the
+    /// program rates is never charged twice.
     pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
         self.admission().admit(source, now_ns)
     }
@@ -537,7 +542,10 @@ impl Shield {
     pub fn admission(&self) -> Admission {
         Admission {
             gate: self.gate.clone(),
-            kernel: self.in_kernel(),
+            kernel: match &self.enforcement {
+                Enforcement::Kernel(program) => Some(program.maps_ref().unrated()),
+                Enforcement::Userspace { .. } => None,
+            },
         }
     }
 
@@ -554,11 +562,17 @@ impl Shield {
         }
     }
 
-    /// Verdict counters from wherever the policy is enforced.
+    /// Verdict counters from wherever the policy is enforced. In kernel mode these are the
+    /// program's packet counts plus the connections decided in full at accept (sources the
+    /// program marked as unrated).
     pub fn verdict_counts(&self) -> Result<[u64; Verdict::COUNT as usize], MapsError> {
+        let gate = self.gate.verdict_counts();
         match &self.enforcement {
-            Enforcement::Kernel(program) => program.maps_ref().verdict_counts(),
-            Enforcement::Userspace { .. } => Ok(self.gate.verdict_counts()),
+            Enforcement::Kernel(program) => {
+                let kernel = program.maps_ref().verdict_counts()?;
+                Ok(std::array::from_fn(|i| kernel[i] + gate[i]))
+            }
+            Enforcement::Userspace { .. } => Ok(gate),
         }
     }
 

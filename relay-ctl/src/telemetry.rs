@@ -117,7 +117,7 @@ fn builder() -> anyhow::Result<PrometheusBuilder> {
 fn describe() {
     describe_counter!(
         "relay_xdp_packets_total",
-        "Packets by XDP verdict (summed over CPUs); with userspace enforcement, connections by verdict."
+        "Packets by XDP verdict (summed over CPUs), plus connections decided at accept for sources XDP could not rate; with userspace enforcement, connections by verdict."
     );
     describe_gauge!(
         "relay_xdp_attached",

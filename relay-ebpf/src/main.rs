@@ -5,7 +5,9 @@
 //! front-banned sources (fronted by userspace) a small SYN budget, and rate-limits bare SYNs per
 //! source, before the kernel allocates anything for them. It never looks past the TCP
 //! header, passes everything it cannot parse or that is not for the relay, and counts every
-//! verdict in a per-CPU array.
+//! verdict in a per-CPU array. Sources of packets it passed without rating them (IPv6
+//! extension headers, IPv4 fragments) are marked, so userspace limits their connections at
+//! accept instead.
 #![no_std]
 #![no_main]
 
@@ -29,7 +31,18 @@ fn verdict<C: EbpfContext + Frame>(ctx: &C) -> Verdict {
         Parsed::Tcp(segment) => policy::decide(ctx, &segment),
         Parsed::NotTcp => Verdict::NotOurs,
         Parsed::Fragment => Verdict::Fragment,
-        Parsed::Unparsed => Verdict::Unparsed,
+        Parsed::TcpFragment(ref source) => {
+            policy::note_unrated(source);
+            Verdict::Fragment
+        }
+        Parsed::Unparsed => {
+            policy::note_unattributed();
+            Verdict::Unparsed
+        }
+        Parsed::UnparsedFrom(ref source) => {
+            policy::note_unrated(source);
+            Verdict::Unparsed
+        }
     };
     policy::count(verdict);
     verdict

@@ -14,7 +14,7 @@ use relay_common::{
     BanEntry, StateBudget, TokenBucket, Verdict, XdpConfig,
     maps::{
         MAX_ALLOW_ENTRIES, MAX_BANS, MAX_BLOCK_ENTRIES, MAX_LIMITER_ENTRIES, MAX_LISTEN_PORTS,
-        V6_LIMIT_PREFIX_BYTES,
+        MAX_UNRATED_ENTRIES, V6_LIMIT_PREFIX_BYTES,
     },
 };
 
@@ -50,6 +50,14 @@ static BAN_SYN_V4: LruHashMap<[u8; 4], TokenBucket> = LruHashMap::with_max_entri
 #[map]
 static BAN_SYN_V6: LruHashMap<[u8; V6_LIMIT_PREFIX_BYTES], TokenBucket> =
     LruHashMap::with_max_entries(MAX_BANS, 0);
+// Plain hash maps: a flood cannot evict a mark; userspace removes old ones.
+#[map]
+static UNRATED_V4: HashMap<[u8; 4], u64> = HashMap::with_max_entries(MAX_UNRATED_ENTRIES, 0);
+#[map]
+static UNRATED_V6: HashMap<[u8; V6_LIMIT_PREFIX_BYTES], u64> =
+    HashMap::with_max_entries(MAX_UNRATED_ENTRIES, 0);
+#[map]
+static UNRATED_ANY: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static STATE_BUDGET: PerCpuArray<StateBudget> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -62,6 +70,50 @@ pub fn count(verdict: Verdict) {
         // SAFETY: per-CPU slot, and XDP programs are not preempted on their CPU.
         unsafe { *counter += 1 };
     }
+}
+
+/// Marks the source of a packet passed without rating (it may carry or complete a SYN the
+/// limiter never saw), so userspace limits the source's connections at accept. With the mark
+/// map full, marks every source instead.
+#[inline(always)]
+pub fn note_unrated(source: &Source) {
+    let now = now();
+    let marked = match source {
+        Source::V4(addr) => mark(&UNRATED_V4, addr, now),
+        Source::V6(addr) => {
+            let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
+            prefix.copy_from_slice(&addr[..V6_LIMIT_PREFIX_BYTES]);
+            mark(&UNRATED_V6, &prefix, now)
+        }
+    };
+    if !marked {
+        mark_all(now);
+    }
+}
+
+/// A packet passed without rating and without a source to mark: marks every source.
+#[inline(always)]
+pub fn note_unattributed() {
+    mark_all(now());
+}
+
+#[inline(always)]
+fn mark_all(now: u64) {
+    if let Some(any) = UNRATED_ANY.get_ptr_mut(0) {
+        // SAFETY: a pointer into the array value; racing writers all store a current time.
+        unsafe { *any = now };
+    }
+}
+
+/// Stores `now` as `key`'s mark; false if the map has no room for a new key.
+#[inline(always)]
+fn mark<K>(marks: &HashMap<K, u64>, key: &K, now: u64) -> bool {
+    if let Some(at) = marks.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map value; racing writers all store a current time.
+        unsafe { *at = now };
+        return true;
+    }
+    marks.insert(key, now, 0).is_ok()
 }
 
 /// Decides the fate of a TCP segment.

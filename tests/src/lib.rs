@@ -12,6 +12,7 @@ pub mod packet;
 pub mod privilege;
 pub mod probe;
 pub mod pyclient;
+pub mod rawtcp;
 pub mod relay;
 pub mod split;
 pub mod tls_client;

@@ -80,6 +80,10 @@ pub const DEFAULT_DST_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const DEFAULT_DST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// Default TCP/UDP source port.
 pub const DEFAULT_SRC_PORT: u16 = 40_000;
+/// Default TCP sequence number.
+pub const DEFAULT_SEQ: u32 = 0x1000_0000;
+/// Default TCP acknowledgment number of segments with ACK set.
+pub const DEFAULT_ACK_NO: u32 = 0x2000_0000;
 
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -100,6 +104,8 @@ enum Transport {
         src_port: u16,
         dst_port: u16,
         flags: u8,
+        seq: u32,
+        ack_no: Option<u32>,
     },
     Udp {
         src_port: u16,
@@ -124,7 +130,10 @@ pub struct Layout {
 /// Builder of one Ethernet frame. See the [module documentation](self).
 #[derive(Clone, Debug)]
 pub struct Frame {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
     vlan: Option<u16>,
+    inner_vlan: Option<u16>,
     outer_tpid: u16,
     network: Network,
     transport: Transport,
@@ -146,7 +155,10 @@ impl Frame {
             IpAddr::V6(_) => IpAddr::V6(DEFAULT_DST_V6),
         };
         Frame {
+            src_mac: SRC_MAC,
+            dst_mac: DST_MAC,
             vlan: None,
+            inner_vlan: None,
             outer_tpid: ETH_P_8021Q,
             network: Network::Ip { src, dst },
             transport,
@@ -170,6 +182,8 @@ impl Frame {
                 src_port: DEFAULT_SRC_PORT,
                 dst_port,
                 flags: 0,
+                seq: DEFAULT_SEQ,
+                ack_no: None,
             },
         )
     }
@@ -237,6 +251,29 @@ impl Frame {
         self
     }
 
+    /// Sets the Ethernet source and destination addresses.
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Frame {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    /// Sets the TCP sequence number.
+    pub fn seq(mut self, value: u32) -> Frame {
+        if let Transport::Tcp { seq, .. } = &mut self.transport {
+            *seq = value;
+        }
+        self
+    }
+
+    /// Sets the TCP acknowledgment number (sent when ACK is set).
+    pub fn ack_number(mut self, value: u32) -> Frame {
+        if let Transport::Tcp { ack_no, .. } = &mut self.transport {
+            *ack_no = Some(value);
+        }
+        self
+    }
+
     /// Sets all TCP flags at once (replacing any set before).
     pub fn flags(mut self, value: u8) -> Frame {
         if let Transport::Tcp { flags, .. } = &mut self.transport {
@@ -280,6 +317,13 @@ impl Frame {
     /// Adds one 802.1Q tag with VLAN id `id` (priority 0).
     pub fn vlan(mut self, id: u16) -> Frame {
         self.vlan = Some(id & 0x0fff);
+        self
+    }
+
+    /// Adds a second (inner) 802.1Q tag with VLAN id `id` after the one [`Frame::vlan`] adds:
+    /// a stacked (QinQ) frame.
+    pub fn inner_vlan(mut self, id: u16) -> Frame {
+        self.inner_vlan = Some(id & 0x0fff);
         self
     }
 
@@ -361,7 +405,8 @@ impl Frame {
 
     /// Byte offsets of the layers of the untruncated frame, without payload.
     pub fn layout(&self) -> Layout {
-        let l3 = ETH_HLEN + if self.vlan.is_some() { VLAN_HLEN } else { 0 };
+        let tags = usize::from(self.vlan.is_some()) + usize::from(self.inner_vlan.is_some());
+        let l3 = ETH_HLEN + VLAN_HLEN * tags;
         match &self.network {
             Network::Raw { payload, .. } => Layout {
                 l3,
@@ -409,11 +454,17 @@ impl Frame {
                 src_port,
                 dst_port,
                 flags,
+                seq,
+                ack_no,
             } => {
                 out.extend_from_slice(&src_port.to_be_bytes());
                 out.extend_from_slice(&dst_port.to_be_bytes());
-                out.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // sequence number
-                let ack_no: u32 = if flags & TCP_ACK != 0 { 0x2000_0000 } else { 0 };
+                out.extend_from_slice(&seq.to_be_bytes());
+                let ack_no = if flags & TCP_ACK != 0 {
+                    ack_no.unwrap_or(DEFAULT_ACK_NO)
+                } else {
+                    0
+                };
                 out.extend_from_slice(&ack_no.to_be_bytes());
                 out.push(5 << 4); // data offset 5 words, no options
                 out.push(flags);
@@ -455,8 +506,8 @@ impl Frame {
     /// Serialises the frame.
     pub fn build(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(&DST_MAC);
-        out.extend_from_slice(&SRC_MAC);
+        out.extend_from_slice(&self.dst_mac);
+        out.extend_from_slice(&self.src_mac);
         let ethertype = match &self.network {
             Network::Raw { ethertype, .. } => *ethertype,
             Network::Ip {
@@ -468,6 +519,10 @@ impl Frame {
         };
         if let Some(id) = self.vlan {
             out.extend_from_slice(&self.outer_tpid.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        if let Some(id) = self.inner_vlan {
+            out.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
             out.extend_from_slice(&id.to_be_bytes());
         }
         out.extend_from_slice(&ethertype.to_be_bytes());
@@ -483,6 +538,53 @@ impl Frame {
             out.truncate(len);
         }
         out
+    }
+
+    /// Serialises an IPv4 frame as two fragments, as a sender would split it: the first carries
+    /// `first_len` bytes of the IP payload (a multiple of 8) with More Fragments set, the second
+    /// the rest at that offset. A `first_len` under the TCP header's 20 bytes makes a tiny first
+    /// fragment whose TCP flags travel in the second.
+    ///
+    /// # Panics
+    /// If the frame is not IPv4, or `first_len` is not a multiple of 8 inside the payload.
+    pub fn ipv4_fragments(&self, first_len: usize) -> [Vec<u8>; 2] {
+        let whole = self.build();
+        let layout = self.layout();
+        let hlen = IPV4_HLEN + self.ipv4_options.len();
+        assert!(
+            matches!(
+                &self.network,
+                Network::Ip {
+                    src: IpAddr::V4(_),
+                    ..
+                }
+            ),
+            "only IPv4 frames are fragmented here"
+        );
+        let payload = &whole[layout.l3 + hlen..];
+        assert!(
+            first_len.is_multiple_of(8) && first_len > 0 && first_len < payload.len(),
+            "fragment length {first_len} of a {} byte payload",
+            payload.len()
+        );
+        let piece = |bytes: &[u8], offset_units: u16, more: bool| {
+            let mut frame = whole[..layout.l3 + hlen].to_vec();
+            let header = &mut frame[layout.l3..];
+            let total = u16::try_from(hlen + bytes.len()).expect("IPv4 total length");
+            header[2..4].copy_from_slice(&total.to_be_bytes());
+            let flags_frag = offset_units | if more { 0x2000 } else { 0 };
+            header[6..8].copy_from_slice(&flags_frag.to_be_bytes());
+            header[10..12].copy_from_slice(&[0, 0]);
+            let checksum = internet_checksum(&header[..hlen]);
+            header[10..12].copy_from_slice(&checksum.to_be_bytes());
+            frame.extend_from_slice(bytes);
+            frame
+        };
+        let second_offset = u16::try_from(first_len / 8).expect("fragment offset");
+        [
+            piece(&payload[..first_len], 0, true),
+            piece(&payload[first_len..], second_offset, false),
+        ]
     }
 
     fn build_v4(&self, out: &mut Vec<u8>, src: Ipv4Addr, dst: Ipv4Addr) {

@@ -118,6 +118,9 @@ struct Fixture {
     bans_v6: HashMap<MapData, [u8; 8], BanEntry>,
     state_budget: PerCpuArray<MapData, StateBudget>,
     verdicts: PerCpuArray<MapData, u64>,
+    unrated_v4: HashMap<MapData, [u8; 4], u64>,
+    unrated_v6: HashMap<MapData, [u8; 8], u64>,
+    unrated_any: Array<MapData, u64>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> T
@@ -158,6 +161,9 @@ impl Fixture {
             bans_v6: take(&mut ebpf, names::BANS_V6),
             state_budget: take(&mut ebpf, names::STATE_BUDGET),
             verdicts: take(&mut ebpf, names::VERDICTS),
+            unrated_v4: take(&mut ebpf, names::UNRATED_V4),
+            unrated_v6: take(&mut ebpf, names::UNRATED_V6),
+            unrated_any: take(&mut ebpf, names::UNRATED_ANY),
             _logger: logger,
             ebpf,
         };
@@ -306,6 +312,23 @@ impl Fixture {
                 .iter()
                 .sum()
         })
+    }
+
+    /// The time the program last marked `source` (IPv6: its /64) as unrated, if it did.
+    fn unrated_mark(&self, source: IpAddr) -> Option<u64> {
+        match source {
+            IpAddr::V4(a) => self.unrated_v4.get(&a.octets(), 0).ok(),
+            IpAddr::V6(a) => {
+                let mut prefix = [0u8; 8];
+                prefix.copy_from_slice(&a.octets()[..8]);
+                self.unrated_v6.get(&prefix, 0).ok()
+            }
+        }
+    }
+
+    /// The time the program last marked every source as unrated (0: never).
+    fn unrated_any(&self) -> u64 {
+        self.unrated_any.get(&0, 0).expect("read UNRATED_ANY")
     }
 
     /// This CPU's new-state budget.
@@ -538,13 +561,12 @@ fn non_ip_ethertypes_are_not_ours() {
         &Frame::ethertype(0x0008, 0).build(),
         Verdict::NotOurs,
     );
-    // Only one 802.1Q tag is understood; an 802.1ad service tag is another EtherType.
     fx.expect(
-        "SYN behind an 802.1ad tag",
-        &Frame::tcp_v4(v4(1), PORT)
-            .syn()
-            .vlan(5)
+        "ARP under two tags",
+        &Frame::arp()
+            .vlan(7)
             .vlan_tpid(ETH_P_8021AD)
+            .inner_vlan(8)
             .build(),
         Verdict::NotOurs,
     );
@@ -952,6 +974,135 @@ fn ipv6_extension_headers_are_unparsed() {
         &Frame::tcp_v6(v6(200, 1), PORT).syn().build(),
         Verdict::BlockedCidr,
     );
+}
+
+#[test]
+fn two_vlan_tags_are_parsed_and_a_third_is_not() {
+    if !privileged("two_vlan_tags_are_parsed_and_a_third_is_not") {
+        return;
+    }
+    let mut fx = Fixture::new(XdpConfig {
+        syn_burst: 2,
+        ..DEFAULT_CONFIG
+    });
+    fx.block("198.51.100.200/32");
+    for family in FAMILIES {
+        let qinq = |src: IpAddr| {
+            Frame::tcp(src, PORT)
+                .syn()
+                .vlan(5)
+                .vlan_tpid(ETH_P_8021AD)
+                .inner_vlan(6)
+        };
+        // A QinQ SYN is rated like an untagged one, and shares the source's bucket.
+        let src = family.source(1);
+        fx.expect("QinQ SYN", &qinq(src).build(), Verdict::Passed);
+        fx.expect(
+            "untagged SYN after it",
+            &Frame::tcp(src, PORT).syn().build(),
+            Verdict::Passed,
+        );
+        fx.expect(
+            "QinQ SYN over budget",
+            &qinq(src).build(),
+            Verdict::SynRateLimited,
+        );
+        fx.expect(
+            "two 802.1Q tags",
+            &Frame::tcp(family.source(2), PORT)
+                .syn()
+                .vlan(5)
+                .inner_vlan(6)
+                .build(),
+            Verdict::Passed,
+        );
+        assert_eq!(fx.unrated_mark(src), None, "{family:?}: rated, not marked");
+    }
+    fx.expect(
+        "blocked source under two tags",
+        &Frame::tcp_v4(v4(200), PORT)
+            .syn()
+            .vlan(5)
+            .vlan_tpid(ETH_P_8021AD)
+            .inner_vlan(6)
+            .build(),
+        Verdict::BlockedCidr,
+    );
+    // A third tag is more than the parser follows: unparsed, and with no source to mark,
+    // every source is marked.
+    assert_eq!(fx.unrated_any(), 0);
+    let mut three = Frame::tcp_v4(v4(3), PORT)
+        .syn()
+        .vlan(5)
+        .vlan_tpid(ETH_P_8021AD)
+        .inner_vlan(6)
+        .build();
+    // After the outer tag's TPID and TCI (bytes 12..16), before the inner tag.
+    three.splice(ETH_HLEN + 2..ETH_HLEN + 2, [0x81, 0x00, 0x00, 0x07]);
+    let before = monotonic_ns();
+    fx.expect("three tags", &three, Verdict::Unparsed);
+    assert!(fx.unrated_any() >= before);
+}
+
+#[test]
+fn sources_of_unrated_packets_are_marked() {
+    if !privileged("sources_of_unrated_packets_are_marked") {
+        return;
+    }
+    let fx = Fixture::new(DEFAULT_CONFIG);
+    let before = monotonic_ns();
+    let hop = IpAddr::V6(v6(1, 1));
+    fx.expect(
+        "SYN behind a hop-by-hop header",
+        &Frame::tcp(hop, PORT)
+            .syn()
+            .ipv6_extension(IPPROTO_HOPOPTS)
+            .build(),
+        Verdict::Unparsed,
+    );
+    let fragment = IpAddr::V4(v4(1));
+    fx.expect(
+        "TCP fragment with an offset",
+        &Frame::tcp(fragment, PORT).fragment_offset(1).build(),
+        Verdict::Fragment,
+    );
+    let tiny = IpAddr::V4(v4(2));
+    fx.expect(
+        "tiny first fragment",
+        &Frame::tcp(tiny, PORT)
+            .syn()
+            .more_fragments()
+            .truncate(ETH_HLEN + IPV4_HLEN + 8)
+            .build(),
+        Verdict::Unparsed,
+    );
+    let after = monotonic_ns();
+    for source in [hop, fragment, tiny] {
+        let at = fx.unrated_mark(source);
+        assert!(
+            at.is_some_and(|at| (before..=after).contains(&at)),
+            "{source} marked between {before} and {after}: {at:?}"
+        );
+    }
+    // The /64 is marked, as the limiter keys IPv6 sources.
+    assert!(fx.unrated_mark(IpAddr::V6(v6(1, 0xffff))).is_some());
+    // Not marked: a UDP fragment, a rated SYN, a truncated IP header without a source.
+    let udp = IpAddr::V4(v4(3));
+    fx.expect(
+        "UDP fragment",
+        &Frame::udp(udp, PORT).fragment_offset(1).build(),
+        Verdict::Fragment,
+    );
+    let rated = IpAddr::V4(v4(4));
+    fx.expect(
+        "plain SYN",
+        &Frame::tcp(rated, PORT).syn().build(),
+        Verdict::Passed,
+    );
+    for source in [udp, rated] {
+        assert_eq!(fx.unrated_mark(source), None, "{source}");
+    }
+    assert_eq!(fx.unrated_any(), 0, "every unrated packet had a source");
 }
 
 #[test]

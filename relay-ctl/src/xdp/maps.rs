@@ -1,6 +1,9 @@
 //! Typed access to the XDP program's maps: the only place that knows their key layouts.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
 
 use aya::{
     Ebpf,
@@ -8,6 +11,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use relay_common::{BanEntry, TokenBucket, Verdict, XdpConfig, maps as names};
+
+use super::unrated::UnratedMarks;
 
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,7 @@ pub struct XdpMaps {
     syn_v6: HashMap<MapData, [u8; names::V6_LIMIT_PREFIX_BYTES], TokenBucket>,
     ban_syn_v4: HashMap<MapData, [u8; 4], TokenBucket>,
     ban_syn_v6: HashMap<MapData, [u8; names::V6_LIMIT_PREFIX_BYTES], TokenBucket>,
+    unrated: Arc<RwLock<UnratedMarks>>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -116,6 +122,11 @@ impl XdpMaps {
             syn_v6: take(ebpf, names::SYN_V6)?,
             ban_syn_v4: take(ebpf, names::BAN_SYN_V4)?,
             ban_syn_v6: take(ebpf, names::BAN_SYN_V6)?,
+            unrated: Arc::new(RwLock::new(UnratedMarks {
+                v4: take(ebpf, names::UNRATED_V4)?,
+                v6: take(ebpf, names::UNRATED_V6)?,
+                any: take(ebpf, names::UNRATED_ANY)?,
+            })),
         })
     }
 
@@ -242,7 +253,7 @@ impl XdpMaps {
     }
 
     /// Removes limiter buckets (front-banned sources' too) idle for `idle_ns` (full again, so
-    /// forgetting them changes no decision). The kernel only evicts LRU entries when the map is
+    /// forgetting them changes no decision), and unrated marks past their window. The kernel only evicts LRU entries when the map is
     /// full; this keeps a source address in kernel memory no longer than its limiter needs it.
     /// Returns how many went.
     pub fn forget_idle_limiter_state(&mut self, now_ns: u64, idle_ns: u64) -> usize {
@@ -250,6 +261,16 @@ impl XdpMaps {
             + forget_idle(&mut self.syn_v6, now_ns, idle_ns)
             + forget_idle(&mut self.ban_syn_v4, now_ns, idle_ns)
             + forget_idle(&mut self.ban_syn_v6, now_ns, idle_ns)
+            + self
+                .unrated
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget_old(now_ns)
+    }
+
+    /// The marks of sources the program passed without rating, shared with the accept path.
+    pub fn unrated(&self) -> Arc<RwLock<UnratedMarks>> {
+        self.unrated.clone()
     }
 
     /// Verdict counters summed over CPUs, indexed by [`Verdict`].

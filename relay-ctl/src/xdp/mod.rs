@@ -5,6 +5,7 @@ pub mod interfaces;
 pub mod maps;
 
 pub mod pin;
+pub mod unrated;
 
 use std::{fmt, path::PathBuf};
 
@@ -19,7 +20,10 @@ use aya::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use self::maps::{MapsError, PrefixList, XdpMaps};
+pub use self::{
+    maps::{MapsError, PrefixList, XdpMaps},
+    unrated::UnratedMarks,
+};
 use crate::config;
 
 /// How the program ended up attached to an interface.
