@@ -157,6 +157,24 @@ pub struct CrowdSec {
     /// Longest time one LAPI request may take.
     #[serde(default = "default_crowdsec_timeout", deserialize_with = "duration")]
     pub timeout: std::time::Duration,
+    /// Shortest prefix length of an IPv4 `Range` decision: a wider range is rejected (a
+    /// `0.0.0.0/0` decision would otherwise drop every client).
+    #[serde(default = "default_max_range_v4")]
+    pub max_range_v4: u8,
+    /// The same for IPv6 ranges.
+    #[serde(default = "default_max_range_v6")]
+    pub max_range_v6: u8,
+    /// Most decisions one pull may carry (`new` and `deleted` together); a larger pull is
+    /// refused whole and the decisions in force stay.
+    #[serde(default = "default_max_decisions")]
+    pub max_decisions: usize,
+    /// Largest pull answer in bytes, read incrementally and refused once it passes this.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Allow a plain `http://` `lapi_url` that is not loopback: the bouncer key and the
+    /// machine password then cross the network in clear.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 /// A secret from the config file: its `Debug` form does not show it.
@@ -185,6 +203,21 @@ fn default_resync() -> std::time::Duration {
 }
 fn default_crowdsec_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(30)
+}
+fn default_max_range_v4() -> u8 {
+    8
+}
+fn default_max_range_v6() -> u8 {
+    32
+}
+/// A startup pull holds every active decision and the expired ones the LAPI still keeps:
+/// 100,000 of each with community lists is a plausible fleet.
+fn default_max_decisions() -> usize {
+    500_000
+}
+/// About 141 bytes per decision in 1.4.6's stream: 500,000 are about 70 MB.
+fn default_max_body_bytes() -> usize {
+    128 << 20
 }
 
 /// A duration as `"10s"`, `"1h"`, `"500ms"` or whole seconds.
@@ -1207,8 +1240,44 @@ impl Config {
 impl CrowdSec {
     /// Checks what serde cannot; the error names the key to point at.
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        crate::crowdsec::client::LapiUrl::parse(&self.lapi_url)
+        let url = crate::crowdsec::client::LapiUrl::parse(&self.lapi_url)
             .map_err(|e| ("lapi_url", format!("[crowdsec] lapi_url {e}")))?;
+        if !url.tls && !url.is_loopback() && !self.allow_insecure {
+            return Err((
+                "lapi_url",
+                format!(
+                    "[crowdsec] lapi_url `{}` is plain http to a host that is not loopback: the \
+                     bouncer key and machine password would cross the network in clear; use \
+                     https:// (with ca_file for a private CA), or set allow_insecure = true for a \
+                     link you trust",
+                    self.lapi_url
+                ),
+            ));
+        }
+        if self.max_range_v4 > 32 {
+            return Err((
+                "max_range_v4",
+                "[crowdsec] max_range_v4 is a prefix length, 0 to 32".to_owned(),
+            ));
+        }
+        if self.max_range_v6 > 128 {
+            return Err((
+                "max_range_v6",
+                "[crowdsec] max_range_v6 is a prefix length, 0 to 128".to_owned(),
+            ));
+        }
+        if self.max_decisions == 0 {
+            return Err((
+                "max_decisions",
+                "[crowdsec] max_decisions must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_body_bytes < 4096 {
+            return Err((
+                "max_body_bytes",
+                "[crowdsec] max_body_bytes must be at least 4096".to_owned(),
+            ));
+        }
         if self.bouncer_key.is_some() == self.bouncer_key_file.is_some() {
             return Err((
                 "bouncer_key",

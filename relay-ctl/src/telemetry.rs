@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 33] = [
+pub const METRIC_NAMES: [&str; 34] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -62,6 +62,7 @@ pub const METRIC_NAMES: [&str; 33] = [
     "relay_crowdsec_decisions",
     "relay_crowdsec_pull_seconds",
     "relay_crowdsec_published_total",
+    "relay_crowdsec_rejected_total",
     "relay_tls_flight_source",
     "relay_tls_flight_record_bytes",
 ];
@@ -239,6 +240,10 @@ fn describe() {
         "relay_crowdsec_published_total",
         "relay's own bans sent to CrowdSec, by result (ok, failed, dropped when the queue was full)."
     );
+    describe_counter!(
+        "relay_crowdsec_rejected_total",
+        "CrowdSec decisions refused, by kind: wide_range (wider than max_range_v4/v6), bad_value, bad_scope, bad_duration; whole pulls refused: too_many (max_decisions), too_large (max_body_bytes)."
+    );
     describe_gauge!(
         "relay_tls_flight_source",
         "1 for where the fake-TLS server flight's shape comes from: learned (probed from the mask), cached (loaded from the state dir) or fallback (fixed plausible sizes); 0 for the others."
@@ -413,6 +418,10 @@ impl Publisher {
         ] {
             counter!("relay_crowdsec_published_total", "result" => result).absolute(n);
         }
+        for kind in crate::crowdsec::decisions::REJECTION_KINDS {
+            let n = cs.rejected.get(kind).copied().unwrap_or(0);
+            counter!("relay_crowdsec_rejected_total", "kind" => kind).absolute(n);
+        }
     }
 
     fn publish_users(&mut self, s: &Stats) {
@@ -505,6 +514,7 @@ mod tests {
             decisions: BTreeMap::from([("cscli".to_owned(), 4), ("relay".to_owned(), 1)]),
             published: 2,
             publish_dropped: 1,
+            rejected: BTreeMap::from([("wide_range".to_owned(), 2)]),
             ..Default::default()
         });
         s.users.push(UserInfo {
@@ -572,6 +582,8 @@ mod tests {
             "relay_crowdsec_up 1",
             "relay_crowdsec_decisions{origin=\"cscli\"} 4",
             "relay_crowdsec_published_total{result=\"dropped\"} 1",
+            "relay_crowdsec_rejected_total{kind=\"wide_range\"} 2",
+            "relay_crowdsec_rejected_total{kind=\"too_large\"} 0",
             "relay_crowdsec_pull_seconds_bucket{le=\"0.025\"} 1",
             "relay_tls_flight_source{source=\"cached\"} 1",
             "relay_tls_flight_source{source=\"fallback\"} 0",

@@ -183,6 +183,8 @@ ban_secs = 600
 
 [crowdsec]
 lapi_url = "{lapi}"
+# Plain http on the test's own bridge.
+allow_insecure = true
 bouncer_key = "{name}-bouncer-key-0001"
 poll_interval = "1s"
 # The default: a bulk load must converge through the full pull after a burst, not this.

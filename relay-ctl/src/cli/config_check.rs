@@ -125,6 +125,19 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
                 format!(", origins {}", cs.origins.join(","))
             }
         );
+        println!(
+            "                  accepts ranges up to /{} (IPv4) and /{} (IPv6), pulls up to {} \
+             decisions and {} bytes{}",
+            cs.max_range_v4,
+            cs.max_range_v6,
+            cs.max_decisions,
+            cs.max_body_bytes,
+            if cs.allow_insecure && !cs.lapi_url.starts_with("https://") {
+                "; plain http allowed (allow_insecure): the key crosses the network in clear"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

@@ -276,6 +276,9 @@ fn crowdsec_is_off_unless_configured_and_has_defaults() {
     assert_eq!(cs.poll_interval, std::time::Duration::from_secs(10));
     assert_eq!(cs.resync, std::time::Duration::from_secs(3600));
     assert_eq!(cs.machine_id, None);
+    assert_eq!((cs.max_range_v4, cs.max_range_v6), (8, 32));
+    assert_eq!((cs.max_decisions, cs.max_body_bytes), (500_000, 128 << 20));
+    assert!(!cs.allow_insecure);
     assert!(
         !format!("{cs:?}").contains("\"k\""),
         "the key is not in Debug output"
@@ -342,8 +345,59 @@ fn crowdsec_mistakes_are_named() {
             6,
             "unknown field",
         ),
+        (
+            &format!("{url}bouncer_key = \"k\"\nmax_range_v4 = 33\n"),
+            6,
+            "max_range_v4",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\nmax_range_v6 = 129\n"),
+            6,
+            "max_range_v6",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\nmax_decisions = 0\n"),
+            6,
+            "max_decisions",
+        ),
+        (
+            &format!("{url}bouncer_key = \"k\"\nmax_body_bytes = 100\n"),
+            6,
+            "max_body_bytes",
+        ),
     ] {
         expect_invalid(&format!("{CS_BASE}{body}"), line, message);
+    }
+}
+
+#[test]
+fn plain_http_to_a_lapi_off_loopback_needs_allow_insecure() {
+    for remote in [
+        "http://10.0.0.5:8080",
+        "http://lapi.example.org",
+        "http://[2001:db8::1]:8080",
+    ] {
+        expect_invalid(
+            &format!("{CS_BASE}lapi_url = \"{remote}\"\nbouncer_key = \"k\"\n"),
+            4,
+            "allow_insecure",
+        );
+        parse(&format!(
+            "{CS_BASE}lapi_url = \"{remote}\"\nbouncer_key = \"k\"\nallow_insecure = true\n"
+        ))
+        .expect("allowed explicitly");
+    }
+    for local in [
+        "http://127.0.0.1:8080",
+        "http://127.0.0.53:8080",
+        "http://[::1]:8080",
+        "http://localhost:8080",
+        "https://10.0.0.5:8080",
+    ] {
+        parse(&format!(
+            "{CS_BASE}lapi_url = \"{local}\"\nbouncer_key = \"k\"\n"
+        ))
+        .expect(local);
     }
 }
 

@@ -217,6 +217,9 @@ pub struct CrowdSecStats {
     pub publish_failed: u64,
     /// Bans dropped because the publish queue was full.
     pub publish_dropped: u64,
+    /// Decisions (or whole pulls) refused, by kind (`wide_range`, `bad_value`, `too_many`...).
+    #[serde(default)]
+    pub rejected: BTreeMap<String, u64>,
 }
 
 /// One user and its usage.

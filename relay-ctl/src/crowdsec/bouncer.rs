@@ -18,9 +18,10 @@ use tokio::sync::RwLock;
 
 use super::{
     Status,
-    api::Stream,
+    api::{self, Stream, StreamError},
     client::{ClientError, Lapi},
-    decisions::{Change, Decisions},
+    decisions::{Change, Decisions, Limits},
+    rejects::RejectLog,
 };
 use crate::{clock::monotonic_ns, shield::Shield};
 
@@ -46,6 +47,12 @@ pub struct Settings {
     pub resync: Duration,
     /// Only decisions of these origins (all when empty).
     pub origins: Vec<String>,
+    /// What decisions are accepted.
+    pub limits: Limits,
+    /// Most decisions in one pull; a larger pull is refused whole.
+    pub max_decisions: usize,
+    /// Largest pull answer, bytes.
+    pub max_body_bytes: usize,
 }
 
 /// Why a pull failed.
@@ -54,7 +61,18 @@ enum PullError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("parsing the decision stream: {0}")]
-    Parse(String),
+    Parse(#[from] StreamError),
+}
+
+impl PullError {
+    /// The `relay_crowdsec_rejected_total` kind, when the pull was refused for its size.
+    fn rejection(&self) -> Option<&'static str> {
+        match self {
+            PullError::Client(ClientError::TooLarge(_)) => Some("too_large"),
+            PullError::Parse(StreamError::TooMany(_)) => Some("too_many"),
+            _ => None,
+        }
+    }
 }
 
 /// Runs forever (the task is aborted at shutdown).
@@ -64,7 +82,8 @@ pub async fn run(
     status: Arc<Status>,
     settings: Settings,
 ) {
-    let mut decisions = Decisions::default();
+    let mut decisions = Decisions::new(settings.limits);
+    let mut rejects = RejectLog::default();
     let mut full_pull_due = true;
     let mut last_full = Instant::now();
     let mut failures: u32 = 0;
@@ -73,7 +92,7 @@ pub async fn run(
     loop {
         let startup = full_pull_due || last_full.elapsed() >= settings.resync;
         let started = Instant::now();
-        let result = pull(&lapi, startup, &settings.origins).await;
+        let result = pull(&lapi, startup, &settings).await;
         let took = started.elapsed();
         match result {
             Ok(stream) => {
@@ -95,8 +114,16 @@ pub async fn run(
                     continue;
                 };
                 decisions = state;
-                if let Some(e) = &batch.first_error {
-                    tracing::warn!(skipped = batch.invalid, "CrowdSec: decisions skipped: {e}");
+                for (kind, (n, example)) in &batch.rejected {
+                    status.rejected(kind, *n);
+                    if let Some(n) = rejects.note(kind, *n, Instant::now()) {
+                        tracing::warn!(
+                            kind,
+                            rejected = n,
+                            "CrowdSec decisions rejected, the rest applied: {example} \
+                             (this kind is logged at most hourly)"
+                        );
+                    }
                 }
                 let changed = batch.changes.len();
                 let lock_held = write(&shield, batch.changes).await;
@@ -130,7 +157,21 @@ pub async fn run(
                 failures = 0;
             }
             Err(e) => {
-                if status.pulled(false) || first {
+                let refused = e.rejection();
+                if let Some(kind) = refused {
+                    status.rejected(kind, 1);
+                    if let Some(n) = rejects.note(kind, 1, Instant::now()) {
+                        tracing::warn!(
+                            kind,
+                            refused = n,
+                            "CrowdSec pull refused, keeping the decisions already in force: {e} \
+                             (this kind is logged at most hourly)"
+                        );
+                    }
+                }
+                if refused.is_some() {
+                    status.pulled(false);
+                } else if status.pulled(false) || first {
                     tracing::warn!(
                         kept = decisions.len(),
                         "CrowdSec LAPI unreachable, keeping the decisions already in force and retrying: {e}"
@@ -164,14 +205,14 @@ pub fn wait(poll: Duration, failures: u32) -> Duration {
     poll.saturating_mul(factor).min(MAX_BACKOFF.max(poll))
 }
 
-/// Fetches and parses one stream answer; the parse (up to hundreds of MB of JSON) runs on the
-/// blocking pool.
-async fn pull(lapi: &Lapi, startup: bool, origins: &[String]) -> Result<Stream, PullError> {
-    let body = lapi.stream(startup, origins).await?;
-    tokio::task::spawn_blocking(move || serde_json::from_slice::<Stream>(&body))
-        .await
-        .map_err(|e| PullError::Parse(e.to_string()))?
-        .map_err(|e| PullError::Parse(e.to_string()))
+/// Fetches one stream answer, parsing it on the blocking pool as it arrives (up to hundreds
+/// of MB of JSON), within the size and count bounds of `settings`.
+async fn pull(lapi: &Lapi, startup: bool, settings: &Settings) -> Result<Stream, PullError> {
+    let max = settings.max_decisions;
+    let read = move |body: &mut dyn std::io::Read| api::read_stream(body, max);
+    Ok(lapi
+        .stream(startup, &settings.origins, settings.max_body_bytes, read)
+        .await??)
 }
 
 /// Writes `changes` into the shield [`CHUNK`] at a time, letting other tasks take the lock
@@ -206,7 +247,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        crowdsec::{client::Client, scripted_lapi::scripted_lapi},
+        crowdsec::{
+            client::Client,
+            scripted_lapi::{endless_lapi, scripted_lapi},
+        },
         shield::Enforcement,
     };
 
@@ -217,6 +261,31 @@ mod tests {
         origins: Vec<String>,
         requests: usize,
     ) -> (Vec<String>, Arc<RwLock<Shield>>, Arc<Status>) {
+        let settings = Settings {
+            origins,
+            ..settings()
+        };
+        poll_with(script, settings, requests).await
+    }
+
+    /// The loop's settings in these tests: the defaults with a 20 ms poll interval.
+    fn settings() -> Settings {
+        Settings {
+            poll_interval: Duration::from_millis(20),
+            resync: Duration::from_secs(3600),
+            origins: Vec::new(),
+            limits: Limits::default(),
+            max_decisions: 500_000,
+            max_body_bytes: 128 << 20,
+        }
+    }
+
+    /// [`poll_scripted`] with `settings`.
+    async fn poll_with(
+        script: Vec<(u16, &'static str)>,
+        settings: Settings,
+        requests: usize,
+    ) -> (Vec<String>, Arc<RwLock<Shield>>, Arc<Status>) {
         let (url, seen) = scripted_lapi(script).await;
         let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
         let lapi = Arc::new(Lapi::new(client, "key".into(), None));
@@ -224,11 +293,6 @@ mod tests {
             reason: "test".into(),
         })));
         let status = Arc::new(Status::new(true));
-        let settings = Settings {
-            poll_interval: Duration::from_millis(20),
-            resync: Duration::from_secs(3600),
-            origins,
-        };
         let task = tokio::spawn(run(lapi, shield.clone(), status.clone(), settings));
         for _ in 0..200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -264,7 +328,6 @@ mod tests {
         let (requests, shield, status) =
             poll_scripted(script, vec!["cscli".into(), "CAPI".into()], 6).await;
         assert!(requests.len() >= 6, "the loop kept polling: {requests:?}");
-        let verdict = |shield: &Shield, a: &str| shield.admit(a.parse::<IpAddr>().expect("ip"), 1);
         assert!(
             requests[0].starts_with(
                 "GET /v1/decisions/stream?startup=true&scopes=ip,range&origins=cscli,CAPI "
@@ -311,6 +374,233 @@ mod tests {
         assert!(startups.len() >= 6, "{startups:?}");
         // full, incremental, the burst, the quiet pull after it, then a full one, incremental.
         assert_eq!(startups[..6], [true, false, false, false, true, false]);
+    }
+
+    fn verdict(shield: &Shield, a: &str) -> Verdict {
+        shield.admit(a.parse::<IpAddr>().expect("ip"), 1)
+    }
+
+    /// A decision as the LAPI sends it.
+    fn item(scope: &str, value: &str, origin: &str) -> String {
+        format!(
+            r#"{{"duration":"1h","origin":"{origin}","scenario":"t","scope":"{scope}","type":"ban","value":"{value}"}}"#
+        )
+    }
+
+    fn leak(items: &[String]) -> &'static str {
+        Box::leak(format!(r#"{{"new":[{}],"deleted":null}}"#, items.join(",")).into_boxed_str())
+    }
+
+    #[tokio::test]
+    async fn ranges_wider_than_the_bound_are_rejected_and_hosts_next_to_them_applied() {
+        let pull = leak(&[
+            item("Range", "0.0.0.0/0", "cscli"),
+            item("Range", "::/0", "cscli"),
+            item("Range", "10.0.0.0/7", "cscli"),
+            item("Range", "2001:db8::/31", "cscli"),
+            item("Range", "198.18.1.5/32", "cscli"),
+            item("Range", "2001:db8::/32", "cscli"),
+            item("Range", "11.0.0.0/8", "cscli"),
+        ]);
+        let (_, shield, status) = poll_scripted(vec![(200, pull)], Vec::new(), 2).await;
+        let shield = shield.read().await;
+        for blocked in ["198.18.1.5", "11.1.2.3", "2001:db8::7"] {
+            assert_eq!(verdict(&shield, blocked), Verdict::BlockedCidr, "{blocked}");
+        }
+        for passed in [
+            "198.18.1.6",
+            "203.0.113.9",
+            "10.1.2.3",
+            "2001:db9::1",
+            "2001:470::1",
+        ] {
+            assert_eq!(verdict(&shield, passed), Verdict::Passed, "{passed}");
+        }
+        let snapshot = status.snapshot().expect("enabled");
+        assert_eq!(snapshot.rejected.get("wide_range"), Some(&4));
+        assert_eq!(snapshot.decisions.get("cscli"), Some(&3));
+    }
+
+    #[tokio::test]
+    async fn unparsable_values_are_rejected_and_counted() {
+        let mut items = vec![
+            item("Ip", "not-an-ip", "cscli"),
+            item("Ip", "198.18.1.300", "cscli"),
+            item("Range", "198.18.1.0/33", "cscli"),
+            item("Ip", "198.18.1.0/24", "cscli"),
+            item("Ip", "198.18.1.7", "cscli"),
+        ];
+        items.push(items[4].replace(r#""1h""#, r#""1d""#).replace(".7", ".8"));
+        let (_, shield, status) = poll_scripted(vec![(200, leak(&items))], Vec::new(), 2).await;
+        let shield = shield.read().await;
+        assert_eq!(verdict(&shield, "198.18.1.7"), Verdict::Banned);
+        assert_eq!(verdict(&shield, "198.18.1.8"), Verdict::Passed);
+        let snapshot = status.snapshot().expect("enabled");
+        assert_eq!(snapshot.rejected.get("bad_value"), Some(&4));
+        assert_eq!(snapshot.rejected.get("bad_duration"), Some(&1));
+        assert_eq!(snapshot.decisions.get("cscli"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_pull_with_too_many_decisions_is_refused_whole() {
+        let two = leak(&[
+            item("Ip", "198.18.1.1", "cscli"),
+            item("Ip", "198.18.1.2", "cscli"),
+        ]);
+        let four: Vec<String> = (3..7)
+            .map(|i| item("Ip", &format!("198.18.1.{i}"), "cscli"))
+            .collect();
+        let settings = Settings {
+            max_decisions: 3,
+            ..settings()
+        };
+        let (requests, shield, status) = poll_with(
+            vec![(200, two), (200, leak(&four)), (200, leak(&four))],
+            settings,
+            3,
+        )
+        .await;
+        let shield = shield.read().await;
+        assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Banned, "kept");
+        assert_eq!(
+            verdict(&shield, "198.18.1.3"),
+            Verdict::Passed,
+            "none of the pull"
+        );
+        let snapshot = status.snapshot().expect("enabled");
+        assert!(
+            snapshot.rejected.get("too_many") >= Some(&1),
+            "{snapshot:?}"
+        );
+        assert!(snapshot.pull_failures >= 1);
+        assert!(requests[2].contains("startup=true"), "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn control_characters_and_many_origins_never_reach_labels() {
+        let mut items = vec![item("Ip", "198.18.1.5", r"cs\u001b[31m\nfake line\u0000")];
+        for i in 0..40 {
+            items.push(item("Ip", &format!("198.18.2.{i}"), &format!("origin-{i}")));
+        }
+        // Rejected, so logged with its origin and scenario.
+        items.push(
+            item(
+                "Ip",
+                r"198.18.9.9\u001b[2J",
+                r"evil\r\nINFO admin: forged line",
+            )
+            .replace(
+                r#""scenario":"t""#,
+                r#""scenario":"s\u001b]0;title\u0007\nINFO forged""#,
+            ),
+        );
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (_, shield, status) = poll_scripted(vec![(200, leak(&items))], Vec::new(), 2).await;
+        assert_eq!(
+            verdict(&*shield.read().await, "198.18.2.39"),
+            Verdict::Banned,
+            "{}",
+            capture.text()
+        );
+        let snapshot = status.snapshot().expect("enabled");
+        let origins: Vec<&String> = snapshot.decisions.keys().collect();
+        assert!(
+            origins.iter().all(|o| !o.chars().any(char::is_control)),
+            "{origins:?}"
+        );
+        assert!(
+            origins.contains(&&"cs[31mfake line".to_owned()),
+            "{origins:?}"
+        );
+        assert!(origins.len() <= 17, "{} origin labels", origins.len());
+        assert_eq!(snapshot.decisions.get("other"), Some(&(41 - 16)));
+        assert_eq!(snapshot.decisions.values().sum::<u64>(), 41);
+        let log = capture.text();
+        assert!(log.contains("CrowdSec decisions rejected"), "{log}");
+        assert!(log.contains("INFO admin: forged line"), "{log}");
+        assert!(
+            !log.chars().any(|c| c.is_control() && c != '\n'),
+            "control characters in the log: {log:?}"
+        );
+        assert!(
+            log.lines().all(|l| !l.starts_with("INFO")),
+            "a forged log line: {log}"
+        );
+    }
+
+    /// Log lines written under a test's subscriber.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        fn text(&self) -> String {
+            self.0
+                .lock()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default()
+        }
+    }
+
+    /// A LAPI that answers one pull with a body that never ends (close-delimited): the client
+    /// must stop reading at the bound instead of taking it all in.
+    #[tokio::test]
+    async fn an_oversized_pull_is_refused_without_buffering_it() {
+        let (url, written) = endless_lapi().await;
+        let client = Client::new(&url, None, Duration::from_secs(20)).expect("client");
+        let lapi = Lapi::new(client, "key".into(), None);
+        let bounded = Settings {
+            max_body_bytes: 1 << 20,
+            ..settings()
+        };
+        let result = pull(&lapi, true, &bounded).await;
+        assert!(
+            matches!(
+                &result,
+                Err(e @ PullError::Client(ClientError::TooLarge(_))) if e.rejection() == Some("too_large")
+            ),
+            "{result:?}"
+        );
+        // What the server got into the socket: the bound, plus what the kernel's buffers on
+        // both sides of the connection hold (a few MB on loopback).
+        let written = written.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            written < 24 << 20,
+            "the client read {written} bytes before giving up"
+        );
+        // A declared length over the bound is refused before any of the body is read.
+        let long = leak(&vec![item("Ip", "198.18.1.1", "x"); 20]);
+        let (url, _) = scripted_lapi(vec![(200, long)]).await;
+        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
+        let lapi = Lapi::new(client, "key".into(), None);
+        let tight = Settings {
+            max_body_bytes: 1000,
+            ..settings()
+        };
+        let result = pull(&lapi, true, &tight).await;
+        assert!(
+            matches!(result, Err(PullError::Client(ClientError::TooLarge(1000)))),
+            "{result:?}"
+        );
     }
 
     #[test]

@@ -2,17 +2,17 @@
 //! seconds needs no pool), plain TCP or rustls, every request bounded in time and in the size
 //! of its answer, so a stuck or malicious LAPI costs one task a timeout and never the relay.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{io::Read, path::Path, sync::Arc, time::Duration};
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::{Method, Request, StatusCode, header};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
-    sync::Mutex,
+    sync::{Mutex, mpsc},
 };
 
 use super::api;
@@ -156,6 +156,15 @@ impl LapiUrl {
         })
     }
 
+    /// Whether the host is a loopback address or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.to_canonical().is_loopback())
+    }
+
     fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -222,6 +231,65 @@ impl Client {
         body: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let request = self.request(method, path, headers, body)?;
+        self.bounded(async {
+            let (response, driver) = self.open(request).await?;
+            let status = response.status();
+            let body = collect(response, limit).await?;
+            drop(driver);
+            Ok((status, body))
+        })
+        .await
+    }
+
+    /// Sends a GET to `path` and hands the answer's body to `read`, on the blocking pool, as
+    /// it arrives: at most a few chunks are held at a time, and reading stops with
+    /// [`ClientError::TooLarge`] once the body passes `limit` bytes. An answer that is not a
+    /// success is an error with the start of its body.
+    pub async fn get_streamed<T: Send + 'static>(
+        &self,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        limit: usize,
+        read: impl FnOnce(&mut dyn Read) -> T + Send + 'static,
+    ) -> Result<T, ClientError> {
+        let request = self.request(Method::GET, path, headers, None)?;
+        self.bounded(async {
+            let (response, driver) = self.open(request).await?;
+            let status = response.status();
+            if !status.is_success() {
+                let body = collect(response, MAX_SMALL_BYTES).await?;
+                return Err(status_error(status, &body));
+            }
+            if declared_too_large(&response, limit) {
+                return Err(ClientError::TooLarge(limit));
+            }
+            let (tx, rx) = mpsc::channel(IN_FLIGHT_CHUNKS);
+            let reader = tokio::task::spawn_blocking(move || {
+                read(&mut BodyReader {
+                    rx,
+                    chunk: Bytes::new(),
+                })
+            });
+            // Ends the body for the reader (EOF) when it returns, whatever the outcome.
+            let pumped = pump(response.into_body(), tx, limit).await;
+            let read = reader
+                .await
+                .map_err(|e| ClientError::Body(format!("reading the answer stopped: {e}")))?;
+            drop(driver);
+            pumped?;
+            Ok(read)
+        })
+        .await
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.url.base))
@@ -231,66 +299,85 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = match body {
+        Ok(match body {
             Some(body) => request
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)))?,
             None => request.body(Full::new(Bytes::new()))?,
-        };
-        let exchange = async {
-            let addr = self.url.authority();
-            let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
-                .await
-                .map_err(|source| ClientError::Connect {
-                    addr: addr.clone(),
-                    source,
-                })?;
-            let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                Some((connector, name)) => {
-                    let stream = connector
-                        .connect(name.clone(), tcp)
-                        .await
-                        .map_err(|source| ClientError::Connect { addr, source })?;
-                    exchange(stream, request, limit).await
-                }
-                None => exchange(tcp, request, limit).await,
-            }
-        };
+        })
+    }
+
+    /// `exchange`, bounded by the client's timeout.
+    async fn bounded<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?
     }
+
+    /// Connects (TCP, TLS) and sends `request`; returns the answer's head with its body still
+    /// to read, and the task driving the connection.
+    async fn open(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, AbortOnDrop), ClientError> {
+        let addr = self.url.authority();
+        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|source| ClientError::Connect { addr, source })?;
+                exchange(stream, request).await
+            }
+            None => exchange(tcp, request).await,
+        }
+    }
 }
 
-/// One request/response on a fresh connection.
+/// One request on a fresh connection: the answer's head, and the task doing the I/O, which
+/// ends with the exchange or is aborted when the guard is dropped (the caller gave up).
 async fn exchange<S>(
     stream: S,
     request: Request<Full<Bytes>>,
-    limit: usize,
-) -> Result<(StatusCode, Bytes), ClientError>
+) -> Result<(Response<Incoming>, AbortOnDrop), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection future does the I/O; it ends with the request (dropped sender) or is
-    // aborted with this guard when the caller gives up.
     let driver = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
     }));
     let response = sender.send_request(request).await?;
-    let status = response.status();
-    let too_large = response
+    Ok((response, driver))
+}
+
+/// Whether the answer says up front that its body is longer than `limit`.
+fn declared_too_large(response: &Response<Incoming>, limit: usize) -> bool {
+    response
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit as u64);
-    if too_large {
+        .is_some_and(|n| n > limit as u64)
+}
+
+/// The whole body, at most `limit` bytes.
+async fn collect(response: Response<Incoming>, limit: usize) -> Result<Bytes, ClientError> {
+    if declared_too_large(&response, limit) {
         return Err(ClientError::TooLarge(limit));
     }
-    let body = Limited::new(response.into_body(), limit)
+    Ok(Limited::new(response.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
@@ -300,9 +387,55 @@ where
                 ClientError::Body(e.to_string())
             }
         })?
-        .to_bytes();
-    drop(driver);
-    Ok((status, body))
+        .to_bytes())
+}
+
+/// Chunks of a body in flight between the connection and its reader.
+const IN_FLIGHT_CHUNKS: usize = 8;
+
+/// Moves `body` to the reader chunk by chunk, failing once more than `limit` bytes came.
+/// Stops early, without error, when the reader is done.
+async fn pump(
+    mut body: Incoming,
+    tx: mpsc::Sender<Bytes>,
+    limit: usize,
+) -> Result<(), ClientError> {
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Body(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(ClientError::TooLarge(limit));
+        }
+        if tx.send(data).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The blocking end of a body being streamed: the end of the channel is the end of the body.
+struct BodyReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -313,8 +446,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Largest stream answer accepted: 100,000 decisions are about 14.5 MB.
-pub const MAX_STREAM_BYTES: usize = 256 << 20;
 /// Largest answer to a login or an alert push.
 const MAX_SMALL_BYTES: usize = 64 << 10;
 
@@ -351,25 +482,23 @@ impl Lapi {
         self.machine.is_some()
     }
 
-    /// `GET /v1/decisions/stream`: the raw JSON (parse it off the async threads).
-    pub async fn stream(&self, startup: bool, origins: &[String]) -> Result<Bytes, ClientError> {
+    /// `GET /v1/decisions/stream`, its body handed to `read` as it arrives (at most
+    /// `max_bytes`; see [`Client::get_streamed`]).
+    pub async fn stream<T: Send + 'static>(
+        &self,
+        startup: bool,
+        origins: &[String],
+        max_bytes: usize,
+        read: impl FnOnce(&mut dyn Read) -> T + Send + 'static,
+    ) -> Result<T, ClientError> {
         let mut path = format!("/v1/decisions/stream?startup={startup}&scopes=ip,range");
         if !origins.is_empty() {
             path.push_str("&origins=");
             path.push_str(&origins.join(","));
         }
-        let (status, body) = self
-            .client
-            .send(
-                Method::GET,
-                &path,
-                &[("x-api-key", &self.bouncer_key)],
-                None,
-                MAX_STREAM_BYTES,
-            )
-            .await?;
-        check(status, &body)?;
-        Ok(body)
+        self.client
+            .get_streamed(&path, &[("x-api-key", &self.bouncer_key)], max_bytes, read)
+            .await
     }
 
     /// `POST /v1/alerts`, logging in first if needed and once more on a 401.
@@ -432,11 +561,16 @@ fn check(status: StatusCode, body: &[u8]) -> Result<(), ClientError> {
     if status.is_success() {
         return Ok(());
     }
+    Err(status_error(status, body))
+}
+
+/// The error for a non-2xx answer, with the start of its body in printable form.
+fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-    Err(ClientError::Status {
+    ClientError::Status {
         status: status.as_u16(),
-        body: text.trim().to_owned(),
-    })
+        body: super::decisions::printable(text.trim(), 300),
+    }
 }
 
 #[cfg(test)]

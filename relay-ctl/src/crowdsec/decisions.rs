@@ -6,7 +6,7 @@
 //! item for the same address can differ.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     time::Duration,
 };
@@ -33,8 +33,8 @@ impl Target {
     /// the LAPI stores them.
     pub fn parse(scope: &str, value: &str) -> Result<Target, DecisionError> {
         let bad_value = || DecisionError::Value {
-            scope: scope.chars().take(16).collect(),
-            value: value.chars().take(64).collect(),
+            scope: printable(scope, 16),
+            value: printable(value, 64),
         };
         match scope {
             "Ip" => value
@@ -46,7 +46,7 @@ impl Target {
                 .map(|n| Target::Range(n.trunc()))
                 .map_err(|_| bad_value()),
             other => Err(DecisionError::Scope {
-                scope: other.chars().take(16).collect(),
+                scope: printable(other, 16),
             }),
         }
     }
@@ -87,8 +87,133 @@ pub enum DecisionError {
         value: String,
     },
     /// The duration is not a Go duration.
-    #[error(transparent)]
+    #[error("{}", printable(&.0.to_string(), 80))]
     Duration(#[from] duration::BadDuration),
+    /// A range wider than `[crowdsec] max_range_v4` / `max_range_v6` allows.
+    #[error("range {range} is wider than /{max}, the widest relay accepts")]
+    TooWide {
+        /// The range.
+        range: IpNet,
+        /// The shortest prefix length accepted for its family.
+        max: u8,
+    },
+}
+
+impl DecisionError {
+    /// The `kind` label of `relay_crowdsec_rejected_total` for this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecisionError::Scope { .. } => "bad_scope",
+            DecisionError::Value { .. } => "bad_value",
+            DecisionError::Duration(_) => "bad_duration",
+            DecisionError::TooWide { .. } => "wide_range",
+        }
+    }
+}
+
+/// Every `kind` of `relay_crowdsec_rejected_total`: the three above for single decisions,
+/// `too_many` and `too_large` for a whole pull refused.
+pub const REJECTION_KINDS: [&str; 6] = [
+    "wide_range",
+    "bad_value",
+    "bad_scope",
+    "bad_duration",
+    "too_many",
+    "too_large",
+];
+
+/// `text` without control characters (C0, DEL, C1), line or paragraph separators and
+/// bidirectional overrides, cut to `max` characters: what the LAPI sends goes into logs,
+/// tables and metric labels only in this form.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+                && !('\u{202a}'..='\u{202e}').contains(c)
+                && !('\u{2066}'..='\u{2069}').contains(c)
+        })
+        .take(max)
+        .collect()
+}
+
+/// What relay accepts from the LAPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Shortest IPv4 prefix length of a `Range` decision (`8`: a /7 is rejected).
+    pub max_range_v4: u8,
+    /// Shortest IPv6 prefix length of a `Range` decision.
+    pub max_range_v6: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_range_v4: 8,
+            max_range_v6: 32,
+        }
+    }
+}
+
+impl Limits {
+    /// `target`, or why it is wider than allowed.
+    fn check(&self, target: Target) -> Result<Target, DecisionError> {
+        let max = match target {
+            Target::Ip(_) => return Ok(target),
+            Target::Range(IpNet::V4(_)) => self.max_range_v4,
+            Target::Range(IpNet::V6(_)) => self.max_range_v6,
+        };
+        match target {
+            Target::Range(range) if range.prefix_len() < max => {
+                Err(DecisionError::TooWide { range, max })
+            }
+            _ => Ok(target),
+        }
+    }
+}
+
+/// Origin names kept as they are beyond [`MAX_ORIGINS`]: CrowdSec's own.
+pub const KNOWN_ORIGINS: [&str; 6] = [
+    "crowdsec",
+    "cscli",
+    "cscli-import",
+    "CAPI",
+    "lists",
+    "relay",
+];
+
+/// Other distinct origin names kept; later ones are enforced under [`OTHER_ORIGIN`], so the
+/// LAPI cannot grow the origin labels of metrics and tables without bound.
+pub const MAX_ORIGINS: usize = 16;
+
+/// The origin decisions beyond [`MAX_ORIGINS`] are kept under.
+pub const OTHER_ORIGIN: &str = "other";
+
+/// Longest origin name kept.
+const ORIGIN_CHARS: usize = 64;
+
+/// The origin names admitted so far (for the life of the process, so labels do not churn).
+#[derive(Debug, Default)]
+struct Origins {
+    admitted: BTreeSet<String>,
+}
+
+impl Origins {
+    /// The name `origin` is enforced and counted under.
+    fn label(&mut self, origin: &str) -> String {
+        let name = printable(origin, ORIGIN_CHARS);
+        if name.is_empty() {
+            return OTHER_ORIGIN.to_owned();
+        }
+        if KNOWN_ORIGINS.contains(&name.as_str()) || self.admitted.contains(&name) {
+            return name;
+        }
+        if self.admitted.len() < MAX_ORIGINS {
+            self.admitted.insert(name.clone());
+            return name;
+        }
+        OTHER_ORIGIN.to_owned()
+    }
 }
 
 /// How far a full pull may move an expiry before the entry is rewritten.
@@ -131,10 +256,46 @@ pub struct Batch {
     pub changes: Vec<Change>,
     /// Decisions of another type than `ban` (captcha, ...), not enforced.
     pub ignored: u64,
-    /// Decisions that could not be parsed; the first error is kept for the log.
-    pub invalid: u64,
-    /// The first parse error.
-    pub first_error: Option<DecisionError>,
+    /// Decisions rejected, by kind ([`DecisionError::kind`]): how many, and the first.
+    pub rejected: BTreeMap<&'static str, (u64, Rejected)>,
+}
+
+impl Batch {
+    fn reject(&mut self, error: DecisionError, d: &Decision) {
+        let kind = error.kind();
+        let (n, _) = self.rejected.entry(kind).or_insert_with(|| {
+            (
+                0,
+                Rejected {
+                    error,
+                    origin: printable(&d.origin, ORIGIN_CHARS),
+                    scenario: printable(&d.scenario, 128),
+                },
+            )
+        });
+        *n += 1;
+    }
+}
+
+/// A rejected decision, for the log: only printable text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Why.
+    pub error: DecisionError,
+    /// Its origin.
+    pub origin: String,
+    /// Its scenario.
+    pub scenario: String,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (origin `{}`, scenario `{}`)",
+            self.error, self.origin, self.scenario
+        )
+    }
 }
 
 /// The decisions in force, by (scope, value).
@@ -142,16 +303,19 @@ pub struct Batch {
 pub struct Decisions {
     entries: HashMap<Target, Entry>,
     by_origin: BTreeMap<String, u64>,
-}
-
-/// A decision parsed: its target, origin and remaining time.
-struct Parsed {
-    target: Target,
-    origin: String,
-    remaining: Duration,
+    limits: Limits,
+    origins: Origins,
 }
 
 impl Decisions {
+    /// No decisions yet; later ones are checked against `limits`.
+    pub fn new(limits: Limits) -> Decisions {
+        Decisions {
+            limits,
+            ..Decisions::default()
+        }
+    }
+
     /// Number of decisions in force.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -181,7 +345,7 @@ impl Decisions {
         if startup {
             let mut fresh: HashMap<Target, Entry> = HashMap::new();
             for d in stream.new.unwrap_or_default() {
-                let Some((target, entry)) = live(&d, now_ns, &mut batch) else {
+                let Some((target, entry)) = self.live(&d, now_ns, &mut batch) else {
                     continue;
                 };
                 match fresh.get(&target) {
@@ -215,12 +379,17 @@ impl Decisions {
             return batch;
         }
         for d in stream.deleted.unwrap_or_default() {
-            if let Some(p) = parse(&d, &mut batch) {
-                self.remove(p.target, &mut batch.changes);
+            // Nothing to count here: a value that does not parse was rejected, and counted,
+            // when it came as new.
+            if d.kind != "ban" {
+                continue;
+            }
+            if let Ok(target) = Target::parse(&d.scope, &d.value) {
+                self.remove(target, &mut batch.changes);
             }
         }
         for d in stream.new.unwrap_or_default() {
-            let Some((target, entry)) = live(&d, now_ns, &mut batch) else {
+            let Some((target, entry)) = self.live(&d, now_ns, &mut batch) else {
                 continue;
             };
             if self
@@ -275,6 +444,33 @@ impl Decisions {
         }
     }
 
+    /// A `new` decision as the entry to enforce from `now_ns`; `None` if it is not a ban, is
+    /// rejected (counted in `batch`) or has already ended.
+    fn live(&mut self, d: &Decision, now_ns: u64, batch: &mut Batch) -> Option<(Target, Entry)> {
+        if d.kind != "ban" {
+            batch.ignored += 1;
+            return None;
+        }
+        let parsed = Target::parse(&d.scope, &d.value)
+            .and_then(|target| self.limits.check(target))
+            .and_then(|target| Ok((target, duration::parse(&d.duration)?.remaining())));
+        let (target, remaining) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                batch.reject(e, d);
+                return None;
+            }
+        };
+        if remaining.is_zero() {
+            return None;
+        }
+        let entry = Entry {
+            origin: self.origins.label(&d.origin),
+            expires_ns: expiry(now_ns, remaining),
+        };
+        Some((target, entry))
+    }
+
     fn uncount(&mut self, origin: &str) {
         if let Some(n) = self.by_origin.get_mut(origin) {
             *n -= 1;
@@ -283,45 +479,6 @@ impl Decisions {
             }
         }
     }
-}
-
-/// A `ban` decision's target, origin and time left; other types and bad items are counted in
-/// `batch` and skipped.
-fn parse(d: &Decision, batch: &mut Batch) -> Option<Parsed> {
-    if d.kind != "ban" {
-        batch.ignored += 1;
-        return None;
-    }
-    let parsed = Target::parse(&d.scope, &d.value).and_then(|target| {
-        let remaining = duration::parse(&d.duration)?.remaining();
-        Ok(Parsed {
-            target,
-            origin: d.origin.chars().take(64).collect(),
-            remaining,
-        })
-    });
-    match parsed {
-        Ok(p) => Some(p),
-        Err(e) => {
-            batch.invalid += 1;
-            batch.first_error.get_or_insert(e);
-            None
-        }
-    }
-}
-
-/// A `new` decision as the entry to enforce from `now_ns`; `None` (counted in `batch` by
-/// [`parse`]) if relay cannot enforce it, or `None` if it has already ended.
-fn live(d: &Decision, now_ns: u64, batch: &mut Batch) -> Option<(Target, Entry)> {
-    let p = parse(d, batch)?;
-    if p.remaining.is_zero() {
-        return None;
-    }
-    let entry = Entry {
-        origin: p.origin,
-        expires_ns: expiry(now_ns, p.remaining),
-    };
-    Some((p.target, entry))
 }
 
 fn expiry(now_ns: u64, remaining: Duration) -> u64 {
@@ -547,10 +704,20 @@ mod tests {
             false,
             0,
         );
-        assert_eq!(batch.invalid, 3);
+        let counts: Vec<(&str, u64)> = batch.rejected.iter().map(|(k, (n, _))| (*k, *n)).collect();
+        assert_eq!(
+            counts,
+            [("bad_duration", 1), ("bad_scope", 1), ("bad_value", 1)]
+        );
         assert!(matches!(
-            batch.first_error,
-            Some(DecisionError::Scope { .. })
+            batch.rejected.get("bad_scope"),
+            Some((
+                _,
+                Rejected {
+                    error: DecisionError::Scope { .. },
+                    ..
+                }
+            ))
         ));
         assert!(
             state.get(&range("198.18.3.0/24")).is_some(),
@@ -570,6 +737,106 @@ mod tests {
             }]
         );
         assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn ranges_wider_than_the_limits_are_rejected() {
+        let mut state = Decisions::default();
+        let batch = state.apply(
+            stream(
+                vec![
+                    d("Range", "0.0.0.0/0", "1h", "cscli"),
+                    d("Range", "::/0", "1h", "cscli"),
+                    d("Range", "10.0.0.0/7", "1h", "cscli"),
+                    d("Range", "2001:db8::/31", "1h", "cscli"),
+                    d("Range", "11.0.0.0/8", "1h", "cscli"),
+                    d("Range", "2001:db8::/32", "1h", "cscli"),
+                    d("Range", "198.18.1.5/32", "1h", "cscli"),
+                    d("Ip", "198.18.1.6", "1h", "cscli"),
+                ],
+                vec![],
+            ),
+            true,
+            0,
+        );
+        assert_eq!(batch.rejected.get("wide_range").map(|(n, _)| *n), Some(4));
+        assert_eq!(batch.rejected.len(), 1);
+        assert_eq!(state.len(), 4);
+        assert!(state.get(&range("0.0.0.0/0")).is_none());
+        assert!(state.get(&range("11.0.0.0/8")).is_some());
+        assert_eq!(
+            batch.rejected["wide_range"].1.error.to_string(),
+            "range 0.0.0.0/0 is wider than /8, the widest relay accepts"
+        );
+        // The bounds are the operator's: 0 accepts everything, 32 no IPv4 range but a host.
+        let mut open = Decisions::new(Limits {
+            max_range_v4: 0,
+            max_range_v6: 128,
+        });
+        let batch = open.apply(
+            stream(
+                vec![
+                    d("Range", "0.0.0.0/0", "1h", "cscli"),
+                    d("Range", "2001:db8::/64", "1h", "cscli"),
+                    d("Range", "2001:db8::1/128", "1h", "cscli"),
+                ],
+                vec![],
+            ),
+            false,
+            0,
+        );
+        assert_eq!(open.len(), 2);
+        assert_eq!(batch.rejected["wide_range"].0, 1);
+    }
+
+    #[test]
+    fn printable_text_only() {
+        for (raw, clean) in [
+            ("cscli", "cscli"),
+            ("lists:firehol_level1", "lists:firehol_level1"),
+            ("a\u{1b}[31mred\u{1b}[0m", "a[31mred[0m"),
+            ("line\r\nINFO forged", "lineINFO forged"),
+            ("nul\0tab\tdel\u{7f}c1\u{85}", "nultabdelc1"),
+            ("bidi\u{202e}txt.exe\u{2066}\u{2028}", "biditxt.exe"),
+            ("ünïcödé ok", "ünïcödé ok"),
+        ] {
+            assert_eq!(printable(raw, 64), clean, "{raw:?}");
+        }
+        assert_eq!(printable(&"x".repeat(100), 64).len(), 64);
+    }
+
+    #[test]
+    fn origins_are_printable_and_few() {
+        let mut state = Decisions::default();
+        let mut new = vec![
+            d("Ip", "198.18.0.1", "1h", "evil\u{1b}[2J\norigin"),
+            d("Ip", "198.18.0.2", "1h", "\u{7}"),
+        ];
+        for i in 0..30 {
+            new.push(d("Ip", &format!("198.18.1.{i}"), "1h", &format!("o{i}")));
+        }
+        for (i, known) in KNOWN_ORIGINS.iter().enumerate() {
+            new.push(d("Ip", &format!("198.18.2.{i}"), "1h", known));
+        }
+        state.apply(stream(new, vec![]), false, 0);
+        let labels: Vec<&String> = state.by_origin().keys().collect();
+        assert!(labels.iter().all(|o| !o.chars().any(char::is_control)));
+        assert!(state.by_origin().contains_key("evil[2Jorigin"));
+        // 16 others (the cleaned one among them), CrowdSec's own names, and "other".
+        assert_eq!(
+            labels.len(),
+            MAX_ORIGINS + KNOWN_ORIGINS.len() + 1,
+            "{labels:?}"
+        );
+        assert_eq!(
+            state.by_origin().get(OTHER_ORIGIN),
+            Some(&(32 - MAX_ORIGINS as u64))
+        );
+        assert_eq!(state.by_origin().values().sum::<u64>(), 32 + 6);
+        assert_eq!(
+            state.get(&ip("198.18.1.29")).map(|e| e.origin.as_str()),
+            Some(OTHER_ORIGIN)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod client;
 pub mod decisions;
 pub mod duration;
 pub mod publish;
+pub mod rejects;
 #[cfg(test)]
 mod scripted_lapi;
 
@@ -120,6 +121,7 @@ pub struct Status {
     publish_failed: AtomicU64,
     publish_dropped: AtomicU64,
     decisions: Mutex<BTreeMap<String, u64>>,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Status {
@@ -149,7 +151,21 @@ impl Status {
             published: self.published.load(Ordering::Relaxed),
             publish_failed: self.publish_failed.load(Ordering::Relaxed),
             publish_dropped: self.publish_dropped.load(Ordering::Relaxed),
+            rejected: self
+                .rejected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(kind, n)| ((*kind).to_owned(), *n))
+                .collect(),
         })
+    }
+
+    /// Counts `n` rejections of `kind` (see [`decisions::REJECTION_KINDS`]).
+    fn rejected(&self, kind: &'static str, n: u64) {
+        let mut rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        let count = rejected.entry(kind).or_insert(0);
+        *count = count.saturating_add(n);
     }
 
     fn set_decisions(&self, by_origin: &BTreeMap<String, u64>) {
@@ -216,6 +232,12 @@ pub fn start(
         poll_interval: config.poll_interval,
         resync: config.resync,
         origins: config.origins.clone(),
+        limits: decisions::Limits {
+            max_range_v4: config.max_range_v4,
+            max_range_v6: config.max_range_v6,
+        },
+        max_decisions: config.max_decisions,
+        max_body_bytes: config.max_body_bytes,
     };
     tasks.push(tokio::spawn(bouncer::run(lapi, shield, status, settings)));
     tracing::info!(

@@ -2,7 +2,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -56,4 +59,35 @@ pub async fn scripted_lapi(script: Vec<(u16, &'static str)>) -> (String, Arc<Mut
         }
     });
     (url, seen)
+}
+
+/// Listens on 127.0.0.1 and answers every request with a decision stream that never ends
+/// (no length, valid decisions for as long as the client reads, at most 1 GiB); returns the
+/// base URL and the body bytes written so far.
+pub async fn endless_lapi() -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let written = Arc::new(AtomicU64::new(0));
+    let count = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let _ = s.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"deleted\":null,\"new\":[";
+            if s.write_all(head.as_bytes()).await.is_err() {
+                continue;
+            }
+            let item = r#"{"duration":"1h","origin":"lists","scenario":"t","scope":"Ip","type":"ban","value":"198.19.0.1"},"#;
+            let chunk = item.repeat((64 << 10) / item.len());
+            for _ in 0..(1usize << 30) / chunk.len() {
+                if s.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+                count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    (url, written)
 }

@@ -262,23 +262,24 @@ pub fn stats(s: &Stats) -> String {
     }
     if let Some(cs) = &s.crowdsec {
         let total: u64 = cs.decisions.values().sum();
-        summary.push((
-            "crowdsec",
-            format!(
-                "{}, {total} decisions ({}), {} pulls ({} failed), {} bans published ({} failed, {} dropped)",
-                if cs.up { "up" } else { "DOWN" },
-                if cs.decisions.is_empty() {
-                    "none".to_owned()
-                } else {
-                    nonzero(&cs.decisions)
-                },
-                cs.pulls,
-                cs.pull_failures,
-                cs.published,
-                cs.publish_failed,
-                cs.publish_dropped
-            ),
-        ));
+        let mut line = format!(
+            "{}, {total} decisions ({}), {} pulls ({} failed), {} bans published ({} failed, {} dropped)",
+            if cs.up { "up" } else { "DOWN" },
+            if cs.decisions.is_empty() {
+                "none".to_owned()
+            } else {
+                nonzero(&cs.decisions)
+            },
+            cs.pulls,
+            cs.pull_failures,
+            cs.published,
+            cs.publish_failed,
+            cs.publish_dropped
+        );
+        if cs.rejected.values().any(|n| *n > 0) {
+            line.push_str(&format!(", rejected {}", nonzero(&cs.rejected)));
+        }
+        summary.push(("crowdsec", line));
     }
     let mut out = pairs(&summary);
     if !s.verdicts.is_empty() {
@@ -487,12 +488,13 @@ CIDR                     SOURCE    EXPIRES  REASON
             pull_failures: 2,
             published: 4,
             publish_dropped: 1,
+            rejected: BTreeMap::from([("wide_range".to_owned(), 2), ("too_many".to_owned(), 0)]),
             ..Default::default()
         });
         let text = stats(&s);
         assert!(
             text.contains(
-                "DOWN, 4 decisions (cscli 3, relay 1), 9 pulls (2 failed), 4 bans published (0 failed, 1 dropped)"
+                "DOWN, 4 decisions (cscli 3, relay 1), 9 pulls (2 failed), 4 bans published (0 failed, 1 dropped), rejected wide_range 2"
             ),
             "{text}"
         );
