@@ -944,4 +944,75 @@ mod tests {
             [BanAction::Front]
         );
     }
+
+    #[test]
+    fn prefix_bans_drop_or_front_the_whole_prefix_and_lift_cleanly() {
+        let mut shield = userspace();
+        let v4 = PrefixKey::from("198.18.3.9".parse::<IpAddr>().expect("ip"));
+        let v6 = PrefixKey::from("2001:db8:7::1".parse::<IpAddr>().expect("ip"));
+        let ttl = Some(Duration::from_secs(60));
+        shield
+            .ban_prefix(v4, BanReason::BadSecret, BanAction::Drop, ttl, 100)
+            .expect("drop ban");
+        shield
+            .ban_prefix(v6, BanReason::Garbage, BanAction::Front, ttl, 100)
+            .expect("front ban");
+        // Every address of the prefix, not only the ones that offended.
+        assert_eq!(verdict(&shield, "198.18.3.200"), Verdict::BlockedCidr);
+        assert_eq!(verdict(&shield, "198.18.4.1"), Verdict::Passed);
+        assert_eq!(
+            verdict(&shield, "2001:db8:7:ffff::1"),
+            Verdict::BannedFronted
+        );
+        assert_eq!(verdict(&shield, "2001:db8:8::1"), Verdict::Passed);
+        // The drop ban is a block list entry of its own source; listed with the bans.
+        assert_eq!(
+            shield.prefixes(PrefixList::Block),
+            vec![(
+                "198.18.3.0/24".parse::<Cidr>().expect("cidr"),
+                ListSource::Misuse
+            )]
+        );
+        let listed: Vec<String> = shield.bans().map(|b| b.target.to_string()).collect();
+        assert_eq!(listed, ["198.18.3.0/24", "2001:db8:7::/48"]);
+        // An operator block of the same /24 outlives the ban.
+        shield
+            .set_prefixes(
+                PrefixList::Block,
+                ListSource::Operator,
+                cidrs(&["198.18.3.0/24"]),
+            )
+            .expect("operator block");
+        assert!(shield.lift(BanTarget::Prefix(v4)).is_some());
+        assert_eq!(verdict(&shield, "198.18.3.200"), Verdict::BlockedCidr);
+        shield
+            .set_prefixes(PrefixList::Block, ListSource::Operator, BTreeSet::new())
+            .expect("operator unblock");
+        assert_eq!(verdict(&shield, "198.18.3.200"), Verdict::Passed);
+        // Lapsed: swept like an address ban.
+        let expired = shield.expire_bans(u64::MAX);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(verdict(&shield, "2001:db8:7::1"), Verdict::Passed);
+        assert_eq!(shield.bans().count(), 0);
+    }
+
+    #[test]
+    fn ban_targets_parse_addresses_and_misuse_prefixes_only() {
+        let parse = |s: &str| s.parse::<BanTarget>();
+        assert_eq!(
+            parse("198.18.0.0/24").map(|t| t.to_string()),
+            Ok("198.18.0.0/24".to_owned())
+        );
+        assert_eq!(
+            parse("2001:db8:1:2::/48").map(|t| t.to_string()),
+            Ok("2001:db8:1::/48".to_owned())
+        );
+        assert_eq!(
+            parse("::ffff:198.18.0.1"),
+            Ok(BanTarget::Addr("198.18.0.1".parse().expect("ip")))
+        );
+        assert!(parse("198.18.0.0/16").is_err());
+        assert!(parse("2001:db8::/64").is_err());
+        assert!(parse("banana").is_err());
+    }
 }
