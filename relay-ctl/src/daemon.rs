@@ -660,18 +660,25 @@ impl Daemon {
                     Ok(c) => c,
                     Err(message) => return bad_request(message),
                 };
-                // Said up front: removing CrowdSec's entry is for CrowdSec, not this command.
-                let crowdsec = self
+                // Said up front: CrowdSec's entries are removed in CrowdSec, prefix bans with
+                // `bans rm`, not with this command.
+                let other = self
                     .shield
                     .read()
                     .await
                     .prefixes(PrefixList::Block)
                     .into_iter()
-                    .find(|(c, s)| *c == cidr && matches!(s, ListSource::CrowdSec(_)))
+                    .find(|(c, s)| {
+                        *c == cidr && matches!(s, ListSource::CrowdSec(_) | ListSource::Misuse)
+                    })
                     .map(|(_, s)| s);
                 self.change_lists(|lists| match lists.block.remove(&cidr.to_string()) {
                     Some(_) => Ok(Reply::Done),
-                    None => Err(match crowdsec {
+                    None => Err(match other {
+                        Some(ListSource::Misuse) => format!(
+                            "{cidr} is not an operator block; it is a prefix ban: \
+                             relay-ctl bans rm {cidr}"
+                        ),
                         Some(source) => format!(
                             "{cidr} is not an operator block; it is a CrowdSec decision \
                              ({source}): delete it in CrowdSec (cscli decisions delete --range {cidr})"

@@ -1435,6 +1435,8 @@ fn a_24_of_bad_clients_is_banned_as_a_prefix_and_the_ban_persists() {
     assert!(!log.contains("panicked"), "{log}");
     let relay = restart(&text);
     expect_listed(&relay);
+    let out = cli(&relay, &["block", "rm", "127.0.0.0/24"]);
+    assert!(out.stderr.contains("bans rm 127.0.0.0/24"), "{out:?}");
     let out = cli(&relay, &["bans", "rm", "127.0.0.9"]);
     assert!(out.stderr.contains("127.0.0.0/24"), "{out:?}");
     assert_eq!(

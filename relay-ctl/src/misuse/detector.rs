@@ -7,7 +7,7 @@
 //! The estimate is Cloudflare's two-counter sliding window: `prev × (1 − elapsed/window) + cur`.
 //! State for a key lives only as long as its two windows. Each level holds at most
 //! `max_sources` keys; a new key in a full table evicts the least recently seen one, so every
-//! event costs a bounded amount of work however the table is filled (see [`lru`]).
+//! event costs a bounded amount of work however the table is filled.
 
 mod lru;
 
