@@ -331,8 +331,9 @@ fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         })
 }
 
-/// `[misuse]`: per-source thresholds per window; crossing one bans the source (IPv4 address,
-/// IPv6 /64) for `ban_secs`. 0 disables a threshold.
+/// `[misuse]`: thresholds per window; crossing one bans the source (IPv4 address, IPv6 /64)
+/// for `ban_secs`. The `prefix_*` thresholds count all sources of an IPv4 /24 or IPv6 /48
+/// together and ban the whole prefix. 0 disables a threshold.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Misuse {
@@ -352,7 +353,20 @@ pub struct Misuse {
     pub garbage: u32,
     /// New connections per window.
     pub connections: u32,
-    /// Most sources tracked at once (memory bound: about 100 bytes each).
+    /// Bad secrets or MACs per window from one /24 or /48.
+    pub prefix_bad_secret: u32,
+    /// Unknown SNIs per window from one /24 or /48.
+    pub prefix_unknown_sni: u32,
+    /// Replays per window from one /24 or /48.
+    pub prefix_replay: u32,
+    /// Handshake timeouts per window from one /24 or /48.
+    pub prefix_timeout: u32,
+    /// Garbage connections per window from one /24 or /48.
+    pub prefix_garbage: u32,
+    /// New connections per window from one /24 or /48.
+    pub prefix_connections: u32,
+    /// Most sources, and most prefixes, tracked at once (memory bound: about 100 bytes each);
+    /// beyond it the least recently seen is forgotten.
     pub max_sources: usize,
     /// What a ban for a prober's offence (bad secret, unknown SNI, replay, timeout, garbage)
     /// does: `front` (its connections get the mask site) or `drop` (in the kernel).
@@ -386,6 +400,14 @@ impl Default for Misuse {
             timeout: 20,
             garbage: 10,
             connections: 1200,
+            // Ten times a source's: a CGNAT /24 of many genuine users is not banned by a few
+            // bad clients.
+            prefix_bad_secret: 100,
+            prefix_unknown_sni: 100,
+            prefix_replay: 30,
+            prefix_timeout: 200,
+            prefix_garbage: 100,
+            prefix_connections: 12_000,
             max_sources: 100_000,
             action: ProbeBanAction::Front,
             banned_syn_rate_per_sec: 2,
@@ -403,15 +425,25 @@ impl Misuse {
         }
     }
 
-    /// The detector's thresholds.
-    pub fn thresholds(&self) -> crate::misuse::Thresholds {
-        crate::misuse::Thresholds {
-            bad_secret: self.bad_secret,
-            unknown_sni: self.unknown_sni,
-            replay: self.replay,
-            timeout: self.timeout,
-            garbage: self.garbage,
-            connections: self.connections,
+    /// The detector's thresholds, per source and per prefix.
+    pub fn thresholds(&self) -> crate::misuse::Levels {
+        crate::misuse::Levels {
+            source: crate::misuse::Thresholds {
+                bad_secret: self.bad_secret,
+                unknown_sni: self.unknown_sni,
+                replay: self.replay,
+                timeout: self.timeout,
+                garbage: self.garbage,
+                connections: self.connections,
+            },
+            prefix: crate::misuse::Thresholds {
+                bad_secret: self.prefix_bad_secret,
+                unknown_sni: self.prefix_unknown_sni,
+                replay: self.prefix_replay,
+                timeout: self.prefix_timeout,
+                garbage: self.prefix_garbage,
+                connections: self.prefix_connections,
+            },
         }
     }
 }

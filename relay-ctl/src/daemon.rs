@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     path::PathBuf,
     str::FromStr,
     sync::{
@@ -40,7 +39,7 @@ use crate::{
         mask_target::MaskTarget,
         stats::RelayStats,
     },
-    shield::{Enforcement, ListSource, Shield},
+    shield::{BanTarget, Enforcement, ListSource, Shield},
     state::StateError,
     users,
     xdp::PrefixList,
@@ -300,8 +299,8 @@ impl Daemon {
                 let misuse = self.config().misuse.clone();
                 let mut shield = self.shield.write().await;
                 for ban in bans {
-                    let (Ok(addr), Some(reason)) = (
-                        ban.addr.parse::<IpAddr>(),
+                    let (Ok(target), Some(reason)) = (
+                        ban.addr.parse::<BanTarget>(),
                         BanReason::ALL.into_iter().find(|r| r.name() == ban.reason),
                     ) else {
                         tracing::warn!(addr = ban.addr, "state: skipping unreadable ban");
@@ -318,8 +317,14 @@ impl Daemon {
                         .as_deref()
                         .and_then(|name| BanAction::ALL.into_iter().find(|a| a.name() == name))
                         .unwrap_or_else(|| misuse.action_for(reason));
-                    if let Err(e) = shield.ban(addr, reason, action, ttl, ban.count) {
-                        tracing::error!(%addr, "restoring ban: {e}");
+                    let restored = match target {
+                        BanTarget::Addr(addr) => shield.ban(addr, reason, action, ttl, ban.count),
+                        BanTarget::Prefix(prefix) => {
+                            shield.ban_prefix(prefix, reason, action, ttl, ban.count)
+                        }
+                    };
+                    if let Err(e) = restored {
+                        tracing::error!(%target, "restoring ban: {e}");
                     }
                 }
             }
@@ -447,7 +452,7 @@ impl Daemon {
             .await
             .bans()
             .map(|b| SavedBan {
-                addr: b.addr.to_string(),
+                addr: b.target.to_string(),
                 reason: b.reason.name().to_owned(),
                 action: Some(b.action.name().to_owned()),
                 count: b.count,
@@ -659,18 +664,25 @@ impl Daemon {
                     Ok(c) => c,
                     Err(message) => return bad_request(message),
                 };
-                // Said up front: removing CrowdSec's entry is for CrowdSec, not this command.
-                let crowdsec = self
+                // Said up front: CrowdSec's entries are removed in CrowdSec, prefix bans with
+                // `bans rm`, not with this command.
+                let other = self
                     .shield
                     .read()
                     .await
                     .prefixes(PrefixList::Block)
                     .into_iter()
-                    .find(|(c, s)| *c == cidr && matches!(s, ListSource::CrowdSec(_)))
+                    .find(|(c, s)| {
+                        *c == cidr && matches!(s, ListSource::CrowdSec(_) | ListSource::Misuse)
+                    })
                     .map(|(_, s)| s);
                 self.change_lists(|lists| match lists.block.remove(&cidr.to_string()) {
                     Some(_) => Ok(Reply::Done),
-                    None => Err(match crowdsec {
+                    None => Err(match other {
+                        Some(ListSource::Misuse) => format!(
+                            "{cidr} is not an operator block; it is a prefix ban: \
+                             relay-ctl bans rm {cidr}"
+                        ),
                         Some(source) => format!(
                             "{cidr} is not an operator block; it is a CrowdSec decision \
                              ({source}): delete it in CrowdSec (cscli decisions delete --range {cidr})"
@@ -739,7 +751,7 @@ impl Daemon {
                 let mut bans: Vec<BanInfo> = shield
                     .bans()
                     .map(|b| BanInfo {
-                        addr: b.addr.to_string(),
+                        addr: b.target.to_string(),
                         reason: b.reason.name().to_owned(),
                         action: b.action.name().to_owned(),
                         count: b.count,
@@ -767,12 +779,22 @@ impl Daemon {
                 }
             }
             Request::BansRm { addr } => {
-                let Ok(addr) = addr.parse::<IpAddr>() else {
-                    return bad_request(format!("`{addr}` is not an IP address"));
+                let target = match addr.parse::<BanTarget>() {
+                    Ok(target) => target,
+                    Err(e) => return bad_request(e),
                 };
                 let mut shield = self.shield.write().await;
-                let removed = shield.unban(addr);
+                let removed = shield.lift(target);
                 if removed.is_none() {
+                    let BanTarget::Addr(addr) = target else {
+                        return not_found(format!("no ban on {target}"));
+                    };
+                    if let Some(prefix) = shield.prefix_ban_covering(addr) {
+                        return not_found(format!(
+                            "{addr} has no ban of its own; the prefix ban on {} covers it",
+                            prefix.target
+                        ));
+                    }
                     if let Some(cs) = shield.crowdsec_ban(addr) {
                         return not_found(format!(
                             "{addr} is banned by CrowdSec (origin {}), not by relay: delete the \
@@ -788,10 +810,10 @@ impl Daemon {
             Request::BansClear => {
                 let changed = {
                     let mut shield = self.shield.write().await;
-                    let addrs: Vec<IpAddr> = shield.bans().map(|b| b.addr).collect();
-                    addrs
+                    let targets: Vec<BanTarget> = shield.bans().map(|b| b.target).collect();
+                    targets
                         .into_iter()
-                        .filter(|a| shield.unban(*a).is_some())
+                        .filter(|t| shield.lift(*t).is_some())
                         .count()
                 };
                 match self.persist_bans().await {

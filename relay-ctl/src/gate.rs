@@ -40,6 +40,65 @@ impl From<IpAddr> for SourceKey {
     }
 }
 
+/// The coarser key of the misuse detector and of prefix bans: an IPv4 /24 or an IPv6 /48, the
+/// networks one operator commonly holds, so many addresses of one prober count together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PrefixKey {
+    /// The first three bytes of an IPv4 address.
+    V4([u8; 3]),
+    /// The first six bytes of an IPv6 address.
+    V6([u8; 6]),
+}
+
+impl PrefixKey {
+    /// Prefix length of an IPv4 key.
+    pub const V4_LEN: u8 = 24;
+    /// Prefix length of an IPv6 key.
+    pub const V6_LEN: u8 = 48;
+
+    /// The network this key stands for.
+    pub fn net(self) -> ipnet::IpNet {
+        match self {
+            PrefixKey::V4([a, b, c]) => ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(a, b, c, 0), Self::V4_LEN)
+                    .unwrap_or_default(),
+            ),
+            PrefixKey::V6(bytes) => {
+                let mut octets = [0u8; 16];
+                octets[..6].copy_from_slice(&bytes);
+                ipnet::IpNet::V6(
+                    ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(octets), Self::V6_LEN)
+                        .unwrap_or_default(),
+                )
+            }
+        }
+    }
+
+    /// The key of `net` if it is exactly an IPv4 /24 or an IPv6 /48 (host bits ignored).
+    pub fn of_net(net: ipnet::IpNet) -> Option<PrefixKey> {
+        let len = match net {
+            ipnet::IpNet::V4(_) => Self::V4_LEN,
+            ipnet::IpNet::V6(_) => Self::V6_LEN,
+        };
+        (net.prefix_len() == len).then(|| PrefixKey::from(net.addr()))
+    }
+}
+
+impl From<SourceKey> for PrefixKey {
+    fn from(source: SourceKey) -> Self {
+        match source {
+            SourceKey::V4([a, b, c, _]) => PrefixKey::V4([a, b, c]),
+            SourceKey::V6(p) => PrefixKey::V6([p[0], p[1], p[2], p[3], p[4], p[5]]),
+        }
+    }
+}
+
+impl From<IpAddr> for PrefixKey {
+    fn from(addr: IpAddr) -> Self {
+        PrefixKey::from(SourceKey::from(addr.to_canonical()))
+    }
+}
+
 /// Lists, bans, limiter state and verdict counters for the userspace fallback.
 #[derive(Debug, Default)]
 pub struct Gate {
@@ -54,6 +113,8 @@ struct Lists {
     allow: PrefixSet,
     block: PrefixSet,
     bans: HashMap<SourceKey, BanEntry>,
+    /// Prefix bans with the front action (those that drop are block list entries).
+    front_prefixes: HashMap<PrefixKey, BanEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +179,16 @@ impl Gate {
             .is_some()
     }
 
+    /// Adds or replaces a front-ban of a whole prefix, checked at accept in both modes.
+    pub fn ban_prefix(&self, prefix: PrefixKey, entry: BanEntry) {
+        self.lists().front_prefixes.insert(prefix, entry);
+    }
+
+    /// Lifts a front-ban of a prefix.
+    pub fn unban_prefix(&self, prefix: PrefixKey) {
+        self.lists().front_prefixes.remove(&prefix);
+    }
+
     /// Decides on a new connection from `source` at `now_ns` and counts the verdict.
     pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
         let verdict = self.decide(source, now_ns);
@@ -147,17 +218,23 @@ impl Gate {
     /// The list checks alone (allow, ban, block), without the limiters and without counting:
     /// a front-banned source gets [`Verdict::BannedFronted`] without spending its budget.
     /// With XDP attached this re-checks at accept what the kernel could not see: a SYN behind
-    /// IPv6 extension headers or split across IPv4 fragments passes XDP unparsed.
+    /// IPv6 extension headers or split across IPv4 fragments passes XDP unparsed; and it is
+    /// where front-bans of prefixes are enforced in both modes (the kernel has no map for them).
     pub fn check_lists(&self, source: IpAddr, now_ns: u64) -> Option<Verdict> {
         let source = source.to_canonical();
         let lists = self.lists();
         if lists.allow.contains(source) {
             return Some(Verdict::Allowlisted);
         }
-        let ban = lists
-            .bans
-            .get(&SourceKey::from(source))
-            .filter(|b| b.active_at(now_ns));
+        let key = SourceKey::from(source);
+        let active = |b: &&BanEntry| b.active_at(now_ns);
+        // The source's own ban, else a front-ban of its prefix.
+        let ban = lists.bans.get(&key).filter(active).or_else(|| {
+            lists
+                .front_prefixes
+                .get(&PrefixKey::from(key))
+                .filter(active)
+        });
         match ban {
             Some(ban) if !ban.fronts() => Some(Verdict::Banned),
             _ if lists.block.contains(source) => Some(Verdict::BlockedCidr),

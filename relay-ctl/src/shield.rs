@@ -15,7 +15,7 @@ use crate::{
     clock::monotonic_ns,
     config::{Cidr, Config},
     crowdsec::decisions::{Change, Target},
-    gate::{Gate, SourceKey},
+    gate::{Gate, PrefixKey, SourceKey},
     prefix_set::PrefixSet,
     xdp::{MapsError, PrefixList, UnratedMarks, XdpProgram},
 };
@@ -44,11 +44,46 @@ impl fmt::Display for Enforcement {
     }
 }
 
+/// What a ban covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanTarget {
+    /// An address (an IPv6 ban covers its /64).
+    Addr(IpAddr),
+    /// A misuse prefix: an IPv4 /24 or IPv6 /48.
+    Prefix(PrefixKey),
+}
+
+impl fmt::Display for BanTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BanTarget::Addr(addr) => addr.fmt(f),
+            BanTarget::Prefix(prefix) => prefix.net().fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for BanTarget {
+    type Err = String;
+
+    /// An address, or an IPv4 /24 or IPv6 /48 (`198.51.100.0/24`, `2001:db8:1::/48`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<IpAddr>() {
+            return Ok(BanTarget::Addr(addr.to_canonical()));
+        }
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .map_err(|_| format!("`{s}` is neither an IP address nor a prefix"))?;
+        PrefixKey::of_net(net)
+            .map(BanTarget::Prefix)
+            .ok_or_else(|| format!("`{s}`: prefix bans are IPv4 /24 or IPv6 /48"))
+    }
+}
+
 /// A ban as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanRecord {
-    /// The address that was banned (IPv6 bans cover its /64).
-    pub addr: IpAddr,
+    /// What was banned.
+    pub target: BanTarget,
     /// Why.
     pub reason: BanReason,
     /// Whether the source is dropped or fronted.
@@ -78,6 +113,8 @@ pub enum ListSource {
     Feed(std::path::PathBuf),
     /// CrowdSec decisions of one origin (`cscli`, `crowdsec`, `CAPI`, `relay`, ...).
     CrowdSec(String),
+    /// Prefix bans of the misuse detector with the drop action (see [`Shield::ban_prefix`]).
+    Misuse,
 }
 
 impl fmt::Display for ListSource {
@@ -87,6 +124,7 @@ impl fmt::Display for ListSource {
             ListSource::Operator => f.write_str("operator"),
             ListSource::Feed(path) => write!(f, "feed:{}", path.display()),
             ListSource::CrowdSec(origin) => write!(f, "crowdsec:{origin}"),
+            ListSource::Misuse => f.write_str("misuse"),
         }
     }
 }
@@ -204,6 +242,8 @@ pub struct Shield {
     allow: SourcedList,
     block: SourcedList,
     bans: BTreeMap<SourceKey, BanRecord>,
+    /// Prefix bans of the misuse detector.
+    prefix_bans: BTreeMap<PrefixKey, BanRecord>,
     /// CrowdSec's IPv4 bans, kept apart from relay's own: both share the kernel ban map (its
     /// entry is the later-ending of the two), and lifting one never lifts the other.
     crowdsec_bans: HashMap<Ipv4Addr, CrowdSecBan>,
@@ -218,6 +258,7 @@ impl Shield {
             allow: SourcedList::default(),
             block: SourcedList::default(),
             bans: BTreeMap::new(),
+            prefix_bans: BTreeMap::new(),
             crowdsec_bans: HashMap::new(),
         }
     }
@@ -347,7 +388,7 @@ impl Shield {
             monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
         });
         let record = BanRecord {
-            addr,
+            target: BanTarget::Addr(addr),
             reason,
             action,
             expires_ns,
@@ -385,6 +426,69 @@ impl Shield {
         }
         self.gate.unban(addr);
         Some(record)
+    }
+
+    /// Bans `prefix` (an IPv4 /24 or IPv6 /48) for `ttl`, or for good with `None`. The ban maps
+    /// hold single sources, so a prefix ban is enforced apart from them: with the drop action
+    /// as a block list entry of source `misuse` (dropped in the kernel, verdict
+    /// `blocked_cidr`), with the front action at accept, where its connections get the mask
+    /// site (the kernel's limiter still applies, the front-ban budget does not).
+    pub fn ban_prefix(
+        &mut self,
+        prefix: PrefixKey,
+        reason: BanReason,
+        action: BanAction,
+        ttl: Option<Duration>,
+        count: u32,
+    ) -> Result<(), MapsError> {
+        let expires_ns = ttl.map_or(BanEntry::NEVER, |ttl| {
+            monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+        });
+        if self.prefix_bans.contains_key(&prefix) {
+            self.unban_prefix(prefix);
+        }
+        match action {
+            BanAction::Drop => {
+                self.insert_block_prefix(ListSource::Misuse, Cidr(prefix.net()))?;
+            }
+            BanAction::Front => self
+                .gate
+                .ban_prefix(prefix, BanEntry::new(expires_ns, reason, action)),
+        }
+        self.prefix_bans.insert(
+            prefix,
+            BanRecord {
+                target: BanTarget::Prefix(prefix),
+                reason,
+                action,
+                expires_ns,
+                count,
+            },
+        );
+        Ok(())
+    }
+
+    /// Lifts the ban on `prefix`; returns it if there was one.
+    pub fn unban_prefix(&mut self, prefix: PrefixKey) -> Option<BanRecord> {
+        let record = self.prefix_bans.remove(&prefix)?;
+        match record.action {
+            BanAction::Drop => self.remove_block_prefix(&ListSource::Misuse, Cidr(prefix.net())),
+            BanAction::Front => self.gate.unban_prefix(prefix),
+        }
+        Some(record)
+    }
+
+    /// Lifts the ban on `target`; returns it if there was one.
+    pub fn lift(&mut self, target: BanTarget) -> Option<BanRecord> {
+        match target {
+            BanTarget::Addr(addr) => self.unban(addr),
+            BanTarget::Prefix(prefix) => self.unban_prefix(prefix),
+        }
+    }
+
+    /// The prefix ban covering `addr`, if any.
+    pub fn prefix_ban_covering(&self, addr: IpAddr) -> Option<&BanRecord> {
+        self.prefix_bans.get(&PrefixKey::from(addr))
     }
 
     /// Writes the kernel (and gate) ban entry of an IPv4 address from relay's own ban and
@@ -511,21 +615,20 @@ impl Shield {
         }
     }
 
-    /// Current bans.
+    /// Current bans: of addresses, then of prefixes.
     pub fn bans(&self) -> impl Iterator<Item = &BanRecord> {
-        self.bans.values()
+        self.bans.values().chain(self.prefix_bans.values())
     }
 
-    /// Removes bans that have lapsed by `now_ns` (they already stopped matching in the kernel)
-    /// and returns them.
+    /// Removes bans that have lapsed by `now_ns` and returns them. Address bans already
+    /// stopped matching in the kernel; a prefix ban with the drop action stops here.
     pub fn expire_bans(&mut self, now_ns: u64) -> Vec<BanRecord> {
-        let expired: Vec<IpAddr> = self
-            .bans
-            .values()
+        let expired: Vec<BanTarget> = self
+            .bans()
             .filter(|b| b.expires_ns <= now_ns)
-            .map(|b| b.addr)
+            .map(|b| b.target)
             .collect();
-        expired.into_iter().filter_map(|a| self.unban(a)).collect()
+        expired.into_iter().filter_map(|t| self.lift(t)).collect()
     }
 
     /// Decides on a connection just accepted from `source`. In kernel mode the program already
@@ -854,5 +957,76 @@ mod tests {
             shield.bans().map(|b| b.action).collect::<Vec<_>>(),
             [BanAction::Front]
         );
+    }
+
+    #[test]
+    fn prefix_bans_drop_or_front_the_whole_prefix_and_lift_cleanly() {
+        let mut shield = userspace();
+        let v4 = PrefixKey::from("198.18.3.9".parse::<IpAddr>().expect("ip"));
+        let v6 = PrefixKey::from("2001:db8:7::1".parse::<IpAddr>().expect("ip"));
+        let ttl = Some(Duration::from_secs(60));
+        shield
+            .ban_prefix(v4, BanReason::BadSecret, BanAction::Drop, ttl, 100)
+            .expect("drop ban");
+        shield
+            .ban_prefix(v6, BanReason::Garbage, BanAction::Front, ttl, 100)
+            .expect("front ban");
+        // Every address of the prefix, not only the ones that offended.
+        assert_eq!(verdict(&shield, "198.18.3.200"), Verdict::BlockedCidr);
+        assert_eq!(verdict(&shield, "198.18.4.1"), Verdict::Passed);
+        assert_eq!(
+            verdict(&shield, "2001:db8:7:ffff::1"),
+            Verdict::BannedFronted
+        );
+        assert_eq!(verdict(&shield, "2001:db8:8::1"), Verdict::Passed);
+        // The drop ban is a block list entry of its own source; listed with the bans.
+        assert_eq!(
+            shield.prefixes(PrefixList::Block),
+            vec![(
+                "198.18.3.0/24".parse::<Cidr>().expect("cidr"),
+                ListSource::Misuse
+            )]
+        );
+        let listed: Vec<String> = shield.bans().map(|b| b.target.to_string()).collect();
+        assert_eq!(listed, ["198.18.3.0/24", "2001:db8:7::/48"]);
+        // An operator block of the same /24 outlives the ban.
+        shield
+            .set_prefixes(
+                PrefixList::Block,
+                ListSource::Operator,
+                cidrs(&["198.18.3.0/24"]),
+            )
+            .expect("operator block");
+        assert!(shield.lift(BanTarget::Prefix(v4)).is_some());
+        assert_eq!(verdict(&shield, "198.18.3.200"), Verdict::BlockedCidr);
+        shield
+            .set_prefixes(PrefixList::Block, ListSource::Operator, BTreeSet::new())
+            .expect("operator unblock");
+        assert_eq!(verdict(&shield, "198.18.3.200"), Verdict::Passed);
+        // Lapsed: swept like an address ban.
+        let expired = shield.expire_bans(u64::MAX);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(verdict(&shield, "2001:db8:7::1"), Verdict::Passed);
+        assert_eq!(shield.bans().count(), 0);
+    }
+
+    #[test]
+    fn ban_targets_parse_addresses_and_misuse_prefixes_only() {
+        let parse = |s: &str| s.parse::<BanTarget>();
+        assert_eq!(
+            parse("198.18.0.0/24").map(|t| t.to_string()),
+            Ok("198.18.0.0/24".to_owned())
+        );
+        assert_eq!(
+            parse("2001:db8:1:2::/48").map(|t| t.to_string()),
+            Ok("2001:db8:1::/48".to_owned())
+        );
+        assert_eq!(
+            parse("::ffff:198.18.0.1"),
+            Ok(BanTarget::Addr("198.18.0.1".parse().expect("ip")))
+        );
+        assert!(parse("198.18.0.0/16").is_err());
+        assert!(parse("2001:db8::/64").is_err());
+        assert!(parse("banana").is_err());
     }
 }

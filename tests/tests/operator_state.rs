@@ -7,6 +7,8 @@
 //! 3. SIGHUP adds a user, who is admitted on the existing listener, while a 32 MiB transfer of
 //!    another user continues byte-exact; a broken config on SIGHUP is rejected with its file and
 //!    line, and the running config keeps working.
+//! 4. A /24 of bad clients, each under its own threshold, is banned as a prefix: enforced for
+//!    every address of it, listed, kept across a restart, lifted by `bans rm PREFIX`.
 //!
 //! Every test runs its own relay on its own port, admin socket and state dir; every wait is
 //! bounded. Tests with the Python clients are skipped with a message when the venv is missing
@@ -1353,4 +1355,103 @@ fn blocklist_feed_is_loaded_enforced_and_reloaded() {
         "new feed entry enforced"
     );
     relay.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Prefix bans
+
+/// Bad secrets from three addresses of one /24, each under its own threshold, ban the /24 at
+/// the prefix threshold: every address of it is dropped, the ban is listed, survives a restart
+/// and is lifted by `bans rm PREFIX`.
+#[test]
+fn a_24_of_bad_clients_is_banned_as_a_prefix_and_the_ban_persists() {
+    let state = tempfile::tempdir().expect("state tempdir");
+    let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"));
+    let users = [UserSpec::new("alice", "")];
+    let extra = format!(
+        "\n[misuse]\nbad_secret = 100\nprefix_bad_secret = 3\naction = \"drop\"\n\n[admin]\nsocket = {:?}\n\n[state]\ndir = {:?}\n",
+        state.path().join("admin.sock").display().to_string(),
+        state.path().join("state").display().to_string(),
+    );
+    let (relay, port, text) = start_on_free_port(|port| config(port, dc.addr, &extra, &users));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let wrong = new_secret();
+    for last in [2, 3, 4] {
+        let from = Ipv4Addr::new(127, 0, 0, last).into();
+        let mut client = rust_client(addr, &wrong, false, from)
+            .unwrap_or_else(|e| panic!("bad handshake from .{last}: {e}"));
+        assert_closed_without_data(&mut client, "bad secret");
+    }
+    let banned = wait_until(Duration::from_secs(10), || {
+        relay
+            .log()
+            .lines()
+            .find(|l| l.contains("prefix banned"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("no prefix ban:\n{}", relay.log()));
+    assert_eq!(field(&banned, "source"), Some("127.0.0.0/24"), "{banned}");
+    assert!(
+        !relay.log().contains("source banned"),
+        "no address crossed its own threshold:\n{}",
+        relay.log()
+    );
+    let expect_listed = |relay: &Relay| {
+        let bans = cli(relay, &["bans", "list", "--json"]).json();
+        let ban = bans["bans"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["addr"] == "127.0.0.0/24"))
+            .unwrap_or_else(|| panic!("prefix ban not listed: {bans}"))
+            .clone();
+        assert_eq!(
+            (ban["reason"].as_str(), ban["action"].as_str()),
+            (Some("bad_secret"), Some("drop"))
+        );
+        assert_eq!(ban["count"], 3, "{ban}");
+    };
+    expect_listed(&relay);
+    // An address that never offended is dropped with the rest of its /24.
+    let mut other = rust_client(
+        addr,
+        users[0].secret.as_str(),
+        false,
+        Ipv4Addr::new(127, 0, 0, 9).into(),
+    )
+    .expect("connects");
+    assert_closed_without_data(&mut other, "address in the banned /24");
+    wait_until(Duration::from_secs(10), || {
+        relay
+            .log()
+            .lines()
+            .any(|l| {
+                l.contains("connection refused") && field(l, "verdict") == Some("blocked_cidr")
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("127.0.0.9 not refused:\n{}", relay.log()));
+
+    // A clean stop saves the bans; the restarted relay has the prefix ban again.
+    let log = relay.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    let relay = restart(&text);
+    expect_listed(&relay);
+    let out = cli(&relay, &["block", "rm", "127.0.0.0/24"]);
+    assert!(out.stderr.contains("bans rm 127.0.0.0/24"), "{out:?}");
+    let out = cli(&relay, &["bans", "rm", "127.0.0.9"]);
+    assert!(out.stderr.contains("127.0.0.0/24"), "{out:?}");
+    assert_eq!(
+        cli(&relay, &["bans", "rm", "127.0.0.0/24"]).ok(),
+        "lifted the ban on 127.0.0.0/24\n"
+    );
+    let mut client = rust_client(
+        addr,
+        users[0].secret.as_str(),
+        false,
+        Ipv4Addr::new(127, 0, 0, 9).into(),
+    )
+    .expect("alice connects after the ban is lifted");
+    rust_echo(&mut client, 4 * KIB).expect("alice echo after the ban is lifted");
+    drop(client);
+    let log = relay.stop();
+    assert!(!log.contains("panicked"), "{log}");
 }

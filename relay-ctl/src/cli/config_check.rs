@@ -50,6 +50,18 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
         config.misuse.banned_syn_rate_per_sec,
         config.misuse.banned_syn_burst
     );
+    let m = &config.misuse;
+    println!(
+        "  prefix bans     per /24 and /48 in {} s: bad secret {}, unknown sni {}, replay {}, \
+         timeout {}, garbage {}, connections {} (0: off)",
+        m.window_secs,
+        m.prefix_bad_secret,
+        m.prefix_unknown_sni,
+        m.prefix_replay,
+        m.prefix_timeout,
+        m.prefix_garbage,
+        m.prefix_connections
+    );
     let modes: Vec<&str> = config.server.modes.iter().map(|m| m.name()).collect();
     println!("  modes           {}", modes.join(", "));
     for line in crate::config::exposure(&config) {

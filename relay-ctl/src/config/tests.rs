@@ -522,3 +522,24 @@ fn misuse_ban_action_defaults_to_front_for_probes_only() {
         "nonzero",
     );
 }
+
+#[test]
+fn prefix_thresholds_default_well_above_a_sources_and_can_be_set() {
+    let config = parse("[server]\nlisten = [\"127.0.0.1:1\"]\n").expect("valid");
+    let levels = config.misuse.thresholds();
+    assert!(levels.prefix.bad_secret >= 10 * levels.source.bad_secret);
+    assert!(levels.prefix.replay >= 10 * levels.source.replay);
+    assert!(levels.prefix.connections >= 10 * levels.source.connections);
+    let config = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nprefix_bad_secret = 40\nprefix_connections = 0\n",
+    )
+    .expect("valid");
+    let levels = config.misuse.thresholds();
+    assert_eq!(levels.prefix.bad_secret, 40);
+    assert_eq!(levels.prefix.connections, 0);
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nprefix_bad_secrets = 40\n",
+        4,
+        "unknown field",
+    );
+}

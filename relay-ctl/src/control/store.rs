@@ -42,7 +42,7 @@ pub struct BlockEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedBan {
-    /// Banned address.
+    /// Banned address, or prefix of a prefix ban (`198.51.100.0/24`, `2001:db8:1::/48`).
     pub addr: String,
     /// Ban reason name.
     pub reason: String,

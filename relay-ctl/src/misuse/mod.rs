@@ -1,5 +1,6 @@
-//! The misuse loop: connections and handshake failures are counted per source, and a source
-//! over a threshold is banned in the kernel (or the userspace fallback) for `[misuse] ban_secs`.
+//! The misuse loop: connections and handshake failures are counted per source and per prefix
+//! (IPv4 /24, IPv6 /48), and a source or prefix over a threshold is banned in the kernel (or the
+//! userspace fallback) for `[misuse] ban_secs`.
 //! Fronting keeps serving a prober until then; a ban for a prober's offence then fronts the
 //! source at accept (`[misuse] action = "front"`), so the ban itself is no probe signal either.
 
@@ -9,7 +10,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use tokio::sync::RwLock;
 
-pub use self::detector::{Detector, Offence, Thresholds};
+pub use self::detector::{Ban, Detector, Levels, Offence, Target, Thresholds};
 use crate::{
     clock::monotonic_ns,
     config,
@@ -63,47 +64,62 @@ impl Misuse {
         *lock(&self.config) = config.clone();
     }
 
-    /// Counts `offence` from `source`; bans it when it crosses a threshold. Allowlisted sources
-    /// are never counted.
+    /// Counts `offence` from `source`; bans it, or its prefix, when it crosses a threshold.
+    /// Allowlisted sources are never counted.
     pub async fn report(&self, source: IpAddr, offence: Offence) {
         let source = source.to_canonical();
         if self.shield.read().await.is_allowlisted(source) {
             return;
         }
-        let ban = lock(&self.detector).record(SourceKey::from(source), offence, monotonic_ns());
-        let Some(ban) = ban else {
-            return;
-        };
+        let bans = lock(&self.detector).record(SourceKey::from(source), offence, monotonic_ns());
+        for ban in bans {
+            self.ban(source, ban).await;
+        }
+    }
+
+    /// Writes `ban`, caused by an offence of `source`.
+    async fn ban(&self, source: IpAddr, ban: Ban) {
         let ttl = *lock(&self.ban_ttl);
         let action = lock(&self.config).action_for(ban.reason);
-        match self
-            .shield
-            .write()
-            .await
-            .ban(source, ban.reason, action, Some(ttl), ban.count)
-        {
-            Ok(()) => {
-                *lock(&self.bans_total)
-                    .entry(ban.reason.name().to_owned())
-                    .or_insert(0) += 1;
-                if let Some(signals) = self.signals.get() {
-                    signals.offer(BanEvent {
-                        addr: source,
-                        reason: ban.reason.name(),
-                        ttl,
-                    });
-                }
-                tracing::warn!(
-                %source,
-                reason = ban.reason.name(),
-                action = action.name(),
-                count = ban.count,
-                ttl_secs = ttl.as_secs(),
-                "source banned"
-                );
+        let mut shield = self.shield.write().await;
+        let written = match ban.target {
+            Target::Source(_) => shield.ban(source, ban.reason, action, Some(ttl), ban.count),
+            Target::Prefix(prefix) => {
+                shield.ban_prefix(prefix, ban.reason, action, Some(ttl), ban.count)
             }
-            Err(e) => tracing::error!(%source, "ban could not be written: {e}"),
+        };
+        drop(shield);
+        let banned = match ban.target {
+            Target::Source(_) => crate::shield::BanTarget::Addr(source),
+            Target::Prefix(prefix) => crate::shield::BanTarget::Prefix(prefix),
+        };
+        if let Err(e) = written {
+            tracing::error!(%banned, "ban could not be written: {e}");
+            return;
         }
+        *lock(&self.bans_total)
+            .entry(ban.reason.name().to_owned())
+            .or_insert(0) += 1;
+        // CrowdSec hears of address bans; a prefix ban stays local.
+        if let (Target::Source(_), Some(signals)) = (ban.target, self.signals.get()) {
+            signals.offer(BanEvent {
+                addr: source,
+                reason: ban.reason.name(),
+                ttl,
+            });
+        }
+        tracing::warn!(
+            source = %banned,
+            reason = ban.reason.name(),
+            action = action.name(),
+            count = ban.count,
+            ttl_secs = ttl.as_secs(),
+            "{}",
+            match ban.target {
+                Target::Source(_) => "source banned",
+                Target::Prefix(_) => "prefix banned",
+            }
+        );
     }
 
     /// Bans issued since start, by reason.
@@ -116,7 +132,7 @@ impl Misuse {
         let now = monotonic_ns();
         lock(&self.detector).forget_stale(now);
         for expired in self.shield.write().await.expire_bans(now) {
-            tracing::info!(source = %expired.addr, reason = expired.reason.name(), "ban expired");
+            tracing::info!(source = %expired.target, reason = expired.reason.name(), "ban expired");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The admin commands' arguments (clap).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
@@ -91,11 +91,12 @@ pub enum BansCommand {
     /// List the automatic bans in force.
     #[command(after_help = EXIT_STATUS_HELP)]
     List,
-    /// Lift the ban covering an address.
+    /// Lift the ban covering an address, or a prefix ban.
     #[command(after_help = EXIT_STATUS_HELP)]
     Rm {
-        /// The banned address (for IPv6, any address in the banned /64).
-        addr: IpAddr,
+        /// The banned address (for IPv6, any address in the banned /64), or a banned prefix as
+        /// listed (`198.51.100.0/24`, `2001:db8:1::/48`).
+        addr: crate::shield::BanTarget,
     },
     /// Lift every ban.
     #[command(after_help = EXIT_STATUS_HELP)]
