@@ -40,7 +40,7 @@ use crate::{
         stats::RelayStats,
     },
     shield::{Enforcement, ListSource, Shield},
-    state::StateError,
+    state::{StateDir, StateError},
     users,
     xdp::PrefixList,
 };
@@ -82,6 +82,8 @@ pub struct Daemon {
     pub crowdsec: Arc<crate::crowdsec::Status>,
     /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
     pub flight: Arc<MaskFlight>,
+    /// `[state] dir` as opened at start (a changed path takes effect after a restart).
+    state: StateDir,
 }
 
 /// Why the daemon could not start or reload.
@@ -93,8 +95,9 @@ impl Daemon {
         config_path: Option<PathBuf>,
         config: Config,
         shield: Shield,
+        state: StateDir,
     ) -> DaemonResult<Arc<Daemon>> {
-        let (users, created) = users::resolve(&config)?;
+        let (users, created) = users::resolve(&config, &state)?;
         if created {
             tracing::info!(
                 dir = %config.state.dir.display(),
@@ -105,13 +108,13 @@ impl Daemon {
         let shield = Arc::new(RwLock::new(shield));
         let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
         let accounts = Arc::new(Accounts::default());
-        let replay_store = Arc::new(ReplayStore::new(&config.state.dir));
+        let replay_store = Arc::new(ReplayStore::new(state.clone()));
         let replay = Arc::new(Mutex::new(
             replay_store.load(config.replay.limits(), unix_now()),
         ));
         let hints = Arc::new(Hints::default());
         let stats = Arc::new(RelayStats::default());
-        let flight = Arc::new(MaskFlight::start(&config));
+        let flight = Arc::new(MaskFlight::start(&config, state.clone()));
         let relay = RelayContext::new(
             &config,
             users,
@@ -122,7 +125,7 @@ impl Daemon {
             stats.clone(),
             flight.clone(),
         );
-        let store = Store::new(&config.state.dir);
+        let store = Store::new(state.clone());
         let capacity = Capacity::new(config.limits.bounds());
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
         let daemon = Arc::new(Daemon {
@@ -145,6 +148,7 @@ impl Daemon {
             reloads: Default::default(),
             crowdsec,
             flight,
+            state,
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;
@@ -183,7 +187,10 @@ impl Daemon {
         if new.log.format != old.log.format {
             tracing::warn!("[log] format changed: takes effect only after a restart");
         }
-        let (users, _) = users::resolve(&new)?;
+        if new.state.dir != old.state.dir {
+            tracing::warn!("[state] dir changed: takes effect only after a restart");
+        }
+        let (users, _) = users::resolve(&new, &self.state)?;
         self.shield
             .write()
             .await

@@ -17,6 +17,18 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     })
 }
 
+/// Opens `[state] dir` for the account the relay runs as: `[server] user` if set, else the
+/// current one. Refuses a directory another account could write into.
+pub fn open_state_dir(config: &Config) -> anyhow::Result<crate::state::StateDir> {
+    let owner = match &config.server.user {
+        Some(user) => crate::privilege::resolve(user, config.server.group.as_deref())?
+            .uid
+            .as_raw(),
+        None => nix::unistd::geteuid().as_raw(),
+    };
+    Ok(crate::state::StateDir::open(&config.state.dir, owner)?)
+}
+
 use clap::{Parser, Subcommand};
 
 /// relay: a Telegram MTProto proxy whose abuse defences run in the kernel.
