@@ -78,6 +78,8 @@ pub struct Daemon {
     started: Instant,
     /// Configuration reloads that succeeded and that failed.
     reloads: [AtomicU64; 2],
+    /// Admin requests refused for the caller's role.
+    admin_refused: AtomicU64,
     /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
     pub crowdsec: Arc<crate::crowdsec::Status>,
     /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
@@ -146,6 +148,7 @@ impl Daemon {
             next_limiter_sweep_ns: AtomicU64::new(0),
             started: Instant::now(),
             reloads: Default::default(),
+            admin_refused: AtomicU64::new(0),
             crowdsec,
             flight,
             state,
@@ -595,6 +598,7 @@ impl Daemon {
             xdp_attached,
             dc_connect: relay.stats.dc_connect_times(),
             config_reloads,
+            admin_refused: self.admin_refused.load(Ordering::Relaxed),
             connections_refused: self
                 .capacity
                 .refused()
@@ -887,6 +891,10 @@ impl Daemon {
 impl Handler for Daemon {
     async fn handle(&self, request: Request, _caller_uid: u32) -> Response {
         self.handle_request(request).await
+    }
+
+    fn refused(&self) {
+        self.admin_refused.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -158,14 +158,9 @@ async fn serve(
         );
     }
 
-    let admin_server = crate::control::server::serve(
-        &admin.socket,
-        admin.mode,
-        admin.group.as_deref(),
-        daemon.clone(),
-    )
-    .await
-    .context("starting the admin socket")?;
+    let admin_server = crate::control::server::serve(&admin, daemon.clone())
+        .await
+        .context("starting the admin socket")?;
     tracing::info!(socket = %admin.socket.display(), "admin socket ready");
     let metrics = crate::telemetry::install(&daemon.config().metrics)?;
 
