@@ -138,7 +138,7 @@ fn me() -> u32 {
 
 async fn start(path: &Path) -> (ServerHandle, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
-    let handle = serve(&settings(&path, 0o600, None), recorder.clone())
+    let handle = serve(&settings(path, 0o600, None), recorder.clone())
         .await
         .expect("admin server starts");
     (handle, recorder)
