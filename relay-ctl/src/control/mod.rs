@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 pub mod netset;
 pub mod replay_store;
+pub mod roles;
 pub mod server;
 pub mod store;
 

@@ -1,13 +1,8 @@
 //! The daemon side of the admin socket: JSON lines in, JSON lines out, the caller identified
 //! by `SO_PEERCRED`, every change written to the audit log (target `relay::audit`).
 //!
-//! Roles: root and the daemon's own user may do everything; so may everyone who can connect
-//! unless `[admin] read_group` is set. Then the socket belongs to `read_group`, and a caller's
-//! role comes from its credentials when it connected (uid, gid and supplementary groups, from
-//! `SO_PEERCRED` and `SO_PEERGROUPS`): members of `[admin] group` read and write, members of
-//! `read_group` only read ([`Access::Read`] requests), anyone else is refused. Refusals are
-//! answered with [`ErrorKind::Forbidden`], logged on `relay::audit` (at most
-//! [`REFUSALS_LOGGED_PER_MINUTE`] lines a minute) and counted.
+//! Each caller gets a role ([`super::roles`]) from its credentials; a request its role does
+//! not allow is refused, logged and counted without reaching the handler.
 //!
 //! The socket is created race-free with its final permissions: it is bound inside a fresh
 //! private (0700) directory next to the final path, given its mode and group there, and then
@@ -17,12 +12,12 @@
 use std::{
     io,
     os::{
-        fd::{AsRawFd as _, RawFd},
+        fd::AsRawFd as _,
         unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use tokio::{
@@ -34,7 +29,8 @@ use tokio::{
 
 use super::{
     Handler,
-    api::{Access, ErrorKind, Reply, Request, Response},
+    api::{ErrorKind, Reply, Request, Response},
+    roles::{Peer, RefusalLog, Roles, peer_groups, refusal},
 };
 use crate::config::Admin;
 
@@ -49,12 +45,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest free text (reason, source, names) copied into an audit line.
 const AUDIT_TEXT_MAX: usize = 200;
-/// Refusals logged per minute at most (the rest are counted, and summed up in one line).
-pub const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
-/// `SO_PEERGROUPS` (asm-generic/socket.h, Linux 4.13): the peer's supplementary groups.
-const SO_PEERGROUPS: libc::c_int = 59;
-/// Supplementary groups read per peer at most (`NGROUPS_MAX`).
-const MAX_PEER_GROUPS: usize = 65536;
 
 /// Why the admin socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -443,189 +433,11 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate:
     }
 }
 
-/// Who may send what on the admin socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Roles {
-    /// The daemon's own uid: like root, always reads and writes.
-    pub owner: u32,
-    /// `[admin] group`: reads and writes.
-    pub write_gid: Option<u32>,
-    /// `[admin] read_group`: only reads. Unset: whoever can connect reads and writes (the
-    /// socket's mode and group are then the only gate).
-    pub read_gid: Option<u32>,
-}
-
-/// A caller's credentials as the kernel recorded them when it connected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// User id.
-    pub uid: u32,
-    /// Primary (effective) group id.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-}
-
-impl Peer {
-    fn in_group(&self, gid: u32) -> bool {
-        self.gid == gid || self.groups.contains(&gid)
-    }
-}
-
-/// What a caller may send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Every request.
-    ReadWrite,
-    /// [`Access::Read`] requests only.
-    ReadOnly,
-    /// Nothing (in neither group while `read_group` is set).
-    None,
-}
-
-impl Role {
-    /// Whether a request needing `access` is allowed.
-    pub fn allows(self, access: Access) -> bool {
-        match self {
-            Role::ReadWrite => true,
-            Role::ReadOnly => access == Access::Read,
-            Role::None => false,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Role::ReadWrite => "read-write",
-            Role::ReadOnly => "read-only",
-            Role::None => "none",
-        }
-    }
-}
-
-impl Roles {
-    /// The role of `peer`.
-    pub fn role(&self, peer: &Peer) -> Role {
-        if peer.uid == 0 || peer.uid == self.owner {
-            return Role::ReadWrite;
-        }
-        let Some(read_gid) = self.read_gid else {
-            return Role::ReadWrite;
-        };
-        if self.write_gid.is_some_and(|gid| peer.in_group(gid)) {
-            Role::ReadWrite
-        } else if peer.in_group(read_gid) {
-            Role::ReadOnly
-        } else {
-            Role::None
-        }
-    }
-}
-
-/// The peer's supplementary groups (`SO_PEERGROUPS`).
-fn peer_groups(fd: RawFd) -> io::Result<Vec<u32>> {
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut len = libc::socklen_t::try_from(groups.len() * size_of::<libc::gid_t>())
-            .map_err(|_| io::Error::other("too many groups"))?;
-        // SAFETY: the kernel writes at most `len` bytes into `groups` and sets `len`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let count = len as usize / size_of::<libc::gid_t>();
-        if rc == 0 {
-            groups.truncate(count);
-            return Ok(groups);
-        }
-        let e = io::Error::last_os_error();
-        // Too small a buffer: `len` says how much is needed.
-        if e.raw_os_error() != Some(libc::ERANGE)
-            || count <= groups.len()
-            || count > MAX_PEER_GROUPS
-        {
-            return Err(e);
-        }
-        groups.resize(count, 0);
-    }
-}
-
 /// What each connection needs to decide and log refusals.
 #[derive(Clone)]
 struct Gate {
     roles: Arc<Roles>,
     refusals: Arc<RefusalLog>,
-}
-
-/// Logs refusals on `relay::audit`, at most [`REFUSALS_LOGGED_PER_MINUTE`] a minute: a caller
-/// looping on refused requests cannot flood the log.
-#[derive(Default)]
-struct RefusalLog {
-    /// Start of the current minute, lines logged in it, refusals not logged.
-    window: Mutex<Option<(Instant, u32, u64)>>,
-}
-
-impl RefusalLog {
-    fn log(&self, uid: u32, role: Role, request: &Request) {
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        let (start, logged, unlogged) = window.get_or_insert((now, 0, 0));
-        if now.duration_since(*start) >= Duration::from_secs(60) {
-            if *unlogged > 0 {
-                tracing::warn!(
-                    target: "relay::audit",
-                    refused = *unlogged,
-                    "admin requests refused and not logged in the last minute"
-                );
-            }
-            (*start, *logged, *unlogged) = (now, 0, 0);
-        }
-        if *logged < REFUSALS_LOGGED_PER_MINUTE {
-            *logged += 1;
-            tracing::warn!(
-                target: "relay::audit",
-                uid,
-                role = role.name(),
-                request = request.name(),
-                result = "refused",
-                "admin request refused"
-            );
-        } else {
-            *unlogged += 1;
-        }
-    }
-}
-
-/// The answer to a refused request.
-fn refusal(role: Role, request: &Request, uid: u32, roles: &Roles) -> Response {
-    let writers = match roles.write_gid.and_then(group_name) {
-        Some(name) => format!("root or a member of [admin] group `{name}`"),
-        None => "root".to_owned(),
-    };
-    let message = match role {
-        Role::ReadOnly => format!(
-            "`{}` changes state, and uid {uid} may only read ([admin] read_group): ask {writers}",
-            request.name()
-        ),
-        Role::ReadWrite | Role::None => {
-            format!("uid {uid} is in neither [admin] group nor [admin] read_group: ask {writers}")
-        }
-    };
-    error(ErrorKind::Forbidden, message)
-}
-
-fn group_name(gid: u32) -> Option<String> {
-    nix::unistd::Group::from_gid(gid.into())
-        .ok()
-        .flatten()
-        .map(|g| g.name)
 }
 
 /// Runs one request through the handler, auditing it if it changes anything.
@@ -707,7 +519,7 @@ fn short(text: &str) -> String {
     }
 }
 
-fn error(kind: ErrorKind, message: String) -> Response {
+pub(super) fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { kind, message }
 }
 

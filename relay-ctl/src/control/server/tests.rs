@@ -16,6 +16,7 @@ use super::*;
 use crate::control::{
     api::PrefixEntry,
     client::{self, ClientError},
+    roles::REFUSALS_LOGGED_PER_MINUTE,
 };
 
 /// A handler that records every request with the caller's uid and answers from [`canned`].
@@ -780,76 +781,6 @@ fn permission_hint_names_the_sockets_group() {
     let text = ClientError::from_connect(&path, std::io::Error::from_raw_os_error(libc::EACCES))
         .to_string();
     assert!(text.contains("[admin] group"), "{text}");
-}
-
-#[test]
-fn requests_are_classified_read_or_write() {
-    let reads: Vec<&str> = all_requests()
-        .iter()
-        .filter(|r| r.access() == Access::Read)
-        .map(Request::name)
-        .collect();
-    assert_eq!(
-        reads,
-        [
-            "block list",
-            "allow list",
-            "bans list",
-            "users list",
-            "users show",
-            "stats"
-        ]
-    );
-    for request in all_requests() {
-        assert_eq!(request.is_change(), request.access() == Access::Write);
-    }
-}
-
-#[test]
-fn roles_follow_the_callers_groups() {
-    const WRITE: u32 = 1001;
-    const READ: u32 = 1002;
-    let peer = |uid, gid, groups: &[u32]| Peer {
-        uid,
-        gid,
-        groups: groups.to_vec(),
-    };
-    let both = Roles {
-        owner: 999,
-        write_gid: Some(WRITE),
-        read_gid: Some(READ),
-    };
-    // Root and the daemon's own user, whatever their groups.
-    assert_eq!(both.role(&peer(0, 0, &[])), Role::ReadWrite);
-    assert_eq!(both.role(&peer(999, 999, &[])), Role::ReadWrite);
-    // [admin] group as primary or supplementary group: read-write, even with read_group too.
-    assert_eq!(both.role(&peer(5, WRITE, &[])), Role::ReadWrite);
-    assert_eq!(both.role(&peer(5, 5, &[READ, WRITE])), Role::ReadWrite);
-    // read_group only: read-only.
-    assert_eq!(both.role(&peer(5, READ, &[])), Role::ReadOnly);
-    assert_eq!(both.role(&peer(5, 5, &[7, READ])), Role::ReadOnly);
-    // Neither: nothing.
-    assert_eq!(both.role(&peer(5, 5, &[7])), Role::None);
-    // Without read_group, whoever can connect may do everything (the socket's mode decides).
-    let classic = Roles {
-        read_gid: None,
-        ..both.clone()
-    };
-    assert_eq!(classic.role(&peer(5, 5, &[])), Role::ReadWrite);
-    // read_group without group: only root and the daemon's user write.
-    let read_only = Roles {
-        write_gid: None,
-        ..both
-    };
-    assert_eq!(read_only.role(&peer(5, 5, &[WRITE, READ])), Role::ReadOnly);
-    assert_eq!(read_only.role(&peer(0, 0, &[])), Role::ReadWrite);
-
-    for request in all_requests() {
-        let access = request.access();
-        assert!(Role::ReadWrite.allows(access));
-        assert_eq!(Role::ReadOnly.allows(access), access == Access::Read);
-        assert!(!Role::None.allows(access));
-    }
 }
 
 /// Two groups of this system other than root's and nobody's.
