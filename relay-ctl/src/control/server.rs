@@ -519,7 +519,7 @@ fn short(text: &str) -> String {
     }
 }
 
-pub(super) fn error(kind: ErrorKind, message: String) -> Response {
+fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { kind, message }
 }
 
