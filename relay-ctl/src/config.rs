@@ -305,8 +305,14 @@ pub struct Admin {
     /// Permission bits of the socket, as an octal string (`"0600"`).
     #[serde(deserialize_with = "octal_mode")]
     pub mode: u32,
-    /// Group owning the socket (then `mode` typically `"0660"`), if any.
+    /// Group owning the socket (then `mode` typically `"0660"`), if any. Its members (and
+    /// root, and the relay's own user) may send every request.
     pub group: Option<String>,
+    /// Group whose members may only read (list, show, stats). When set, the socket belongs to
+    /// this group (`mode` must grant the group read and write, e.g. `"0660"`), so members of
+    /// `group` must also be members of `read_group` to reach it; the role of each caller is
+    /// decided from its credentials (`SO_PEERCRED`), and callers in neither group are refused.
+    pub read_group: Option<String>,
 }
 
 impl Default for Admin {
@@ -315,6 +321,7 @@ impl Default for Admin {
             socket: PathBuf::from("/run/relay/admin.sock"),
             mode: 0o600,
             group: None,
+            read_group: None,
         }
     }
 }
@@ -1188,6 +1195,16 @@ impl Config {
             return Err(invalid(
                 "domain",
                 "[tls] domain must be an ASCII host name".to_owned(),
+            ));
+        }
+        if self.admin.read_group.is_some() && self.admin.mode & 0o060 != 0o060 {
+            return Err(invalid(
+                "read_group",
+                format!(
+                    "[admin] read_group needs a socket its group can use: mode = \"0660\" \
+                     (now \"{:04o}\")",
+                    self.admin.mode
+                ),
             ));
         }
         if self.tls.flight_refresh_secs < 60 {

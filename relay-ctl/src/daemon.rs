@@ -40,7 +40,7 @@ use crate::{
         stats::RelayStats,
     },
     shield::{BanTarget, Enforcement, ListSource, Shield},
-    state::StateError,
+    state::{StateDir, StateError},
     users,
     xdp::PrefixList,
 };
@@ -78,10 +78,14 @@ pub struct Daemon {
     started: Instant,
     /// Configuration reloads that succeeded and that failed.
     reloads: [AtomicU64; 2],
+    /// Admin requests refused for the caller's role.
+    admin_refused: AtomicU64,
     /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
     pub crowdsec: Arc<crate::crowdsec::Status>,
     /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
     pub flight: Arc<MaskFlight>,
+    /// `[state] dir` as opened at start (a changed path takes effect after a restart).
+    state: StateDir,
 }
 
 /// Why the daemon could not start or reload.
@@ -93,8 +97,9 @@ impl Daemon {
         config_path: Option<PathBuf>,
         config: Config,
         shield: Shield,
+        state: StateDir,
     ) -> DaemonResult<Arc<Daemon>> {
-        let (users, created) = users::resolve(&config)?;
+        let (users, created) = users::resolve(&config, &state)?;
         if created {
             tracing::info!(
                 dir = %config.state.dir.display(),
@@ -105,13 +110,13 @@ impl Daemon {
         let shield = Arc::new(RwLock::new(shield));
         let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
         let accounts = Arc::new(Accounts::default());
-        let replay_store = Arc::new(ReplayStore::new(&config.state.dir));
+        let replay_store = Arc::new(ReplayStore::new(state.clone()));
         let replay = Arc::new(Mutex::new(
             replay_store.load(config.replay.limits(), unix_now()),
         ));
         let hints = Arc::new(Hints::default());
         let stats = Arc::new(RelayStats::default());
-        let flight = Arc::new(MaskFlight::start(&config));
+        let flight = Arc::new(MaskFlight::start(&config, state.clone()));
         let relay = RelayContext::new(
             &config,
             users,
@@ -122,7 +127,7 @@ impl Daemon {
             stats.clone(),
             flight.clone(),
         );
-        let store = Store::new(&config.state.dir);
+        let store = Store::new(state.clone());
         let capacity = Capacity::new(config.limits.bounds());
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
         let daemon = Arc::new(Daemon {
@@ -143,8 +148,10 @@ impl Daemon {
             next_limiter_sweep_ns: AtomicU64::new(0),
             started: Instant::now(),
             reloads: Default::default(),
+            admin_refused: AtomicU64::new(0),
             crowdsec,
             flight,
+            state,
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;
@@ -183,7 +190,10 @@ impl Daemon {
         if new.log.format != old.log.format {
             tracing::warn!("[log] format changed: takes effect only after a restart");
         }
-        let (users, _) = users::resolve(&new)?;
+        if new.state.dir != old.state.dir {
+            tracing::warn!("[state] dir changed: takes effect only after a restart");
+        }
+        let (users, _) = users::resolve(&new, &self.state)?;
         self.shield
             .write()
             .await
@@ -597,6 +607,7 @@ impl Daemon {
             xdp_attached,
             dc_connect: relay.stats.dc_connect_times(),
             config_reloads,
+            admin_refused: self.admin_refused.load(Ordering::Relaxed),
             connections_refused: self
                 .capacity
                 .refused()
@@ -906,6 +917,10 @@ impl Daemon {
 impl Handler for Daemon {
     async fn handle(&self, request: Request, _caller_uid: u32) -> Response {
         self.handle_request(request).await
+    }
+
+    fn refused(&self) {
+        self.admin_refused.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 34] = [
+pub const METRIC_NAMES: [&str; 35] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -55,6 +55,7 @@ pub const METRIC_NAMES: [&str; 34] = [
     "relay_blocklist_entries",
     "relay_dc_connect_seconds",
     "relay_config_reloads_total",
+    "relay_admin_refused_total",
     "relay_build_info",
     "relay_connections_refused_total",
     "relay_handshakes_active",
@@ -213,6 +214,10 @@ fn describe() {
     describe_counter!(
         "relay_config_reloads_total",
         "Configuration reloads (SIGHUP) by result."
+    );
+    describe_counter!(
+        "relay_admin_refused_total",
+        "Admin requests refused because the caller's role does not allow them."
     );
     describe_gauge!("relay_build_info", "Always 1; the version is a label.");
     describe_counter!(
@@ -380,6 +385,7 @@ impl Publisher {
         for (result, n) in &s.config_reloads {
             counter!("relay_config_reloads_total", "result" => result.clone()).absolute(*n);
         }
+        counter!("relay_admin_refused_total").absolute(s.admin_refused);
         self.publish_crowdsec(s);
         self.publish_tls_flight(s);
     }

@@ -4,23 +4,30 @@
 use crate::{
     config::Config,
     relay::context::RelayUser,
-    state::{self, StateError},
+    state::{self, StateDir, StateError},
 };
 
-/// Resolves the users of `config`. Returns them and whether a default secret was just created.
-pub fn resolve(config: &Config) -> Result<(Vec<RelayUser>, bool), StateError> {
-    if !config.users.is_empty() {
-        let users = config
+/// The users listed in `config`, if it lists any (no state dir needed then).
+pub fn configured(config: &Config) -> Option<Vec<RelayUser>> {
+    (!config.users.is_empty()).then(|| {
+        config
             .users
             .iter()
             .map(|u| RelayUser {
                 name: u.name.clone(),
                 secret: u.secret.clone(),
             })
-            .collect();
+            .collect()
+    })
+}
+
+/// Resolves the users of `config`, with the default user's secret kept in `state`. Returns
+/// them and whether a default secret was just created.
+pub fn resolve(config: &Config, state: &StateDir) -> Result<(Vec<RelayUser>, bool), StateError> {
+    if let Some(users) = configured(config) {
         return Ok((users, false));
     }
-    let (secret, created) = state::default_secret(&config.state.dir)?;
+    let (secret, created) = state::default_secret(state)?;
     Ok((
         vec![RelayUser {
             name: "default".to_owned(),

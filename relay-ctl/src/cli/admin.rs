@@ -38,7 +38,8 @@ Exit status (block, allow, bans, users, stats):
      or `block import` found nothing importable
   2  usage error: bad arguments, unreadable FILE or --config
   3  the daemon is not running, or its socket is unreachable or not answering
-  4  permission denied on the admin socket (run as root, or as a member of its group)";
+  4  permission denied on the admin socket (run as root, or as a member of its group), or
+     a change asked by a read-only caller ([admin] read_group)";
 
 /// How an admin command ended; [`Exit::code`] is the process exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +75,11 @@ impl Exit {
     }
 
     /// The status for a daemon-reported error.
-    pub fn for_error_kind(_kind: ErrorKind) -> Exit {
-        Exit::Failed
+    pub fn for_error_kind(kind: ErrorKind) -> Exit {
+        match kind {
+            ErrorKind::Forbidden => Exit::PermissionDenied,
+            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::Failed => Exit::Failed,
+        }
     }
 }
 

@@ -101,6 +101,8 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
         config.blocklist.cidrs.len(),
         config.allowlist.cidrs.len()
     );
+    println!("  admin           {}", admin_summary(&config));
+    println!("  state           {}", state_summary(&config));
     println!(
         "  metrics         {}",
         if config.metrics.enabled {
@@ -152,6 +154,38 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The admin socket and who may do what on it.
+fn admin_summary(config: &Config) -> String {
+    let admin = &config.admin;
+    let group = |g: &Option<String>| g.as_deref().map(|g| format!(", group {g}"));
+    let roles = match &admin.read_group {
+        None => format!(
+            "every caller that can connect reads and writes{}",
+            group(&admin.group).map_or_else(String::new, |g| format!(" (socket{g})"))
+        ),
+        Some(read) => format!(
+            "read-write: root, relay's user{}; read-only: group {read} (socket group)",
+            group(&admin.group).unwrap_or_default()
+        ),
+    };
+    format!(
+        "{} mode {:04o}; {roles}",
+        admin.socket.display(),
+        admin.mode
+    )
+}
+
+/// The state dir, and whether `run` would refuse it as it is now.
+fn state_summary(config: &Config) -> String {
+    let dir = &config.state.dir;
+    let verdict = match super::open_state_dir_check(config) {
+        Ok(None) => "(created at start)".to_owned(),
+        Ok(Some(())) => "(owner and mode ok)".to_owned(),
+        Err(e) => format!("(relay-ctl run would refuse it: {e})"),
+    };
+    format!("{} {verdict}", dir.display())
 }
 
 /// What fake-TLS flights will copy, from the cache in the state dir alone: `config check`

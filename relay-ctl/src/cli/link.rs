@@ -13,7 +13,15 @@ pub fn run(
     host: Option<&str>,
 ) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
-    let (users, _) = users::resolve(&config).context("resolving users")?;
+    let users = match users::configured(&config) {
+        Some(users) => users,
+        None => {
+            let state = super::open_state_dir(&config)?;
+            users::resolve(&config, &state)
+                .context("resolving users")?
+                .0
+        }
+    };
     let host = match host
         .map(str::to_owned)
         .or_else(|| config.server.public_host.clone())

@@ -17,6 +17,34 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     })
 }
 
+/// Opens `[state] dir` for the account the relay runs as: `[server] user` if set, else the
+/// current one. Refuses a directory another account could write into.
+pub fn open_state_dir(config: &Config) -> anyhow::Result<crate::state::StateDir> {
+    Ok(crate::state::StateDir::open(
+        &config.state.dir,
+        state_owner(config)?,
+    )?)
+}
+
+/// Whether `relay-ctl run` would accept `[state] dir` as it is: `None` if it does not exist
+/// yet (nothing is created here).
+pub fn open_state_dir_check(config: &Config) -> anyhow::Result<Option<()>> {
+    if !config.state.dir.exists() {
+        return Ok(None);
+    }
+    open_state_dir(config).map(|_| Some(()))
+}
+
+/// The uid the relay runs as: `[server] user`'s, else this process's.
+fn state_owner(config: &Config) -> anyhow::Result<u32> {
+    Ok(match &config.server.user {
+        Some(user) => crate::privilege::resolve(user, config.server.group.as_deref())?
+            .uid
+            .as_raw(),
+        None => nix::unistd::geteuid().as_raw(),
+    })
+}
+
 use clap::{Parser, Subcommand};
 
 /// relay: a Telegram MTProto proxy whose abuse defences run in the kernel.

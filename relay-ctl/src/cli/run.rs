@@ -12,6 +12,7 @@ use crate::{
     daemon::Daemon,
     privilege, server,
     shield::{Enforcement, Shield},
+    state::StateDir,
     xdp::{self, XdpError, XdpProgram, pin::PinDir},
 };
 
@@ -42,6 +43,8 @@ struct Started {
     shield: Shield,
     logger: Option<xdp::Logger>,
     crowdsec: Option<crate::crowdsec::Credentials>,
+    /// `[state] dir`, opened and checked before anything else started.
+    state: StateDir,
 }
 
 /// Loads the configuration, binds, loads XDP and gives up root, all on one thread.
@@ -62,6 +65,22 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         tracing::warn!("{line}");
     }
     raise_fd_limit(&config);
+    // The state dir first: a directory another account could write into stops the start
+    // before anything is bound or loaded. It is opened for the user the relay will run as.
+    let target = config
+        .server
+        .user
+        .as_deref()
+        .map(|user| privilege::resolve(user, config.server.group.as_deref()))
+        .transpose()?;
+    if let Some(target) = &target {
+        privilege::prepare_dir(&config.state.dir, target, "[state] dir", "StateDirectory=")?;
+    }
+    let owner = target
+        .as_ref()
+        .map_or_else(nix::unistd::geteuid, |t| t.uid)
+        .as_raw();
+    let state = StateDir::open(&config.state.dir, owner)?;
     // Bind first: a taken port is the most common start-up failure and needs no BPF to find.
     let listeners = server::bind(&config.server.listen, relay_thread_count())?;
 
@@ -88,23 +107,16 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         .as_ref()
         .map(crate::crowdsec::Credentials::read)
         .transpose()?;
-    if let Some(user) = &config.server.user {
-        let target = privilege::resolve(user, config.server.group.as_deref())?;
-        privilege::prepare_dir(&config.state.dir, &target, "[state] dir", "StateDirectory=")?;
+    if let (Some(user), Some(target)) = (&config.server.user, &target) {
         if let Some(dir) = config
             .admin
             .socket
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
         {
-            privilege::prepare_dir(
-                dir,
-                &target,
-                "[admin] socket directory",
-                "RuntimeDirectory=",
-            )?;
+            privilege::prepare_dir(dir, target, "[admin] socket directory", "RuntimeDirectory=")?;
         }
-        privilege::drop_to(&target)?;
+        privilege::drop_to(target)?;
         tracing::info!(
             user,
             capabilities = "CAP_BPF CAP_NET_ADMIN",
@@ -117,6 +129,7 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         shield,
         logger,
         crowdsec,
+        state,
     })
 }
 
@@ -132,10 +145,11 @@ async fn serve(
         shield,
         logger,
         crowdsec,
+        state,
     } = started;
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
     let admin = config.admin.clone();
-    let daemon = Daemon::start(config_path.map(Path::to_owned), config, shield).await?;
+    let daemon = Daemon::start(config_path.map(Path::to_owned), config, shield, state).await?;
     let stale = daemon.shield.write().await.drop_stale_kernel_entries();
     if stale > 0 {
         tracing::info!(
@@ -144,14 +158,9 @@ async fn serve(
         );
     }
 
-    let admin_server = crate::control::server::serve(
-        &admin.socket,
-        admin.mode,
-        admin.group.as_deref(),
-        daemon.clone(),
-    )
-    .await
-    .context("starting the admin socket")?;
+    let admin_server = crate::control::server::serve(&admin, daemon.clone())
+        .await
+        .context("starting the admin socket")?;
     tracing::info!(socket = %admin.socket.display(), "admin socket ready");
     let metrics = crate::telemetry::install(&daemon.config().metrics)?;
 
@@ -186,9 +195,10 @@ async fn serve(
         // Links carry secrets: stdout only, never the log.
         super::link::run(config_path, None, None)?;
     }
+    // Handlers before `ready`: a signal sent once the line is seen must not kill the process.
+    let mut signals = Signals::install()?;
     tracing::info!(enforcement = %daemon.shield.read().await.enforcement(), "ready");
 
-    let mut signals = Signals::install()?;
     signals.serve(&daemon).await;
     // Stop accepting: dropping the listeners makes the kernel refuse new connections.
     relaying.stop_accepting().await;

@@ -543,3 +543,19 @@ fn prefix_thresholds_default_well_above_a_sources_and_can_be_set() {
         "unknown field",
     );
 }
+
+#[test]
+fn read_group_needs_a_group_usable_socket() {
+    expect_invalid(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[admin]\nread_group = \"relay-view\"\n",
+        4,
+        "read_group needs a socket its group can use: mode = \"0660\" (now \"0600\")",
+    );
+    let config = parse(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[admin]\nmode = \"0660\"\ngroup = \"relay-admin\"\n\
+         read_group = \"relay-view\"\n",
+    )
+    .expect("valid");
+    assert_eq!(config.admin.read_group.as_deref(), Some("relay-view"));
+    assert_eq!(config.admin.group.as_deref(), Some("relay-admin"));
+}

@@ -76,18 +76,63 @@ pub enum Request {
     Stats,
 }
 
+/// What a request needs: to look, or to change something. Decides which admin role may send
+/// it (`[admin] read_group` members may only read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Lists, shows, counters.
+    Read,
+    /// Anything that changes state (audited).
+    Write,
+}
+
 impl Request {
+    /// What the request needs. Every variant is named here (no wildcard), so a new request
+    /// cannot be added without deciding whether read-only callers may send it.
+    pub fn access(&self) -> Access {
+        match self {
+            Request::BlockList
+            | Request::AllowList
+            | Request::BansList
+            | Request::UsersList
+            | Request::UsersShow { .. }
+            | Request::Stats => Access::Read,
+            Request::BlockAdd { .. }
+            | Request::BlockRm { .. }
+            | Request::BlockImport { .. }
+            | Request::AllowAdd { .. }
+            | Request::AllowRm { .. }
+            | Request::BansRm { .. }
+            | Request::BansClear
+            | Request::UsersEnable { .. }
+            | Request::UsersDisable { .. } => Access::Write,
+        }
+    }
+
+    /// The command's name, without its arguments (`block add`), for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::BlockAdd { .. } => "block add",
+            Request::BlockRm { .. } => "block rm",
+            Request::BlockList => "block list",
+            Request::BlockImport { .. } => "block import",
+            Request::AllowAdd { .. } => "allow add",
+            Request::AllowRm { .. } => "allow rm",
+            Request::AllowList => "allow list",
+            Request::BansList => "bans list",
+            Request::BansRm { .. } => "bans rm",
+            Request::BansClear => "bans clear",
+            Request::UsersList => "users list",
+            Request::UsersShow { .. } => "users show",
+            Request::UsersEnable { .. } => "users enable",
+            Request::UsersDisable { .. } => "users disable",
+            Request::Stats => "stats",
+        }
+    }
+
     /// Whether the request changes state (and is written to the audit log).
     pub fn is_change(&self) -> bool {
-        !matches!(
-            self,
-            Request::BlockList
-                | Request::AllowList
-                | Request::BansList
-                | Request::UsersList
-                | Request::UsersShow { .. }
-                | Request::Stats
-        )
+        self.access() == Access::Write
     }
 }
 
@@ -120,6 +165,8 @@ pub enum ErrorKind {
     NotFound,
     /// The daemon could not do it (map full, disk full).
     Failed,
+    /// The caller's admin role does not allow it (a read-only caller asked for a change).
+    Forbidden,
 }
 
 /// Payload of a successful response.
@@ -318,6 +365,9 @@ pub struct Stats {
     /// Configuration reloads by result (`success`, `failure`).
     #[serde(default)]
     pub config_reloads: BTreeMap<String, u64>,
+    /// Admin requests refused because the caller's role does not allow them.
+    #[serde(default)]
+    pub admin_refused: u64,
     /// Connections reset at accept by a concurrency bound (`max_connections`,
     /// `max_connections_per_source`, `max_handshakes`).
     #[serde(default)]

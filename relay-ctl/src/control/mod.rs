@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 pub mod netset;
 pub mod replay_store;
+pub mod roles;
 pub mod server;
 pub mod store;
 
@@ -16,4 +17,8 @@ pub use self::api::{Request, Response};
 pub trait Handler: Send + Sync + 'static {
     /// Carries out `request` for the caller with uid `caller_uid`.
     fn handle(&self, request: Request, caller_uid: u32) -> impl Future<Output = Response> + Send;
+
+    /// Called for each request refused because the caller's role does not allow it (for
+    /// counters); the server has already answered and logged it.
+    fn refused(&self) {}
 }

@@ -10,8 +10,6 @@
 //! is retried at the next save.
 
 use std::{
-    fs,
-    path::{Path, PathBuf},
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -23,7 +21,7 @@ use rand::{SeedableRng as _, rngs::StdRng};
 
 use crate::{
     proto::replay::{ReplayLimits, ReplayMemory, bloom::Generation, file},
-    state::{StateError, write_atomic},
+    state::{StateDir, StateError, TEMP_MARK},
 };
 
 /// Subdirectory of the state dir.
@@ -35,7 +33,8 @@ const SUFFIX: &str = ".bloom";
 /// Where the replay memory is kept, and how its saves went.
 #[derive(Debug)]
 pub struct ReplayStore {
-    dir: PathBuf,
+    /// The state dir; the memory is in its [`REPLAY_DIR`].
+    state: StateDir,
     /// Held for a whole save, so saves never interleave.
     writing: Mutex<()>,
     newest_saved: Mutex<Option<Instant>>,
@@ -45,10 +44,10 @@ pub struct ReplayStore {
 }
 
 impl ReplayStore {
-    /// The store under `state_dir`.
-    pub fn new(state_dir: &Path) -> ReplayStore {
+    /// The store under `state`.
+    pub fn new(state: StateDir) -> ReplayStore {
         ReplayStore {
-            dir: state_dir.join(REPLAY_DIR),
+            state,
             writing: Mutex::new(()),
             newest_saved: Mutex::new(None),
             failing: Mutex::new(None),
@@ -67,42 +66,50 @@ impl ReplayStore {
     /// The memory as last saved, or an empty one. Never fails: unreadable files are reported,
     /// moved aside and left out.
     pub fn load(&self, limits: ReplayLimits, now_unix: u64) -> ReplayMemory {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!(dir = %self.dir.display(), "no replay memory saved yet: starting empty");
+        let path = self.state.file(REPLAY_DIR);
+        let listed = self.state.existing_subdir(REPLAY_DIR).and_then(|dir| {
+            dir.map(|dir| dir.names().map(|names| (dir, names)))
+                .transpose()
+        });
+        let (dir, names) = match listed {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                tracing::info!(dir = %path.display(), "no replay memory saved yet: starting empty");
                 return ReplayMemory::with_rng(limits, StdRng::from_os_rng());
             }
             Err(e) => {
-                tracing::error!(dir = %self.dir.display(), "cannot read the replay memory, starting empty: {e}");
+                tracing::error!("cannot read the replay memory, starting empty: {e}");
                 return ReplayMemory::with_rng(limits, StdRng::from_os_rng());
             }
         };
         let mut generations = Vec::new();
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.contains(".tmp.") {
+        for name in names {
+            if name.contains(TEMP_MARK) {
                 // A save cut short by a crash.
-                let _ = fs::remove_file(&path);
+                let _ = dir.remove(&name);
                 continue;
             }
             if !name.ends_with(SUFFIX) {
                 continue;
             }
-            match fs::read(&path)
+            let read = dir
+                .read(&name)
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| file::decode(&bytes).map_err(|e| e.to_string()))
-            {
+                .and_then(|bytes| {
+                    let bytes = bytes.ok_or_else(|| "removed while loading".to_owned())?;
+                    file::decode(&bytes).map_err(|e| e.to_string())
+                });
+            match read {
                 Ok(g) => generations.push(g),
                 Err(e) => {
-                    let aside = path.with_extension(format!("corrupt-{now_unix}"));
-                    let moved = fs::rename(&path, &aside).is_ok();
+                    let stem = name.strip_suffix(SUFFIX).unwrap_or(&name);
+                    let aside = format!("{stem}.corrupt-{now_unix}");
+                    let moved = dir.rename(&name, &aside).is_ok();
                     tracing::error!(
-                        file = %path.display(),
+                        file = %dir.file(&name).display(),
                         "replay memory file unreadable ({e}); its handshakes are forgotten{}",
                         if moved {
-                            format!(", file moved to {}", aside.display())
+                            format!(", file moved to {}", dir.file(&aside).display())
                         } else {
                             String::new()
                         }
@@ -154,7 +161,7 @@ impl ReplayStore {
                     self.saves[0].fetch_add(1, Ordering::Relaxed);
                 }
                 if failing.take().is_some() {
-                    tracing::info!(dir = %self.dir.display(), "replay memory saved again");
+                    tracing::info!(dir = %self.state.file(REPLAY_DIR).display(), "replay memory saved again");
                 }
             }
             Err(e) => {
@@ -172,29 +179,25 @@ impl ReplayStore {
     }
 
     fn write(&self, unsaved: &[Generation], live: &[u64]) -> Result<(), StateError> {
-        if unsaved.is_empty() && !self.dir.exists() {
-            return Ok(());
-        }
-        fs::create_dir_all(&self.dir).map_err(|source| StateError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
+        let dir = if unsaved.is_empty() {
+            match self.state.existing_subdir(REPLAY_DIR)? {
+                Some(dir) => dir,
+                None => return Ok(()),
+            }
+        } else {
+            self.state.subdir(REPLAY_DIR)?
+        };
         for g in unsaved {
-            write_atomic(&self.dir.join(file_name(g.seq)), &file::encode(g))?;
+            dir.write(&file_name(g.seq), &file::encode(g))?;
         }
-        let entries = fs::read_dir(&self.dir).map_err(|source| StateError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in dir.names()? {
             let dropped = name
                 .strip_suffix(SUFFIX)
                 .and_then(|n| n.strip_prefix("gen-"))
                 .and_then(|n| u64::from_str_radix(n, 16).ok())
                 .is_some_and(|seq| !live.contains(&seq));
             if dropped {
-                let _ = fs::remove_file(entry.path());
+                let _ = dir.remove(&name);
             }
         }
         Ok(())
@@ -214,13 +217,20 @@ fn failure_kind(e: &StateError) -> String {
     match e {
         StateError::Io { source, .. } => format!("{:?}", source.kind()),
         StateError::Corrupt { .. } => "corrupt".to_owned(),
+        StateError::Unsafe { .. } => "unsafe".to_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, path::Path};
+
     use super::*;
     use crate::proto::replay::ReplayKey;
+
+    fn open_store(dir: &Path) -> ReplayStore {
+        ReplayStore::new(StateDir::open_own(dir).expect("state dir"))
+    }
 
     const LIMITS: ReplayLimits = ReplayLimits {
         retention_secs: 1000,
@@ -249,7 +259,7 @@ mod tests {
     #[test]
     fn survives_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ReplayStore::new(dir.path());
+        let store = open_store(dir.path());
         let memory = Mutex::new(store.load(LIMITS, 100));
         for i in 0..250 {
             assert!(!memory.lock().expect("lock").check_and_insert(key(i), 100));
@@ -264,7 +274,7 @@ mod tests {
                 "gen-0000000000000002.bloom"
             ]
         );
-        let again = ReplayStore::new(dir.path()).load(LIMITS, 200);
+        let again = open_store(dir.path()).load(LIMITS, 200);
         for i in 0..250 {
             assert!(again.contains(&key(i)), "key {i} lost");
         }
@@ -274,29 +284,21 @@ mod tests {
     #[test]
     fn newest_is_written_only_every_minute_unless_forced() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ReplayStore::new(dir.path());
+        let store = open_store(dir.path());
         let memory = Mutex::new(store.load(LIMITS, 100));
         memory.lock().expect("lock").check_and_insert(key(1), 100);
         store.save(&memory, false); // first save: written
         memory.lock().expect("lock").check_and_insert(key(2), 100);
         store.save(&memory, false); // within the minute: not yet
-        assert!(
-            !ReplayStore::new(dir.path())
-                .load(LIMITS, 100)
-                .contains(&key(2))
-        );
+        assert!(!open_store(dir.path()).load(LIMITS, 100).contains(&key(2)));
         store.save(&memory, true);
-        assert!(
-            ReplayStore::new(dir.path())
-                .load(LIMITS, 100)
-                .contains(&key(2))
-        );
+        assert!(open_store(dir.path()).load(LIMITS, 100).contains(&key(2)));
     }
 
     #[test]
     fn dropped_generations_lose_their_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ReplayStore::new(dir.path());
+        let store = open_store(dir.path());
         let memory = Mutex::new(ReplayMemory::with_rng(
             ReplayLimits {
                 memory_bytes: 6 * LIMITS.generation_bytes(),
@@ -314,7 +316,7 @@ mod tests {
     #[test]
     fn corrupt_truncated_and_foreign_files_are_set_aside() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ReplayStore::new(dir.path());
+        let store = open_store(dir.path());
         let memory = Mutex::new(store.load(LIMITS, 100));
         for i in 0..250 {
             memory.lock().expect("lock").check_and_insert(key(i), 100);
@@ -331,7 +333,7 @@ mod tests {
         fs::write(path(2), "{\"not\": \"a filter\"}").expect("write");
         fs::write(replay.join("gen-0000000000000003.tmp.1.0"), "half").expect("write");
 
-        let again = ReplayStore::new(dir.path()).load(LIMITS, 500);
+        let again = open_store(dir.path()).load(LIMITS, 500);
         assert_eq!(again.coverage(500).generations, 0);
         assert!(!again.contains(&key(1)));
         let names = files(&replay);
@@ -347,7 +349,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // The replay dir's place is taken by a file: every save fails.
         fs::write(dir.path().join(REPLAY_DIR), "in the way").expect("write");
-        let store = ReplayStore::new(dir.path());
+        let store = open_store(dir.path());
         let memory = Mutex::new(ReplayMemory::with_rng(LIMITS, StdRng::seed_from_u64(1)));
         memory.lock().expect("lock").check_and_insert(key(1), 100);
         store.save(&memory, true);
@@ -357,10 +359,6 @@ mod tests {
         fs::remove_file(dir.path().join(REPLAY_DIR)).expect("remove");
         store.save(&memory, true);
         assert_eq!(store.save_counts(), (1, 2));
-        assert!(
-            ReplayStore::new(dir.path())
-                .load(LIMITS, 100)
-                .contains(&key(1))
-        );
+        assert!(open_store(dir.path()).load(LIMITS, 100).contains(&key(1)));
     }
 }

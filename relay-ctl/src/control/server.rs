@@ -1,6 +1,9 @@
 //! The daemon side of the admin socket: JSON lines in, JSON lines out, the caller identified
 //! by `SO_PEERCRED`, every change written to the audit log (target `relay::audit`).
 //!
+//! Each caller gets a role ([`super::roles`]) from its credentials; a request its role does
+//! not allow is refused, logged and counted without reaching the handler.
+//!
 //! The socket is created race-free with its final permissions: it is bound inside a fresh
 //! private (0700) directory next to the final path, given its mode and group there, and then
 //! hard-linked into place — `link(2)` fails rather than replace a socket another daemon
@@ -8,7 +11,10 @@
 
 use std::{
     io,
-    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -24,7 +30,9 @@ use tokio::{
 use super::{
     Handler,
     api::{ErrorKind, Reply, Request, Response},
+    roles::{Peer, RefusalLog, Roles, peer_groups, refusal},
 };
+use crate::config::Admin;
 
 /// Longest request line accepted, in bytes (a block import of ~100,000 entries fits).
 pub const MAX_LINE: usize = 4 << 20;
@@ -146,18 +154,35 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Creates the admin socket at `path` with permission bits `mode` (and group `group`, if
-/// given) and answers requests on it with `handler` until the returned handle is dropped.
+/// Creates the admin socket at `admin.socket` with permission bits `admin.mode`, owned by
+/// `read_group` if set, else by `group` if set, and answers requests on it with `handler` until
+/// the returned handle is dropped. Each caller's role is decided by [`Roles`].
 ///
 /// A stale socket file (nothing listening) is replaced; a live one is an error, as is any
 /// other kind of file at `path`. A missing parent directory is created with mode 0755.
-pub async fn serve<H: Handler>(
-    path: &Path,
-    mode: u32,
-    group: Option<&str>,
-    handler: Arc<H>,
-) -> Result<ServerHandle, AdminError> {
-    let gid = group.map(resolve_group).transpose()?;
+pub async fn serve<H: Handler>(admin: &Admin, handler: Arc<H>) -> Result<ServerHandle, AdminError> {
+    let (path, mode) = (admin.socket.as_path(), admin.mode);
+    let roles = Roles {
+        owner: nix::unistd::geteuid().as_raw(),
+        write_gid: admin
+            .group
+            .as_deref()
+            .map(resolve_group)
+            .transpose()?
+            .map(|g| g.as_raw()),
+        read_gid: admin
+            .read_group
+            .as_deref()
+            .map(resolve_group)
+            .transpose()?
+            .map(|g| g.as_raw()),
+    };
+    // The socket's one group: the wider one, so that both roles can connect.
+    let group = admin.read_group.as_deref().or(admin.group.as_deref());
+    let gid = roles
+        .read_gid
+        .or(roles.write_gid)
+        .map(nix::unistd::Gid::from_raw);
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -224,7 +249,7 @@ pub async fn serve<H: Handler>(
     Ok(ServerHandle {
         path: path.to_owned(),
         identity: (meta.dev(), meta.ino()),
-        task: tokio::spawn(accept_loop(listener, handler)),
+        task: tokio::spawn(accept_loop(listener, handler, Arc::new(roles))),
     })
 }
 
@@ -312,8 +337,9 @@ impl Drop for Staging {
     }
 }
 
-async fn accept_loop<H: Handler>(listener: UnixListener, handler: Arc<H>) {
+async fn accept_loop<H: Handler>(listener: UnixListener, handler: Arc<H>, roles: Arc<Roles>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(RefusalLog::default());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -321,9 +347,10 @@ async fn accept_loop<H: Handler>(listener: UnixListener, handler: Arc<H>) {
                 Ok((stream, _)) => {
                     let slot = slots.clone().try_acquire_owned();
                     let handler = handler.clone();
+                    let gate = Gate { roles: roles.clone(), refusals: refusals.clone() };
                     connections.spawn(async move {
                         match slot {
-                            Ok(_slot) => serve_connection(stream, handler).await,
+                            Ok(_slot) => serve_connection(stream, handler, gate).await,
                             Err(_) => refuse_busy(stream).await,
                         }
                     });
@@ -348,14 +375,23 @@ async fn refuse_busy(mut stream: UnixStream) {
 }
 
 /// Answers requests on one connection until it closes, idles out or sends an oversize line.
-async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
-    let uid = match stream.peer_cred() {
-        Ok(cred) => cred.uid(),
+async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate: Gate) {
+    let peer = match stream
+        .peer_cred()
+        .and_then(|cred| Ok((cred, peer_groups(stream.as_raw_fd())?)))
+    {
+        Ok((cred, groups)) => Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            groups,
+        },
         Err(e) => {
             tracing::warn!("admin socket: cannot identify the caller (SO_PEERCRED): {e}");
             return;
         }
     };
+    let uid = peer.uid;
+    let role = gate.roles.role(&peer);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -380,7 +416,12 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
             continue;
         }
         let response = match serde_json::from_slice::<Request>(&line) {
-            Ok(request) => answer(&*handler, request, uid).await,
+            Ok(request) if role.allows(request.access()) => answer(&*handler, request, uid).await,
+            Ok(request) => {
+                handler.refused();
+                gate.refusals.log(uid, role, &request);
+                refusal(role, &request, uid, &gate.roles)
+            }
             Err(e) => {
                 tracing::debug!(uid, "admin socket: malformed request: {e}");
                 error(ErrorKind::BadRequest, format!("malformed request: {e}"))
@@ -390,6 +431,13 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
             return;
         }
     }
+}
+
+/// What each connection needs to decide and log refusals.
+#[derive(Clone)]
+struct Gate {
+    roles: Arc<Roles>,
+    refusals: Arc<RefusalLog>,
 }
 
 /// Runs one request through the handler, auditing it if it changes anything.

@@ -1,18 +1,16 @@
 //! Persistence of operator state in `[state] dir`: operator lists, bans with their expiry, and
-//! per-user usage. Each file is replaced atomically (temp, fsync, rename, fsync dir), so a crash
-//! leaves the old or the new version. A file that cannot be parsed is renamed aside and
+//! per-user usage. Each file is replaced atomically ([`StateDir::write`]), so a crash or a full
+//! disk leaves the old or the new version. A file that cannot be parsed is renamed aside and
 //! reported, never silently emptied.
 
 use std::{
     collections::BTreeMap,
-    fs,
-    path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::state::{StateError, write_atomic};
+use crate::state::{StateDir, StateError};
 
 /// Operator-managed list entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +70,7 @@ pub struct SavedUsage {
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct Store {
-    dir: PathBuf,
+    dir: StateDir,
 }
 
 const LISTS: &str = "lists.json";
@@ -80,11 +78,9 @@ const BANS: &str = "bans.json";
 const USAGE: &str = "usage.json";
 
 impl Store {
-    /// A store in `dir` (created on first save).
-    pub fn new(dir: &Path) -> Store {
-        Store {
-            dir: dir.to_owned(),
-        }
+    /// A store in `dir`.
+    pub fn new(dir: StateDir) -> Store {
+        Store { dir }
     }
 
     /// Operator lists; empty if never saved.
@@ -118,20 +114,17 @@ impl Store {
     }
 
     fn load<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, StateError> {
-        let path = self.dir.join(name);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
-            Err(source) => return Err(StateError::Io { path, source }),
+        let Some(bytes) = self.dir.read(name)? else {
+            return Ok(T::default());
         };
-        serde_json::from_str(&text).map_err(|e| {
+        serde_json::from_slice(&bytes).map_err(|e| {
             // Keep the bad file for inspection; the caller starts from empty and says so.
-            let aside = path.with_extension(format!("json.corrupt-{}", unix_now()));
-            let moved = fs::rename(&path, &aside).is_ok();
+            let aside = format!("{name}.corrupt-{}", unix_now());
+            let moved = self.dir.rename(name, &aside).is_ok();
             StateError::Corrupt {
-                path: path.clone(),
+                path: self.dir.file(name),
                 message: if moved {
-                    format!("{e}; moved to {}", aside.display())
+                    format!("{e}; moved to {}", self.dir.file(&aside).display())
                 } else {
                     format!("{e}; could not move it aside")
                 },
@@ -140,15 +133,11 @@ impl Store {
     }
 
     fn save<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), StateError> {
-        fs::create_dir_all(&self.dir).map_err(|source| StateError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
         let json = serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
-            path: self.dir.join(name),
+            path: self.dir.file(name),
             message: format!("cannot serialise: {e}"),
         })?;
-        write_atomic(&self.dir.join(name), &json)
+        self.dir.write(name, &json)
     }
 }
 
@@ -161,12 +150,18 @@ pub fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, path::Path};
+
     use super::*;
+
+    fn open_store(dir: &Path) -> Store {
+        Store::new(StateDir::open_own(dir).expect("state dir"))
+    }
 
     #[test]
     fn round_trip_and_missing_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::new(&dir.path().join("state"));
+        let store = open_store(&dir.path().join("state"));
         assert_eq!(store.load_lists().expect("empty"), Lists::default());
         let mut lists = Lists::default();
         lists.block.insert(
@@ -184,7 +179,7 @@ mod tests {
     #[test]
     fn corrupt_file_is_set_aside_and_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::new(dir.path());
+        let store = open_store(dir.path());
         fs::write(dir.path().join(BANS), "[{\"addr\": ").expect("write");
         let err = store.load_bans().expect_err("corrupt");
         assert!(err.to_string().contains("moved to"), "{err}");
@@ -203,14 +198,19 @@ mod tests {
 
     #[test]
     fn unwritable_dir_is_an_error_not_a_panic() {
-        let store = Store::new(Path::new("/proc/relay-cannot-write-here"));
+        assert!(StateDir::open_own(Path::new("/proc/relay-cannot-write-here")).is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path());
+        // The file's place is taken by a directory: the save fails, nothing is lost.
+        fs::create_dir(dir.path().join(USAGE)).expect("mkdir");
         assert!(store.save_usage(&BTreeMap::new()).is_err());
+        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 1);
     }
 
     #[test]
     fn bans_from_before_ban_actions_load_without_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::new(dir.path());
+        let store = open_store(dir.path());
         fs::write(
             dir.path().join(BANS),
             r#"[{"addr": "198.51.100.1", "reason": "bad_secret", "count": 10}]"#,

@@ -26,7 +26,7 @@ use crate::{
     config::{Config, Tls},
     control::store::unix_now,
     proto::tls::{FlightProfile, FlightShape, ProfileError, parse_flight, probe_hello},
-    state::{StateError, write_atomic},
+    state::{StateDir, StateError},
 };
 
 /// File in `[state] dir` holding the last learned profile.
@@ -164,17 +164,12 @@ pub fn load_cache(dir: &Path, tls: &Tls) -> Cache {
 }
 
 /// Writes `learned` to the cache in `dir`.
-pub fn save_cache(dir: &Path, learned: &LearnedFlight) -> Result<(), StateError> {
-    let path = dir.join(CACHE_FILE);
+pub fn save_cache(dir: &StateDir, learned: &LearnedFlight) -> Result<(), StateError> {
     let json = serde_json::to_vec_pretty(learned).map_err(|e| StateError::Corrupt {
-        path: path.clone(),
+        path: dir.file(CACHE_FILE),
         message: format!("cannot serialise: {e}"),
     })?;
-    std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    write_atomic(&path, &json)
+    dir.write(CACHE_FILE, &json)
 }
 
 /// Why the mask is not probed, if it is not.
@@ -194,16 +189,19 @@ pub struct MaskFlight {
     relearn: Notify,
     /// Bumped by [`MaskFlight::reconfigure`]: a round started before must not publish.
     generation: AtomicU64,
+    /// Where the profile is cached (the state dir opened at start).
+    state: StateDir,
 }
 
 impl MaskFlight {
     /// The state at start: the cached profile for `config`'s mask if there is one, else the
     /// fallback (logged either way).
-    pub fn start(config: &Config) -> MaskFlight {
+    pub fn start(config: &Config, state: StateDir) -> MaskFlight {
         let flight = MaskFlight {
-            current: ArcSwap::from_pointee(initial(config)),
+            current: ArcSwap::from_pointee(initial(config, &state)),
             relearn: Notify::new(),
             generation: AtomicU64::new(0),
+            state,
         };
         flight.log_current();
         flight
@@ -222,12 +220,11 @@ impl MaskFlight {
                 c.tls.mask_target(),
                 c.tls.domain.clone(),
                 not_probed(&c.tls),
-                c.state.dir.clone(),
             )
         };
         if key(old) != key(new) {
             self.generation.fetch_add(1, Ordering::Relaxed);
-            self.current.store(Arc::new(initial(new)));
+            self.current.store(Arc::new(initial(new, &self.state)));
             self.log_current();
             self.relearn.notify_one();
         }
@@ -257,12 +254,12 @@ impl MaskFlight {
     }
 }
 
-fn initial(config: &Config) -> FlightState {
+fn initial(config: &Config, state: &StateDir) -> FlightState {
     if let Some(why) = not_probed(&config.tls) {
         return FlightState::fallback(why.to_owned());
     }
     let target = config.tls.mask_target();
-    match load_cache(&config.state.dir, &config.tls) {
+    match load_cache(state.path(), &config.tls) {
         Cache::Usable(learned) => FlightState::from_learned(Source::Cached, learned),
         Cache::Unreadable(e) => FlightState::fallback(format!(
             "cached profile unusable ({e}); {target} not probed yet"
@@ -409,7 +406,7 @@ async fn round(flight: &MaskFlight, config: &Config) -> Duration {
     }
     match result {
         Ok(learned) => {
-            if let Err(e) = save_cache(&config.state.dir, &learned) {
+            if let Err(e) = save_cache(&flight.state, &learned) {
                 tracing::warn!("mask flight learned but not cached: {e}");
             }
             let changed = flight
@@ -459,6 +456,10 @@ mod tests {
         Secret,
         tls::{ExtensionOrder, SessionId, TlsClientHello, server_flight_shaped},
     };
+
+    fn state_dir(path: &Path) -> StateDir {
+        StateDir::open_own(path).expect("state dir")
+    }
 
     fn config(mask: &str, state: &Path, extra: &str) -> Config {
         let text = format!(
@@ -564,7 +565,7 @@ mod tests {
         let state = tempfile::tempdir().expect("tempdir");
         let target = site(site_flight(ExtensionOrder::KeyShareFirst, 4000)).await;
         let config = config(&target, state.path(), "");
-        let flight = MaskFlight::start(&config);
+        let flight = MaskFlight::start(&config, state_dir(state.path()));
         assert_eq!(flight.current().source, Source::Fallback);
         assert_eq!(flight.current().shape, FlightShape::fallback());
 
@@ -578,7 +579,7 @@ mod tests {
         );
 
         // A restart reads the cache: no probe needed.
-        let again = MaskFlight::start(&config);
+        let again = MaskFlight::start(&config, state_dir(state.path()));
         assert_eq!(again.current().source, Source::Cached);
         assert_eq!(again.current().shape, learned.shape);
         assert!(matches!(
@@ -592,11 +593,16 @@ mod tests {
             load_cache(state.path(), &other.tls),
             Cache::OtherSite(_)
         ));
-        assert_eq!(MaskFlight::start(&other).current().source, Source::Fallback);
+        assert_eq!(
+            MaskFlight::start(&other, state_dir(state.path()))
+                .current()
+                .source,
+            Source::Fallback
+        );
 
         // Learning off: the fallback, whatever is cached.
         let off = super::tests::config(&target, state.path(), "learn_flight = false");
-        let state_off = MaskFlight::start(&off);
+        let state_off = MaskFlight::start(&off, state_dir(state.path()));
         assert_eq!(state_off.current().source, Source::Fallback);
         assert!(
             state_off
@@ -617,7 +623,7 @@ mod tests {
         let target = site(site_flight(ExtensionOrder::KeyShareFirst, 4000)).await;
         let old = config(&target, state.path(), "");
         let new = config_other(state.path());
-        let flight = MaskFlight::start(&old);
+        let flight = MaskFlight::start(&old, state_dir(state.path()));
         let ((), wait) = tokio::join!(
             async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -650,7 +656,7 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let config = config(&format!("127.0.0.1:{port}"), state.path(), "");
-        let flight = MaskFlight::start(&config);
+        let flight = MaskFlight::start(&config, state_dir(state.path()));
         assert_eq!(round(&flight, &config).await, RETRY);
         let current = flight.current();
         assert_eq!(current.source, Source::Fallback);
@@ -673,8 +679,8 @@ mod tests {
                     .expect("flight"),
             ],
         };
-        save_cache(state.path(), &learned).expect("save");
-        let flight = MaskFlight::start(&config);
+        save_cache(&state_dir(state.path()), &learned).expect("save");
+        let flight = MaskFlight::start(&config, state_dir(state.path()));
         assert_eq!(flight.current().source, Source::Cached);
         round(&flight, &config).await;
         assert_eq!(flight.current().source, Source::Cached);
@@ -687,7 +693,9 @@ mod tests {
             Cache::Unreadable(_)
         ));
         assert_eq!(
-            MaskFlight::start(&config).current().source,
+            MaskFlight::start(&config, state_dir(state.path()))
+                .current()
+                .source,
             Source::Fallback
         );
     }

@@ -175,6 +175,7 @@ fn exit_statuses() {
     assert_eq!(Exit::for_error_kind(ErrorKind::NotFound).code(), 1);
     assert_eq!(Exit::for_error_kind(ErrorKind::Failed).code(), 1);
     assert_eq!(Exit::for_error_kind(ErrorKind::BadRequest).code(), 1);
+    assert_eq!(Exit::for_error_kind(ErrorKind::Forbidden).code(), 4);
     assert_eq!(Exit::Usage.code(), 2);
     let status = |e: ClientError| Exit::for_client_error(&e).code();
     assert_eq!(status(ClientError::NotRunning { path: path.clone() }), 3);
@@ -293,7 +294,13 @@ impl Daemon {
         let socket = dir.path().join("admin.sock");
         let recorder = Arc::new(Recorder::default());
         let server = runtime
-            .block_on(server::serve(&socket, 0o600, None, recorder.clone()))
+            .block_on(server::serve(
+                &crate::config::Admin {
+                    socket: socket.clone(),
+                    ..Default::default()
+                },
+                recorder.clone(),
+            ))
             .expect("serves");
         Daemon {
             _dir: dir,

@@ -16,6 +16,7 @@ use super::*;
 use crate::control::{
     api::PrefixEntry,
     client::{self, ClientError},
+    roles::REFUSALS_LOGGED_PER_MINUTE,
 };
 
 /// A handler that records every request with the caller's uid and answers from [`canned`].
@@ -23,6 +24,8 @@ use crate::control::{
 pub(crate) struct Recorder {
     /// Requests seen, in order.
     pub seen: Mutex<Vec<(Request, u32)>>,
+    /// Requests refused for the caller's role.
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 impl Recorder {
@@ -39,6 +42,11 @@ impl Handler for Recorder {
             seen.push((request, caller_uid));
         }
         async move { response }
+    }
+
+    fn refused(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -115,13 +123,23 @@ pub(crate) fn all_requests() -> Vec<Request> {
     ]
 }
 
+/// `[admin]` with the socket at `path`.
+fn settings(path: &Path, mode: u32, group: Option<&str>) -> Admin {
+    Admin {
+        socket: path.to_owned(),
+        mode,
+        group: group.map(str::to_owned),
+        read_group: None,
+    }
+}
+
 fn me() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
 async fn start(path: &Path) -> (ServerHandle, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
-    let handle = serve(path, 0o600, None, recorder.clone())
+    let handle = serve(&settings(path, 0o600, None), recorder.clone())
         .await
         .expect("admin server starts");
     (handle, recorder)
@@ -278,9 +296,7 @@ async fn socket_gets_the_requested_mode_and_group() {
         .expect("group database")
         .expect("our group has a name");
     let handle = serve(
-        &path,
-        0o660,
-        Some(&group.name),
+        &settings(&path, 0o660, Some(&group.name)),
         Arc::new(Recorder::default()),
     )
     .await
@@ -297,7 +313,7 @@ async fn socket_gets_the_requested_mode_and_group() {
     assert_eq!(names, vec![std::ffi::OsString::from("admin.sock")]);
     drop(handle);
 
-    let _server = serve(&path, 0o600, None, Arc::new(Recorder::default()))
+    let _server = serve(&settings(&path, 0o600, None), Arc::new(Recorder::default()))
         .await
         .expect("serves again");
     let meta = std::fs::symlink_metadata(&path).expect("socket exists");
@@ -309,9 +325,7 @@ async fn an_unknown_group_is_refused_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("admin.sock");
     let err = serve(
-        &path,
-        0o660,
-        Some("no-such-group-relay"),
+        &settings(&path, 0o660, Some("no-such-group-relay")),
         Arc::new(Recorder::default()),
     )
     .await
@@ -354,7 +368,7 @@ async fn a_second_server_on_the_same_path_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("admin.sock");
     let (_first, recorder) = start(&path).await;
-    let err = serve(&path, 0o600, None, Arc::new(Recorder::default()))
+    let err = serve(&settings(&path, 0o600, None), Arc::new(Recorder::default()))
         .await
         .expect_err("second server");
     assert!(matches!(err, AdminError::AlreadyRunning { .. }), "{err:?}");
@@ -372,7 +386,7 @@ async fn a_file_that_is_not_a_socket_is_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("admin.sock");
     std::fs::write(&path, "precious").expect("write");
-    let err = serve(&path, 0o600, None, Arc::new(Recorder::default()))
+    let err = serve(&settings(&path, 0o600, None), Arc::new(Recorder::default()))
         .await
         .expect_err("not a socket");
     assert!(matches!(err, AdminError::NotASocket { .. }), "{err:?}");
@@ -573,7 +587,7 @@ async fn failed_changes_are_audited_as_errors() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("admin.sock");
-    let _server = serve(&path, 0o600, None, Arc::new(Refuser))
+    let _server = serve(&settings(&path, 0o600, None), Arc::new(Refuser))
         .await
         .expect("serves");
     call(&path, Request::BansClear).await.expect("answered");
@@ -767,4 +781,162 @@ fn permission_hint_names_the_sockets_group() {
     let text = ClientError::from_connect(&path, std::io::Error::from_raw_os_error(libc::EACCES))
         .to_string();
     assert!(text.contains("[admin] group"), "{text}");
+}
+
+/// Two groups of this system other than root's and nobody's.
+fn two_groups() -> (nix::unistd::Group, nix::unistd::Group) {
+    let mut found = (1..1000)
+        .filter_map(|gid| nix::unistd::Group::from_gid(gid.into()).ok().flatten())
+        .take(2);
+    match (found.next(), found.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("fewer than two groups with gid 1..1000 on this system"),
+    }
+}
+
+/// Sends `request` from a fresh thread that first becomes `uid`:`gid` with supplementary
+/// `groups`. The raw system calls change only that thread's credentials (glibc's wrappers
+/// would change every thread's), and the thread ends after the call.
+async fn call_as(
+    path: &Path,
+    (uid, gid, groups): (u32, u32, Vec<u32>),
+    request: Request,
+) -> Result<Response, ClientError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            // SAFETY: plain system calls on this thread's credentials, valid group array.
+            unsafe {
+                assert_eq!(
+                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                    0,
+                    "setgroups"
+                );
+                assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+            }
+            client::call(&path, &request)
+        })
+        .join()
+        .expect("caller thread")
+    })
+    .await
+    .expect("blocking task")
+}
+
+// Current-thread runtime: the server's tasks run on this thread, under the test's subscriber.
+#[tokio::test]
+async fn read_only_callers_read_and_are_refused_changes() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP read_only_callers_read_and_are_refused_changes: needs root to set uids");
+        return;
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (write_group, read_group) = two_groups();
+    let (w, r) = (write_group.gid.as_raw(), read_group.gid.as_raw());
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let path = dir.path().join("admin.sock");
+    let recorder = Arc::new(Recorder::default());
+    let _server = serve(
+        &Admin {
+            read_group: Some(read_group.name.clone()),
+            ..settings(&path, 0o660, Some(&write_group.name))
+        },
+        recorder.clone(),
+    )
+    .await
+    .expect("serves");
+    // The socket belongs to read_group, so that both roles can connect.
+    let meta = std::fs::symlink_metadata(&path).expect("socket");
+    assert_eq!(meta.gid(), r);
+
+    const NOBODY: u32 = 65534;
+    let reader = || (NOBODY, NOBODY, vec![r]);
+    let writer = || (NOBODY, NOBODY, vec![w, r]);
+    let mut refused = 0;
+    for request in all_requests() {
+        let answer = call_as(&path, reader(), request.clone())
+            .await
+            .expect("answered");
+        if request.is_change() {
+            refused += 1;
+            match answer {
+                Response::Error {
+                    kind: ErrorKind::Forbidden,
+                    message,
+                } => {
+                    assert!(message.contains(request.name()), "{message}");
+                    assert!(message.contains("may only read"), "{message}");
+                    assert!(
+                        message.contains(&format!("[admin] group `{}`", write_group.name)),
+                        "{message}"
+                    );
+                }
+                other => panic!("{request:?} by a reader: {other:?}"),
+            }
+        } else {
+            assert_eq!(answer, canned(&request), "{request:?} by a reader");
+        }
+        let answer = call_as(&path, writer(), request.clone())
+            .await
+            .expect("answered");
+        assert_eq!(answer, canned(&request), "{request:?} by a writer");
+    }
+    // read_group as the primary group counts too.
+    let answer = call_as(&path, (NOBODY, r, vec![]), Request::Stats)
+        .await
+        .expect("answered");
+    assert_eq!(answer, canned(&Request::Stats));
+    // In [admin] group only: the socket (group read_group, 0660) does not let it connect.
+    let outsider = call_as(&path, (NOBODY, NOBODY, vec![w]), Request::Stats).await;
+    assert!(
+        matches!(outsider, Err(ClientError::PermissionDenied { .. })),
+        "{outsider:?}"
+    );
+    // More refusals than are logged per minute.
+    for _ in 0..5 {
+        call_as(&path, reader(), Request::BansClear)
+            .await
+            .expect("answered");
+        refused += 1;
+    }
+
+    // The handler never saw a refused request, and counted each one.
+    let seen = recorder.requests();
+    assert!(
+        seen.iter().all(|(request, _)| !request.is_change()
+            || seen.iter().filter(|(r, _)| r == request).count() == 1),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.len(),
+        all_requests().len() + all_requests().iter().filter(|r| !r.is_change()).count() + 1
+    );
+    assert_eq!(
+        recorder.refused.load(std::sync::atomic::Ordering::Relaxed),
+        refused
+    );
+    let log = capture.text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("admin request refused"))
+        .collect();
+    assert!(refused > u64::from(REFUSALS_LOGGED_PER_MINUTE));
+    assert_eq!(lines.len(), REFUSALS_LOGGED_PER_MINUTE as usize, "{log}");
+    assert!(lines.iter().all(|l| l.contains("relay::audit")), "{log}");
+    assert!(lines.iter().all(|l| l.contains("uid=65534")), "{log}");
+    assert!(
+        lines.iter().all(|l| l.contains("role=\"read-only\"")),
+        "{log}"
+    );
+    assert!(lines[0].contains("request=\"block add\""), "{log}");
 }
