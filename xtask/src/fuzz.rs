@@ -8,13 +8,15 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::Cmd;
 
 /// The targets in `fuzz/Cargo.toml`, one per parser that reads peer or operator bytes.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 8] = [
     "obfs2_header",
     "client_hello",
     "tls_records",
     "config",
     "netset",
     "admin_request",
+    "server_flight",
+    "crowdsec_stream",
 ];
 
 /// Fuzzes each target for `seconds`; fails on the first crash, naming its artifact.
