@@ -1,7 +1,9 @@
-//! Handshake slots under a slow attack: 48 source addresses, each within its new-connection
-//! budget, hold silent connections and close each just before the handshake deadline, while a
-//! genuine Telethon client from the same /24 connects again and again. Silent handshakes are
-//! evicted to make room (and counted as offences), so the genuine client keeps getting in.
+//! Handshake slots under a slow attack: 48 source addresses of one /24, each within its
+//! new-connection budget, hold silent connections and close each just before the handshake
+//! deadline, while a genuine Telethon client from another /24 connects again and again. Silent
+//! handshakes are evicted to make room and count as offences (so the attackers, and in time
+//! their /24, are banned: a genuine client inside that /24 would be fronted with them, which is
+//! what a prefix ban is for), and the genuine client keeps getting in.
 
 use std::{
     collections::VecDeque,
@@ -117,7 +119,7 @@ fn silent_sources_cannot_starve_a_genuine_client_of_handshake_slots() {
     thread::sleep(Duration::from_secs(5));
 
     let echo = Echo {
-        local_addr: Some("127.0.2.200".to_owned()),
+        local_addr: Some("127.0.3.200".to_owned()),
         op_timeout: Duration::from_secs(10),
         deadline: Duration::from_secs(30),
         ..Echo::local(port, format!("dd{SECRET}"), 2, &[64, 4096])
