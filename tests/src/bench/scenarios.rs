@@ -1558,6 +1558,8 @@ mode = "{mode}"
 max_connections = 100000
 max_connections_per_source = 100000
 max_handshakes = 100000
+max_handshakes_per_source = 100000
+max_handshakes_per_prefix = 100000
 
 [blocklist]
 {blocklist}
@@ -1570,6 +1572,12 @@ replay = 0
 timeout = 0
 garbage = 0
 connections = 0
+prefix_bad_secret = 0
+prefix_unknown_sni = 0
+prefix_replay = 0
+prefix_timeout = 0
+prefix_garbage = 0
+prefix_connections = 0
 
 [admin]
 socket = "{admin}"
