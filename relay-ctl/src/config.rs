@@ -370,7 +370,9 @@ pub struct Misuse {
     pub prefix_timeout: u32,
     /// Garbage connections per window from one /24 or /48.
     pub prefix_garbage: u32,
-    /// New connections per window from one /24 or /48.
+    /// New connections per window from one /24 or /48; off (0) by default: a carrier's CGNAT
+    /// /24 carries many users' connections, and floods are cut per source (SYN limiter,
+    /// `connections`).
     pub prefix_connections: u32,
     /// Most sources, and most prefixes, tracked at once (memory bound: about 100 bytes each);
     /// beyond it the least recently seen is forgotten.
@@ -414,7 +416,7 @@ impl Default for Misuse {
             prefix_replay: 30,
             prefix_timeout: 200,
             prefix_garbage: 100,
-            prefix_connections: 12_000,
+            prefix_connections: 0,
             max_sources: 100_000,
             action: ProbeBanAction::Front,
             banned_syn_rate_per_sec: 2,

@@ -116,6 +116,9 @@ bad_secret = 1000000
 garbage = 1000000
 timeout = 1000000
 connections = 1000000
+prefix_bad_secret = 0
+prefix_garbage = 0
+prefix_timeout = 0
 "#,
         good = dcs.good,
         refused = dcs.refused,

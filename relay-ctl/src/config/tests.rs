@@ -529,14 +529,17 @@ fn prefix_thresholds_default_well_above_a_sources_and_can_be_set() {
     let levels = config.misuse.thresholds();
     assert!(levels.prefix.bad_secret >= 10 * levels.source.bad_secret);
     assert!(levels.prefix.replay >= 10 * levels.source.replay);
-    assert!(levels.prefix.connections >= 10 * levels.source.connections);
+    assert_eq!(
+        levels.prefix.connections, 0,
+        "off: a CGNAT /24 carries many users"
+    );
     let config = parse(
-        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nprefix_bad_secret = 40\nprefix_connections = 0\n",
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nprefix_bad_secret = 40\nprefix_connections = 50000\n",
     )
     .expect("valid");
     let levels = config.misuse.thresholds();
     assert_eq!(levels.prefix.bad_secret, 40);
-    assert_eq!(levels.prefix.connections, 0);
+    assert_eq!(levels.prefix.connections, 50_000);
     expect_invalid(
         "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nprefix_bad_secrets = 40\n",
         4,
