@@ -163,6 +163,36 @@ macro_rules! info_limited {
     }};
 }
 
+/// Log output written under a test's subscriber (`with_writer(move || capture.clone())`).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct LogCapture(std::sync::Arc<Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl LogCapture {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -494,7 +494,7 @@ mod tests {
                 r#""scenario":"s\u001b]0;title\u0007\nINFO forged""#,
             ),
         );
-        let capture = Capture::default();
+        let capture = crate::logging::LogCapture::default();
         let writer = capture.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
@@ -532,33 +532,6 @@ mod tests {
             log.lines().all(|l| !l.starts_with("INFO")),
             "a forged log line: {log}"
         );
-    }
-
-    /// Log lines written under a test's subscriber.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Capture {
-        fn text(&self) -> String {
-            self.0
-                .lock()
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .unwrap_or_default()
-        }
     }
 
     /// A LAPI that answers one pull with a body that never ends (close-delimited): the client

@@ -467,36 +467,10 @@ async fn connections_beyond_the_limit_are_told_to_retry() {
     assert!(ok, "slots were not released");
 }
 
-/// Captures formatted log output.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        self.0
-            .lock()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default()
-    }
-}
-
 // Current-thread runtime: the server's tasks run on this thread, under the test's subscriber.
 #[tokio::test]
 async fn changes_are_audited_with_uid_and_short_summaries() {
-    let capture = Capture::default();
+    let capture = crate::logging::LogCapture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
@@ -578,7 +552,7 @@ async fn failed_changes_are_audited_as_errors() {
             }
         }
     }
-    let capture = Capture::default();
+    let capture = crate::logging::LogCapture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
@@ -831,7 +805,7 @@ async fn read_only_callers_read_and_are_refused_changes() {
         eprintln!("SKIP read_only_callers_read_and_are_refused_changes: needs root to set uids");
         return;
     }
-    let capture = Capture::default();
+    let capture = crate::logging::LogCapture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
