@@ -1410,15 +1410,16 @@ fn a_24_of_bad_clients_is_banned_as_a_prefix_and_the_ban_persists() {
         assert_eq!(ban["count"], 3, "{ban}");
     };
     expect_listed(&relay);
-    // An address that never offended is dropped with the rest of its /24.
-    let mut other = rust_client(
+    // An address that never offended is dropped with the rest of its /24: refused at accept,
+    // so the handshake itself may already meet the reset.
+    if let Ok(mut other) = rust_client(
         addr,
         users[0].secret.as_str(),
         false,
         Ipv4Addr::new(127, 0, 0, 9).into(),
-    )
-    .expect("connects");
-    assert_closed_without_data(&mut other, "address in the banned /24");
+    ) {
+        assert_closed_without_data(&mut other, "address in the banned /24");
+    }
     wait_until(Duration::from_secs(10), || {
         relay
             .log()
