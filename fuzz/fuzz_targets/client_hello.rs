@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay_ctl::proto::{
+use relay_proto::{
     Secret,
     tls::{
         HelloPolicy,

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay_ctl::proto::{ModeSet, Secret, obfs2};
+use relay_proto::{ModeSet, Secret, obfs2};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {

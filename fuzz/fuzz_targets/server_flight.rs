@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay_ctl::proto::tls::{
+use relay_proto::tls::{
     flight::MAX_CERT_LEN,
     profile::{FlightShape, parse_flight},
 };

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay_ctl::proto::tls::record::RecordDecoder;
+use relay_proto::tls::record::RecordDecoder;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&chunk, stream)) = data.split_first() else {

@@ -15,7 +15,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
-use crate::proto::{Mode, ModeSet, Secret};
+use relay_proto::{Mode, ModeSet, Secret};
 
 /// The configuration used when `relay-ctl run` gets no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -686,7 +686,7 @@ fn default_idle_timeout() -> u64 {
 
 /// `[replay]`: the anti-replay memory. Each authenticated handshake is remembered for
 /// `retention_secs` or `retention_handshakes` later handshakes, whichever is longer, within
-/// `memory_bytes` (see [`crate::proto::replay`]).
+/// `memory_bytes` (see [`relay_proto::replay`]).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
@@ -713,8 +713,8 @@ impl Default for Replay {
 
 impl Replay {
     /// The memory's limits.
-    pub fn limits(&self) -> crate::proto::replay::ReplayLimits {
-        crate::proto::replay::ReplayLimits {
+    pub fn limits(&self) -> relay_proto::replay::ReplayLimits {
+        relay_proto::replay::ReplayLimits {
             retention_secs: self.retention_secs,
             handshakes: self.retention_handshakes,
             memory_bytes: self.memory_bytes,

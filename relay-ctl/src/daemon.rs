@@ -30,7 +30,6 @@ use crate::{
         store::{BlockEntry, Lists, SavedBan, SavedUsage, Store, unix_now},
     },
     misuse::Misuse,
-    proto::replay::ReplayMemory,
     relay::{
         RelayContext,
         accounts::{Account, Accounts, Rejection},
@@ -44,6 +43,7 @@ use crate::{
     users,
     xdp::PrefixList,
 };
+use relay_proto::replay::ReplayMemory;
 
 /// How often idle limiter state is forgotten.
 const LIMITER_SWEEP_EVERY_NS: u64 = 30 * 1_000_000_000;

@@ -16,7 +16,7 @@ pub mod misuse;
 pub mod prefix_set;
 pub mod privacy;
 pub mod privilege;
-pub mod proto;
+
 pub mod relay;
 pub mod server;
 pub mod shield;

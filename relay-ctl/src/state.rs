@@ -28,7 +28,7 @@ use nix::{
     unistd::{UnlinkatFlags, unlinkat},
 };
 
-use crate::proto::Secret;
+use relay_proto::Secret;
 
 /// File name of the generated default secret.
 pub const DEFAULT_SECRET_FILE: &str = "default.secret";

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use relay_ctl::proto::{
+use relay_proto::{
     AesCtr, ProtoTag, Secret, obfs2,
     tls::{
         CONTENT_APP_DATA, CONTENT_HANDSHAKE, MAX_PLAINTEXT, RECORD_HEADER_LEN,

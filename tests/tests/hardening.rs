@@ -24,7 +24,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use rand::RngCore as _;
-use relay_ctl::proto::Secret;
+use relay_proto::Secret;
 use relay_tests::{
     fake_dc::FakeDc,
     metrics::Metrics,

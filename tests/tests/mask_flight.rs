@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_ctl::proto::{
+use relay_proto::{
     Secret,
     tls::{
         ExtensionOrder, FlightProfile, ProfileError, parse_flight, probe_hello,

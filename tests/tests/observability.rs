@@ -17,10 +17,8 @@ use std::{
 };
 
 use relay_common::Verdict;
-use relay_ctl::{
-    config::{Config, Origin},
-    proto::Secret,
-};
+use relay_ctl::config::{Config, Origin};
+use relay_proto::Secret;
 use relay_tests::util::wait_until;
 use relay_tests::{
     fake_dc::FakeDc,

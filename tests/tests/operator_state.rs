@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_ctl::proto::Secret;
+use relay_proto::Secret;
 use relay_tests::util::wait_until;
 use relay_tests::{
     fake_dc::FakeDc,

@@ -23,7 +23,7 @@ use std::{
 };
 
 use rand::RngCore as _;
-use relay_ctl::proto::Secret;
+use relay_proto::Secret;
 use relay_tests::{
     fake_dc::FakeDc,
     https_mask::HttpsMask,

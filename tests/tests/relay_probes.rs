@@ -15,7 +15,7 @@ use std::{
 };
 
 use rand::RngCore as _;
-use relay_ctl::proto::Secret;
+use relay_proto::Secret;
 use relay_tests::util::free_port;
 use relay_tests::{
     fake_dc::FakeDc,
@@ -621,7 +621,7 @@ fn probe_wrong_sni_and_bad_secret_are_fronted() {
         ("bad secret", fake_tls_hello(&stranger, DOMAIN)),
         (
             "stale timestamp",
-            relay_ctl::proto::tls::build_client_hello(
+            relay_proto::tls::build_client_hello(
                 &mut rand::rng(),
                 &secret(),
                 DOMAIN,

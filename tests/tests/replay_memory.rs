@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_ctl::proto::Secret;
+use relay_proto::Secret;
 use relay_tests::{
     fake_dc::FakeDc,
     mask::{MaskServer, Recorder},
@@ -195,8 +195,7 @@ fn uptime_clock_hellos_follow_the_switch() {
             config_with(port, dc.addr, mask.addr, state.path(), accept)
         });
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let hello =
-            relay_ctl::proto::tls::build_client_hello(&mut rand::rng(), &secret, DOMAIN, 3600);
+        let hello = relay_proto::tls::build_client_hello(&mut rand::rng(), &secret, DOMAIN, 3600);
         let answer = replay(addr, &hello);
         let answered = answer.starts_with(&[0x16, 0x03, 0x03]);
         if accept {

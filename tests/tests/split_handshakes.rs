@@ -13,7 +13,7 @@
 
 use std::{io::Write as _, net::SocketAddr, thread, time::Duration};
 
-use relay_ctl::proto::Secret;
+use relay_proto::Secret;
 use relay_tests::{
     fake_dc::FakeDc,
     https_mask::HttpsMask,

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use crate::{
     config::Config,
-    proto::tls::FlightShape,
     relay::mask_flight::{self, Cache},
 };
+use relay_proto::tls::FlightShape;
 
 /// Parses and validates the file, then prints a summary of the effective configuration.
 pub fn run(file: Option<&Path>) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Context as _, bail};
 
-use crate::{config::Config, proto, users};
+use crate::{config::Config, users};
 
 /// Prints `tg://` and `https://t.me` links for every enabled mode of every (or one) user.
 pub fn run(
@@ -38,7 +38,7 @@ pub fn run(
         .filter(|u| user.is_none_or(|name| name == u.name))
     {
         println!("# user {}", u.name);
-        for link in proto::links(
+        for link in relay_proto::links(
             &host,
             port,
             &u.secret,
@@ -81,5 +81,5 @@ pub fn guess_host(config: &Config) -> anyhow::Result<String> {
 
 /// Prints a fresh random secret (32 hex digits).
 pub fn new_secret() {
-    println!("{}", proto::Secret::random().to_hex());
+    println!("{}", relay_proto::Secret::random().to_hex());
 }

@@ -19,10 +19,8 @@ use std::{
 
 use rand::{SeedableRng as _, rngs::StdRng};
 
-use crate::{
-    proto::replay::{ReplayLimits, ReplayMemory, bloom::Generation, file},
-    state::{StateDir, StateError, TEMP_MARK},
-};
+use crate::state::{StateDir, StateError, TEMP_MARK};
+use relay_proto::replay::{ReplayLimits, ReplayMemory, bloom::Generation, file};
 
 /// Subdirectory of the state dir.
 pub const REPLAY_DIR: &str = "replay";
@@ -226,7 +224,7 @@ mod tests {
     use std::{fs, path::Path};
 
     use super::*;
-    use crate::proto::replay::ReplayKey;
+    use relay_proto::replay::ReplayKey;
 
     fn open_store(dir: &Path) -> ReplayStore {
         ReplayStore::new(StateDir::open_own(dir).expect("state dir"))

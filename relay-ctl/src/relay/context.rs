@@ -17,8 +17,8 @@ use super::{
 use crate::{
     config::{Config, OnLimit},
     misuse::Misuse,
-    proto::{ModeSet, Secret, replay::ReplayMemory, tls::HelloKey},
 };
+use relay_proto::{ModeSet, Secret, replay::ReplayMemory, tls::HelloKey};
 
 /// A user as the relay sees it.
 #[derive(Debug, Clone)]

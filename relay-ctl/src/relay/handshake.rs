@@ -1,6 +1,6 @@
 //! The client side of a connection up to the point where relaying starts: mode detection,
 //! fake-TLS hello and server flight, the obfuscated2 header, the replay check. Thin async
-//! code around the sans-IO functions in [`crate::proto`].
+//! code around the sans-IO functions in [`relay_proto`].
 
 use std::{
     net::IpAddr,
@@ -14,7 +14,7 @@ use tokio::{
 
 use super::{RelayContext, intake::Intake};
 use crate::misuse::Offence;
-use crate::proto::{
+use relay_proto::{
     Mode,
     obfs2::{self, ClientHandshake, HEADER_LEN, Obfs2Error},
     opening::{self, Opening},

@@ -25,9 +25,9 @@ use tokio::{
 use crate::{
     config::{Config, Tls},
     control::store::unix_now,
-    proto::tls::{FlightProfile, FlightShape, ProfileError, parse_flight, probe_hello},
     state::{StateDir, StateError},
 };
+use relay_proto::tls::{FlightProfile, FlightShape, ProfileError, parse_flight, probe_hello};
 
 /// File in `[state] dir` holding the last learned profile.
 pub const CACHE_FILE: &str = "mask-flight.json";
@@ -452,7 +452,7 @@ mod tests {
 
     use super::*;
     use crate::config::Origin;
-    use crate::proto::{
+    use relay_proto::{
         Secret,
         tls::{ExtensionOrder, SessionId, TlsClientHello, server_flight_shaped},
     };
@@ -675,7 +675,7 @@ mod tests {
             domain: "example.com".into(),
             learned_unix: 1,
             samples: vec![
-                crate::proto::tls::parse_flight(&site_flight(ExtensionOrder::KeyShareFirst, 999))
+                relay_proto::tls::parse_flight(&site_flight(ExtensionOrder::KeyShareFirst, 999))
                     .expect("flight"),
             ],
         };

@@ -32,14 +32,10 @@ use self::{
     stats::{ConnState, FrontReason, HandshakeResult, Metered},
     transform::{ToClient, ToUpstream},
 };
-use crate::{
-    capacity::Slot,
-    config::OnLimit,
-    misuse::Offence,
-    proto::{
-        Mode,
-        tls::reader::{Sniff, sniff},
-    },
+use crate::{capacity::Slot, config::OnLimit, misuse::Offence};
+use relay_proto::{
+    Mode,
+    tls::reader::{Sniff, sniff},
 };
 
 /// Serves one accepted client connection to its end. The caller runs it inside a `conn` span

@@ -12,7 +12,9 @@ use std::{
 };
 
 use super::{accounts::Account, handshake::Failure, pump::Meter};
-use crate::{control::api::DcConnect, proto::Mode};
+use relay_proto::Mode;
+
+use crate::control::api::DcConnect;
 
 /// Where an open connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

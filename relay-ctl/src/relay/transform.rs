@@ -1,7 +1,7 @@
 //! The per-direction byte transforms of a relayed connection.
 
 use super::pump::{Transform, TransformError};
-use crate::proto::{
+use relay_proto::{
     AesCtr,
     tls::record::{RecordDecoder, encode_records},
 };

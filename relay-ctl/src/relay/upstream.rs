@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::RelayContext;
-use crate::proto::{
+use relay_proto::{
     ProtoTag,
     dc::{IpFamily, dc_addrs},
     obfs2::{self, DcHandshake, KeyIv},

@@ -10,19 +10,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use rand::Rng as _;
-use relay_ctl::{
-    proto::{
-        AesCtr, ModeSet, ProtoTag, Secret, obfs2,
-        tls::{
-            flight::server_flight,
-            hello::{
-                HelloKey, HelloPolicy, build_client_hello, verify_client_hello,
-                verify_client_hello_keys,
-            },
-            reader::{ClientHelloReader, HelloRead},
+use relay_ctl::relay::{pump::Transform as _, transform::ToUpstream};
+use relay_proto::{
+    AesCtr, ModeSet, ProtoTag, Secret, obfs2,
+    tls::{
+        flight::server_flight,
+        hello::{
+            HelloKey, HelloPolicy, build_client_hello, verify_client_hello,
+            verify_client_hello_keys,
         },
+        reader::{ClientHelloReader, HelloRead},
     },
-    relay::{pump::Transform as _, transform::ToUpstream},
 };
 use serde_json::{Value, json};
 
@@ -119,7 +117,7 @@ pub fn transform(budget: Duration) -> Value {
     json!({
         "buffer": BUF,
         "aes_ctr_one_pass_bytes_per_sec": one_pass,
-        "aes_ctr_implementation": relay_ctl::proto::cipher::AesCtr::implementation(),
+        "aes_ctr_implementation": relay_proto::cipher::AesCtr::implementation(),
         "to_upstream_bytes_per_sec": relay,
     })
 }

@@ -47,7 +47,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use rand::Rng as _;
-use relay_ctl::proto::{AesCtr, ProtoTag, Secret, obfs2};
+use relay_proto::{AesCtr, ProtoTag, Secret, obfs2};
 use relay_tests::{
     bench::{args::Args, procfs},
     mtproto_client::{ClientOptions, ClientReader, ClientWriter, MtprotoClient, Transport},

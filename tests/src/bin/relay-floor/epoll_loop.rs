@@ -18,12 +18,10 @@ use std::{
 
 use anyhow::Result;
 use nix::libc;
-use relay_ctl::{
-    proto::{
-        AesCtr, ModeSet, Secret,
-        obfs2::{self, HEADER_LEN, REPLAY_KEY_LEN},
-    },
-    relay::upstream::dc_socket,
+use relay_ctl::relay::upstream::dc_socket;
+use relay_proto::{
+    AesCtr, ModeSet, Secret,
+    obfs2::{self, HEADER_LEN, REPLAY_KEY_LEN},
 };
 use relay_tests::bench::epoll::{Epoll, IN, OUT, write_some};
 

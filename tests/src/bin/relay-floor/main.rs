@@ -33,13 +33,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use relay_ctl::{
-    proto::Secret,
-    relay::{
-        splice::{self, BurstEnd},
-        upstream::dc_socket,
-    },
+use relay_ctl::relay::{
+    splice::{self, BurstEnd},
+    upstream::dc_socket,
 };
+use relay_proto::Secret;
 use relay_tests::bench::{args::Args, epoll::reuseport_listener, procfs};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 

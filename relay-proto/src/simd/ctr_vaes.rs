@@ -3,7 +3,7 @@
 //! later) run several 512-bit AES rounds per cycle where AES-NI runs 128-bit ones, which is
 //! what RustCrypto's `aes` and OpenSSL 3.0's CTR use: measured on one bench machine (AMD EPYC,
 //! one core, 16 KiB buffers) 21.8 GB/s against RustCrypto's 6.4 and OpenSSL's 8.4.
-//! [`super::cipher::AesCtr`] picks it at run time and falls back to RustCrypto elsewhere;
+//! [`crate::cipher::AesCtr`] picks it at run time and falls back to RustCrypto elsewhere;
 //! tests check both against each other.
 //!
 //! Only whole 16-byte blocks are handled here; the caller deals with a keystream offset inside

@@ -447,7 +447,7 @@ mod tests {
             [0x00, 0x06, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03]
         );
         // The relay's own ClientHello reader takes it as one whole hello.
-        let crate::proto::tls::HelloRead::Done(done) = crate::proto::tls::ClientHelloReader::new()
+        let crate::tls::HelloRead::Done(done) = crate::tls::ClientHelloReader::new()
             .feed(&hello)
             .expect("parses")
         else {

@@ -5,13 +5,13 @@
 //! compressions per configured user tried, and so does every probe with a wrong secret. The
 //! message is the same under every key, so its schedule is computed once per hello and the
 //! sixteen users' inner and outer hashes run one per 32-bit lane
-//! ([`crate::proto::sha256_x16`]).
+//! ([`crate::simd::sha256_x16`]).
 //!
 //! This is a filter: it reports the users whose MAC starts with the client random's first
 //! four bytes and the caller checks each one in full with the one-user code.
 
-use super::hello::HelloKey;
-use crate::proto::sha256_x16::{self, LANES};
+use crate::simd::sha256_x16::{self, LANES};
+use crate::tls::hello::HelloKey;
 
 /// Whether this CPU runs [`HelloProbe::mac_matches`].
 pub fn available() -> bool {

@@ -6,7 +6,7 @@
 //! and the software fallback's (about 1 KiB per cipher, 4 KiB per connection); the expansion
 //! with AES-NI costs well under a microsecond, noise next to the socket calls around it.
 //!
-//! Where the CPU has VAES and AVX-512 the keystream comes from [`super::ctr_vaes`] (sixteen
+//! Where the CPU has VAES and AVX-512 the keystream comes from [`crate::simd::ctr_vaes`] (sixteen
 //! blocks per round of instructions); elsewhere from RustCrypto's `aes` and `ctr`.
 
 use std::fmt;
@@ -16,9 +16,9 @@ use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 /// Encryption-only AES: CTR never runs the inverse cipher, so its schedule is not computed.
 type Inner = ctr::Ctr128BE<aes::Aes256Enc>;
 
-/// Whether [`AesCtr`] uses [`super::ctr_vaes`] on this CPU.
+/// Whether [`AesCtr`] uses [`crate::simd::ctr_vaes`] on this CPU.
 #[cfg(target_arch = "x86_64")]
-static VAES: std::sync::LazyLock<bool> = std::sync::LazyLock::new(super::ctr_vaes::available);
+static VAES: std::sync::LazyLock<bool> = std::sync::LazyLock::new(crate::simd::ctr_vaes::available);
 
 /// One direction's keystream. The IV is the initial 128-bit big-endian counter, as in
 /// OpenSSL/Go CTR (and Telegram's clients).
@@ -75,10 +75,10 @@ impl AesCtr {
     /// a one-block copy.
     ///
     /// # Safety
-    /// [`super::ctr_vaes::available`] must be true.
+    /// [`crate::simd::ctr_vaes::available`] must be true.
     #[cfg(target_arch = "x86_64")]
     unsafe fn apply_vaes(&mut self, buf: &mut [u8]) {
-        use super::ctr_vaes::xor_keystream;
+        use crate::simd::ctr_vaes::xor_keystream;
         let base = u128::from_be_bytes(self.iv);
         let counter = |pos: u64| base.wrapping_add(u128::from(pos / 16));
         let mut rest = buf;
@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn vaes_matches_rustcrypto() {
         use rand::Rng as _;
-        if !super::super::ctr_vaes::available() {
+        if !crate::simd::ctr_vaes::available() {
             eprintln!(
                 "vaes_matches_rustcrypto: this CPU has no VAES/AVX-512; only the portable path runs"
             );

@@ -13,18 +13,14 @@
 //! - [`dc`]: built-in Telegram DC addresses.
 
 pub mod cipher;
-#[cfg(target_arch = "x86_64")]
-pub mod ctr_vaes;
 pub mod dc;
 pub mod mode;
 pub mod obfs2;
-#[cfg(target_arch = "x86_64")]
-pub mod obfs2_x16;
 pub mod opening;
 pub mod replay;
 pub mod secret;
 #[cfg(target_arch = "x86_64")]
-pub mod sha256_x16;
+pub mod simd;
 pub mod tls;
 
 #[cfg(test)]
@@ -35,7 +31,7 @@ pub use mode::{Mode, ModeSet, ProtoTag};
 pub use secret::{Link, Secret, SecretError, links};
 
 /// Cost of trying every user on a handshake that matches none (the worst case, and what every
-/// probe costs). Run: `cargo test --release -p relay-ctl proto::cost -- --ignored --nocapture`.
+/// probe costs). Run: `cargo test --release -p relay-proto cost -- --ignored --nocapture`.
 #[cfg(test)]
 mod cost {
     use std::time::Instant;

@@ -220,7 +220,7 @@ pub(crate) fn split_records(handshake: &[u8], chunk: usize, later_version: u8) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::vectors::KURIGRAM_TLS;
+    use crate::vectors::KURIGRAM_TLS;
 
     fn kurigram() -> Vec<u8> {
         hex::decode(KURIGRAM_TLS.hello).unwrap()

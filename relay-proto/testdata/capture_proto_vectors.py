@@ -1,6 +1,6 @@
-"""Capture reference vectors for relay-ctl/src/proto from real third-party client code.
+"""Capture reference vectors for relay-proto from real third-party client code.
 
-Usage (writes /tmp/vec/vectors.json; then gen_proto_vectors.py turns it into src/proto/vectors.rs):
+Usage (writes /tmp/vec/vectors.json; then gen_proto_vectors.py turns it into src/vectors.rs):
     python3 -m venv /tmp/refvenv
     /tmp/refvenv/bin/pip install Telethon==1.45.0 kurigram==2.2.26 cryptography
     mkdir -p /tmp/vec && /tmp/refvenv/bin/python capture_proto_vectors.py

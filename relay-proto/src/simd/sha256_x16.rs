@@ -1,6 +1,6 @@
 //! SHA-256 compressions sixteen at a time, one per 32-bit lane of AVX-512 registers: the part
 //! of trying many users' secrets on one handshake that costs most ([`super::obfs2_x16`],
-//! [`super::tls::hello_x16`]). A lane runs the same rounds as FIPS 180-4 §6.2.2; where every
+//! [`super::hello_x16`]). A lane runs the same rounds as FIPS 180-4 §6.2.2; where every
 //! lane hashes the same message (an HMAC over one ClientHello under sixteen keys) the message
 //! schedule is computed once, in scalar code, and broadcast.
 
@@ -252,7 +252,7 @@ mod tests {
     use rand::{RngCore as _, SeedableRng};
 
     use super::*;
-    use crate::proto::obfs2::SHA256_IV;
+    use crate::obfs2::SHA256_IV;
 
     /// Both forms against `sha2::compress256`, lane by lane, from random states and blocks.
     #[test]

@@ -7,7 +7,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::{CONTENT_HANDSHAKE, RECORD_HEADER_LEN};
-use crate::proto::secret::Secret;
+use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -129,7 +129,7 @@ impl TlsClientHello {
 #[derive(Clone)]
 pub struct HelloKey {
     mac: HmacSha256,
-    /// SHA-256 states after the ipad and the opad block, for [`super::hello_x16`].
+    /// SHA-256 states after the ipad and the opad block, for [`crate::simd::hello_x16`].
     pads: [[u32; 8]; 2],
 }
 
@@ -141,7 +141,7 @@ impl HelloKey {
             for (b, k) in block.iter_mut().zip(secret.as_bytes()) {
                 *b ^= k;
             }
-            let mut state = crate::proto::obfs2::SHA256_IV;
+            let mut state = crate::obfs2::SHA256_IV;
             sha2::compress256(&mut state, &[block.into()]);
             state
         });
@@ -240,9 +240,10 @@ pub fn verify_client_hello_keys(
     })
 }
 
-/// Whether this CPU computes sixteen users' MACs at once ([`super::hello_x16`]).
+/// Whether this CPU computes sixteen users' MACs at once ([`crate::simd::hello_x16`]).
 #[cfg(target_arch = "x86_64")]
-static WIDE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(super::hello_x16::available);
+static WIDE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(crate::simd::hello_x16::available);
 
 /// Calls `attempt` on users in index order until it returns something; with AVX-512 only on
 /// those whose MAC starts like the client random (sixteen computed at once), otherwise on
@@ -255,7 +256,7 @@ fn search<T>(
     attempt: impl FnMut(usize) -> Option<T>,
 ) -> Option<T> {
     #[cfg(target_arch = "x86_64")]
-    use crate::proto::sha256_x16;
+    use crate::simd::sha256_x16;
     #[cfg(target_arch = "x86_64")]
     if *WIDE && keys.len() >= sha256_x16::BATCH_FROM {
         let message = [
@@ -264,7 +265,7 @@ fn search<T>(
             &[0; 32],
             handshake.get(RANDOM_AT + 32..).unwrap_or_default(),
         ];
-        let probe = super::hello_x16::HelloProbe::new(&message, random);
+        let probe = crate::simd::hello_x16::HelloProbe::new(&message, random);
         return sha256_x16::search(
             keys.len(),
             |range| {
@@ -489,8 +490,8 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
-    use crate::proto::tls::reader::{ClientHelloReader, HelloRead, split_records};
-    use crate::proto::vectors::KURIGRAM_TLS as K;
+    use crate::tls::reader::{ClientHelloReader, HelloRead, split_records};
+    use crate::vectors::KURIGRAM_TLS as K;
 
     fn users() -> Vec<Secret> {
         vec![
@@ -541,7 +542,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         let now = 1_800_000_000u32;
         for n in [1, 3, 4, 15, 16, 17, 33] {
-            let users: Vec<Secret> = crate::proto::secret::random_secrets(&mut rng, n);
+            let users: Vec<Secret> = crate::secret::random_secrets(&mut rng, n);
             let keys: Vec<HelloKey> = users.iter().map(HelloKey::new).collect();
             for (k, user) in users.iter().enumerate() {
                 let hs = handshake_of(&build_client_hello(&mut rng, user, K.domain, now));

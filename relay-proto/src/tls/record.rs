@@ -120,8 +120,8 @@ pub fn encode_records(payload: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::tls::flight::CHANGE_CIPHER_SPEC;
-    use crate::proto::vectors::KURIGRAM_TLS as K;
+    use crate::tls::flight::CHANGE_CIPHER_SPEC;
+    use crate::vectors::KURIGRAM_TLS as K;
 
     fn decode_all(dec: &mut RecordDecoder, chunks: &[&[u8]]) -> Result<Vec<u8>, RecordError> {
         let mut out = Vec::new();
@@ -195,15 +195,11 @@ mod tests {
         let n = RecordDecoder::new().decode_in_place(&mut buf).unwrap();
         assert!(n >= 64);
         let header: [u8; 64] = buf[..64].try_into().unwrap();
-        let users = [crate::proto::Secret::from_hex(K.secret).unwrap()];
-        let mut hs = crate::proto::obfs2::accept_client_header(
-            &header,
-            &users,
-            crate::proto::ModeSet::DEFAULT,
-            true,
-        )
-        .unwrap();
-        assert_eq!(hs.tag, crate::proto::ProtoTag::PaddedIntermediate);
+        let users = [crate::Secret::from_hex(K.secret).unwrap()];
+        let mut hs =
+            crate::obfs2::accept_client_header(&header, &users, crate::ModeSet::DEFAULT, true)
+                .unwrap();
+        assert_eq!(hs.tag, crate::ProtoTag::PaddedIntermediate);
         assert_eq!(hs.dc, K.dc);
         // Padded intermediate: u32 LE length (payload + padding), payload, padding.
         let mut rest = buf[64..n].to_vec();

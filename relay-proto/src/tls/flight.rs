@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use super::hello::TlsClientHello;
 use super::profile::{ExtensionOrder, FALLBACK_CERT_LEN};
 use super::{CONTENT_APP_DATA, CONTENT_HANDSHAKE, MAX_PLAINTEXT, RECORD_HEADER_LEN};
-use crate::proto::secret::Secret;
+use crate::secret::Secret;
 
 /// The ChangeCipherSpec record, byte for byte.
 pub const CHANGE_CIPHER_SPEC: [u8; 6] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
@@ -178,9 +178,9 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
-    use crate::proto::tls::hello::{HelloPolicy, SessionId, verify_client_hello};
-    use crate::proto::tls::reader::{ClientHelloReader, HelloRead};
-    use crate::proto::vectors::KURIGRAM_TLS as K;
+    use crate::tls::hello::{HelloPolicy, SessionId, verify_client_hello};
+    use crate::tls::reader::{ClientHelloReader, HelloRead};
+    use crate::vectors::KURIGRAM_TLS as K;
 
     fn kurigram_hello() -> TlsClientHello {
         let rec = hex::decode(K.hello).unwrap();
@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn learned_shapes_mirror_the_site_and_still_verify() {
-        use crate::proto::tls::profile::{FlightShape, parse_flight};
+        use crate::tls::profile::{FlightShape, parse_flight};
         let mut rng = StdRng::seed_from_u64(15);
         let secret = Secret::from_hex(K.secret).unwrap();
         let mut hello = kurigram_hello();

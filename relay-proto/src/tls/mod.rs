@@ -10,8 +10,6 @@
 
 pub mod flight;
 pub mod hello;
-#[cfg(target_arch = "x86_64")]
-pub mod hello_x16;
 pub mod profile;
 pub mod reader;
 pub mod record;

@@ -1,5 +1,5 @@
 //! Test vectors captured from real third-party client code (regenerate with
-//! `relay-ctl/testdata/capture_proto_vectors.py`; raw capture in `relay-ctl/testdata/proto_vectors.json`).
+//! `relay-proto/testdata/capture_proto_vectors.py`; raw capture in `relay-proto/testdata/proto_vectors.json`).
 //!
 //! - `TELETHON_*`: Telethon 1.45.0 `MTProxyIO.init_header` (its MTProxy transports) for the secret
 //!   below, then its own ciphers on known plaintext: `up_wire` = the client's encryption of

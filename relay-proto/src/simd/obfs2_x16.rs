@@ -21,9 +21,9 @@ use core::arch::x86_64::{
     _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64, _mm512_xor_si512,
 };
 
-use super::obfs2::SHA256_IV;
-use super::secret::Secret;
 use super::sha256_x16::{self, LANES};
+use crate::obfs2::SHA256_IV;
+use crate::secret::Secret;
 
 /// Whether this CPU runs [`HeaderProbe::tag_matches`].
 pub fn available() -> bool {
@@ -222,7 +222,7 @@ mod tests {
         for _ in 0..50 {
             let mut prefix = [0u8; 32];
             rng.fill_bytes(&mut prefix);
-            let users = crate::proto::secret::random_secrets(&mut rng, LANES);
+            let users = crate::secret::random_secrets(&mut rng, LANES);
             let probe = HeaderProbe::new(&prefix, [0; 16], [0; 4]);
             // SAFETY: checked above.
             let words = unsafe { sha256_x16::store(probe.keys(&users)) };
@@ -248,7 +248,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         for round in 0..400 {
             let n = rng.random_range(1..=LANES);
-            let users = crate::proto::secret::random_secrets(&mut rng, n);
+            let users = crate::secret::random_secrets(&mut rng, n);
             let mut prefix = [0u8; 32];
             rng.fill_bytes(&mut prefix);
             let mut counter = [0u8; 16];

@@ -1,4 +1,4 @@
-"""Render /tmp/vec/vectors.json (from capture_proto_vectors.py) as relay-ctl/src/proto/vectors.rs."""
+"""Render /tmp/vec/vectors.json (from capture_proto_vectors.py) as relay-proto/src/vectors.rs."""
 import json, textwrap
 v = json.load(open("/tmp/vec/vectors.json"))
 def wrap(s):
@@ -8,7 +8,7 @@ def wrap(s):
     parts = [s[i:i+96] for i in range(0, len(s), 96)]
     return "concat!(\n" + "".join(f'        "{p}",\n' for p in parts) + "    )"
 out = ['''//! Test vectors captured from real third-party client code (regenerate with
-//! `relay-ctl/testdata/capture_proto_vectors.py`; raw capture in `relay-ctl/testdata/proto_vectors.json`).
+//! `relay-proto/testdata/capture_proto_vectors.py`; raw capture in `relay-proto/testdata/proto_vectors.json`).
 //!
 //! - `TELETHON_*`: Telethon 1.45.0 `MTProxyIO.init_header` (its MTProxy transports) for the secret
 //!   below, then its own ciphers on known plaintext: `up_wire` = the client's encryption of
@@ -63,4 +63,4 @@ out.append(f'    dc: {d["dc"]},')
 for k in ["hello", "server_flight", "after", "payload"]:
     out.append(f"    {k}: {wrap(d[k])},")
 out.append("};")
-open(__import__("os").path.join(__import__("os").path.dirname(__file__), "../src/proto/vectors.rs"), "w").write("\n".join(out) + "\n")
+open(__import__("os").path.join(__import__("os").path.dirname(__file__), "../src/vectors.rs"), "w").write("\n".join(out) + "\n")

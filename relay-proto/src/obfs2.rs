@@ -161,9 +161,10 @@ pub fn accept_client_header_hinted(
     found.ok_or_else(|| refused.unwrap_or(Obfs2Error::NoMatch))
 }
 
-/// Whether this CPU tries sixteen secrets at once ([`super::obfs2_x16`]).
+/// Whether this CPU tries sixteen secrets at once ([`crate::simd::obfs2_x16`]).
 #[cfg(target_arch = "x86_64")]
-static WIDE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(super::obfs2_x16::available);
+static WIDE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(crate::simd::obfs2_x16::available);
 
 /// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
 pub(crate) const SHA256_IV: [u32; 8] = [
@@ -211,18 +212,18 @@ impl TagProbe {
     /// once), otherwise on every user. `attempt` confirms a user with [`TagProbe::tail`].
     fn search<T>(&self, users: &[Secret], attempt: impl FnMut(usize) -> Option<T>) -> Option<T> {
         #[cfg(target_arch = "x86_64")]
-        if *WIDE && users.len() >= super::sha256_x16::BATCH_FROM {
+        if *WIDE && users.len() >= crate::simd::sha256_x16::BATCH_FROM {
             let mut key_prefix = [0u8; 32];
             key_prefix.copy_from_slice(&self.block[..32]);
-            let wide = super::obfs2_x16::HeaderProbe::new(
+            let wide = crate::simd::obfs2_x16::HeaderProbe::new(
                 &key_prefix,
                 self.counter,
                 [self.tail[0], self.tail[1], self.tail[2], self.tail[3]],
             );
-            return super::sha256_x16::search(
+            return crate::simd::sha256_x16::search(
                 users.len(),
                 |range| {
-                    if range.len() >= super::sha256_x16::BATCH_FROM {
+                    if range.len() >= crate::simd::sha256_x16::BATCH_FROM {
                         // SAFETY: `WIDE` says the CPU has what `tag_matches` needs.
                         unsafe { wide.tag_matches(&users[range]) }
                     } else {
@@ -449,8 +450,8 @@ mod tests {
     use rand::{Rng as _, RngCore as _, SeedableRng};
 
     use super::*;
-    use crate::proto::mode::Mode;
-    use crate::proto::vectors;
+    use crate::mode::Mode;
+    use crate::vectors;
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
@@ -603,7 +604,7 @@ mod tests {
     fn many_users_each_found_with_or_without_hint() {
         let mut rng = StdRng::seed_from_u64(5);
         for n in [1, 3, 4, 15, 16, 17, 33, 40] {
-            let users: Vec<Secret> = crate::proto::secret::random_secrets(&mut rng, n);
+            let users: Vec<Secret> = crate::secret::random_secrets(&mut rng, n);
             for k in 0..n {
                 let c = client_header(&mut rng, &users[k], ProtoTag::PaddedIntermediate, 2);
                 for hint in [None, Some(k), Some((k + 1) % n), Some(n + 7)] {
