@@ -20,7 +20,7 @@ pub mod privilege;
 pub mod relay;
 pub mod server;
 pub mod shield;
-pub mod state;
+pub mod state_dir;
 pub mod telemetry;
 pub mod users;
 pub mod xdp;

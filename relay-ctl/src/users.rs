@@ -4,7 +4,7 @@
 use crate::{
     config::Config,
     relay::context::RelayUser,
-    state::{self, StateDir, StateError},
+    state_dir::{self, StateDir, StateError},
 };
 
 /// The users listed in `config`, if it lists any (no state dir needed then).
@@ -27,7 +27,7 @@ pub fn resolve(config: &Config, state: &StateDir) -> Result<(Vec<RelayUser>, boo
     if let Some(users) = configured(config) {
         return Ok((users, false));
     }
-    let (secret, created) = state::default_secret(state)?;
+    let (secret, created) = state_dir::default_secret(state)?;
     Ok((
         vec![RelayUser {
             name: "default".to_owned(),

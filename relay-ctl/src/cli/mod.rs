@@ -19,8 +19,8 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 
 /// Opens `[state] dir` for the account the relay runs as: `[server] user` if set, else the
 /// current one. Refuses a directory another account could write into.
-pub fn open_state_dir(config: &Config) -> anyhow::Result<crate::state::StateDir> {
-    Ok(crate::state::StateDir::open(
+pub fn open_state_dir(config: &Config) -> anyhow::Result<crate::state_dir::StateDir> {
+    Ok(crate::state_dir::StateDir::open(
         &config.state.dir,
         state_owner(config)?,
     )?)

@@ -12,7 +12,7 @@ use crate::{
     daemon::Daemon,
     privilege, server,
     shield::{Enforcement, Shield},
-    state::StateDir,
+    state_dir::StateDir,
     xdp::{self, XdpError, XdpProgram, pin::PinDir},
 };
 
@@ -196,7 +196,7 @@ async fn serve(
         super::link::run(config_path, None, None)?;
     }
     // Handlers before `ready`: a signal sent once the line is seen must not kill the process.
-    let mut signals = Signals::install()?;
+    let mut signals = UnixSignals::install()?;
     tracing::info!(enforcement = %daemon.shield.read().await.enforcement(), "ready");
 
     signals.serve(&daemon).await;
@@ -319,7 +319,7 @@ impl RelayThreads {
 
 /// Waits for open connections to finish, at most `[server] drain_secs`; a second signal ends
 /// the wait at once.
-async fn drain(daemon: &Daemon, signals: &mut Signals) {
+async fn drain(daemon: &Daemon, signals: &mut UnixSignals) {
     let open = daemon.capacity.connections();
     let limit = Duration::from_secs(daemon.config().server.drain_secs);
     if open == 0 || limit.is_zero() {
@@ -391,16 +391,16 @@ async fn upkeep(daemon: Arc<Daemon>) {
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP, installed once.
-struct Signals {
+/// The process's SIGTERM, SIGINT and SIGHUP handlers, installed once.
+struct UnixSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
-impl Signals {
-    fn install() -> anyhow::Result<Signals> {
-        Ok(Signals {
+impl UnixSignals {
+    fn install() -> anyhow::Result<UnixSignals> {
+        Ok(UnixSignals {
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
@@ -415,7 +415,11 @@ impl Signals {
                 _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
                 _ = self.hup.recv() => match daemon.reload().await {
                     Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
-                    Err(e) => tracing::error!("SIGHUP: configuration rejected, keeping the running one: {e:#}"),
+                    // With its causes, as the operator needs them to fix the file.
+                    Err(e) => tracing::error!(
+                        "SIGHUP: configuration rejected, keeping the running one: {:#}",
+                        anyhow::Error::from(e)
+                    ),
                 },
             }
         }

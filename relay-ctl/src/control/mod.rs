@@ -6,8 +6,8 @@ pub mod client;
 pub mod netset;
 pub mod replay_store;
 pub mod roles;
+pub mod saved_state;
 pub mod server;
-pub mod store;
 
 use std::future::Future;
 

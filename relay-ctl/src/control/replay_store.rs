@@ -19,7 +19,7 @@ use std::{
 
 use rand::{SeedableRng as _, rngs::StdRng};
 
-use crate::state::{StateDir, StateError, TEMP_MARK};
+use crate::state_dir::{StateDir, StateError, TEMP_MARK};
 use relay_proto::replay::{ReplayLimits, ReplayMemory, bloom::Generation, file};
 
 /// Subdirectory of the state dir.

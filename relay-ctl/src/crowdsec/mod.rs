@@ -177,7 +177,7 @@ impl Status {
         if ok {
             self.pulls.fetch_add(1, Ordering::Relaxed);
             self.last_pull_unix
-                .store(crate::control::store::unix_now(), Ordering::Relaxed);
+                .store(crate::clock::unix_now(), Ordering::Relaxed);
         } else {
             self.pull_failures.fetch_add(1, Ordering::Relaxed);
         }

@@ -23,9 +23,9 @@ use tokio::{
 };
 
 use crate::{
+    clock::unix_now,
     config::{Config, Tls},
-    control::store::unix_now,
-    state::{StateDir, StateError},
+    state_dir::{StateDir, StateError},
 };
 use relay_proto::tls::{FlightProfile, FlightShape, ProfileError, parse_flight, probe_hello};
 

@@ -3,14 +3,14 @@
 //! disk leaves the old or the new version. A file that cannot be parsed is renamed aside and
 //! reported, never silently emptied.
 
-use std::{
-    collections::BTreeMap,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::state::{StateDir, StateError};
+use crate::{
+    clock::unix_now,
+    state_dir::{StateDir, StateError},
+};
 
 /// Operator-managed list entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,9 +67,9 @@ pub struct SavedUsage {
     pub disabled: bool,
 }
 
-/// The state directory.
+/// The operator state saved in the state directory: lists, bans and usage.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct SavedState {
     dir: StateDir,
 }
 
@@ -77,10 +77,10 @@ const LISTS: &str = "lists.json";
 const BANS: &str = "bans.json";
 const USAGE: &str = "usage.json";
 
-impl Store {
-    /// A store in `dir`.
-    pub fn new(dir: StateDir) -> Store {
-        Store { dir }
+impl SavedState {
+    /// The saved state in `dir`.
+    pub fn new(dir: StateDir) -> SavedState {
+        SavedState { dir }
     }
 
     /// Operator lists; empty if never saved.
@@ -141,28 +141,21 @@ impl Store {
     }
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use std::{fs, path::Path};
 
     use super::*;
 
-    fn open_store(dir: &Path) -> Store {
-        Store::new(StateDir::open_own(dir).expect("state dir"))
+    fn open_saved(dir: &Path) -> SavedState {
+        SavedState::new(StateDir::open_own(dir).expect("state dir"))
     }
 
     #[test]
     fn round_trip_and_missing_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(&dir.path().join("state"));
-        assert_eq!(store.load_lists().expect("empty"), Lists::default());
+        let state = open_saved(&dir.path().join("state"));
+        assert_eq!(state.load_lists().expect("empty"), Lists::default());
         let mut lists = Lists::default();
         lists.block.insert(
             "192.0.2.0/24".into(),
@@ -172,16 +165,16 @@ mod tests {
             },
         );
         lists.allow.push("198.18.0.1/32".into());
-        store.save_lists(&lists).expect("save");
-        assert_eq!(store.load_lists().expect("load"), lists);
+        state.save_lists(&lists).expect("save");
+        assert_eq!(state.load_lists().expect("load"), lists);
     }
 
     #[test]
     fn corrupt_file_is_set_aside_and_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(dir.path());
+        let state = open_saved(dir.path());
         fs::write(dir.path().join(BANS), "[{\"addr\": ").expect("write");
-        let err = store.load_bans().expect_err("corrupt");
+        let err = state.load_bans().expect_err("corrupt");
         assert!(err.to_string().contains("moved to"), "{err}");
         let kept: Vec<_> = fs::read_dir(dir.path())
             .expect("dir")
@@ -193,37 +186,37 @@ mod tests {
             "{kept:?}"
         );
         // The next load starts from empty.
-        assert!(store.load_bans().expect("gone").is_empty());
+        assert!(state.load_bans().expect("gone").is_empty());
     }
 
     #[test]
     fn unwritable_dir_is_an_error_not_a_panic() {
         assert!(StateDir::open_own(Path::new("/proc/relay-cannot-write-here")).is_err());
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(dir.path());
+        let state = open_saved(dir.path());
         // The file's place is taken by a directory: the save fails, nothing is lost.
         fs::create_dir(dir.path().join(USAGE)).expect("mkdir");
-        assert!(store.save_usage(&BTreeMap::new()).is_err());
+        assert!(state.save_usage(&BTreeMap::new()).is_err());
         assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 1);
     }
 
     #[test]
     fn bans_from_before_ban_actions_load_without_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_store(dir.path());
+        let state = open_saved(dir.path());
         fs::write(
             dir.path().join(BANS),
             r#"[{"addr": "198.51.100.1", "reason": "bad_secret", "count": 10}]"#,
         )
         .expect("write");
-        let bans = store.load_bans().expect("old file");
+        let bans = state.load_bans().expect("old file");
         assert_eq!(bans.len(), 1);
         assert_eq!(bans[0].action, None);
         let saved = SavedBan {
             action: Some("front".into()),
             ..bans[0].clone()
         };
-        store.save_bans(std::slice::from_ref(&saved)).expect("save");
-        assert_eq!(store.load_bans().expect("new file"), vec![saved]);
+        state.save_bans(std::slice::from_ref(&saved)).expect("save");
+        assert_eq!(state.load_bans().expect("new file"), vec![saved]);
     }
 }

@@ -1,0 +1,70 @@
+//! Blocklist feeds (`[blocklist] files`): reading them off the async threads and replacing
+//! each feed's entries in the shield.
+
+use std::collections::BTreeSet;
+
+use super::Daemon;
+use crate::{config::Cidr, shield::ListSource, xdp::PrefixList};
+
+impl Daemon {
+    /// Re-reads every `[blocklist] files` feed and replaces its entries. A feed that cannot be
+    /// read keeps its previous entries; removed feeds are dropped. Parsing runs off the async
+    /// threads, and only changed prefixes touch the kernel maps, so a 100,000-entry feed does
+    /// not stall the relay.
+    pub async fn refresh_feeds(&self) {
+        let files = self.config().blocklist.files.clone();
+        let mut shield = self.shield.read().await.prefixes(PrefixList::Block);
+        shield.retain(|(_, s)| matches!(s, ListSource::Feed(p) if !files.contains(p)));
+        let stale: BTreeSet<ListSource> = shield.into_iter().map(|(_, s)| s).collect();
+        for source in stale {
+            let _ =
+                self.shield
+                    .write()
+                    .await
+                    .set_prefixes(PrefixList::Block, source, BTreeSet::new());
+        }
+        for path in files {
+            let read_path = path.clone();
+            let parsed = tokio::task::spawn_blocking(move || {
+                std::fs::read_to_string(&read_path).map(|text| crate::control::netset::parse(&text))
+            })
+            .await;
+            let netset = match parsed {
+                Ok(Ok(netset)) => netset,
+                Ok(Err(e)) => {
+                    tracing::error!(feed = %path.display(), "cannot read blocklist feed, keeping its previous entries: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(feed = %path.display(), "feed parser failed: {e}");
+                    continue;
+                }
+            };
+            for error in netset.errors.iter().take(5) {
+                tracing::warn!(feed = %path.display(), "{error}");
+            }
+            for warning in netset.warnings.iter().take(5) {
+                tracing::warn!(feed = %path.display(), "{warning}");
+            }
+            let cidrs: BTreeSet<Cidr> = netset.entries.iter().map(|n| Cidr(*n)).collect();
+            let count = cidrs.len();
+            let result = self.shield.write().await.set_prefixes(
+                PrefixList::Block,
+                ListSource::Feed(path.clone()),
+                cidrs,
+            );
+            match result {
+                Ok(()) => tracing::info!(
+                    feed = %path.display(),
+                    entries = count,
+                    bad_lines = netset.errors.len(),
+                    special_ranges = netset.warnings.len(),
+                    "blocklist feed loaded"
+                ),
+                Err(e) => {
+                    tracing::error!(feed = %path.display(), "blocklist feed only partly loaded: {e}")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The running daemon's state and the operations on it, one concern per module: admin requests
+//! ([`admin`]), config reload ([`reload`]), blocklist feeds ([`feeds`]), persistence
+//! ([`persistence`]), periodic upkeep ([`sweep`]) and the stats snapshot ([`stats`]).
+//! `cli::run` wires it to sockets and signals.
+
+mod admin;
+mod feeds;
+mod persistence;
+mod reload;
+mod stats;
+mod sweep;
+
+#[cfg(test)]
+mod test_support;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::RwLock;
+
+use crate::{
+    capacity::Capacity,
+    clock::unix_now,
+    config::Config,
+    control::{
+        Handler,
+        api::{Request, Response},
+        replay_store::ReplayStore,
+        saved_state::{Lists, SavedState},
+    },
+    misuse::Misuse,
+    relay::{
+        RelayContext, accounts::Accounts, hints::Hints, mask_flight::MaskFlight, stats::RelayStats,
+    },
+    shield::Shield,
+    state_dir::{StateDir, StateError},
+    users,
+};
+use relay_proto::replay::ReplayMemory;
+
+pub use self::{
+    admin::{BanError, ListError, UserError},
+    persistence::ListsSaveError,
+    reload::ReloadError,
+};
+
+/// Everything the running relay shares between its tasks.
+pub struct Daemon {
+    config_path: Option<PathBuf>,
+    config: ArcSwap<Config>,
+    /// The enforcement policy.
+    pub shield: Arc<RwLock<Shield>>,
+    /// The shield's accept-time check, without its lock.
+    pub admission: crate::shield::Admission,
+    /// The misuse detector.
+    pub misuse: Arc<Misuse>,
+    accounts: Arc<Accounts>,
+    replay: Arc<Mutex<ReplayMemory>>,
+    /// Where the replay memory is kept.
+    replay_store: Arc<ReplayStore>,
+    /// Per-source user hints, shared by every relay context.
+    hints: Arc<Hints>,
+    /// What new connections are served with; replaced on reload.
+    pub relay: ArcSwap<RelayContext>,
+    /// Concurrency bounds on client connections.
+    pub capacity: Arc<Capacity>,
+    /// Operator lists, bans and usage as saved in the state dir.
+    saved: SavedState,
+    /// Operator lists, as persisted. Serialises changes (and their saves).
+    lists: tokio::sync::Mutex<Lists>,
+    /// Orders writes of bans.json and usage.json (snapshot and write under one lock).
+    saves: tokio::sync::Mutex<()>,
+    /// When idle limiter state is next forgotten (CLOCK_MONOTONIC ns).
+    next_limiter_sweep_ns: AtomicU64,
+    started: Instant,
+    /// Configuration reloads that succeeded and that failed.
+    reloads: [AtomicU64; 2],
+    /// Admin requests refused for the caller's role.
+    admin_refused: AtomicU64,
+    /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
+    pub crowdsec: Arc<crate::crowdsec::Status>,
+    /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
+    pub flight: Arc<MaskFlight>,
+    /// `[state] dir` as opened at start (a changed path takes effect after a restart).
+    state: StateDir,
+}
+
+impl Daemon {
+    /// Builds the daemon around an enforcement `shield`, restoring persisted state. Fails
+    /// only when the default user's secret cannot be read or created in the state dir.
+    pub async fn start(
+        config_path: Option<PathBuf>,
+        config: Config,
+        shield: Shield,
+        state: StateDir,
+    ) -> Result<Arc<Daemon>, StateError> {
+        let (users, created) = users::resolve(&config, &state)?;
+        if created {
+            tracing::info!(
+                dir = %config.state.dir.display(),
+                "no [[users]] configured: generated a secret for user `default`"
+            );
+        }
+        let admission = shield.admission();
+        let shield = Arc::new(RwLock::new(shield));
+        let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
+        let accounts = Arc::new(Accounts::default());
+        let replay_store = Arc::new(ReplayStore::new(state.clone()));
+        let replay = Arc::new(Mutex::new(
+            replay_store.load(config.replay.limits(), unix_now()),
+        ));
+        let hints = Arc::new(Hints::default());
+        let stats = Arc::new(RelayStats::default());
+        let flight = Arc::new(MaskFlight::start(&config, state.clone()));
+        let relay = RelayContext::new(
+            &config,
+            users,
+            &accounts,
+            replay.clone(),
+            hints.clone(),
+            misuse.clone(),
+            stats.clone(),
+            flight.clone(),
+        );
+        let saved = SavedState::new(state.clone());
+        let capacity = Capacity::new(config.limits.bounds());
+        let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
+        let daemon = Arc::new(Daemon {
+            config_path,
+            config: ArcSwap::from_pointee(config),
+            shield,
+            admission,
+            misuse,
+            accounts,
+            replay,
+            replay_store,
+            hints,
+            relay: ArcSwap::from_pointee(relay),
+            capacity,
+            saved,
+            lists: tokio::sync::Mutex::new(Lists::default()),
+            saves: tokio::sync::Mutex::new(()),
+            next_limiter_sweep_ns: AtomicU64::new(0),
+            started: Instant::now(),
+            reloads: Default::default(),
+            admin_refused: AtomicU64::new(0),
+            crowdsec,
+            flight,
+            state,
+        });
+        daemon.restore().await;
+        daemon.refresh_feeds().await;
+        Ok(daemon)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+}
+
+impl Handler for Daemon {
+    async fn handle(&self, request: Request, _caller_uid: u32) -> Response {
+        self.handle_request(request).await
+    }
+
+    fn refused(&self) {
+        self.admin_refused.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,203 @@
+//! Persistence: restoring operator lists, bans and usage from the state dir at start, saving
+//! them as they change and periodically, and the replay memory's saves.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use relay_common::{BanAction, BanReason};
+
+use super::Daemon;
+use crate::{
+    clock::{monotonic_ns, unix_now},
+    config::Cidr,
+    control::saved_state::{Lists, SavedBan, SavedUsage},
+    shield::{BanTarget, ListSource},
+    state_dir::StateError,
+    xdp::{MapsError, PrefixList},
+};
+
+/// Why a change to the operator lists did not fully take.
+#[derive(Debug, thiserror::Error)]
+pub enum ListsSaveError {
+    /// The lists file could not be written: nothing changed.
+    #[error("not saved, nothing changed: {0}")]
+    NotSaved(StateError),
+    /// Saved, but the shield's maps refused the new entries.
+    #[error("saved, but the kernel map refused it: {0}")]
+    NotApplied(MapsError),
+}
+
+impl Daemon {
+    /// Loads operator lists, bans and usage from the state dir. A corrupt file is reported
+    /// (and set aside by the store) and its part starts empty.
+    pub(super) async fn restore(&self) {
+        match self.saved.load_lists() {
+            Ok(lists) => {
+                if let Err(e) = self.apply_lists(&lists).await {
+                    tracing::error!("restoring operator lists: {e}");
+                }
+                *self.lists.lock().await = lists;
+            }
+            Err(e) => tracing::error!("state: {e}"),
+        }
+        match self.saved.load_bans() {
+            Ok(bans) => {
+                let now = unix_now();
+                let misuse = self.config().misuse.clone();
+                let mut shield = self.shield.write().await;
+                for ban in bans {
+                    let (Ok(target), Some(reason)) = (
+                        ban.addr.parse::<BanTarget>(),
+                        BanReason::ALL.into_iter().find(|r| r.name() == ban.reason),
+                    ) else {
+                        tracing::warn!(addr = ban.addr, "state: skipping unreadable ban");
+                        continue;
+                    };
+                    let ttl = match ban.expires_unix {
+                        None => None,
+                        Some(t) if t > now => Some(Duration::from_secs(t - now)),
+                        Some(_) => continue,
+                    };
+                    // Files written before bans had an action get the one `[misuse]` gives.
+                    let action = ban
+                        .action
+                        .as_deref()
+                        .and_then(|name| BanAction::ALL.into_iter().find(|a| a.name() == name))
+                        .unwrap_or_else(|| misuse.action_for(reason));
+                    let restored = match target {
+                        BanTarget::Addr(addr) => shield.ban(addr, reason, action, ttl, ban.count),
+                        BanTarget::Prefix(prefix) => {
+                            shield.ban_prefix(prefix, reason, action, ttl, ban.count)
+                        }
+                    };
+                    if let Err(e) = restored {
+                        tracing::error!(%target, "restoring ban: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!("state: {e}"),
+        }
+        match self.saved.load_usage() {
+            Ok(usage) => {
+                for (name, saved) in usage {
+                    if let Some(account) = self.accounts.get(&name) {
+                        account.restore(saved.bytes_up, saved.bytes_down, saved.disabled);
+                    }
+                }
+            }
+            Err(e) => tracing::error!("state: {e}"),
+        }
+    }
+
+    /// Pushes operator lists into the shield.
+    async fn apply_lists(&self, lists: &Lists) -> Result<(), MapsError> {
+        let now = unix_now();
+        let block: BTreeSet<Cidr> = lists
+            .block
+            .iter()
+            .filter(|(_, e)| e.expires_unix.is_none_or(|t| t > now))
+            .filter_map(|(c, _)| c.parse().ok())
+            .collect();
+        let allow: BTreeSet<Cidr> = lists.allow.iter().filter_map(|c| c.parse().ok()).collect();
+        let mut shield = self.shield.write().await;
+        shield.set_prefixes(PrefixList::Block, ListSource::Operator, block)?;
+        shield.set_prefixes(PrefixList::Allow, ListSource::Operator, allow)
+    }
+
+    /// Persists the changed operator lists, then applies them: a change the disk could not keep
+    /// is not made. An error of `change` (the thing to change does not exist) changes nothing.
+    pub(super) async fn change_lists<T, E: From<ListsSaveError>>(
+        &self,
+        change: impl FnOnce(&mut Lists) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut lists = self.lists.lock().await;
+        let mut new = lists.clone();
+        let reply = change(&mut new)?;
+        if let Err(e) = self.saved.save_lists(&new) {
+            return Err(ListsSaveError::NotSaved(e).into());
+        }
+        let applied = self.apply_lists(&new).await;
+        *lists = new;
+        applied.map_err(|e| ListsSaveError::NotApplied(e).into())?;
+        Ok(reply)
+    }
+
+    /// Saves bans, usage and what changed in the replay memory (its filling generation at
+    /// most every [`crate::control::replay_store::SAVE_NEWEST_EVERY`]); called periodically.
+    pub async fn save_runtime_state(&self) {
+        self.save_bans_and_usage().await;
+        self.save_replay(false).await;
+    }
+
+    /// Saves everything, the whole replay memory included; called at shutdown.
+    pub async fn save_state_at_exit(&self) {
+        self.save_bans_and_usage().await;
+        self.save_replay(true).await;
+    }
+
+    async fn save_bans_and_usage(&self) {
+        if let Err(e) = self.save_bans().await {
+            tracing::error!("saving bans: {e}");
+        }
+        if let Err(e) = self.save_usage().await {
+            tracing::error!("saving usage: {e}");
+        }
+    }
+
+    /// Writes the replay memory's changes off the async threads (files of about a megabyte).
+    async fn save_replay(&self, force: bool) {
+        let (store, replay) = (self.replay_store.clone(), self.replay.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || store.save(&replay, force)).await {
+            tracing::error!("saving the replay memory: {e}");
+        }
+    }
+
+    /// Writes the current bans. The snapshot is taken under the save lock, so a save can never
+    /// overwrite a newer one with an older snapshot.
+    pub(super) async fn save_bans(&self) -> Result<(), StateError> {
+        let _order = self.saves.lock().await;
+        let bans = self.saved_bans().await;
+        self.saved.save_bans(&bans)
+    }
+
+    /// Writes every account's usage and operator switch (snapshot under the save lock).
+    pub(super) async fn save_usage(&self) -> Result<(), StateError> {
+        let _order = self.saves.lock().await;
+        let usage: BTreeMap<String, SavedUsage> = self
+            .accounts
+            .all()
+            .iter()
+            .map(|a| {
+                let u = a.usage(Instant::now(), Duration::ZERO);
+                (
+                    a.name.clone(),
+                    SavedUsage {
+                        bytes_up: u.bytes_up,
+                        bytes_down: u.bytes_down,
+                        disabled: u.operator_disabled,
+                    },
+                )
+            })
+            .collect();
+        self.saved.save_usage(&usage)
+    }
+
+    async fn saved_bans(&self) -> Vec<SavedBan> {
+        let now_mono = monotonic_ns();
+        let now = unix_now();
+        self.shield
+            .read()
+            .await
+            .bans()
+            .map(|b| SavedBan {
+                addr: b.target.to_string(),
+                reason: b.reason.name().to_owned(),
+                action: Some(b.action.name().to_owned()),
+                count: b.count,
+                expires_unix: b.remaining(now_mono).map(|d| now + d.as_secs()),
+            })
+            .collect()
+    }
+}

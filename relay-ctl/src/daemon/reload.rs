@@ -1,0 +1,104 @@
+//! Configuration reload (SIGHUP): the new file is checked whole before anything changes, so a
+//! broken one leaves the running configuration in force.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use super::Daemon;
+use crate::{
+    config::{Config, ConfigError},
+    relay::{RelayContext, mask_target::MaskTarget},
+    state_dir::StateError,
+    users,
+    xdp::MapsError,
+};
+
+/// Why a reload was rejected; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The daemon was started without a config file.
+    #[error("running on the embedded default configuration: nothing to reload")]
+    NoConfigFile,
+    /// The file cannot be read or is not a valid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The default user's secret in the state dir cannot be read or created.
+    #[error(transparent)]
+    Users(#[from] StateError),
+    /// The enforcement maps refused the new lists or limits. Its message already ends with the
+    /// maps' own reason, so it is not repeated as a source.
+    #[error("applying lists and limits: {0}")]
+    Apply(MapsError),
+}
+
+impl Daemon {
+    /// Reloads the config file: on success users, limits, lists and thresholds change for new
+    /// connections (established ones and XDP stay); on failure the old config stays. Counted
+    /// for `relay_config_reloads_total`.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let result = self.try_reload().await;
+        self.reloads[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), ReloadError> {
+        let Some(path) = &self.config_path else {
+            return Err(ReloadError::NoConfigFile);
+        };
+        let new = Config::load(path)?;
+        let old = self.config();
+        warn_restart_only_changes(&old, &new);
+        let (users, _) = users::resolve(&new, &self.state)?;
+        self.shield
+            .write()
+            .await
+            .apply(&new)
+            .map_err(ReloadError::Apply)?;
+        self.misuse.reconfigure(&new.misuse);
+        self.replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_limits(new.replay.limits());
+        self.capacity.set_bounds(new.limits.bounds());
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        self.accounts.retain(&names);
+        // User indices may now mean other users: old hints would only cost wasted tries.
+        self.hints.clear();
+        let mut relay = RelayContext::new(
+            &new,
+            users,
+            &self.accounts,
+            self.replay.clone(),
+            self.hints.clone(),
+            self.misuse.clone(),
+            self.relay.load().stats.clone(),
+            self.flight.clone(),
+        );
+        // Same mask, same cached addresses.
+        relay.mask = MaskTarget::reuse(self.relay.load().mask.as_ref(), relay.mask.take());
+        self.flight.reconfigure(&old, &new);
+        self.relay.store(Arc::new(relay));
+        crate::logging::reconfigure(&new.log);
+        self.config.store(Arc::new(new));
+        self.refresh_feeds().await;
+        Ok(())
+    }
+}
+
+/// Warns about the changed settings a reload does not apply.
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    if new.server.listen != old.server.listen {
+        tracing::warn!("[server] listen changed: takes effect only after a restart");
+    }
+    if new.metrics != old.metrics {
+        tracing::warn!("[metrics] changed: takes effect only after a restart");
+    }
+    if new.crowdsec != old.crowdsec {
+        tracing::warn!("[crowdsec] changed: takes effect only after a restart");
+    }
+    if new.log.format != old.log.format {
+        tracing::warn!("[log] format changed: takes effect only after a restart");
+    }
+    if new.state.dir != old.state.dir {
+        tracing::warn!("[state] dir changed: takes effect only after a restart");
+    }
+}
