@@ -68,3 +68,42 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        control::api::{PrefixEntry, Reply, Request},
+        daemon::test_support::TestDaemon,
+    };
+
+    async fn blocks(relay: &TestDaemon) -> Vec<PrefixEntry> {
+        let Reply::Prefixes { entries } = relay.ok(Request::BlockList).await else {
+            panic!("not a list");
+        };
+        entries
+    }
+
+    #[tokio::test]
+    async fn a_feed_is_loaded_kept_when_unreadable_and_dropped_when_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let feed = dir.path().join("level1.netset");
+        std::fs::write(&feed, "# a feed\n192.0.2.0/24\n198.51.100.7\nbogus\n").expect("feed");
+        let extra = format!("[blocklist]\nfiles = [\"{}\"]\n", feed.display());
+        let relay = TestDaemon::start_in(dir, &extra).await;
+        let source = format!("feed:{}", feed.display());
+        let loaded = blocks(&relay).await;
+        assert_eq!(loaded.len(), 2, "{loaded:?}");
+        assert!(loaded.iter().all(|e| e.source == source), "{loaded:?}");
+
+        // A feed that cannot be read keeps its previous entries.
+        std::fs::remove_file(&feed).expect("rm feed");
+        relay.daemon.refresh_feeds().await;
+        assert_eq!(blocks(&relay).await, loaded);
+
+        // A feed no longer configured is dropped.
+        let config = std::fs::read_to_string(relay.config_path()).expect("config");
+        std::fs::write(relay.config_path(), config.replace(&extra, "")).expect("write");
+        relay.daemon.reload().await.expect("reloaded");
+        assert!(blocks(&relay).await.is_empty());
+    }
+}

@@ -115,12 +115,12 @@ impl Daemon {
         let mut lists = self.lists.lock().await;
         let mut new = lists.clone();
         let reply = change(&mut new)?;
-        if let Err(e) = self.saved.save_lists(&new) {
-            return Err(ListsSaveError::NotSaved(e).into());
-        }
+        self.saved
+            .save_lists(&new)
+            .map_err(ListsSaveError::NotSaved)?;
         let applied = self.apply_lists(&new).await;
         *lists = new;
-        applied.map_err(|e| ListsSaveError::NotApplied(e).into())?;
+        applied.map_err(ListsSaveError::NotApplied)?;
         Ok(reply)
     }
 
@@ -199,5 +199,180 @@ impl Daemon {
                 expires_unix: b.remaining(now_mono).map(|d| now + d.as_secs()),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_common::{BanAction, BanReason};
+    use relay_proto::replay::ReplayKey;
+
+    use crate::{
+        control::api::{Reply, Request},
+        daemon::test_support::TestDaemon,
+        shield::BanTarget,
+    };
+
+    async fn restarted(relay: TestDaemon) -> TestDaemon {
+        let TestDaemon { daemon, dir } = relay;
+        daemon.save_state_at_exit().await;
+        drop(daemon);
+        TestDaemon::start_in(dir, "").await
+    }
+
+    #[tokio::test]
+    async fn lists_bans_usage_and_replay_memory_survive_a_restart() {
+        let relay = TestDaemon::start().await;
+        relay
+            .ok(Request::BlockAdd {
+                cidr: "192.0.2.0/24".to_owned(),
+                ttl_secs: Some(3600),
+                reason: Some("scanner".to_owned()),
+            })
+            .await;
+        relay
+            .ok(Request::AllowAdd {
+                cidr: "198.18.0.1".to_owned(),
+            })
+            .await;
+        {
+            let mut shield = relay.daemon.shield.write().await;
+            let addr = "203.0.113.9".parse().expect("addr");
+            let ttl = Some(std::time::Duration::from_secs(600));
+            shield
+                .ban(addr, BanReason::BadSecret, BanAction::Front, ttl, 12)
+                .expect("ban");
+            let Ok(BanTarget::Prefix(prefix)) = "198.51.100.0/24".parse::<BanTarget>() else {
+                panic!("prefix");
+            };
+            shield
+                .ban_prefix(prefix, BanReason::BadSecret, BanAction::Drop, None, 40)
+                .expect("prefix ban");
+        }
+        let alice = relay.daemon.accounts.get("alice").expect("alice");
+        alice.restore(1000, 2000, false);
+        relay
+            .ok(Request::UsersDisable {
+                name: "alice".to_owned(),
+            })
+            .await;
+        let key = ReplayKey::tls(&[7; 32]);
+        let now = crate::clock::unix_now();
+        assert!(
+            !relay
+                .daemon
+                .replay
+                .lock()
+                .expect("replay")
+                .check_and_insert(key, now)
+        );
+
+        let relay = restarted(relay).await;
+
+        let Reply::Prefixes { entries } = relay.ok(Request::BlockList).await else {
+            panic!("not a list");
+        };
+        let block = entries
+            .iter()
+            .find(|e| e.source == "operator")
+            .expect("operator block restored");
+        assert_eq!(block.cidr, "192.0.2.0/24");
+        assert_eq!(block.reason.as_deref(), Some("scanner"));
+        assert!(block.expires_in_secs.is_some_and(|s| s <= 3600));
+        let Reply::Prefixes { entries } = relay.ok(Request::AllowList).await else {
+            panic!("not a list");
+        };
+        assert!(
+            entries.iter().any(|e| e.cidr == "198.18.0.1/32"),
+            "{entries:?}"
+        );
+
+        let Reply::Bans { mut bans } = relay.ok(Request::BansList).await else {
+            panic!("not bans");
+        };
+        bans.sort_by(|a, b| a.addr.cmp(&b.addr));
+        assert_eq!(bans.len(), 2, "{bans:?}");
+        assert_eq!(
+            (
+                bans[0].addr.as_str(),
+                bans[0].action.as_str(),
+                bans[0].count
+            ),
+            ("198.51.100.0/24", "drop", 40)
+        );
+        assert_eq!(bans[0].expires_in_secs, None);
+        assert_eq!(
+            (
+                bans[1].addr.as_str(),
+                bans[1].action.as_str(),
+                bans[1].count
+            ),
+            ("203.0.113.9", "front", 12)
+        );
+        assert!(bans[1].expires_in_secs.is_some_and(|s| s <= 600));
+
+        let Reply::Users { users } = relay
+            .ok(Request::UsersShow {
+                name: "alice".to_owned(),
+            })
+            .await
+        else {
+            panic!("not users");
+        };
+        assert_eq!((users[0].bytes_up, users[0].bytes_down), (1000, 2000));
+        assert!(!users[0].enabled);
+
+        assert!(relay.daemon.replay.lock().expect("replay").contains(&key));
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_ban_is_not_restored() {
+        let relay = TestDaemon::start().await;
+        relay
+            .daemon
+            .shield
+            .write()
+            .await
+            .ban(
+                "203.0.113.9".parse().expect("addr"),
+                BanReason::BadSecret,
+                BanAction::Drop,
+                Some(std::time::Duration::ZERO),
+                3,
+            )
+            .expect("ban");
+        let relay = restarted(relay).await;
+        assert_eq!(
+            relay.ok(Request::BansList).await,
+            Reply::Bans { bans: Vec::new() }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_lists_file_is_set_aside_and_the_daemon_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("state")).expect("mkdir");
+        std::fs::write(dir.path().join("state/lists.json"), "{\"block\": ").expect("write");
+        let relay = TestDaemon::start_in(dir, "").await;
+        let Reply::Prefixes { entries } = relay.ok(Request::BlockList).await else {
+            panic!("not a list");
+        };
+        assert!(entries.is_empty(), "{entries:?}");
+        let names: Vec<String> = std::fs::read_dir(relay.state_path())
+            .expect("state dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("lists.json.corrupt-")),
+            "{names:?}"
+        );
+        // The next change writes a good file again.
+        relay
+            .ok(Request::AllowAdd {
+                cidr: "198.18.0.1".to_owned(),
+            })
+            .await;
+        assert!(relay.state_path().join("lists.json").is_file());
     }
 }

@@ -102,3 +102,87 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
         tracing::warn!("[state] dir changed: takes effect only after a restart");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ReloadError;
+    use crate::{
+        config::ConfigError,
+        control::api::{Reply, Request},
+        daemon::test_support::{TestDaemon, config_text},
+    };
+
+    async fn user_names(relay: &TestDaemon) -> Vec<String> {
+        let Reply::Users { users } = relay.ok(Request::UsersList).await else {
+            panic!("not users");
+        };
+        users.into_iter().map(|u| u.name).collect()
+    }
+
+    async fn reload_counts(relay: &TestDaemon) -> Vec<(String, u64)> {
+        relay
+            .daemon
+            .stats()
+            .await
+            .config_reloads
+            .into_iter()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_broken_config_is_rejected_and_the_running_one_stays() {
+        let relay = TestDaemon::start().await;
+        let good = std::fs::read_to_string(relay.config_path()).expect("config");
+        let broken = format!("{good}[[users]\nname = \"mallory\"\n");
+        let bad_line = good.lines().count() + 1;
+        std::fs::write(relay.config_path(), broken).expect("write");
+
+        let err = relay.daemon.reload().await.expect_err("broken config");
+        assert!(
+            matches!(&err, ReloadError::Config(ConfigError::Invalid { line, .. }) if *line == bad_line),
+            "{err:?}"
+        );
+        // The operator is told the file and line.
+        let path = relay.config_path().display().to_string();
+        assert!(
+            err.to_string().starts_with(&format!("{path}:{bad_line}:")),
+            "{err}"
+        );
+        assert_eq!(user_names(&relay).await, ["alice", "bob"]);
+        assert_eq!(relay.daemon.config().users.len(), 2);
+        assert_eq!(
+            reload_counts(&relay).await,
+            [("failure".to_owned(), 1), ("success".to_owned(), 0)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_good_config_replaces_users_and_lists() {
+        let relay = TestDaemon::start().await;
+        let without_bob = config_text(&relay.dir, "[blocklist]\ncidrs = [\"192.0.2.0/24\"]\n")
+            .replace(
+                "[[users]]\nname = \"bob\"\nsecret = \"ffeeddccbbaa99887766554433221100\"\nenabled = false\n",
+                "",
+            );
+        std::fs::write(relay.config_path(), without_bob).expect("write");
+        relay.daemon.reload().await.expect("reloaded");
+        assert_eq!(user_names(&relay).await, ["alice"]);
+        let Reply::Prefixes { entries } = relay.ok(Request::BlockList).await else {
+            panic!("not a list");
+        };
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].cidr, "192.0.2.0/24");
+        assert_eq!(
+            reload_counts(&relay).await,
+            [("failure".to_owned(), 0), ("success".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn without_a_config_file_there_is_nothing_to_reload() {
+        assert_eq!(
+            ReloadError::NoConfigFile.to_string(),
+            "running on the embedded default configuration: nothing to reload"
+        );
+    }
+}

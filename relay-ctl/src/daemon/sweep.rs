@@ -54,3 +54,40 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        control::api::{Reply, Request},
+        daemon::test_support::TestDaemon,
+    };
+
+    async fn blocks(relay: &TestDaemon) -> usize {
+        let Reply::Prefixes { entries } = relay.ok(Request::BlockList).await else {
+            panic!("not a list");
+        };
+        entries.len()
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_operator_block_is_removed_from_the_saved_lists() {
+        let relay = TestDaemon::start().await;
+        let add = |cidr: &str, ttl_secs| Request::BlockAdd {
+            cidr: cidr.to_owned(),
+            ttl_secs,
+            reason: None,
+        };
+        relay.ok(add("192.0.2.0/24", Some(0))).await;
+        relay.ok(add("198.51.100.0/24", None)).await;
+        // Already lapsed: saved, but not enforced.
+        assert_eq!(blocks(&relay).await, 1);
+        let saved =
+            || std::fs::read_to_string(relay.state_path().join("lists.json")).expect("lists.json");
+        assert!(saved().contains("192.0.2.0/24"));
+
+        relay.daemon.sweep().await;
+        assert!(!saved().contains("192.0.2.0/24"), "{}", saved());
+        assert!(saved().contains("198.51.100.0/24"));
+        assert_eq!(blocks(&relay).await, 1);
+    }
+}

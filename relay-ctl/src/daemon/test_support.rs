@@ -40,16 +40,14 @@ impl TestDaemon {
     /// A daemon started from [`CONFIG`] written to `relay.toml`.
     pub async fn start() -> TestDaemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        TestDaemon::start_in(dir).await
+        TestDaemon::start_in(dir, "").await
     }
 
-    /// A daemon started in `dir`, restoring what an earlier one saved there.
-    pub async fn start_in(dir: TempDir) -> TestDaemon {
-        let text = format!(
-            "{CONFIG}[state]\ndir = \"{}\"\n",
-            dir.path().join("state").display()
-        );
-        std::fs::write(dir.path().join("relay.toml"), &text).expect("write config");
+    /// A daemon started in `dir` from [`CONFIG`] followed by `extra`, restoring what an earlier
+    /// one saved there.
+    pub async fn start_in(dir: TempDir, extra: &str) -> TestDaemon {
+        std::fs::write(dir.path().join("relay.toml"), config_text(&dir, extra))
+            .expect("write config");
         let config = Config::load(&dir.path().join("relay.toml")).expect("valid config");
         let state = StateDir::open_own(&config.state.dir).expect("state dir");
         let mut shield = Shield::new(Enforcement::Userspace {
@@ -92,4 +90,12 @@ impl TestDaemon {
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("relay.toml")
     }
+}
+
+/// [`CONFIG`] with the state dir in `dir` and `extra` appended.
+pub(super) fn config_text(dir: &TempDir, extra: &str) -> String {
+    format!(
+        "{CONFIG}[state]\ndir = \"{}\"\n{extra}",
+        dir.path().join("state").display()
+    )
 }
