@@ -1,12 +1,12 @@
 //! The running daemon's state and the operations on it, one concern per module: admin requests
-//! ([`admin`]), config reload ([`reload`]), blocklist feeds ([`feeds`]), persistence
-//! ([`persistence`]), periodic upkeep ([`sweep`]) and the stats snapshot ([`stats`]).
+//! (`requests`), config reload (`reload`), blocklist feeds (`feeds`), persistence
+//! (`persistence`), periodic upkeep (`sweep`) and the stats snapshot (`stats`).
 //! `cli::run` wires it to sockets and signals.
 
-mod admin;
 mod feeds;
 mod persistence;
 mod reload;
+mod requests;
 mod stats;
 mod sweep;
 
@@ -46,9 +46,9 @@ use crate::{
 use relay_proto::replay::ReplayMemory;
 
 pub use self::{
-    admin::{BanError, ListError, UserError},
     persistence::ListsSaveError,
     reload::ReloadError,
+    requests::{BanError, ListError, UserError},
 };
 
 /// Everything the running relay shares between its tasks.
