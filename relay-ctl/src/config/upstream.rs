@@ -19,7 +19,7 @@ pub struct Upstream {
     /// Try IPv6 DC addresses first.
     #[serde(default)]
     pub prefer_ipv6: bool,
-    /// Choose the DC leg's key so DC→client bytes need no AES (mtproto.md §1.3).
+    /// Choose the DC leg's key so DC→client bytes need no AES (docs/protocol.md §3).
     #[serde(default = "yes")]
     pub fast_mode: bool,
     /// Per-DC address overrides: `"2" = ["127.0.0.1:9002"]`, negative ids for media DCs.
