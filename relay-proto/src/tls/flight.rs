@@ -1,8 +1,8 @@
-//! The server's answer to a ClientHello (§1.6): exactly three records — ServerHello,
+//! The server's answer to a ClientHello (docs/protocol.md §5): exactly three records — ServerHello,
 //! ChangeCipherSpec, one application-data record of certificate-like size — with
-//! HMAC-SHA256(secret, client random ‖ flight) as the server random. The ServerHello's
-//! extension order and the third record's size copy the mask site's own flight where it is
-//! learned (see [`super::profile`]).
+//! HMAC-SHA256(secret, client random ‖ flight) as the server random. The ServerHello's extension
+//! order and the third record's size copy the mask site's own flight where it is learned (see
+//! [`super::profile`]).
 
 use hmac::{Hmac, Mac};
 use rand::{CryptoRng, Rng};
