@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::RwLock;
 
 use crate::{
-    capacity::Capacity,
+    capacity::{Bounds, Capacity},
     clock::unix_now,
     config::Config,
     control::{
@@ -130,7 +130,7 @@ impl Daemon {
             flight.clone(),
         );
         let saved = SavedState::new(state.clone());
-        let capacity = Capacity::new(config.limits.bounds());
+        let capacity = Capacity::new(Bounds::from(&config.limits));
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
         let daemon = Arc::new(Daemon {
             config_path,

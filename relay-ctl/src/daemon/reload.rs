@@ -5,6 +5,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use super::Daemon;
 use crate::{
+    capacity::Bounds,
     config::{Config, ConfigError},
     relay::{RelayContext, mask_target::MaskTarget},
     state_dir::StateError,
@@ -58,7 +59,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .set_limits(new.replay.limits());
-        self.capacity.set_bounds(new.limits.bounds());
+        self.capacity.set_bounds(Bounds::from(&new.limits));
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         self.accounts.retain(&names);
         // User indices may now mean other users: old hints would only cost wasted tries.
