@@ -16,6 +16,7 @@ pub mod misuse;
 pub mod prefix_set;
 pub mod privacy;
 pub mod privilege;
+pub mod rate;
 
 pub mod relay;
 pub mod server;
