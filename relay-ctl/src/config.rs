@@ -481,6 +481,12 @@ pub struct User {
     /// No new connections after this time (RFC 3339, e.g. `"2027-01-01T00:00:00Z"`).
     #[serde(default, deserialize_with = "rfc3339")]
     pub expires: Option<std::time::SystemTime>,
+    /// New connections per unit of time from all sources (`"20/s"`); off by default.
+    #[serde(default)]
+    pub connection_rate: Option<crate::rate::Rate>,
+    /// New connections admitted at once under `connection_rate`; default its count.
+    #[serde(default)]
+    pub connection_burst: Option<NonZeroU32>,
 }
 
 impl User {
@@ -492,6 +498,12 @@ impl User {
             max_unique_ips: self.max_unique_ips,
             quota: self.quota,
             expires: self.expires,
+            connection_rate: self.connection_rate.map(|rate| {
+                crate::relay::accounts::ConnectionRate {
+                    rate,
+                    burst: self.connection_burst,
+                }
+            }),
         }
     }
 }
@@ -1183,6 +1195,15 @@ impl Config {
                 return Err(invalid(
                     "name",
                     format!("user `{}` is listed twice", user.name),
+                ));
+            }
+            if user.connection_burst.is_some() && user.connection_rate.is_none() {
+                return Err(invalid(
+                    "connection_burst",
+                    format!(
+                        "user `{}`: connection_burst needs connection_rate",
+                        user.name
+                    ),
                 ));
             }
             if !secrets.insert(*user.secret.as_bytes()) {

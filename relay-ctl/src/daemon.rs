@@ -541,6 +541,8 @@ impl Daemon {
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             max_connections: limits.max_connections,
             max_unique_ips: limits.max_unique_ips,
+            connection_rate: limits.connection_rate.map(|r| r.rate.to_string()),
+            connection_burst: limits.connection_rate.map(|r| r.burst()),
             rejections: usage.rejections,
         }
     }

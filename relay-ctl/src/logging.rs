@@ -283,7 +283,10 @@ mod tests {
             })
             .collect();
         // Events 0, 1, 2 (the burst), then 500, 1000, ..., 9500.
-        let expected: Vec<u64> = [0, 1, 2].into_iter().chain((1..20).map(|k| k * 500)).collect();
+        let expected: Vec<u64> = [0, 1, 2]
+            .into_iter()
+            .chain((1..20).map(|k| k * 500))
+            .collect();
         assert_eq!(
             lines.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
             expected,

@@ -117,7 +117,10 @@ mod tests {
     fn parses_and_prints_rates() {
         let rate: Rate = "20/s".parse().expect("20/s");
         assert_eq!(rate.to_string(), "20/s");
-        assert_eq!("600 / m".parse::<Rate>().map(|r| r.to_string()), Ok("600/m".into()));
+        assert_eq!(
+            "600 / m".parse::<Rate>().map(|r| r.to_string()),
+            Ok("600/m".into())
+        );
         assert_eq!("3/hour".parse::<Rate>().map(|r| r.unit), Ok(Unit::Hour));
         for bad in ["", "20", "0/s", "-1/s", "20/d", "x/s", "2000000/s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?} parsed");

@@ -562,3 +562,35 @@ fn read_group_needs_a_group_usable_socket() {
     assert_eq!(config.admin.read_group.as_deref(), Some("relay-view"));
     assert_eq!(config.admin.group.as_deref(), Some("relay-admin"));
 }
+
+#[test]
+fn connection_rate_parses_with_an_optional_burst() {
+    const USER: &str = "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\nsecret = \"00112233445566778899aabbccddeeff\"\n";
+    let off = parse(USER).expect("valid").users[0].limits();
+    assert_eq!(off.connection_rate, None, "off by default");
+    let rate = parse(&format!(
+        "{USER}connection_rate = \"20/s\"\nconnection_burst = 40\n"
+    ))
+    .expect("valid")
+    .users[0]
+        .limits()
+        .connection_rate
+        .expect("rate");
+    assert_eq!(
+        (rate.rate.to_string(), rate.burst()),
+        ("20/s".to_owned(), 40)
+    );
+    let default_burst = parse(&format!("{USER}connection_rate = \"5/m\"\n"))
+        .expect("valid")
+        .users[0]
+        .limits()
+        .connection_rate
+        .expect("rate");
+    assert_eq!(default_burst.burst(), 5);
+    expect_invalid(&format!("{USER}connection_rate = \"fast\"\n"), 6, "fast");
+    expect_invalid(
+        &format!("{USER}connection_burst = 3\n"),
+        6,
+        "needs connection_rate",
+    );
+}
