@@ -80,6 +80,7 @@ pub struct Daemon {
     reloads: [AtomicU64; 2],
     /// Admin requests refused for the caller's role.
     admin_refused: AtomicU64,
+    admin_rate_limited: AtomicU64,
     /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
     pub crowdsec: Arc<crate::crowdsec::Status>,
     /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
@@ -149,6 +150,7 @@ impl Daemon {
             started: Instant::now(),
             reloads: Default::default(),
             admin_refused: AtomicU64::new(0),
+            admin_rate_limited: AtomicU64::new(0),
             crowdsec,
             flight,
             state,
@@ -610,6 +612,7 @@ impl Daemon {
             dc_connect: relay.stats.dc_connect_times(),
             config_reloads,
             admin_refused: self.admin_refused.load(Ordering::Relaxed),
+            admin_rate_limited: self.admin_rate_limited.load(Ordering::Relaxed),
             connections_refused: self
                 .capacity
                 .refused()
@@ -923,6 +926,10 @@ impl Handler for Daemon {
 
     fn refused(&self) {
         self.admin_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rate_limited(&self) {
+        self.admin_rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 }
 

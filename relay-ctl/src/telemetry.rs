@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Every metric relay exports (histograms by their base name).
-pub const METRIC_NAMES: [&str; 35] = [
+pub const METRIC_NAMES: [&str; 36] = [
     "relay_xdp_packets_total",
     "relay_xdp_attached",
     "relay_connections_accepted_total",
@@ -56,6 +56,7 @@ pub const METRIC_NAMES: [&str; 35] = [
     "relay_dc_connect_seconds",
     "relay_config_reloads_total",
     "relay_admin_refused_total",
+    "relay_admin_rate_limited_total",
     "relay_build_info",
     "relay_connections_refused_total",
     "relay_handshakes_active",
@@ -218,6 +219,10 @@ fn describe() {
     describe_counter!(
         "relay_admin_refused_total",
         "Admin requests refused because the caller's role does not allow them."
+    );
+    describe_counter!(
+        "relay_admin_rate_limited_total",
+        "Admin requests refused because their caller (uid) was over the per-caller request rate."
     );
     describe_gauge!("relay_build_info", "Always 1; the version is a label.");
     describe_counter!(
@@ -386,6 +391,7 @@ impl Publisher {
             counter!("relay_config_reloads_total", "result" => result.clone()).absolute(*n);
         }
         counter!("relay_admin_refused_total").absolute(s.admin_refused);
+        counter!("relay_admin_rate_limited_total").absolute(s.admin_rate_limited);
         self.publish_crowdsec(s);
         self.publish_tls_flight(s);
     }

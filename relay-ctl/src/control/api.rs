@@ -167,6 +167,8 @@ pub enum ErrorKind {
     Failed,
     /// The caller's admin role does not allow it (a read-only caller asked for a change).
     Forbidden,
+    /// The caller sent requests faster than the admin socket's per-caller rate; retry shortly.
+    RateLimited,
 }
 
 /// Payload of a successful response.
@@ -374,6 +376,9 @@ pub struct Stats {
     /// Admin requests refused because the caller's role does not allow them.
     #[serde(default)]
     pub admin_refused: u64,
+    /// Admin requests refused because their caller was over the per-caller request rate.
+    #[serde(default)]
+    pub admin_rate_limited: u64,
     /// Connections reset at accept by a concurrency bound (`max_connections`,
     /// `max_connections_per_source`, `max_handshakes`).
     #[serde(default)]
