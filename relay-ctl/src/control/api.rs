@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Connect times to one DC, as [`Stats::dc_connect`] carries them (kept by the relay's
+/// counters).
 pub use crate::relay::stats::DcConnect;
 use crate::telemetry::Samples;
 
