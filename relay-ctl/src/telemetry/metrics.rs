@@ -70,8 +70,8 @@ pub const DC_CONNECT_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Buckets of the CrowdSec pull-time histogram: an empty incremental poll takes milliseconds,
-/// a full pull of 100,000 decisions about a second.
+/// Buckets of the CrowdSec pull-time histogram: from an empty incremental poll to a full pull
+/// of a large decision list.
 pub const CROWDSEC_PULL_BUCKETS: [f64; 10] =
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
