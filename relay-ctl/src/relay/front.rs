@@ -73,8 +73,7 @@ pub async fn front_with<C: RelayStream, M: MaskDialer>(
         pass_on_queued::<M::Stream, _>(&mut up_r, &mut client_w).await;
         if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) {
             // The mask (or the client) reset: the client sees a reset too, not a FIN.
-            C::reset_on_close(&client_w);
-            drop((client_r, client_w));
+            C::close_with_reset(client_r, client_w);
         }
     }
     tracing::debug!(

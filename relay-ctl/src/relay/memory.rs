@@ -1,5 +1,6 @@
-//! In-memory connections for unit tests: a [`RelayStream`] pair that ends as TCP does (a FIN,
-//! or a reset when [`RelayStream::reset_on_close`] was called), and a [`MaskDialer`] whose
+//! In-memory connections for unit tests: a [`RelayStream`] pair that ends as a tokio TCP
+//! stream does (a FIN when the write half or the whole stream is dropped or shut down, a reset
+//! by [`RelayStream::close_with_reset`] unless a FIN went first), and a [`MaskDialer`] whose
 //! connections the test serves as the mask host.
 
 use std::{
@@ -62,12 +63,10 @@ impl Drop for End {
     fn drop(&mut self) {
         let reset = self.reset.load(std::sync::atomic::Ordering::Relaxed);
         {
+            // A reset after a FIN: the peer has read the FIN first.
             let mut tx = lock(&self.tx);
-            if reset {
-                tx.end = Some(Ending::Reset);
-            } else {
-                tx.end.get_or_insert(Ending::Fin);
-            }
+            tx.end
+                .get_or_insert(if reset { Ending::Reset } else { Ending::Fin });
             tx.wake();
         }
         lock(&self.rx).reader_gone = true;
@@ -132,6 +131,7 @@ pub fn pair() -> (MemStream, MemStream) {
             tx: Arc::clone(tx),
             reset: false.into(),
         }),
+        write_half: false,
     };
     (end(&a, &b), end(&b, &a))
 }
@@ -140,6 +140,16 @@ pub fn pair() -> (MemStream, MemStream) {
 /// sharing the end).
 pub struct MemStream {
     end: Arc<End>,
+    /// A write half: dropping it sends a FIN, as tokio's `OwnedWriteHalf` does.
+    write_half: bool,
+}
+
+impl Drop for MemStream {
+    fn drop(&mut self) {
+        if self.write_half {
+            self.end.shutdown();
+        }
+    }
 }
 
 impl MemStream {
@@ -205,10 +215,11 @@ impl RelayStream for MemStream {
     type WriteHalf = MemStream;
 
     fn into_split(self) -> (MemStream, MemStream) {
-        let read = MemStream {
+        let half = |write_half| MemStream {
             end: Arc::clone(&self.end),
+            write_half,
         };
-        (read, self)
+        (half(false), half(true))
     }
 
     async fn answered(&mut self) {
@@ -225,10 +236,13 @@ impl RelayStream for MemStream {
         unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) }
     }
 
-    fn reset_on_close(half: &MemStream) {
-        half.end
+    fn close_with_reset(read: MemStream, mut write: MemStream) {
+        write.write_half = false;
+        write
+            .end
             .reset
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop((read, write));
     }
 }
 

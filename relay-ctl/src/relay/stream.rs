@@ -36,8 +36,9 @@ pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// may say "not readable" for bytes that arrived just before a reset.
     fn take_queued<'b>(half: &mut Self::ReadHalf, buf: &'b mut [MaybeUninit<u8>]) -> &'b [u8];
 
-    /// Makes the connection end with a reset instead of a FIN once its halves are dropped.
-    fn reset_on_close(half: &Self::WriteHalf);
+    /// Closes the connection with a reset instead of a FIN (a dropped write half would send a
+    /// FIN first).
+    fn close_with_reset(read: Self::ReadHalf, write: Self::WriteHalf);
 }
 
 impl RelayStream for TcpStream {
@@ -62,7 +63,10 @@ impl RelayStream for TcpStream {
         }
     }
 
-    fn reset_on_close(half: &OwnedWriteHalf) {
-        let _ = half.as_ref().set_zero_linger();
+    fn close_with_reset(read: OwnedReadHalf, write: OwnedWriteHalf) {
+        // Reunited, the halves close without the write half's shutdown.
+        if let Ok(stream) = read.reunite(write) {
+            let _ = stream.set_zero_linger();
+        }
     }
 }
