@@ -17,7 +17,7 @@ use relay_common::{BanAction, BanReason, Verdict};
 use tokio::sync::RwLock;
 
 use crate::{
-    capacity::Capacity,
+    capacity::{Bounds, Capacity},
     clock::monotonic_ns,
     config::{Cidr, Config},
     control::{
@@ -128,7 +128,7 @@ impl Daemon {
             flight.clone(),
         );
         let store = Store::new(state.clone());
-        let capacity = Capacity::new(config.limits.bounds());
+        let capacity = Capacity::new(Bounds::from(&config.limits));
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
         let daemon = Arc::new(Daemon {
             config_path,
@@ -204,7 +204,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .set_limits(new.replay.limits());
-        self.capacity.set_bounds(new.limits.bounds());
+        self.capacity.set_bounds(Bounds::from(&new.limits));
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         self.accounts.retain(&names);
         // User indices may now mean other users: old hints would only cost wasted tries.

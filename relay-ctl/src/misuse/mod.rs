@@ -37,7 +37,7 @@ impl Misuse {
         Misuse {
             detector: std::sync::Mutex::new(Detector::new(
                 config.window_secs,
-                config.thresholds(),
+                Levels::from(config),
                 config.max_sources,
             )),
             shield,
@@ -57,7 +57,7 @@ impl Misuse {
     pub fn reconfigure(&self, config: &config::Misuse) {
         lock(&self.detector).reconfigure(
             config.window_secs,
-            config.thresholds(),
+            Levels::from(config),
             config.max_sources,
         );
         *lock(&self.ban_ttl) = Duration::from_secs(config.ban_secs);
