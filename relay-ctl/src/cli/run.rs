@@ -188,7 +188,11 @@ async fn serve(
         config,
     )));
     if let Some(listen) = metrics {
-        tasks.push(tokio::spawn(crate::telemetry::export(daemon.clone())));
+        let daemon = daemon.clone();
+        tasks.push(tokio::spawn(crate::telemetry::export(move || {
+            let daemon = daemon.clone();
+            async move { daemon.stats().await }
+        })));
         tracing::info!(%listen, "metrics endpoint listening");
     }
     if print_links {
