@@ -11,6 +11,7 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod ebpf;
 pub mod gate;
+pub mod listener;
 pub mod logging;
 pub mod misuse;
 pub mod prefix_set;
@@ -19,7 +20,6 @@ pub mod privilege;
 pub mod rate;
 
 pub mod relay;
-pub mod server;
 pub mod shield;
 pub mod state;
 pub mod telemetry;
