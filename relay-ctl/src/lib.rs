@@ -11,14 +11,15 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod ebpf;
 pub mod gate;
+pub mod listener;
 pub mod logging;
 pub mod misuse;
 pub mod prefix_set;
 pub mod privacy;
 pub mod privilege;
+pub mod rate;
 
 pub mod relay;
-pub mod server;
 pub mod shield;
 pub mod state_dir;
 pub mod telemetry;

@@ -84,6 +84,8 @@ pub struct Daemon {
     reloads: [AtomicU64; 2],
     /// Admin requests refused for the caller's role.
     admin_refused: AtomicU64,
+    /// Admin requests refused for the caller's request rate.
+    admin_rate_limited: AtomicU64,
     /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
     pub crowdsec: Arc<crate::crowdsec::Status>,
     /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
@@ -151,6 +153,7 @@ impl Daemon {
             started: Instant::now(),
             reloads: Default::default(),
             admin_refused: AtomicU64::new(0),
+            admin_rate_limited: AtomicU64::new(0),
             crowdsec,
             flight,
             state,
@@ -173,5 +176,9 @@ impl Handler for Daemon {
 
     fn refused(&self) {
         self.admin_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rate_limited(&self) {
+        self.admin_rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 }

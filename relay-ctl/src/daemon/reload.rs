@@ -111,6 +111,7 @@ mod tests {
         config::ConfigError,
         control::api::{Reply, Request},
         daemon::test_support::{TestDaemon, config_text},
+        telemetry::Metric,
     };
 
     async fn user_names(relay: &TestDaemon) -> Vec<String> {
@@ -121,12 +122,12 @@ mod tests {
     }
 
     async fn reload_counts(relay: &TestDaemon) -> Vec<(String, u64)> {
-        relay
-            .daemon
-            .stats()
-            .await
-            .config_reloads
+        let stats = relay.daemon.stats().await;
+        stats
+            .metrics
+            .by_label(Metric::ConfigReloads)
             .into_iter()
+            .map(|(result, n)| (result.to_owned(), n))
             .collect()
     }
 

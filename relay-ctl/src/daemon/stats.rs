@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, sync::atomic::Ordering, time::Instant};
 
-use relay_common::Verdict;
+use relay_common::{BanReason, Verdict};
 
 use super::Daemon;
 use crate::{
@@ -11,6 +11,7 @@ use crate::{
     control::api::{ReplayMemoryStats, Stats, TlsFlightStats, UserInfo, XdpAttachment},
     relay::accounts::{Account, Rejection},
     shield::Enforcement,
+    telemetry::{Metric, Samples},
     xdp::PrefixList,
 };
 
@@ -40,6 +41,8 @@ impl Daemon {
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             max_connections: limits.max_connections,
             max_unique_ips: limits.max_unique_ips,
+            connection_rate: limits.connection_rate.map(|r| r.rate.to_string()),
+            connection_burst: limits.connection_rate.map(|r| r.burst()),
             rejections: usage.rejections,
         }
     }
@@ -47,22 +50,45 @@ impl Daemon {
     /// A snapshot of every counter: what `relay-ctl stats` shows and the metrics export.
     pub async fn stats(&self) -> Stats {
         let shield = self.shield.read().await;
-        let verdicts = shield
-            .verdict_counts()
-            .map(|counts| {
-                Verdict::ALL
-                    .iter()
-                    .map(|v| (v.name().to_owned(), counts[*v as usize]))
-                    .collect()
-            })
-            .unwrap_or_default();
         let relay = self.relay.load();
+        let mut metrics = Samples::default();
+        relay.stats.export(&mut metrics);
+        if let Ok(counts) = shield.verdict_counts() {
+            for v in Verdict::ALL {
+                metrics.set(Metric::XdpPackets, &[v.name()], counts[v as usize]);
+            }
+        }
         let mut bans_active_by_reason = BTreeMap::new();
         for ban in shield.bans() {
             *bans_active_by_reason
                 .entry(ban.reason.name().to_owned())
                 .or_insert(0) += 1;
         }
+        metrics.set(Metric::BansActive, &[], shield.bans().count() as u64);
+        let bans_total = self.misuse.bans_total();
+        for reason in BanReason::ALL {
+            let n = bans_total.get(reason.name()).copied().unwrap_or(0);
+            metrics.set(Metric::BansTotal, &[reason.name()], n);
+        }
+        // The blocklist always has these sources, even when empty.
+        for source in ["config", "operator"] {
+            metrics.set(Metric::BlocklistEntries, &[source], 0);
+        }
+        for (source, n) in shield.prefix_counts(PrefixList::Block) {
+            metrics.set(Metric::BlocklistEntries, &[&source], n);
+        }
+        for (result, n) in ["success", "failure"].iter().zip(&self.reloads) {
+            metrics.set(Metric::ConfigReloads, &[result], n.load(Ordering::Relaxed));
+        }
+        let admin_refused = self.admin_refused.load(Ordering::Relaxed);
+        metrics.set(Metric::AdminRefused, &[], admin_refused);
+        let admin_rate_limited = self.admin_rate_limited.load(Ordering::Relaxed);
+        metrics.set(Metric::AdminRateLimited, &[], admin_rate_limited);
+        for (bound, n) in self.capacity.refused() {
+            metrics.set(Metric::ConnectionsRefused, &[bound.name()], n);
+        }
+        let handshakes_active = self.capacity.handshakes() as u64;
+        metrics.set(Metric::HandshakesActive, &[], handshakes_active);
         let xdp_attached = match shield.enforcement() {
             Enforcement::Kernel(program) => program
                 .attachments()
@@ -73,46 +99,21 @@ impl Daemon {
                 .collect(),
             Enforcement::Userspace { .. } => Vec::new(),
         };
-        let config_reloads = ["success", "failure"]
-            .iter()
-            .zip(&self.reloads)
-            .map(|(result, n)| ((*result).to_owned(), n.load(Ordering::Relaxed)))
-            .collect();
         Stats {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
             enforcement: shield.enforcement().to_string(),
-            verdicts,
-            connections_accepted: relay.stats.accepted(),
             connections_active: relay.stats.active(),
-            handshake_failures: relay.stats.failures(),
-            bans_active: shield.bans().count() as u64,
-            bans_total: self.misuse.bans_total(),
-            blocklist_entries: shield.prefix_counts(PrefixList::Block),
             users: self
                 .accounts
                 .all()
                 .iter()
                 .map(|a| self.user_info(a))
                 .collect(),
-            connections_active_by_mode: relay.stats.active_by_state(),
-            handshakes: relay.stats.handshakes(),
-            fronted: relay.stats.fronted_by_reason(),
-            mask_legs: relay.stats.mask_legs(),
-            replays_detected: relay.stats.replays(),
             replay_memory: self.replay_memory_stats(),
-            relayed_bytes: relay.stats.relayed_bytes(),
             bans_active_by_reason,
             xdp_attached,
             dc_connect: relay.stats.dc_connect_times(),
-            config_reloads,
-            admin_refused: self.admin_refused.load(Ordering::Relaxed),
-            connections_refused: self
-                .capacity
-                .refused()
-                .map(|(r, n)| (r.name().to_owned(), n))
-                .collect(),
-            handshakes_active: self.capacity.handshakes() as u64,
             crowdsec: self.crowdsec.snapshot(),
             tls_flight: {
                 let flight = self.flight.current();
@@ -124,6 +125,7 @@ impl Daemon {
                     reason: flight.reason.clone(),
                 }
             },
+            metrics,
         }
     }
 
