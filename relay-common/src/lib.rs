@@ -5,9 +5,11 @@
 #![no_std]
 
 pub mod bucket;
+pub mod decision;
 pub mod maps;
 pub mod verdict;
 
 pub use bucket::{StateBudget, TokenBucket};
+pub use decision::{Budget, Lookups, Room, decide};
 pub use maps::{BanAction, BanEntry, BanReason, XdpConfig};
 pub use verdict::Verdict;

@@ -1,18 +1,18 @@
 //! The userspace fallback of the XDP program: the same allow/ban/block/limit decision, taken at
-//! accept time when XDP cannot be used. It mirrors `relay-ebpf/src/policy.rs` step for step and
-//! shares its limiter arithmetic through `relay-common`.
+//! accept time when XDP cannot be used. The decision order itself is the kernel's
+//! ([`relay_common::decide`]); this module holds the lists, bans and buckets it looks up.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{
-        Mutex,
+        Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use relay_common::{
-    BanEntry, StateBudget, TokenBucket, Verdict, XdpConfig,
+    BanEntry, Budget, Lookups, Room, StateBudget, TokenBucket, Verdict, XdpConfig,
     maps::{MAX_LIMITER_ENTRIES, V6_LIMIT_PREFIX_BYTES},
 };
 
@@ -191,7 +191,7 @@ impl Gate {
 
     /// Decides on a new connection from `source` at `now_ns` and counts the verdict.
     pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
-        let verdict = self.decide(source, now_ns);
+        let verdict = self.decide(source, now_ns, true);
         self.verdicts[verdict as usize].fetch_add(1, Ordering::Relaxed);
         verdict
     }
@@ -221,99 +221,117 @@ impl Gate {
     /// IPv6 extension headers or split across IPv4 fragments passes XDP unparsed; and it is
     /// where front-bans of prefixes are enforced in both modes (the kernel has no map for them).
     pub fn check_lists(&self, source: IpAddr, now_ns: u64) -> Option<Verdict> {
+        match self.decide(source, now_ns, false) {
+            Verdict::Passed => None,
+            verdict => Some(verdict),
+        }
+    }
+
+    /// The verdict the XDP program would reach on a segment from `source` at `now_ns`, a bare
+    /// SYN or not, in the same order ([`relay_common::decide`]) over this gate's lists, bans
+    /// and buckets; uncounted. A new connection is a bare SYN.
+    pub fn decide(&self, source: IpAddr, now_ns: u64, bare_syn: bool) -> Verdict {
         let source = source.to_canonical();
         let lists = self.lists();
-        if lists.allow.contains(source) {
-            return Some(Verdict::Allowlisted);
-        }
-        let key = SourceKey::from(source);
-        let active = |b: &&BanEntry| b.active_at(now_ns);
-        // The source's own ban, else a front-ban of its prefix.
-        let ban = lists.bans.get(&key).filter(active).or_else(|| {
-            lists
-                .front_prefixes
-                .get(&PrefixKey::from(key))
-                .filter(active)
-        });
-        match ban {
-            Some(ban) if !ban.fronts() => Some(Verdict::Banned),
-            _ if lists.block.contains(source) => Some(Verdict::BlockedCidr),
-            Some(_) => Some(Verdict::BannedFronted),
-            None => None,
-        }
-    }
-
-    fn decide(&self, source: IpAddr, now_ns: u64) -> Verdict {
-        let config = self.lists().config;
-        let key = SourceKey::from(source.to_canonical());
-        match self.check_lists(source, now_ns) {
-            Some(Verdict::BannedFronted) => match config {
-                Some(config) => self.limit_banned(key, now_ns, &config),
-                None => Verdict::BannedFronted,
-            },
-            Some(verdict) => verdict,
-            None => match config {
-                Some(config) if config.syn_limit_enabled() => self.limit(key, now_ns, &config),
-                _ => Verdict::Passed,
-            },
-        }
-    }
-
-    /// A front-banned source's budget, as the kernel's `front_banned`: no state budget (the
-    /// bans bound the keys).
-    fn limit_banned(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {
-        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-        let admitted = match limiter.banned.get_mut(&key) {
-            Some(bucket) => bucket.try_take(
-                now_ns,
-                config.banned_syn_rate_per_sec,
-                config.banned_syn_burst,
-            ),
-            None => {
-                limiter.banned.insert(
-                    key,
-                    TokenBucket::first_event(now_ns, config.banned_syn_burst),
-                );
-                true
-            }
+        let config = lists.config;
+        let mut lookups = GateLookups {
+            source,
+            key: SourceKey::from(source),
+            now_ns,
+            lists,
+            limiter: None,
+            gate: self,
         };
-        if admitted {
-            Verdict::BannedFronted
-        } else {
-            Verdict::BannedSynLimited
+        relay_common::decide(&mut lookups, bare_syn, config.as_ref())
+    }
+
+    fn lists(&self) -> MutexGuard<'_, Lists> {
+        // A panic while holding the lock cannot leave the lists half-updated in a harmful way.
+        self.lists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One source's entries in the gate, for [`relay_common::decide`]. The limiter is locked
+/// (after the lists) only when a bucket is needed.
+struct GateLookups<'a> {
+    source: IpAddr,
+    key: SourceKey,
+    now_ns: u64,
+    lists: MutexGuard<'a, Lists>,
+    limiter: Option<MutexGuard<'a, Limiter>>,
+    gate: &'a Gate,
+}
+
+impl GateLookups<'_> {
+    fn limiter(&mut self) -> &mut Limiter {
+        let gate = self.gate;
+        self.limiter
+            .get_or_insert_with(|| gate.limiter.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Lookups for GateLookups<'_> {
+    fn now_ns(&mut self) -> u64 {
+        self.now_ns
+    }
+
+    fn allowlisted(&mut self) -> bool {
+        self.lists.allow.contains(self.source)
+    }
+
+    /// The source's own ban, else a front-ban of its prefix (checked here only).
+    fn ban(&mut self) -> Option<BanEntry> {
+        let active = |b: &&BanEntry| b.active_at(self.now_ns);
+        self.lists
+            .bans
+            .get(&self.key)
+            .filter(active)
+            .or_else(|| {
+                self.lists
+                    .front_prefixes
+                    .get(&PrefixKey::from(self.key))
+                    .filter(active)
+            })
+            .copied()
+    }
+
+    fn blocked(&mut self) -> bool {
+        self.lists.block.contains(self.source)
+    }
+
+    fn bucket(&mut self, budget: Budget) -> Option<&mut TokenBucket> {
+        let key = self.key;
+        let limiter = self.limiter();
+        match budget {
+            Budget::Syn => limiter.buckets.get_mut(&key),
+            Budget::Banned => limiter.banned.get_mut(&key),
         }
     }
 
-    fn limit(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {
-        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bucket) = limiter.buckets.get_mut(&key) {
-            return if bucket.try_take(now_ns, config.syn_rate_per_sec, config.syn_burst) {
-                Verdict::Passed
-            } else {
-                Verdict::SynRateLimited
-            };
-        }
-        if limiter.buckets.len() >= MAX_LIMITER_ENTRIES as usize {
+    fn insert_bucket(&mut self, budget: Budget, bucket: TokenBucket) {
+        let key = self.key;
+        let limiter = self.limiter();
+        match budget {
+            Budget::Syn => limiter.buckets.insert(key, bucket),
+            Budget::Banned => limiter.banned.insert(key, bucket),
+        };
+    }
+
+    /// The per-CPU budget of the kernel is one budget here, and the buckets are bounded like
+    /// the kernel's LRU map (idle ones are forgotten first).
+    fn room(&mut self, now_ns: u64, per_sec: u32) -> Room {
+        let limiter = self.limiter();
+        let full = |l: &Limiter| l.buckets.len() >= MAX_LIMITER_ENTRIES as usize;
+        if full(limiter) {
             limiter
                 .buckets
                 .retain(|_, b| now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS);
         }
-        if limiter.buckets.len() >= MAX_LIMITER_ENTRIES as usize
-            || !limiter
-                .budget
-                .try_create(now_ns, config.new_state_per_cpu_per_sec)
-        {
-            return Verdict::StateSuppressed;
+        if full(limiter) || !limiter.budget.try_create(now_ns, per_sec) {
+            Room::Refused
+        } else {
+            Room::Granted
         }
-        limiter
-            .buckets
-            .insert(key, TokenBucket::first_event(now_ns, config.syn_burst));
-        Verdict::Passed
-    }
-
-    fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
-        // A panic while holding the lock cannot leave the lists half-updated in a harmful way.
-        self.lists.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
