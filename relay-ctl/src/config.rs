@@ -435,9 +435,9 @@ impl Misuse {
     }
 
     /// The detector's thresholds, per source and per prefix.
-    pub fn thresholds(&self) -> crate::misuse::Levels {
-        crate::misuse::Levels {
-            source: crate::misuse::Thresholds {
+    pub fn thresholds(&self) -> crate::admission::misuse::Levels {
+        crate::admission::misuse::Levels {
+            source: crate::admission::misuse::Thresholds {
                 bad_secret: self.bad_secret,
                 unknown_sni: self.unknown_sni,
                 replay: self.replay,
@@ -445,7 +445,7 @@ impl Misuse {
                 garbage: self.garbage,
                 connections: self.connections,
             },
-            prefix: crate::misuse::Thresholds {
+            prefix: crate::admission::misuse::Thresholds {
                 bad_secret: self.prefix_bad_secret,
                 unknown_sni: self.prefix_unknown_sni,
                 replay: self.prefix_replay,
@@ -950,11 +950,11 @@ pub struct Limits {
 
 impl Limits {
     /// The concurrency bounds.
-    pub fn bounds(&self) -> crate::capacity::Bounds {
-        crate::capacity::Bounds {
+    pub fn bounds(&self) -> crate::admission::capacity::Bounds {
+        crate::admission::capacity::Bounds {
             connections: self.max_connections.get(),
             per_source: self.max_connections_per_source.get(),
-            handshakes: crate::capacity::handshakes::HandshakeBounds {
+            handshakes: crate::admission::capacity::handshakes::HandshakeBounds {
                 total: self.max_handshakes.get(),
                 per_source: self.max_handshakes_per_source.get(),
                 per_prefix: self.max_handshakes_per_prefix.get(),

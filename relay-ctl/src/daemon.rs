@@ -17,7 +17,10 @@ use relay_common::{BanAction, BanReason, Verdict};
 use tokio::sync::RwLock;
 
 use crate::{
-    capacity::Capacity,
+    admission::{
+        Admission, BanTarget, Enforcement, ListSource, PrefixList, capacity::Capacity,
+        misuse::Misuse,
+    },
     clock::monotonic_ns,
     config::{Cidr, Config},
     control::{
@@ -29,7 +32,6 @@ use crate::{
         replay_store::ReplayStore,
         store::{BlockEntry, Lists, SavedBan, SavedUsage, Store, unix_now},
     },
-    misuse::Misuse,
     relay::{
         RelayContext,
         accounts::{Account, Accounts, Rejection},
@@ -38,10 +40,8 @@ use crate::{
         mask_target::MaskTarget,
         stats::RelayStats,
     },
-    shield::{BanTarget, Enforcement, ListSource, Shield},
     state::{StateDir, StateError},
     users,
-    xdp::PrefixList,
 };
 use relay_proto::replay::ReplayMemory;
 
@@ -53,9 +53,9 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     config: ArcSwap<Config>,
     /// The enforcement policy.
-    pub shield: Arc<RwLock<Shield>>,
-    /// The shield's accept-time check, without its lock.
-    pub admission: crate::shield::Admission,
+    pub admission: Arc<RwLock<Admission>>,
+    /// The admission's accept-time check, without its lock.
+    pub accept_check: crate::admission::AcceptCheck,
     /// The misuse detector.
     pub misuse: Arc<Misuse>,
     accounts: Arc<Accounts>,
@@ -92,11 +92,11 @@ pub struct Daemon {
 pub type DaemonResult<T> = anyhow::Result<T>;
 
 impl Daemon {
-    /// Builds the daemon around an enforcement `shield`, restoring persisted state.
+    /// Builds the daemon around an enforcement `admission`, restoring persisted state.
     pub async fn start(
         config_path: Option<PathBuf>,
         config: Config,
-        shield: Shield,
+        admission: Admission,
         state: StateDir,
     ) -> DaemonResult<Arc<Daemon>> {
         let (users, created) = users::resolve(&config, &state)?;
@@ -106,9 +106,9 @@ impl Daemon {
                 "no [[users]] configured: generated a secret for user `default`"
             );
         }
-        let admission = shield.admission();
-        let shield = Arc::new(RwLock::new(shield));
-        let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
+        let accept_check = admission.accept_check();
+        let admission = Arc::new(RwLock::new(admission));
+        let misuse = Arc::new(Misuse::new(&config.misuse, admission.clone()));
         let accounts = Arc::new(Accounts::default());
         let replay_store = Arc::new(ReplayStore::new(state.clone()));
         let replay = Arc::new(Mutex::new(
@@ -133,8 +133,8 @@ impl Daemon {
         let daemon = Arc::new(Daemon {
             config_path,
             config: ArcSwap::from_pointee(config),
-            shield,
             admission,
+            accept_check,
             misuse,
             accounts,
             replay,
@@ -194,7 +194,7 @@ impl Daemon {
             tracing::warn!("[state] dir changed: takes effect only after a restart");
         }
         let (users, _) = users::resolve(&new, &self.state)?;
-        self.shield
+        self.admission
             .write()
             .await
             .apply(&new)
@@ -236,15 +236,15 @@ impl Daemon {
     /// not stall the relay.
     pub async fn refresh_feeds(&self) {
         let files = self.config().blocklist.files.clone();
-        let mut shield = self.shield.read().await.prefixes(PrefixList::Block);
-        shield.retain(|(_, s)| matches!(s, ListSource::Feed(p) if !files.contains(p)));
-        let stale: BTreeSet<ListSource> = shield.into_iter().map(|(_, s)| s).collect();
+        let mut admission = self.admission.read().await.prefixes(PrefixList::Block);
+        admission.retain(|(_, s)| matches!(s, ListSource::Feed(p) if !files.contains(p)));
+        let stale: BTreeSet<ListSource> = admission.into_iter().map(|(_, s)| s).collect();
         for source in stale {
-            let _ =
-                self.shield
-                    .write()
-                    .await
-                    .set_prefixes(PrefixList::Block, source, BTreeSet::new());
+            let _ = self.admission.write().await.set_prefixes(
+                PrefixList::Block,
+                source,
+                BTreeSet::new(),
+            );
         }
         for path in files {
             let read_path = path.clone();
@@ -271,7 +271,7 @@ impl Daemon {
             }
             let cidrs: BTreeSet<Cidr> = netset.entries.iter().map(|n| Cidr(*n)).collect();
             let count = cidrs.len();
-            let result = self.shield.write().await.set_prefixes(
+            let result = self.admission.write().await.set_prefixes(
                 PrefixList::Block,
                 ListSource::Feed(path.clone()),
                 cidrs,
@@ -307,7 +307,7 @@ impl Daemon {
             Ok(bans) => {
                 let now = unix_now();
                 let misuse = self.config().misuse.clone();
-                let mut shield = self.shield.write().await;
+                let mut admission = self.admission.write().await;
                 for ban in bans {
                     let (Ok(target), Some(reason)) = (
                         ban.addr.parse::<BanTarget>(),
@@ -328,9 +328,11 @@ impl Daemon {
                         .and_then(|name| BanAction::ALL.into_iter().find(|a| a.name() == name))
                         .unwrap_or_else(|| misuse.action_for(reason));
                     let restored = match target {
-                        BanTarget::Addr(addr) => shield.ban(addr, reason, action, ttl, ban.count),
+                        BanTarget::Addr(addr) => {
+                            admission.ban(addr, reason, action, ttl, ban.count)
+                        }
                         BanTarget::Prefix(prefix) => {
-                            shield.ban_prefix(prefix, reason, action, ttl, ban.count)
+                            admission.ban_prefix(prefix, reason, action, ttl, ban.count)
                         }
                     };
                     if let Err(e) = restored {
@@ -352,7 +354,7 @@ impl Daemon {
         }
     }
 
-    /// Pushes operator lists into the shield.
+    /// Pushes operator lists into the admission.
     async fn apply_lists(&self, lists: &Lists) -> Result<(), String> {
         let now = unix_now();
         let block: BTreeSet<Cidr> = lists
@@ -362,11 +364,11 @@ impl Daemon {
             .filter_map(|(c, _)| c.parse().ok())
             .collect();
         let allow: BTreeSet<Cidr> = lists.allow.iter().filter_map(|c| c.parse().ok()).collect();
-        let mut shield = self.shield.write().await;
-        shield
+        let mut admission = self.admission.write().await;
+        admission
             .set_prefixes(PrefixList::Block, ListSource::Operator, block)
             .map_err(|e| e.to_string())?;
-        shield
+        admission
             .set_prefixes(PrefixList::Allow, ListSource::Operator, allow)
             .map_err(|e| e.to_string())
     }
@@ -457,7 +459,7 @@ impl Daemon {
     async fn saved_bans(&self) -> Vec<SavedBan> {
         let now_mono = monotonic_ns();
         let now = unix_now();
-        self.shield
+        self.admission
             .read()
             .await
             .bans()
@@ -487,7 +489,7 @@ impl Daemon {
         if now_ns >= self.next_limiter_sweep_ns.load(Ordering::Relaxed) {
             self.next_limiter_sweep_ns
                 .store(now_ns + LIMITER_SWEEP_EVERY_NS, Ordering::Relaxed);
-            self.shield.write().await.forget_idle(now_ns);
+            self.admission.write().await.forget_idle(now_ns);
         }
         let now = unix_now();
         let expired: Vec<String> = self
@@ -547,8 +549,8 @@ impl Daemon {
 
     /// A snapshot of every counter: what `relay-ctl stats` shows and the metrics export.
     pub async fn stats(&self) -> Stats {
-        let shield = self.shield.read().await;
-        let verdicts = shield
+        let admission = self.admission.read().await;
+        let verdicts = admission
             .verdict_counts()
             .map(|counts| {
                 Verdict::ALL
@@ -559,12 +561,12 @@ impl Daemon {
             .unwrap_or_default();
         let relay = self.relay.load();
         let mut bans_active_by_reason = BTreeMap::new();
-        for ban in shield.bans() {
+        for ban in admission.bans() {
             *bans_active_by_reason
                 .entry(ban.reason.name().to_owned())
                 .or_insert(0) += 1;
         }
-        let xdp_attached = match shield.enforcement() {
+        let xdp_attached = match admission.enforcement() {
             Enforcement::Kernel(program) => program
                 .attachments()
                 .map(|(interface, mode)| XdpAttachment {
@@ -582,14 +584,14 @@ impl Daemon {
         Stats {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
-            enforcement: shield.enforcement().to_string(),
+            enforcement: admission.enforcement().to_string(),
             verdicts,
             connections_accepted: relay.stats.accepted(),
             connections_active: relay.stats.active(),
             handshake_failures: relay.stats.failures(),
-            bans_active: shield.bans().count() as u64,
+            bans_active: admission.bans().count() as u64,
             bans_total: self.misuse.bans_total(),
-            blocklist_entries: shield.prefix_counts(PrefixList::Block),
+            blocklist_entries: admission.prefix_counts(PrefixList::Block),
             users: self
                 .accounts
                 .all()
@@ -678,7 +680,7 @@ impl Daemon {
                 // Said up front: CrowdSec's entries are removed in CrowdSec, prefix bans with
                 // `bans rm`, not with this command.
                 let other = self
-                    .shield
+                    .admission
                     .read()
                     .await
                     .prefixes(PrefixList::Block)
@@ -758,8 +760,8 @@ impl Daemon {
             Request::AllowList => self.list(PrefixList::Allow).await,
             Request::BansList => {
                 let now = monotonic_ns();
-                let shield = self.shield.read().await;
-                let mut bans: Vec<BanInfo> = shield
+                let admission = self.admission.read().await;
+                let mut bans: Vec<BanInfo> = admission
                     .bans()
                     .map(|b| BanInfo {
                         addr: b.target.to_string(),
@@ -770,7 +772,7 @@ impl Daemon {
                         source: "relay".to_owned(),
                     })
                     .collect();
-                let mut crowdsec: Vec<BanInfo> = shield
+                let mut crowdsec: Vec<BanInfo> = admission
                     .crowdsec_bans()
                     .map(|(addr, b)| BanInfo {
                         addr: addr.to_string(),
@@ -794,19 +796,19 @@ impl Daemon {
                     Ok(target) => target,
                     Err(e) => return bad_request(e),
                 };
-                let mut shield = self.shield.write().await;
-                let removed = shield.lift(target);
+                let mut admission = self.admission.write().await;
+                let removed = admission.lift(target);
                 if removed.is_none() {
                     let BanTarget::Addr(addr) = target else {
                         return not_found(format!("no ban on {target}"));
                     };
-                    if let Some(prefix) = shield.prefix_ban_covering(addr) {
+                    if let Some(prefix) = admission.prefix_ban_covering(addr) {
                         return not_found(format!(
                             "{addr} has no ban of its own; the prefix ban on {} covers it",
                             prefix.target
                         ));
                     }
-                    if let Some(cs) = shield.crowdsec_ban(addr) {
+                    if let Some(cs) = admission.crowdsec_ban(addr) {
                         return not_found(format!(
                             "{addr} is banned by CrowdSec (origin {}), not by relay: delete the \
                              decision in CrowdSec (cscli decisions delete --ip {addr})",
@@ -815,16 +817,16 @@ impl Daemon {
                     }
                     return not_found(format!("no ban covers {addr}"));
                 }
-                drop(shield);
+                drop(admission);
                 self.persist_bans().await
             }
             Request::BansClear => {
                 let changed = {
-                    let mut shield = self.shield.write().await;
-                    let targets: Vec<BanTarget> = shield.bans().map(|b| b.target).collect();
+                    let mut admission = self.admission.write().await;
+                    let targets: Vec<BanTarget> = admission.bans().map(|b| b.target).collect();
                     targets
                         .into_iter()
-                        .filter(|t| shield.lift(*t).is_some())
+                        .filter(|t| admission.lift(*t).is_some())
                         .count()
                 };
                 match self.persist_bans().await {
@@ -864,7 +866,7 @@ impl Daemon {
         let operator = self.lists.lock().await.clone();
         let now = unix_now();
         let entries = self
-            .shield
+            .admission
             .read()
             .await
             .prefixes(list)

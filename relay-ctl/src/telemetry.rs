@@ -1,7 +1,7 @@
 //! Prometheus metrics: an HTTP listener at `[metrics] listen` (loopback by default) serving
 //! the text exposition format on any path (`/metrics` by convention).
 //!
-//! The relay's own counters (atomics in [`crate::relay::stats`], the accounts, the shield and
+//! The relay's own counters (atomics in [`crate::relay::stats`], the accounts, the admission and
 //! the misuse detector) stay the source of truth: [`export`] copies a [`Stats`] snapshot into
 //! the exporter once a second, so the connection path never touches it. The one exception is
 //! the DC connect-time histogram, recorded where a DC connection is made (once per relayed
@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use relay_common::BanReason;
 
 use crate::{
-    capacity::Refusal,
+    admission::capacity::Refusal,
     config,
     control::api::Stats,
     daemon::Daemon,

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::gate::SourceKey;
+use crate::admission::keys::SourceKey;
 
 /// Limits of one user, from the config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::{RelayContext, intake::Intake};
-use crate::misuse::Offence;
+use crate::admission::misuse::Offence;
 use relay_proto::{
     Mode,
     obfs2::{self, ClientHandshake, HEADER_LEN, Obfs2Error},

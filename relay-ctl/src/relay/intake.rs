@@ -16,7 +16,7 @@ use std::{future::Future, io, pin::Pin, sync::Arc};
 use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream, time::Instant};
 
 use super::{RelayContext, handshake::Failure};
-use crate::capacity::handshakes::Ticket;
+use crate::admission::capacity::handshakes::Ticket;
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 

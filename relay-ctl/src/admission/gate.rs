@@ -13,91 +13,14 @@ use std::{
 
 use relay_common::{
     BanEntry, Budget, Lookups, Room, StateBudget, TokenBucket, Verdict, XdpConfig,
-    maps::{MAX_LIMITER_ENTRIES, V6_LIMIT_PREFIX_BYTES},
+    maps::MAX_LIMITER_ENTRIES,
 };
 
-use crate::prefix_set::PrefixSet;
-
-/// Limiter and ban key: an IPv4 /32 or an IPv6 /64, as in the kernel maps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SourceKey {
-    /// An IPv4 address.
-    V4([u8; 4]),
-    /// An IPv6 /64.
-    V6([u8; V6_LIMIT_PREFIX_BYTES]),
-}
-
-impl From<IpAddr> for SourceKey {
-    fn from(addr: IpAddr) -> Self {
-        match addr {
-            IpAddr::V4(a) => SourceKey::V4(a.octets()),
-            IpAddr::V6(a) => {
-                let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
-                prefix.copy_from_slice(&a.octets()[..V6_LIMIT_PREFIX_BYTES]);
-                SourceKey::V6(prefix)
-            }
-        }
-    }
-}
-
-/// The coarser key of the misuse detector and of prefix bans: an IPv4 /24 or an IPv6 /48, the
-/// networks one operator commonly holds, so many addresses of one prober count together.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PrefixKey {
-    /// The first three bytes of an IPv4 address.
-    V4([u8; 3]),
-    /// The first six bytes of an IPv6 address.
-    V6([u8; 6]),
-}
-
-impl PrefixKey {
-    /// Prefix length of an IPv4 key.
-    pub const V4_LEN: u8 = 24;
-    /// Prefix length of an IPv6 key.
-    pub const V6_LEN: u8 = 48;
-
-    /// The network this key stands for.
-    pub fn net(self) -> ipnet::IpNet {
-        match self {
-            PrefixKey::V4([a, b, c]) => ipnet::IpNet::V4(
-                ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(a, b, c, 0), Self::V4_LEN)
-                    .unwrap_or_default(),
-            ),
-            PrefixKey::V6(bytes) => {
-                let mut octets = [0u8; 16];
-                octets[..6].copy_from_slice(&bytes);
-                ipnet::IpNet::V6(
-                    ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(octets), Self::V6_LEN)
-                        .unwrap_or_default(),
-                )
-            }
-        }
-    }
-
-    /// The key of `net` if it is exactly an IPv4 /24 or an IPv6 /48 (host bits ignored).
-    pub fn of_net(net: ipnet::IpNet) -> Option<PrefixKey> {
-        let len = match net {
-            ipnet::IpNet::V4(_) => Self::V4_LEN,
-            ipnet::IpNet::V6(_) => Self::V6_LEN,
-        };
-        (net.prefix_len() == len).then(|| PrefixKey::from(net.addr()))
-    }
-}
-
-impl From<SourceKey> for PrefixKey {
-    fn from(source: SourceKey) -> Self {
-        match source {
-            SourceKey::V4([a, b, c, _]) => PrefixKey::V4([a, b, c]),
-            SourceKey::V6(p) => PrefixKey::V6([p[0], p[1], p[2], p[3], p[4], p[5]]),
-        }
-    }
-}
-
-impl From<IpAddr> for PrefixKey {
-    fn from(addr: IpAddr) -> Self {
-        PrefixKey::from(SourceKey::from(addr.to_canonical()))
-    }
-}
+use super::{
+    change::{Change, PrefixList},
+    keys::{PrefixKey, SourceKey},
+    prefix_set::PrefixSet,
+};
 
 /// Lists, bans, limiter state and verdict counters for the userspace fallback.
 #[derive(Debug, Default)]
@@ -115,6 +38,15 @@ struct Lists {
     bans: HashMap<SourceKey, BanEntry>,
     /// Prefix bans with the front action (those that drop are block list entries).
     front_prefixes: HashMap<PrefixKey, BanEntry>,
+}
+
+impl Lists {
+    fn prefixes(&mut self, list: PrefixList) -> &mut PrefixSet {
+        match list {
+            PrefixList::Allow => &mut self.allow,
+            PrefixList::Block => &mut self.block,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -139,9 +71,37 @@ impl Gate {
         limiter.banned.retain(fresh);
     }
 
+    /// Enforces one change of the policy (see [`super::Enforcer`]).
+    pub fn take(&self, change: &Change) {
+        let mut lists = self.lists();
+        match change {
+            Change::Limits(config) => lists.config = Some(*config),
+            // The accept loops listen on those ports only.
+            Change::Ports(_) => {}
+            Change::InsertPrefix(list, net) => lists.prefixes(*list).insert(*net),
+            Change::RemovePrefix(list, net) => {
+                lists.prefixes(*list).remove(*net);
+            }
+            Change::Ban(addr, entry) => {
+                lists
+                    .bans
+                    .insert(SourceKey::from(addr.to_canonical()), *entry);
+            }
+            Change::Unban(addr) => {
+                lists.bans.remove(&SourceKey::from(addr.to_canonical()));
+            }
+            Change::FrontPrefix(prefix, entry) => {
+                lists.front_prefixes.insert(*prefix, *entry);
+            }
+            Change::UnfrontPrefix(prefix) => {
+                lists.front_prefixes.remove(prefix);
+            }
+        }
+    }
+
     /// Sets the tunables (same struct the kernel reads).
     pub fn set_config(&self, config: XdpConfig) {
-        self.lists().config = Some(config);
+        self.take(&Change::Limits(config));
     }
 
     /// Replaces the allowlist.
@@ -154,21 +114,9 @@ impl Gate {
         self.lists().block = block;
     }
 
-    /// Adds one blocklist prefix.
-    pub fn block_insert(&self, net: ipnet::IpNet) {
-        self.lists().block.insert(net);
-    }
-
-    /// Removes one blocklist prefix.
-    pub fn block_remove(&self, net: ipnet::IpNet) {
-        self.lists().block.remove(net);
-    }
-
     /// Adds or replaces a ban on `addr` (IPv4: the address; IPv6: its /64, as in the kernel).
     pub fn ban(&self, addr: IpAddr, entry: BanEntry) {
-        self.lists()
-            .bans
-            .insert(SourceKey::from(addr.to_canonical()), entry);
+        self.take(&Change::Ban(addr, entry));
     }
 
     /// Lifts a ban; returns whether there was one.
@@ -177,16 +125,6 @@ impl Gate {
             .bans
             .remove(&SourceKey::from(addr.to_canonical()))
             .is_some()
-    }
-
-    /// Adds or replaces a front-ban of a whole prefix, checked at accept in both modes.
-    pub fn ban_prefix(&self, prefix: PrefixKey, entry: BanEntry) {
-        self.lists().front_prefixes.insert(prefix, entry);
-    }
-
-    /// Lifts a front-ban of a prefix.
-    pub fn unban_prefix(&self, prefix: PrefixKey) {
-        self.lists().front_prefixes.remove(&prefix);
     }
 
     /// Decides on a new connection from `source` at `now_ns` and counts the verdict.

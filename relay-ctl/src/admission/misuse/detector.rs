@@ -14,7 +14,7 @@ mod lru;
 use relay_common::BanReason;
 
 use self::lru::Lru;
-use crate::gate::{PrefixKey, SourceKey};
+use crate::admission::keys::{PrefixKey, SourceKey};
 
 /// What a source did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
