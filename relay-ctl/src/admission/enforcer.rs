@@ -87,3 +87,48 @@ impl Enforce for Enforcers<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use relay_common::{BanAction, BanEntry, BanReason, Verdict};
+
+    use super::*;
+
+    /// A kernel whose maps are full.
+    struct Full;
+
+    impl Enforcer for Full {
+        fn apply(&mut self, change: &Change) -> Result<(), MapsError> {
+            Err(MapsError::Full {
+                what: "ban",
+                capacity: 0,
+                entry: format!("{change:?}"),
+            })
+        }
+    }
+
+    fn ban(addr: IpAddr) -> Change {
+        Change::Ban(
+            addr,
+            BanEntry::new(BanEntry::NEVER, BanReason::Operator, BanAction::Drop),
+        )
+    }
+
+    #[test]
+    fn a_kept_change_reaches_the_gate_and_a_refused_one_does_not() {
+        let mut gate = Arc::new(Gate::default());
+        let kept: IpAddr = "198.18.0.1".parse().expect("ip");
+        let refused: IpAddr = "198.18.0.2".parse().expect("ip");
+        let mut kernel = Full;
+        let mut enforcers = Enforcers {
+            kernel: Some(&mut kernel),
+            gate: &mut gate,
+        };
+        assert!(enforcers.enforce(&[ban(kept)]).is_err());
+        assert!(enforcers.enforce_or_refuse(&[ban(refused)]).is_err());
+        assert_eq!(gate.check_lists(kept, 1), Some(Verdict::Banned));
+        assert_eq!(gate.check_lists(refused, 1), None);
+    }
+}

@@ -447,3 +447,129 @@ impl Policy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    /// A sink whose kernel is full: refuses everything.
+    struct Full;
+
+    impl Enforce for Full {
+        type Error = &'static str;
+
+        fn enforce(&mut self, _: &[Change]) -> Result<(), &'static str> {
+            Err("full")
+        }
+
+        fn enforce_or_refuse(&mut self, _: &[Change]) -> Result<(), &'static str> {
+            Err("full")
+        }
+    }
+
+    fn cidrs(list: &[&str]) -> BTreeSet<Cidr> {
+        list.iter().map(|c| c.parse().expect("test CIDR")).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn record(addr: IpAddr, action: BanAction, expires_ns: u64) -> BanRecord {
+        BanRecord {
+            target: BanTarget::Addr(addr),
+            reason: BanReason::BadSecret,
+            action,
+            expires_ns,
+            count: 5,
+        }
+    }
+
+    fn crowdsec(addr: &str, origin: &str, expires_ns: u64) -> DecisionChange {
+        DecisionChange::Set {
+            target: DecisionTarget::Addr(ip(addr)),
+            ban: CrowdSecBan {
+                origin: origin.into(),
+                expires_ns,
+                own: origin == "relay",
+            },
+            previous_origin: None,
+        }
+    }
+
+    #[test]
+    fn only_prefixes_entering_or_leaving_the_union_are_changes() {
+        let mut policy = Policy::default();
+        let mut changes = Vec::new();
+        let both = cidrs(&["192.0.2.0/24"]);
+        let net = both.first().expect("one").0;
+        policy
+            .set_prefixes(
+                PrefixList::Block,
+                ListSource::Operator,
+                both.clone(),
+                &mut changes,
+            )
+            .expect("infallible");
+        policy
+            .set_prefixes(PrefixList::Block, ListSource::Config, both, &mut changes)
+            .expect("infallible");
+        policy
+            .set_prefixes(
+                PrefixList::Block,
+                ListSource::Operator,
+                BTreeSet::new(),
+                &mut changes,
+            )
+            .expect("infallible");
+        assert_eq!(changes, [Change::InsertPrefix(PrefixList::Block, net)]);
+        assert!(policy.holds_prefix(PrefixList::Block, net));
+    }
+
+    #[test]
+    fn a_refused_ban_or_block_entry_is_not_kept() {
+        let mut policy = Policy::default();
+        let addr = ip("198.18.0.1");
+        assert!(
+            policy
+                .ban(addr, record(addr, BanAction::Drop, 10), &mut Full)
+                .is_err()
+        );
+        assert_eq!(policy.bans().count(), 0);
+        let (failed, _) = policy.apply_crowdsec(&[crowdsec("2001:db8::1", "cscli", 10)], &mut Full);
+        assert_eq!(failed, 1);
+        assert!(policy.prefixes(PrefixList::Block).is_empty());
+    }
+
+    #[test]
+    fn crowdsec_and_own_bans_merge_into_one_entry() {
+        let mut policy = Policy::default();
+        let mut changes = Vec::new();
+        let addr = ip("198.18.0.1");
+        policy
+            .ban(addr, record(addr, BanAction::Front, 10), &mut changes)
+            .expect("infallible");
+        policy.apply_crowdsec(&[crowdsec("198.18.0.1", "cscli", 20)], &mut changes);
+        // The later expiry, and CrowdSec's own decision drops.
+        assert_eq!(
+            changes.last(),
+            Some(&Change::Ban(
+                addr,
+                BanEntry::new(20, BanReason::BadSecret, BanAction::Drop)
+            ))
+        );
+        // Lifting relay's own leaves CrowdSec's.
+        changes.clear();
+        assert!(policy.unban(addr, &mut changes).is_some());
+        assert_eq!(
+            changes,
+            [Change::Ban(
+                addr,
+                BanEntry::new(20, BanReason::Operator, BanAction::Drop)
+            )]
+        );
+        assert!(policy.holds_ban(addr));
+    }
+}
