@@ -34,7 +34,7 @@ use relay_ctl::{
 use relay_tests::{packet::Frame, privilege::privileged};
 
 /// The seed every scenario is drawn from.
-const SEED: u64 = 0x5eed_a21;
+const SEED: u64 = 0x05ee_da21;
 /// Scenarios, each with a freshly loaded program (fresh maps) and a fresh gate.
 const SCENARIOS: usize = 8;
 /// Segments per scenario.
