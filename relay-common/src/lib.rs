@@ -1,4 +1,5 @@
-//! Types and arithmetic shared by the XDP program (`relay-ebpf`) and the controller (`relay-ctl`).
+//! Types, arithmetic and the decision order ([`decide`]) shared by the XDP program
+//! (`relay-ebpf`) and the controller (`relay-ctl`).
 //!
 //! Everything here is `no_std`, `#[repr(C)]` and free of implicit padding, because map keys are
 //! hashed byte for byte and both sides must agree on every layout.
