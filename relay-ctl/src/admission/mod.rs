@@ -103,18 +103,16 @@ pub struct Admission {
     policy: Policy,
 }
 
-/// The enforcers of `enforcement` and `gate`: a macro rather than a method, so the policy,
-/// another field of the admission, stays borrowable next to them.
-macro_rules! enforcers {
-    ($self:ident) => {
-        Enforcers {
-            kernel: match &mut $self.enforcement {
-                Enforcement::Kernel(program) => Some(program.maps() as &mut dyn Enforcer),
-                Enforcement::Userspace { .. } => None,
-            },
-            gate: &mut $self.gate,
-        }
-    };
+/// The enforcers in use: the kernel's maps under [`Enforcement::Kernel`], and the gate. Takes
+/// the two fields rather than the admission, so its policy stays borrowable next to them.
+fn enforcers<'a>(enforcement: &'a mut Enforcement, gate: &'a mut Arc<Gate>) -> Enforcers<'a> {
+    Enforcers {
+        kernel: match enforcement {
+            Enforcement::Kernel(program) => Some(program.maps() as &mut dyn Enforcer),
+            Enforcement::Userspace { .. } => None,
+        },
+        gate,
+    }
 }
 
 /// CLOCK_MONOTONIC expiry of a ban lasting `ttl` from now, never with `None`.
@@ -146,7 +144,10 @@ impl Admission {
 
     /// Writes limits, ports and lists from `config`, replacing what was there.
     pub fn apply(&mut self, config: &Config) -> Result<(), MapsError> {
-        self.policy.apply(config, &mut enforcers!(self))
+        self.policy.apply(
+            config,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// Replaces the entries `source` contributes to `list`; only the prefixes that enter or
@@ -158,8 +159,12 @@ impl Admission {
         source: ListSource,
         cidrs: BTreeSet<Cidr>,
     ) -> Result<(), MapsError> {
-        self.policy
-            .set_prefixes(list, source, cidrs, &mut enforcers!(self))
+        self.policy.set_prefixes(
+            list,
+            source,
+            cidrs,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// Every entry of `list` with its source.
@@ -195,12 +200,17 @@ impl Admission {
             expires_ns: expiry(ttl),
             count,
         };
-        self.policy.ban(addr, record, &mut enforcers!(self))
+        self.policy.ban(
+            addr,
+            record,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// Lifts the ban covering `addr`; returns it if there was one.
     pub fn unban(&mut self, addr: IpAddr) -> Option<BanRecord> {
-        self.policy.unban(addr, &mut enforcers!(self))
+        self.policy
+            .unban(addr, &mut enforcers(&mut self.enforcement, &mut self.gate))
     }
 
     /// Bans `prefix` (an IPv4 /24 or IPv6 /48) for `ttl`, or for good with `None` (see
@@ -220,18 +230,27 @@ impl Admission {
             expires_ns: expiry(ttl),
             count,
         };
-        self.policy
-            .ban_prefix(prefix, record, &mut enforcers!(self))
+        self.policy.ban_prefix(
+            prefix,
+            record,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// Lifts the ban on `prefix`; returns it if there was one.
     pub fn unban_prefix(&mut self, prefix: PrefixKey) -> Option<BanRecord> {
-        self.policy.unban_prefix(prefix, &mut enforcers!(self))
+        self.policy.unban_prefix(
+            prefix,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// Lifts the ban on `target`; returns it if there was one.
     pub fn lift(&mut self, target: BanTarget) -> Option<BanRecord> {
-        self.policy.lift(target, &mut enforcers!(self))
+        self.policy.lift(
+            target,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// The prefix ban covering `addr`, if any.
@@ -242,7 +261,10 @@ impl Admission {
     /// Applies CrowdSec decision changes (see [`Policy::apply_crowdsec`]). Returns how many
     /// could not be written and the first error (a full map); the others are applied.
     pub fn apply_crowdsec(&mut self, changes: &[DecisionChange]) -> (usize, Option<MapsError>) {
-        self.policy.apply_crowdsec(changes, &mut enforcers!(self))
+        self.policy.apply_crowdsec(
+            changes,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// CrowdSec's IPv4 bans (IPv6 addresses and ranges are block list entries).
@@ -263,7 +285,10 @@ impl Admission {
     /// Removes bans that have lapsed by `now_ns` and returns them. Address bans already
     /// stopped matching in the kernel; a prefix ban with the drop action stops here.
     pub fn expire_bans(&mut self, now_ns: u64) -> Vec<BanRecord> {
-        self.policy.expire_bans(now_ns, &mut enforcers!(self))
+        self.policy.expire_bans(
+            now_ns,
+            &mut enforcers(&mut self.enforcement, &mut self.gate),
+        )
     }
 
     /// Decides on a connection just accepted from `source`. In kernel mode the program already
