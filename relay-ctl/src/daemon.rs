@@ -18,7 +18,8 @@ use tokio::sync::RwLock;
 
 use crate::{
     admission::{
-        Admission, BanTarget, Enforcement, ListSource, PrefixList, capacity::Capacity,
+        Admission, BanTarget, Enforcement, ListSource, PrefixList,
+        capacity::{Bounds, Capacity},
         misuse::Misuse,
     },
     clock::monotonic_ns,
@@ -41,6 +42,7 @@ use crate::{
         stats::RelayStats,
     },
     state::{StateDir, StateError},
+    telemetry::{Metric, Samples},
     users,
 };
 use relay_proto::replay::ReplayMemory;
@@ -128,7 +130,7 @@ impl Daemon {
             flight.clone(),
         );
         let store = Store::new(state.clone());
-        let capacity = Capacity::new(config.limits.bounds());
+        let capacity = Capacity::new(Bounds::from(&config.limits));
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
         let daemon = Arc::new(Daemon {
             config_path,
@@ -204,7 +206,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .set_limits(new.replay.limits());
-        self.capacity.set_bounds(new.limits.bounds());
+        self.capacity.set_bounds(Bounds::from(&new.limits));
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         self.accounts.retain(&names);
         // User indices may now mean other users: old hints would only cost wasted tries.
@@ -550,22 +552,43 @@ impl Daemon {
     /// A snapshot of every counter: what `relay-ctl stats` shows and the metrics export.
     pub async fn stats(&self) -> Stats {
         let admission = self.admission.read().await;
-        let verdicts = admission
-            .verdict_counts()
-            .map(|counts| {
-                Verdict::ALL
-                    .iter()
-                    .map(|v| (v.name().to_owned(), counts[*v as usize]))
-                    .collect()
-            })
-            .unwrap_or_default();
         let relay = self.relay.load();
+        let mut metrics = Samples::default();
+        relay.stats.export(&mut metrics);
+        if let Ok(counts) = admission.verdict_counts() {
+            for v in Verdict::ALL {
+                metrics.set(Metric::XdpPackets, &[v.name()], counts[v as usize]);
+            }
+        }
         let mut bans_active_by_reason = BTreeMap::new();
         for ban in admission.bans() {
             *bans_active_by_reason
                 .entry(ban.reason.name().to_owned())
                 .or_insert(0) += 1;
         }
+        metrics.set(Metric::BansActive, &[], admission.bans().count() as u64);
+        let bans_total = self.misuse.bans_total();
+        for reason in BanReason::ALL {
+            let n = bans_total.get(reason.name()).copied().unwrap_or(0);
+            metrics.set(Metric::BansTotal, &[reason.name()], n);
+        }
+        // The blocklist always has these sources, even when empty.
+        for source in ["config", "operator"] {
+            metrics.set(Metric::BlocklistEntries, &[source], 0);
+        }
+        for (source, n) in admission.prefix_counts(PrefixList::Block) {
+            metrics.set(Metric::BlocklistEntries, &[&source], n);
+        }
+        for (result, n) in ["success", "failure"].iter().zip(&self.reloads) {
+            metrics.set(Metric::ConfigReloads, &[result], n.load(Ordering::Relaxed));
+        }
+        let admin_refused = self.admin_refused.load(Ordering::Relaxed);
+        metrics.set(Metric::AdminRefused, &[], admin_refused);
+        for (bound, n) in self.capacity.refused() {
+            metrics.set(Metric::ConnectionsRefused, &[bound.name()], n);
+        }
+        let handshakes_active = self.capacity.handshakes() as u64;
+        metrics.set(Metric::HandshakesActive, &[], handshakes_active);
         let xdp_attached = match admission.enforcement() {
             Enforcement::Kernel(program) => program
                 .attachments()
@@ -576,46 +599,21 @@ impl Daemon {
                 .collect(),
             Enforcement::Userspace { .. } => Vec::new(),
         };
-        let config_reloads = ["success", "failure"]
-            .iter()
-            .zip(&self.reloads)
-            .map(|(result, n)| ((*result).to_owned(), n.load(Ordering::Relaxed)))
-            .collect();
         Stats {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
             enforcement: admission.enforcement().to_string(),
-            verdicts,
-            connections_accepted: relay.stats.accepted(),
             connections_active: relay.stats.active(),
-            handshake_failures: relay.stats.failures(),
-            bans_active: admission.bans().count() as u64,
-            bans_total: self.misuse.bans_total(),
-            blocklist_entries: admission.prefix_counts(PrefixList::Block),
             users: self
                 .accounts
                 .all()
                 .iter()
                 .map(|a| self.user_info(a))
                 .collect(),
-            connections_active_by_mode: relay.stats.active_by_state(),
-            handshakes: relay.stats.handshakes(),
-            fronted: relay.stats.fronted_by_reason(),
-            mask_legs: relay.stats.mask_legs(),
-            replays_detected: relay.stats.replays(),
             replay_memory: self.replay_memory_stats(),
-            relayed_bytes: relay.stats.relayed_bytes(),
             bans_active_by_reason,
             xdp_attached,
             dc_connect: relay.stats.dc_connect_times(),
-            config_reloads,
-            admin_refused: self.admin_refused.load(Ordering::Relaxed),
-            connections_refused: self
-                .capacity
-                .refused()
-                .map(|(r, n)| (r.name().to_owned(), n))
-                .collect(),
-            handshakes_active: self.capacity.handshakes() as u64,
             crowdsec: self.crowdsec.snapshot(),
             tls_flight: {
                 let flight = self.flight.current();
@@ -627,6 +625,7 @@ impl Daemon {
                     reason: flight.reason.clone(),
                 }
             },
+            metrics,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Built-in Telegram DC addresses (§1.8); config overrides are layered on by the caller.
+//! Built-in Telegram DC addresses (docs/protocol.md §8); config overrides are layered on by the
+//! caller.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

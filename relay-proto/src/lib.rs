@@ -1,7 +1,7 @@
 //! Sans-IO MTProto proxy protocol core: pure functions and small state machines over bytes.
 //!
 //! Nothing here touches a socket, a clock or a runtime: callers pass in bytes, the current time
-//! and a random number generator. The wire formats follow `shared/docs/mtproto.md` §1.
+//! and a random number generator. The wire formats are described in `docs/protocol.md`.
 //!
 //! - [`secret`]: user secrets and `tg://proxy` links.
 //! - [`mode`]: proxy modes (classic, secure, TLS) and the protocol tags each admits.

@@ -1,4 +1,5 @@
-//! obfuscated2: the 64-byte header that opens every client→proxy and proxy→DC stream (§1.2–1.3).
+//! obfuscated2: the 64-byte header that opens every client→proxy and proxy→DC stream
+//! (docs/protocol.md §2–3).
 //!
 //! Header layout (plaintext): `0..8` random, `8..40` key, `40..56` IV, `56..60` protocol tag,
 //! `60..62` DC id (i16 LE), `62..64` random. On the wire, bytes `0..56` travel in clear and
@@ -267,8 +268,8 @@ pub struct DcHandshake {
     pub decrypt: AesCtr,
 }
 
-/// Builds the proxy→DC header for `tag` and `dc` (§1.3): random, obeying the forbidden-prefix
-/// rules, no secret (keys used raw).
+/// Builds the proxy→DC header for `tag` and `dc` (docs/protocol.md §3): random, obeying the
+/// forbidden-prefix rules, no secret (keys used raw).
 ///
 /// With `fast = Some(client encrypt keys)` (fast mode), bytes `8..56` are set to
 /// reverse(key ‖ iv) so the DC→proxy keystream *is* the proxy→client keystream: DC→client

@@ -18,9 +18,9 @@ out = ['''//! Test vectors captured from real third-party client code (regenerat
 //! - `KURIGRAM_TLS`: kurigram 2.2.26's real `TCPIntermediatePadded` transport with a
 //!   `tg://proxy?…&secret=ee…` link, run against a local responder that recorded its bytes:
 //!   the ClientHello it sent (its `timestamp` is the client clock it carried), the server flight
-//!   the responder answered with (built by the script per §1.6; kurigram accepted it), and the
-//!   bytes kurigram sent next (CCS + application-data records carrying the obfuscated2 header
-//!   and one padded-intermediate message whose body is `payload`).
+//!   the responder answered with (built by the script per docs/protocol.md §5; kurigram
+//!   accepted it), and the bytes kurigram sent next (CCS + application-data records carrying
+//!   the obfuscated2 header and one padded-intermediate message whose body is `payload`).
 
 /// One obfuscated2 client header with traffic in both directions.
 pub struct Obfs2Vector {

@@ -17,7 +17,7 @@ use std::{
 };
 
 use self::handshakes::{HandshakeBounds, Handshakes, Ticket};
-use crate::admission::keys::SourceKey;
+use crate::{admission::keys::SourceKey, config};
 
 /// The configured bounds (`[limits] max_connections`, `max_connections_per_source`,
 /// `max_handshakes`, `max_handshakes_per_source`, `max_handshakes_per_prefix`).
@@ -30,6 +30,21 @@ pub struct Bounds {
     /// Client connections that have not finished their handshake, in all, per source and per
     /// prefix.
     pub handshakes: HandshakeBounds,
+}
+
+impl From<&config::Limits> for Bounds {
+    /// The `[limits]` concurrency bounds.
+    fn from(limits: &config::Limits) -> Bounds {
+        Bounds {
+            connections: limits.max_connections.get(),
+            per_source: limits.max_connections_per_source.get(),
+            handshakes: HandshakeBounds {
+                total: limits.max_handshakes.get(),
+                per_source: limits.max_handshakes_per_source.get(),
+                per_prefix: limits.max_handshakes_per_prefix.get(),
+            },
+        }
+    }
 }
 
 /// Which bound refused a connection.
@@ -251,6 +266,27 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_come_from_the_limits_section() {
+        let config = config::Config::parse(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nmax_connections = 100\n\
+             max_connections_per_source = 9\nmax_handshakes = 50\n\
+             max_handshakes_per_source = 3\nmax_handshakes_per_prefix = 7\n",
+            config::Origin::Embedded,
+        )
+        .expect("valid");
+        let bounds = Bounds::from(&config.limits);
+        assert_eq!((bounds.connections, bounds.per_source), (100, 9));
+        assert_eq!(
+            (
+                bounds.handshakes.total,
+                bounds.handshakes.per_source,
+                bounds.handshakes.per_prefix
+            ),
+            (50, 3, 7)
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")

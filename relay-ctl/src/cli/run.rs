@@ -188,7 +188,11 @@ async fn serve(
         config,
     )));
     if let Some(listen) = metrics {
-        tasks.push(tokio::spawn(crate::telemetry::export(daemon.clone())));
+        let daemon = daemon.clone();
+        tasks.push(tokio::spawn(crate::telemetry::export(move || {
+            let daemon = daemon.clone();
+            async move { daemon.stats().await }
+        })));
         tracing::info!(%listen, "metrics endpoint listening");
     }
     if print_links {
@@ -236,7 +240,7 @@ enum Phase {
 /// The relay threads: each runs a single-threaded runtime with its own copy of the listening
 /// sockets (SO_REUSEPORT), and serves the connections it accepts from start to end. A
 /// connection's tasks never move between threads and no thread wakes another, which costs
-/// less per handshake than a work-stealing runtime (measured: see issue 6).
+/// less per handshake than a work-stealing runtime.
 struct RelayThreads {
     phase: tokio::sync::watch::Sender<Phase>,
     /// One message per thread once it has closed its listeners.

@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Connect times to one DC, as [`Stats::dc_connect`] carries them (kept by the relay's
+/// counters).
+pub use crate::relay::stats::DcConnect;
+use crate::telemetry::Samples;
+
 /// A request to the running daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -304,7 +309,11 @@ pub struct UserInfo {
     pub rejections: BTreeMap<String, u64>,
 }
 
-/// Daemon counters.
+/// A snapshot of the daemon: what `relay-ctl stats` shows and the metrics export.
+///
+/// Counters and gauges declared with a JSON key in [`crate::telemetry::metrics`] travel as
+/// typed [`Samples`], flattened into the object under those keys (`connections_accepted`,
+/// `handshakes`, `verdicts`...); the rest are typed sections.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// relay-ctl version.
@@ -313,46 +322,13 @@ pub struct Stats {
     pub uptime_secs: u64,
     /// Where the policy is enforced (`XDP on eth0 (native)` or `userspace (...)`).
     pub enforcement: String,
-    /// Packets (XDP) or connections (userspace) per verdict.
-    pub verdicts: BTreeMap<String, u64>,
-    /// Connections accepted.
-    pub connections_accepted: u64,
-    /// Connections open now.
+    /// Connections open now (every state).
     pub connections_active: u64,
-    /// Handshake failures by reason.
-    pub handshake_failures: BTreeMap<String, u64>,
-    /// Bans in force.
-    pub bans_active: u64,
-    /// Bans issued since start, by reason.
-    pub bans_total: BTreeMap<String, u64>,
-    /// Blocklist entries by source.
-    pub blocklist_entries: BTreeMap<String, u64>,
     /// Users with usage.
     pub users: Vec<UserInfo>,
-    /// Connections open now by state: `handshake`, `classic`, `secure`, `tls`, `fronted`.
-    #[serde(default)]
-    pub connections_active_by_mode: BTreeMap<String, u64>,
-    /// Handshakes by mode (`classic`, `secure`, `tls`, `unknown`), then result (`ok`,
-    /// `failed`, `rejected`).
-    #[serde(default)]
-    pub handshakes: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Connections handed to the mask host, by reason.
-    #[serde(default)]
-    pub fronted: BTreeMap<String, u64>,
-    /// Mask connections opened for clients quiet mid-handshake (`opened`), and those closed
-    /// again because the handshake then verified (`abandoned`).
-    #[serde(default)]
-    pub mask_legs: BTreeMap<String, u64>,
-    /// Replayed handshakes caught.
-    #[serde(default)]
-    pub replays_detected: u64,
     /// The anti-replay memory.
     #[serde(default)]
     pub replay_memory: ReplayMemoryStats,
-    /// Bytes relayed between clients and DCs since start, by direction (`client_to_dc`,
-    /// `dc_to_client`).
-    #[serde(default)]
-    pub relayed_bytes: BTreeMap<String, u64>,
     /// Bans in force, by reason.
     #[serde(default)]
     pub bans_active_by_reason: BTreeMap<String, u64>,
@@ -362,25 +338,15 @@ pub struct Stats {
     /// Time to connect to each DC (by id).
     #[serde(default)]
     pub dc_connect: BTreeMap<String, DcConnect>,
-    /// Configuration reloads by result (`success`, `failure`).
-    #[serde(default)]
-    pub config_reloads: BTreeMap<String, u64>,
-    /// Admin requests refused because the caller's role does not allow them.
-    #[serde(default)]
-    pub admin_refused: u64,
-    /// Connections reset at accept by a concurrency bound (`max_connections`,
-    /// `max_connections_per_source`, `max_handshakes`).
-    #[serde(default)]
-    pub connections_refused: BTreeMap<String, u64>,
-    /// Client connections in their handshake now.
-    #[serde(default)]
-    pub handshakes_active: u64,
     /// CrowdSec bouncer and publisher, when `[crowdsec]` is configured.
     #[serde(default)]
     pub crowdsec: Option<CrowdSecStats>,
     /// The shape of fake-TLS server flights.
     #[serde(default)]
     pub tls_flight: TlsFlightStats,
+    /// Every other counter and gauge, by metric.
+    #[serde(flatten)]
+    pub metrics: Samples,
 }
 
 /// Where the fake-TLS flight's shape comes from and the sizes it uses.
@@ -428,17 +394,4 @@ pub struct XdpAttachment {
     pub interface: String,
     /// `native` or `generic`.
     pub mode: String,
-}
-
-/// Connect times to one DC since start.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DcConnect {
-    /// Connections established.
-    pub connects: u64,
-    /// Mean time, microseconds.
-    pub mean_us: u64,
-    /// Median, microseconds (estimated from histogram buckets).
-    pub p50_us: u64,
-    /// 99th percentile, microseconds (estimated from histogram buckets).
-    pub p99_us: u64,
 }

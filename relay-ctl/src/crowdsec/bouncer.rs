@@ -28,9 +28,6 @@ use crate::{
     clock::monotonic_ns,
 };
 
-/// Name of the pull-time histogram.
-pub const PULL_SECONDS: &str = "relay_crowdsec_pull_seconds";
-
 /// Changes written to the admission per write lock: short enough that accepts waiting for the
 /// lock are not held up noticeably while 100,000 decisions load.
 pub const CHUNK: usize = 256;
@@ -99,7 +96,7 @@ pub async fn run(
         let took = started.elapsed();
         match result {
             Ok(stream) => {
-                metrics::histogram!(PULL_SECONDS).record(took.as_secs_f64());
+                crate::telemetry::record_crowdsec_pull(took);
                 let arrived = stream.new.as_ref().map_or(0, Vec::len);
                 // Diffing 100,000 decisions takes a while: not on a thread that serves clients.
                 let now = monotonic_ns();

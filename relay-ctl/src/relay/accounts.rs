@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::admission::keys::SourceKey;
+use crate::{admission::keys::SourceKey, config};
 
 /// Limits of one user, from the config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +27,19 @@ pub struct Limits {
     pub quota: Option<u64>,
     /// No new connections after this instant.
     pub expires: Option<SystemTime>,
+}
+
+impl From<&config::User> for Limits {
+    /// The limits `[[users]]` sets for one user.
+    fn from(user: &config::User) -> Limits {
+        Limits {
+            disabled: !user.enabled,
+            max_connections: user.max_connections,
+            max_unique_ips: user.max_unique_ips,
+            quota: user.quota,
+            expires: user.expires,
+        }
+    }
 }
 
 /// Why a user's connection was refused.
@@ -324,6 +337,28 @@ mod tests {
     use super::*;
 
     const WINDOW: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn limits_come_from_the_users_section() {
+        let config = config::Config::parse(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"alice\"\n\
+             secret = \"00112233445566778899aabbccddeeff\"\nmax_connections = 4\n\
+             max_unique_ips = 2\nquota = \"1GiB\"\nexpires = \"2030-01-01T00:00:00Z\"\n\
+             [[users]]\nname = \"bob\"\nsecret = \"ffeeddccbbaa99887766554433221100\"\n\
+             quota = 1000\nenabled = false\n",
+            config::Origin::Embedded,
+        )
+        .expect("valid");
+        let alice = Limits::from(&config.users[0]);
+        assert_eq!(alice.max_connections, Some(4));
+        assert_eq!(alice.max_unique_ips, Some(2));
+        assert_eq!(alice.quota, Some(1 << 30));
+        assert!(alice.expires.is_some());
+        assert!(!alice.disabled);
+        let bob = Limits::from(&config.users[1]);
+        assert_eq!(bob.quota, Some(1000));
+        assert!(bob.disabled);
+    }
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([198, 18, 0, n])

@@ -26,14 +26,13 @@ use std::{
 };
 
 /// Size of a relay read buffer for a direction that is not (or not yet) moving bulk data.
-/// 32 KiB measured better than 16 KiB on the bulk path before bulk buffers existed;
-/// fake-TLS output is re-framed into 16 KiB records anyway, so it does not need to match the
-/// record size.
+/// Fake-TLS output is re-framed into 16 KiB records anyway, so it need not match the record
+/// size; 32 KiB costs fewer reads than 16 KiB when a connection turns out to move data.
 pub const RELAY_BUF: usize = 32 * 1024;
 
-/// Size of a read buffer for a direction whose reads fill [`RELAY_BUF`]: measured with
-/// `relay-bench --only target` (8 × 16 KiB echo), 32 → 128 → 256 KiB took the relay from
-/// 2.13 to 1.72 to 1.56 CPU-seconds per GB (XDP off).
+/// Size of a read buffer for a direction whose reads fill [`RELAY_BUF`]: larger reads cut the
+/// system calls per byte, and the CPU cost per GB of bulk transfer falls up to this size (the
+/// operator guide's performance notes have the figures).
 pub const BULK_BUF: usize = 256 * 1024;
 
 /// Bulk buffers on loan at once in the whole process (256 MiB).

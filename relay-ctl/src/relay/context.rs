@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    accounts::{Account, Accounts},
+    accounts::{Account, Accounts, Limits},
     hints::Hints,
     mask_flight::MaskFlight,
     mask_target::MaskTarget,
@@ -103,7 +103,7 @@ impl RelayContext {
         let limits: std::collections::HashMap<&str, _> = config
             .users
             .iter()
-            .map(|u| (u.name.as_str(), u.limits()))
+            .map(|u| (u.name.as_str(), Limits::from(u)))
             .collect();
         let accounts: Vec<Arc<Account>> = users
             .iter()

@@ -1,6 +1,6 @@
 //! Relay-wide counters, shared across config reloads (read by `relay-ctl stats` and copied into
-//! the Prometheus metrics by [`crate::telemetry`]). Plain atomics: the connection path never
-//! waits on the exporter.
+//! the Prometheus metrics by [`crate::telemetry`] through [`RelayStats::export`]). Plain
+//! atomics: the connection path never waits on the exporter.
 
 use std::{
     collections::BTreeMap,
@@ -11,10 +11,13 @@ use std::{
     time::Duration,
 };
 
-use super::{accounts::Account, handshake::Failure, pump::Meter};
 use relay_proto::Mode;
+use serde::{Deserialize, Serialize};
 
-use crate::control::api::DcConnect;
+use super::{accounts::Account, handshake::Failure, pump::Meter};
+use crate::telemetry::{
+    Metric, Samples, histograms::record_dc_connect, metrics::DC_CONNECT_BUCKETS,
+};
 
 /// Where an open connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,11 +170,18 @@ impl MaskLeg {
 /// Direction of relayed bytes: label values of `relay_relayed_bytes_total`.
 pub const DIRECTIONS: [&str; 2] = ["client_to_dc", "dc_to_client"];
 
-/// Upper bounds (seconds) of the DC connect time buckets, also used for the Prometheus
-/// histogram.
-pub const DC_CONNECT_BUCKETS: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+/// Connect times to one DC since start, as `relay-ctl stats` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DcConnect {
+    /// Connections established.
+    pub connects: u64,
+    /// Mean time, microseconds.
+    pub mean_us: u64,
+    /// Median, microseconds (estimated from histogram buckets).
+    pub p50_us: u64,
+    /// 99th percentile, microseconds (estimated from histogram buckets).
+    pub p99_us: u64,
+}
 
 /// Connect times to one DC.
 #[derive(Debug, Clone, Default)]
@@ -276,20 +286,6 @@ impl RelayStats {
         self.mask_legs[MaskLeg::Abandoned as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Mask connections opened for clients quiet mid-handshake, and of those the ones closed
-    /// again because the handshake verified (what genuine clients cost the mask host).
-    pub fn mask_legs(&self) -> BTreeMap<String, u64> {
-        MaskLeg::ALL
-            .iter()
-            .map(|m| {
-                (
-                    m.name().to_owned(),
-                    self.mask_legs[*m as usize].load(Ordering::Relaxed),
-                )
-            })
-            .collect()
-    }
-
     /// A replayed handshake was caught.
     pub fn replay(&self) {
         self.replays.fetch_add(1, Ordering::Relaxed);
@@ -303,88 +299,45 @@ impl RelayStats {
             .entry(dc)
             .or_default()
             .record(took);
-        crate::telemetry::record_dc_connect(dc, took);
+        record_dc_connect(dc, took);
     }
 
-    /// Connections accepted.
-    pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
-    }
-
-    /// Connections open.
+    /// Connections open (every state).
     pub fn active(&self) -> u64 {
         self.active.iter().map(|a| a.load(Ordering::Relaxed)).sum()
     }
 
-    /// Connections open, by [`ConnState::name`].
-    pub fn active_by_state(&self) -> BTreeMap<String, u64> {
-        ConnState::ALL
-            .iter()
-            .map(|s| {
-                (
-                    s.name().to_owned(),
-                    self.active[s.index()].load(Ordering::Relaxed),
-                )
-            })
-            .collect()
-    }
-
-    /// Handshake failures by reason name.
-    pub fn failures(&self) -> BTreeMap<String, u64> {
-        Failure::ALL
-            .iter()
-            .map(|f| {
-                (
-                    f.name().to_owned(),
-                    self.failures[*f as usize].load(Ordering::Relaxed),
-                )
-            })
-            .collect()
-    }
-
-    /// Handshakes by mode (or `unknown`), then result.
-    pub fn handshakes(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
-        HANDSHAKE_MODES
-            .iter()
-            .map(|mode| {
-                let results = HandshakeResult::ALL
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.name().to_owned(),
-                            self.handshakes[mode_index(*mode)][*r as usize].load(Ordering::Relaxed),
-                        )
-                    })
-                    .collect();
-                (mode.map_or(UNKNOWN_MODE, Mode::name).to_owned(), results)
-            })
-            .collect()
-    }
-
-    /// Fronted connections by reason.
-    pub fn fronted_by_reason(&self) -> BTreeMap<String, u64> {
-        FrontReason::all()
-            .map(|r| {
-                (
-                    r.name().to_owned(),
-                    self.fronted[r.index()].load(Ordering::Relaxed),
-                )
-            })
-            .collect()
-    }
-
-    /// Replayed handshakes caught.
-    pub fn replays(&self) -> u64 {
-        self.replays.load(Ordering::Relaxed)
-    }
-
-    /// Bytes relayed between clients and DCs, by direction ([`DIRECTIONS`]).
-    pub fn relayed_bytes(&self) -> BTreeMap<String, u64> {
-        DIRECTIONS
-            .iter()
-            .zip(&self.bytes)
-            .map(|(d, n)| ((*d).to_owned(), n.load(Ordering::Relaxed)))
-            .collect()
+    /// Sets the relay's counters and gauges in `out`, every label value included.
+    pub fn export(&self, out: &mut Samples) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.set(Metric::ConnectionsAccepted, &[], load(&self.accepted));
+        for state in ConnState::ALL {
+            let n = load(&self.active[state.index()]);
+            out.set(Metric::ConnectionsActive, &[state.name()], n);
+        }
+        for failure in Failure::ALL {
+            let n = load(&self.failures[failure as usize]);
+            out.set(Metric::HandshakeFailures, &[failure.name()], n);
+        }
+        for mode in HANDSHAKE_MODES {
+            let name = mode.map_or(UNKNOWN_MODE, Mode::name);
+            for result in HandshakeResult::ALL {
+                let n = load(&self.handshakes[mode_index(mode)][result as usize]);
+                out.set(Metric::Handshakes, &[name, result.name()], n);
+            }
+        }
+        for reason in FrontReason::all() {
+            let n = load(&self.fronted[reason.index()]);
+            out.set(Metric::FrontedConnections, &[reason.name()], n);
+        }
+        for leg in MaskLeg::ALL {
+            let n = load(&self.mask_legs[leg as usize]);
+            out.set(Metric::MaskLegs, &[leg.name()], n);
+        }
+        out.set(Metric::ReplaysDetected, &[], load(&self.replays));
+        for (direction, n) in DIRECTIONS.iter().zip(&self.bytes) {
+            out.set(Metric::RelayedBytes, &[direction], load(n));
+        }
     }
 
     /// DC connect times by DC id.
@@ -458,21 +411,35 @@ impl Meter for Metered<'_> {
 mod tests {
     use super::*;
 
+    fn exported(stats: &RelayStats) -> Samples {
+        let mut out = Samples::default();
+        stats.export(&mut out);
+        out
+    }
+
     #[test]
     fn active_connections_move_between_states() {
         let stats = RelayStats::default();
         let mut a = stats.connection();
         let mut b = stats.connection();
-        assert_eq!(stats.active_by_state()["handshake"], 2);
+        let active = |s: &Samples, state: &str| s.get(Metric::ConnectionsActive, &[state]);
+        assert_eq!(active(&exported(&stats), "handshake"), 2);
         a.enter(ConnState::Relayed(Mode::Tls));
         b.enter(ConnState::Fronted);
-        let by = stats.active_by_state();
-        assert_eq!((by["handshake"], by["tls"], by["fronted"]), (0, 1, 1));
+        let by = exported(&stats);
+        assert_eq!(
+            (
+                active(&by, "handshake"),
+                active(&by, "tls"),
+                active(&by, "fronted")
+            ),
+            (0, 1, 1)
+        );
         assert_eq!(stats.active(), 2);
         drop(a);
         drop(b);
         assert_eq!(stats.active(), 0);
-        assert_eq!(stats.accepted(), 2);
+        assert_eq!(exported(&stats).get(Metric::ConnectionsAccepted, &[]), 2);
     }
 
     #[test]
@@ -483,12 +450,18 @@ mod tests {
         stats.handshake(None, HandshakeResult::Failed);
         stats.fronted(FrontReason::Failure(Failure::BadSecret));
         stats.fronted(FrontReason::UserLimit);
-        let h = stats.handshakes();
-        assert_eq!(h["secure"]["ok"], 1);
-        assert_eq!(h["unknown"]["failed"], 2);
-        assert_eq!(h["tls"]["rejected"], 0);
-        let f = stats.fronted_by_reason();
-        assert_eq!((f["bad_secret"], f["user_limit"], f["replay"]), (1, 1, 0));
+        let s = exported(&stats);
+        let h = |mode: &str, result: &str| s.get(Metric::Handshakes, &[mode, result]);
+        assert_eq!(h("secure", "ok"), 1);
+        assert_eq!(h("unknown", "failed"), 2);
+        assert_eq!(h("tls", "rejected"), 0);
+        assert_eq!(s.of(Metric::Handshakes).count(), 12);
+        let f = |reason: &str| s.get(Metric::FrontedConnections, &[reason]);
+        assert_eq!((f("bad_secret"), f("user_limit"), f("replay")), (1, 1, 0));
+        assert_eq!(
+            s.of(Metric::FrontedConnections).count(),
+            Failure::ALL.len() + 2
+        );
     }
 
     #[test]

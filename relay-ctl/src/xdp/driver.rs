@@ -7,8 +7,8 @@
 //! (tcx) hook runs the same program without copying: so TC comes next, and generic XDP last
 //! (kernels before 6.6 have no tcx). On a veth (containers, network namespaces) the frames
 //! already arrive as skbs and native XDP is the worst place: it copies every frame and turns
-//! off GSO on the peer, so `auto` starts with TC there (measured in `cargo xtask bench`;
-//! figures in issue 6).
+//! off GSO on the peer, so `auto` starts with TC there (`cargo xtask bench` measures each
+//! mode; the figures are in its report).
 
 use std::{
     ffi::c_char,

@@ -1,5 +1,5 @@
-//! ClientHello authentication (§1.5): the client random is HMAC-SHA256(secret, hello with the
-//! random zeroed) with the client's unix time XORed into its last 4 bytes.
+//! ClientHello authentication (docs/protocol.md §4): the client random is HMAC-SHA256(secret, hello
+//! with the random zeroed) with the client's unix time XORed into its last 4 bytes.
 
 use hmac::{Hmac, Mac};
 use rand::CryptoRng;

@@ -1,5 +1,5 @@
-//! Fake TLS (§1.5–1.7): the client's ClientHello carries an HMAC of the user's secret, the
-//! server answers with exactly three records carrying its own HMAC, then obfuscated2 rides in
+//! Fake TLS (docs/protocol.md §4–6): the client's ClientHello carries an HMAC of the user's secret,
+//! the server answers with exactly three records carrying its own HMAC, then obfuscated2 rides in
 //! application-data records.
 //!
 //! - [`reader`]: reassemble the ClientHello from TCP segments and TLS records.

@@ -1,8 +1,7 @@
-//! The mask site's own TLS 1.3 server flight (§1.6, "size of record 3"): a probe ClientHello
-//! shaped like a Telegram client's, and the parse of what the site answers into a
-//! [`FlightProfile`] — ServerHello size and extension order, whether it sent ChangeCipherSpec,
-//! the total size of its encrypted handshake. [`FlightShape`] is what the fake flight copies
-//! from it.
+//! The mask site's own TLS 1.3 server flight (docs/protocol.md §5, "size of record 3"): a probe
+//! ClientHello shaped like a Telegram client's, and the parse of what the site answers into a
+//! [`FlightProfile`] — ServerHello size and extension order, whether it sent ChangeCipherSpec, the
+//! total size of its encrypted handshake. [`FlightShape`] is what the fake flight copies from it.
 
 use std::ops::RangeInclusive;
 

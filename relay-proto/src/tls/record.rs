@@ -1,5 +1,5 @@
-//! Application-data phase (§1.7): strip `17 03 03 <len>` framing from the client's stream
-//! (skipping ChangeCipherSpec) and add it to ours. Record boundaries carry no meaning.
+//! Application-data phase (docs/protocol.md §6): strip `17 03 03 <len>` framing from the client's
+//! stream (skipping ChangeCipherSpec) and add it to ours. Record boundaries carry no meaning.
 
 use super::{CONTENT_APP_DATA, CONTENT_CCS, MAX_PLAINTEXT, RECORD_HEADER_LEN};
 

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: relay's performance harness (issue 6).
+//! `cargo xtask bench`: relay's performance harness.
 //!
 //! The orchestrator ([`scenarios`], binary `relay-bench`) creates two network namespaces
 //! joined by a veth pair ([`net`]), starts the fast fake DC (`relay-fakedc`) and relay-ctl with

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-/// A target from issue 6.
+/// A performance target the report checks.
 struct Target {
     id: &'static str,
     what: &'static str,
@@ -247,7 +247,7 @@ pub fn markdown(report: &Value) -> String {
          native, forced generic, and off to show all three.\n\n",
     );
 
-    md.push_str("## Targets (issue 6)\n\n`floor`: the same load through `relay-floor`, a forwarder with the relay's sockets and threading but no protocol and no crypto (splice for bulk, plain copies for short connections), in this run: the floor the topology sets under a relay making the same system calls.\n\n| target | goal | measured | result | floor | best existing (issue) |\n|---|---|---|---|---|---|\n");
+    md.push_str("## Targets\n\n`floor`: the same load through `relay-floor`, a forwarder with the relay's sockets and threading but no protocol and no crypto (splice for bulk, plain copies for short connections), in this run: the floor the topology sets under a relay making the same system calls.\n\n| target | goal | measured | result | floor | best existing |\n|---|---|---|---|---|---|\n");
     for t in report["targets"].as_array().into_iter().flatten() {
         let result = match t["pass"].as_bool() {
             Some(true) => "pass",

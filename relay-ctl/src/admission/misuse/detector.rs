@@ -14,7 +14,10 @@ mod lru;
 use relay_common::BanReason;
 
 use self::lru::Lru;
-use crate::admission::keys::{PrefixKey, SourceKey};
+use crate::{
+    admission::keys::{PrefixKey, SourceKey},
+    config,
+};
 
 /// What a source did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +93,30 @@ pub struct Levels {
     pub source: Thresholds,
     /// Per prefix: IPv4 /24, IPv6 /48.
     pub prefix: Thresholds,
+}
+
+impl From<&config::Misuse> for Levels {
+    /// The `[misuse]` thresholds, per source and per prefix.
+    fn from(misuse: &config::Misuse) -> Levels {
+        Levels {
+            source: Thresholds {
+                bad_secret: misuse.bad_secret,
+                unknown_sni: misuse.unknown_sni,
+                replay: misuse.replay,
+                timeout: misuse.timeout,
+                garbage: misuse.garbage,
+                connections: misuse.connections,
+            },
+            prefix: Thresholds {
+                bad_secret: misuse.prefix_bad_secret,
+                unknown_sni: misuse.prefix_unknown_sni,
+                replay: misuse.prefix_replay,
+                timeout: misuse.prefix_timeout,
+                garbage: misuse.prefix_garbage,
+                connections: misuse.prefix_connections,
+            },
+        }
+    }
 }
 
 /// What a ban covers.
@@ -277,6 +304,23 @@ mod tests {
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn levels_come_from_the_misuse_section() {
+        let config = config::Config::parse(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[misuse]\nbad_secret = 7\n\
+             prefix_bad_secret = 40\nprefix_connections = 50000\n",
+            config::Origin::Embedded,
+        )
+        .expect("valid");
+        let levels = Levels::from(&config.misuse);
+        assert_eq!(levels.source.bad_secret, 7);
+        assert_eq!(levels.source.replay, config.misuse.replay);
+        assert_eq!(levels.source.connections, config.misuse.connections);
+        assert_eq!(levels.prefix.bad_secret, 40);
+        assert_eq!(levels.prefix.replay, config.misuse.prefix_replay);
+        assert_eq!(levels.prefix.connections, 50_000);
+    }
 
     fn thresholds() -> Thresholds {
         Thresholds {

@@ -36,7 +36,7 @@ impl Misuse {
         Misuse {
             detector: std::sync::Mutex::new(Detector::new(
                 config.window_secs,
-                config.thresholds(),
+                Levels::from(config),
                 config.max_sources,
             )),
             admission,
@@ -56,7 +56,7 @@ impl Misuse {
     pub fn reconfigure(&self, config: &config::Misuse) {
         lock(&self.detector).reconfigure(
             config.window_secs,
-            config.thresholds(),
+            Levels::from(config),
             config.max_sources,
         );
         *lock(&self.ban_ttl) = Duration::from_secs(config.ban_secs);

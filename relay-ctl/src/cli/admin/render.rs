@@ -6,7 +6,10 @@ use super::{
     duration,
     table::{NONE, Table, pairs},
 };
-use crate::control::api::{BanInfo, PrefixEntry, Reply, Stats, UserInfo};
+use crate::{
+    control::api::{BanInfo, PrefixEntry, Reply, Stats, UserInfo},
+    telemetry::{Metric, Samples},
+};
 
 /// What to say for replies that carry no listing.
 #[derive(Debug, Clone, Copy)]
@@ -172,26 +175,34 @@ pub fn user_detail(u: &UserInfo) -> String {
     out
 }
 
-fn counts(header: &'static str, map: &BTreeMap<String, u64>) -> String {
+fn counts<K: AsRef<str>>(header: &'static str, map: &BTreeMap<K, u64>) -> String {
     let mut t = Table::new(&[header, "COUNT"]);
     for (k, v) in map {
-        t.row(vec![k.clone(), v.to_string()]);
+        t.row(vec![k.as_ref().to_owned(), v.to_string()]);
     }
     t.render()
 }
 
 /// Non-zero entries as `name n` pairs, comma-separated.
-fn nonzero(map: &BTreeMap<String, u64>) -> String {
+fn nonzero<K: AsRef<str>>(map: &BTreeMap<K, u64>) -> String {
     map.iter()
         .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| format!("{k} {n}"))
+        .map(|(k, n)| format!("{} {n}", k.as_ref()))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+/// The values of `metric` by its first label, without the zeros.
+fn nonzero_by_label(m: &Samples, metric: Metric) -> BTreeMap<&str, u64> {
+    let mut map = m.by_label(metric);
+    map.retain(|_, n| *n > 0);
+    map
+}
+
 /// The daemon's counters.
 pub fn stats(s: &Stats) -> String {
-    let by_mode = nonzero(&s.connections_active_by_mode);
+    let m = &s.metrics;
+    let by_mode = nonzero(&m.by_label(Metric::ConnectionsActive));
     let mut summary = vec![
         ("version", s.version.clone()),
         ("uptime", duration::format(s.uptime_secs)),
@@ -206,24 +217,25 @@ pub fn stats(s: &Stats) -> String {
                 } else {
                     format!(" ({by_mode})")
                 },
-                s.connections_accepted
+                m.total(Metric::ConnectionsAccepted)
             ),
         ),
         (
             "bans",
             format!(
                 "{} active, {} issued",
-                s.bans_active,
-                s.bans_total.values().sum::<u64>()
+                m.total(Metric::BansActive),
+                m.total(Metric::BansTotal)
             ),
         ),
     ];
-    let refused = nonzero(&s.connections_refused);
+    let refused = nonzero(&m.by_label(Metric::ConnectionsRefused));
     if !refused.is_empty() {
         summary.push(("refused", refused));
     }
-    if s.replays_detected > 0 {
-        summary.push(("replays", s.replays_detected.to_string()));
+    let replays = m.total(Metric::ReplaysDetected);
+    if replays > 0 {
+        summary.push(("replays", replays.to_string()));
     }
     let flight = &s.tls_flight;
     if !flight.source.is_empty() {
@@ -242,8 +254,8 @@ pub fn stats(s: &Stats) -> String {
             ),
         ));
     }
-    if !s.relayed_bytes.is_empty() {
-        let dir = |d: &str| bytes(s.relayed_bytes.get(d).copied().unwrap_or(0));
+    if m.of(Metric::RelayedBytes).next().is_some() {
+        let dir = |d: &str| bytes(m.get(Metric::RelayedBytes, &[d]));
         summary.push((
             "relayed",
             format!(
@@ -253,8 +265,8 @@ pub fn stats(s: &Stats) -> String {
             ),
         ));
     }
-    if s.config_reloads.values().any(|n| *n > 0) {
-        let n = |r: &str| s.config_reloads.get(r).copied().unwrap_or(0);
+    if m.total(Metric::ConfigReloads) > 0 {
+        let n = |r: &str| m.get(Metric::ConfigReloads, &[r]);
         summary.push((
             "reloads",
             format!("{} ok, {} failed", n("success"), n("failure")),
@@ -282,24 +294,21 @@ pub fn stats(s: &Stats) -> String {
         summary.push(("crowdsec", line));
     }
     let mut out = pairs(&summary);
-    if !s.verdicts.is_empty() {
+    let verdicts = m.by_label(Metric::XdpPackets);
+    if !verdicts.is_empty() {
         out.push('\n');
-        out.push_str(&counts("VERDICT", &s.verdicts));
+        out.push_str(&counts("VERDICT", &verdicts));
     }
-    let handshakes = handshakes(&s.handshakes);
+    let handshakes = handshakes(m);
     if !handshakes.is_empty() {
         out.push('\n');
         out.push_str(&handshakes);
     }
-    for (header, map) in [
-        ("HANDSHAKE FAILURE", &s.handshake_failures),
-        ("FRONTED", &s.fronted),
+    for (header, metric) in [
+        ("HANDSHAKE FAILURE", Metric::HandshakeFailures),
+        ("FRONTED", Metric::FrontedConnections),
     ] {
-        let map: BTreeMap<String, u64> = map
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| (k.clone(), *n))
-            .collect();
+        let map = nonzero_by_label(m, metric);
         if !map.is_empty() {
             out.push('\n');
             out.push_str(&counts(header, &map));
@@ -310,9 +319,11 @@ pub fn stats(s: &Stats) -> String {
         out.push('\n');
         out.push_str(&bans);
     }
-    if !s.blocklist_entries.is_empty() {
+    // Sources without entries left out: `config` and `operator` are always listed.
+    let blocklist = nonzero_by_label(m, Metric::BlocklistEntries);
+    if !blocklist.is_empty() {
         out.push('\n');
-        out.push_str(&counts("BLOCKLIST SOURCE", &s.blocklist_entries));
+        out.push_str(&counts("BLOCKLIST SOURCE", &blocklist));
     }
     if !s.dc_connect.is_empty() {
         let ms = |us: u64| format!("{:.1}ms", us as f64 / 1000.0);
@@ -347,14 +358,14 @@ pub fn stats(s: &Stats) -> String {
 }
 
 /// Handshakes by mode and result; modes without any left out.
-fn handshakes(map: &BTreeMap<String, BTreeMap<String, u64>>) -> String {
+fn handshakes(m: &Samples) -> String {
     let mut t = Table::new(&["HANDSHAKES", "OK", "FAILED", "REJECTED"]);
-    for (mode, results) in map {
-        if results.values().all(|n| *n == 0) {
+    for (mode, total) in m.by_label(Metric::Handshakes) {
+        if total == 0 {
             continue;
         }
-        let n = |r: &str| results.get(r).copied().unwrap_or(0).to_string();
-        t.row(vec![mode.clone(), n("ok"), n("failed"), n("rejected")]);
+        let n = |r: &str| m.get(Metric::Handshakes, &[mode, r]).to_string();
+        t.row(vec![mode.to_owned(), n("ok"), n("failed"), n("rejected")]);
     }
     if t.is_empty() {
         String::new()
@@ -365,16 +376,17 @@ fn handshakes(map: &BTreeMap<String, BTreeMap<String, u64>>) -> String {
 
 /// Ban reasons, most bans issued first: the top reasons of a ban wave.
 fn ban_reasons(s: &Stats) -> String {
-    let mut reasons: Vec<(&String, u64, u64)> = s
-        .bans_total
+    let bans_total = s.metrics.by_label(Metric::BansTotal);
+    let mut reasons: Vec<(&str, u64, u64)> = bans_total
         .keys()
-        .chain(s.bans_active_by_reason.keys())
+        .copied()
+        .chain(s.bans_active_by_reason.keys().map(String::as_str))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .map(|r| {
             (
                 r,
-                s.bans_total.get(r).copied().unwrap_or(0),
+                bans_total.get(r).copied().unwrap_or(0),
                 s.bans_active_by_reason.get(r).copied().unwrap_or(0),
             )
         })
@@ -386,7 +398,11 @@ fn ban_reasons(s: &Stats) -> String {
     reasons.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
     let mut t = Table::new(&["BAN REASON", "ISSUED", "ACTIVE"]);
     for (reason, issued, active) in reasons {
-        t.row(vec![reason.clone(), issued.to_string(), active.to_string()]);
+        t.row(vec![
+            reason.to_owned(),
+            issued.to_string(),
+            active.to_string(),
+        ]);
     }
     t.render()
 }
@@ -566,13 +582,15 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
             version: "0.1.0".into(),
             uptime_secs: 3_700,
             enforcement: "XDP on eth0 (native)".into(),
-            connections_accepted: 10,
             connections_active: 1,
-            bans_active: 1,
             ..Stats::default()
         };
-        s.verdicts.insert("pass".into(), 100);
-        s.bans_total.insert("bad_secret".into(), 2);
+        let m = &mut s.metrics;
+        m.set(Metric::ConnectionsAccepted, &[], 10);
+        m.set(Metric::BansActive, &[], 1);
+        m.set(Metric::XdpPackets, &["pass"], 100);
+        m.set(Metric::BansTotal, &["bad_secret"], 2);
+        m.set(Metric::BlocklistEntries, &["config"], 0);
         let text = stats(&s);
         assert!(
             text.starts_with("version      0.1.0\nuptime       1h1m\n"),
@@ -583,39 +601,39 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
         assert!(!text.contains("HANDSHAKE FAILURE"), "{text}");
         assert!(!text.contains("FRONTED"), "{text}");
         assert!(!text.contains("replays"), "{text}");
+        assert!(!text.contains("BLOCKLIST"), "{text}");
     }
 
     #[test]
     fn stats_with_traffic_bans_and_users() {
         let mut s = Stats {
             version: "0.1.0".into(),
-            connections_accepted: 10,
             connections_active: 3,
-            replays_detected: 2,
             ..Stats::default()
         };
-        s.connections_active_by_mode.insert("tls".into(), 2);
-        s.connections_active_by_mode.insert("fronted".into(), 1);
-        s.connections_active_by_mode.insert("classic".into(), 0);
-        s.handshakes.insert(
-            "tls".into(),
-            BTreeMap::from([("ok".into(), 5), ("failed".into(), 1)]),
-        );
-        s.handshakes.insert(
-            "classic".into(),
-            BTreeMap::from([("ok".into(), 0), ("failed".into(), 0)]),
-        );
-        s.handshake_failures.insert("bad_secret".into(), 3);
-        s.handshake_failures.insert("timeout".into(), 0);
-        s.fronted.insert("bad_secret".into(), 3);
-        s.relayed_bytes.insert("client_to_dc".into(), 1536);
-        s.relayed_bytes.insert("dc_to_client".into(), 10 << 20);
-        s.bans_total.insert("bad_secret".into(), 2);
-        s.bans_total.insert("replay".into(), 7);
+        let m = &mut s.metrics;
+        m.set(Metric::ConnectionsAccepted, &[], 10);
+        m.set(Metric::ReplaysDetected, &[], 2);
+        m.set(Metric::ConnectionsActive, &["tls"], 2);
+        m.set(Metric::ConnectionsActive, &["fronted"], 1);
+        m.set(Metric::ConnectionsActive, &["classic"], 0);
+        m.set(Metric::Handshakes, &["tls", "ok"], 5);
+        m.set(Metric::Handshakes, &["tls", "failed"], 1);
+        m.set(Metric::Handshakes, &["classic", "ok"], 0);
+        m.set(Metric::Handshakes, &["classic", "failed"], 0);
+        m.set(Metric::HandshakeFailures, &["bad_secret"], 3);
+        m.set(Metric::HandshakeFailures, &["timeout"], 0);
+        m.set(Metric::FrontedConnections, &["bad_secret"], 3);
+        m.set(Metric::RelayedBytes, &["client_to_dc"], 1536);
+        m.set(Metric::RelayedBytes, &["dc_to_client"], 10 << 20);
+        m.set(Metric::BansTotal, &["bad_secret"], 2);
+        m.set(Metric::BansTotal, &["replay"], 7);
+        m.set(Metric::ConfigReloads, &["success"], 1);
+        m.set(Metric::ConnectionsRefused, &["max_handshakes"], 9);
+        m.set(Metric::ConnectionsRefused, &["max_connections"], 0);
+        m.set(Metric::BlocklistEntries, &["operator"], 0);
+        m.set(Metric::BlocklistEntries, &["feed:/etc/relay/l1.netset"], 9);
         s.bans_active_by_reason.insert("replay".into(), 4);
-        s.config_reloads.insert("success".into(), 1);
-        s.connections_refused.insert("max_handshakes".into(), 9);
-        s.connections_refused.insert("max_connections".into(), 0);
         s.tls_flight = crate::control::api::TlsFlightStats {
             source: "fallback".into(),
             record_min: 2500,
@@ -625,7 +643,7 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
         };
         s.dc_connect.insert(
             "2".into(),
-            crate::control::api::DcConnect {
+            crate::relay::stats::DcConnect {
                 connects: 4,
                 mean_us: 1500,
                 p50_us: 1200,
@@ -666,6 +684,10 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
             text.contains(
                 "BAN REASON  ISSUED  ACTIVE\nreplay      7       4\nbad_secret  2       0\n"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("BLOCKLIST SOURCE           COUNT\nfeed:/etc/relay/l1.netset  9\n\n"),
             "{text}"
         );
         assert!(

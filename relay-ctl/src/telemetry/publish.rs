@@ -1,0 +1,122 @@
+//! Copies a [`Stats`] snapshot into the current recorder: the samples it carries as they are,
+//! and the metrics of its typed sections (users, replay memory, CrowdSec, TLS flight, XDP
+//! attachments, version) through [`section_samples`].
+
+use std::collections::BTreeSet;
+
+use metrics::Label;
+
+use super::{
+    metrics::{Kind, Metric},
+    samples::Samples,
+};
+use crate::{
+    control::api::Stats,
+    crowdsec::decisions::REJECTION_KINDS,
+    relay::{accounts::Rejection, mask_flight::Source, stats::DIRECTIONS},
+};
+
+/// Writes snapshots into the current recorder. Remembers which gauge series it has set, so a
+/// gauge whose subject went away (a removed feed or user) drops to 0 instead of keeping its
+/// last value.
+#[derive(Debug, Default)]
+pub struct Publisher {
+    gauges: BTreeSet<(Metric, Vec<String>)>,
+}
+
+impl Publisher {
+    /// Publishes one snapshot.
+    pub fn publish(&mut self, stats: &Stats) {
+        let sections = section_samples(stats);
+        let mut gauges = BTreeSet::new();
+        for sample in stats.metrics.iter().chain(sections.iter()) {
+            write(sample.metric, &sample.labels, sample.value);
+            if sample.metric.kind() == Kind::Gauge {
+                gauges.insert((sample.metric, sample.labels.clone()));
+            }
+        }
+        for (metric, labels) in self.gauges.difference(&gauges) {
+            write(*metric, labels, 0);
+        }
+        self.gauges = gauges;
+    }
+}
+
+/// Sets one series of a counter or gauge.
+fn write(metric: Metric, values: &[String], value: u64) {
+    let labels: Vec<Label> = metric
+        .labels()
+        .iter()
+        .zip(values)
+        .map(|(name, value)| Label::new(*name, value.clone()))
+        .collect();
+    match metric.kind() {
+        Kind::Counter => metrics::counter!(metric.name(), labels).absolute(value),
+        Kind::Gauge => metrics::gauge!(metric.name(), labels).set(value as f64),
+        Kind::Histogram => {}
+    }
+}
+
+/// The metrics a snapshot carries in its typed sections rather than as samples.
+pub fn section_samples(s: &Stats) -> Samples {
+    let mut out = Samples::default();
+    out.set(Metric::BuildInfo, &[&s.version], 1);
+    if s.xdp_attached.is_empty() {
+        out.set(Metric::XdpAttached, &["none", "off"], 0);
+    }
+    for a in &s.xdp_attached {
+        out.set(Metric::XdpAttached, &[&a.interface, &a.mode], 1);
+    }
+    let r = &s.replay_memory;
+    out.set(Metric::ReplayMemoryEntries, &[], r.entries);
+    out.set(Metric::ReplayMemoryBytes, &[], r.bytes);
+    out.set(Metric::ReplayMemoryGenerations, &[], r.generations);
+    out.set(Metric::ReplayMemoryCoveredSeconds, &[], r.covered_secs);
+    out.set(
+        Metric::ReplayGenerationsDropped,
+        &["expired"],
+        r.dropped_expired,
+    );
+    out.set(
+        Metric::ReplayGenerationsDropped,
+        &["early"],
+        r.dropped_early,
+    );
+    out.set(Metric::ReplayMemorySaves, &["ok"], r.saves);
+    out.set(Metric::ReplayMemorySaves, &["failed"], r.saves_failed);
+    let [up, down] = DIRECTIONS;
+    for u in &s.users {
+        out.set(Metric::UserBytes, &[&u.name, up], u.bytes_up);
+        out.set(Metric::UserBytes, &[&u.name, down], u.bytes_down);
+        out.set(
+            Metric::UserConnectionsActive,
+            &[&u.name],
+            u.active_connections,
+        );
+        for reason in Rejection::ALL {
+            let n = u.rejections.get(reason.name()).copied().unwrap_or(0);
+            out.set(Metric::UserRejections, &[&u.name, reason.name()], n);
+        }
+    }
+    if let Some(cs) = &s.crowdsec {
+        out.set(Metric::CrowdsecUp, &[], u64::from(cs.up));
+        for (origin, n) in &cs.decisions {
+            out.set(Metric::CrowdsecDecisions, &[origin], *n);
+        }
+        out.set(Metric::CrowdsecPublished, &["ok"], cs.published);
+        out.set(Metric::CrowdsecPublished, &["failed"], cs.publish_failed);
+        out.set(Metric::CrowdsecPublished, &["dropped"], cs.publish_dropped);
+        for kind in REJECTION_KINDS {
+            let n = cs.rejected.get(kind).copied().unwrap_or(0);
+            out.set(Metric::CrowdsecRejected, &[kind], n);
+        }
+    }
+    let flight = &s.tls_flight;
+    for source in Source::ALL {
+        let on = flight.source == source.name();
+        out.set(Metric::TlsFlightSource, &[source.name()], u64::from(on));
+    }
+    out.set(Metric::TlsFlightRecordBytes, &["min"], flight.record_min);
+    out.set(Metric::TlsFlightRecordBytes, &["max"], flight.record_max);
+    out
+}
