@@ -10,12 +10,12 @@ pub mod control;
 pub mod crowdsec;
 pub mod daemon;
 pub mod ebpf;
+pub mod listener;
 pub mod logging;
 pub mod privacy;
 pub mod privilege;
 
 pub mod relay;
-pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod users;

@@ -11,7 +11,7 @@ use crate::{
     admission::{Admission, Enforcement},
     config::{Config, XdpMode},
     daemon::Daemon,
-    privilege, server,
+    listener, privilege,
     state::StateDir,
     xdp::{self, XdpError, XdpProgram, pin::PinDir},
 };
@@ -82,7 +82,7 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         .as_raw();
     let state = StateDir::open(&config.state.dir, owner)?;
     // Bind first: a taken port is the most common start-up failure and needs no BPF to find.
-    let listeners = server::bind(&config.server.listen, relay_thread_count())?;
+    let listeners = listener::bind(&config.server.listen, relay_thread_count())?;
 
     let (enforcement, logger) = start_xdp(&config)?;
     let mut admission = Admission::new(enforcement);
@@ -274,7 +274,7 @@ impl RelayThreads {
                     runtime.block_on(async move {
                         let accepting: Vec<_> = listeners
                             .into_iter()
-                            .map(|l| tokio::spawn(server::accept_loop(l, daemon.clone())))
+                            .map(|l| tokio::spawn(listener::accept_loop(l, daemon.clone())))
                             .collect();
                         let _ = phase.wait_for(|p| *p >= Phase::Draining).await;
                         for task in &accepting {

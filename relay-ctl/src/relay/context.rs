@@ -29,8 +29,9 @@ pub struct RelayUser {
     pub secret: Secret,
 }
 
-/// Shared, read-mostly state of the relay.
-pub struct RelayContext {
+/// Shared, read-mostly state of the relay. `M` opens mask connections: the configured
+/// [`MaskTarget`] in the daemon, an in-memory mask in unit tests.
+pub struct RelayContext<M = Arc<MaskTarget>> {
     /// Users, in config order; handshakes report matches by index.
     pub users: Vec<RelayUser>,
     /// The same secrets in the same order, as the protocol functions take them.
@@ -49,7 +50,7 @@ pub struct RelayContext {
     /// Accept ClientHello timestamps that count time since boot (`[tls] accept_uptime_clock`).
     pub accept_uptime_clock: bool,
     /// Where failed connections go, if fronting is on.
-    pub mask: Option<Arc<MaskTarget>>,
+    pub mask: Option<M>,
     /// DC address overrides.
     pub dc_overrides: BTreeMap<i16, Vec<SocketAddr>>,
     /// DC for unknown ids.
@@ -142,6 +143,39 @@ impl RelayContext {
             misuse,
             stats,
             flight,
+        }
+    }
+}
+
+#[cfg(test)]
+impl<M> RelayContext<M> {
+    /// The same context with another mask dialer.
+    pub fn with_mask<N>(self, mask: Option<N>) -> RelayContext<N> {
+        RelayContext {
+            users: self.users,
+            secrets: self.secrets,
+            hello_keys: self.hello_keys,
+            hints: self.hints,
+            modes: self.modes,
+            tls_domain: self.tls_domain,
+            time_skew_secs: self.time_skew_secs,
+            accept_uptime_clock: self.accept_uptime_clock,
+            mask,
+            dc_overrides: self.dc_overrides,
+            default_dc: self.default_dc,
+            prefer_ipv6: self.prefer_ipv6,
+            fast_mode: self.fast_mode,
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+            mask_grace: self.mask_grace,
+            idle_timeout: self.idle_timeout,
+            accounts: self.accounts,
+            unique_ips_window: self.unique_ips_window,
+            on_limit: self.on_limit,
+            replay: self.replay,
+            misuse: self.misuse,
+            stats: self.stats,
+            flight: self.flight,
         }
     }
 }

@@ -2,26 +2,27 @@
 //! the real site behind `[tls] mask`, so a prober sees that site and nothing else: its answers,
 //! and its ending (a FIN as a FIN, a reset as a reset).
 
-use std::io::ErrorKind;
+use std::{io::ErrorKind, mem::MaybeUninit};
 
-use tokio::{
-    io::AsyncWriteExt as _,
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
-};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use super::{
     RelayContext,
     intake::ToFront,
+    mask_target::MaskDialer,
     pump::{self, Passthrough, PumpError},
     stats::FrontReason,
+    stream::RelayStream,
 };
 
 /// Forwards `client` (after the bytes in `seen`) to the mask host both ways, or closes it when
 /// fronting is off or the mask host is unreachable.
-pub async fn front(client: TcpStream, seen: Vec<u8>, reason: FrontReason, ctx: &RelayContext) {
+pub async fn front<C: RelayStream, M: MaskDialer>(
+    client: C,
+    seen: Vec<u8>,
+    reason: FrontReason,
+    ctx: &RelayContext<M>,
+) {
     let to_front = ToFront {
         mask: None,
         unsent: seen,
@@ -31,11 +32,11 @@ pub async fn front(client: TcpStream, seen: Vec<u8>, reason: FrontReason, ctx: &
 
 /// Like [`front`], on the mask connection `to_front` already holds if it has one (opened while
 /// the client was quiet mid-handshake), sending it only the bytes it has not had.
-pub async fn front_with(
-    client: TcpStream,
-    to_front: ToFront,
+pub async fn front_with<C: RelayStream, M: MaskDialer>(
+    client: C,
+    to_front: ToFront<M::Stream>,
     reason: FrontReason,
-    ctx: &RelayContext,
+    ctx: &RelayContext<M>,
 ) {
     let ToFront { mask, unsent } = to_front;
     let upstream = match mask {
@@ -69,12 +70,10 @@ pub async fn front_with(
         // An error ends the relay on whichever direction saw it first (a write into a socket
         // the mask reset, say); what the mask sent before it is still queued and is the
         // client's due.
-        pass_on_queued(&mut up_r, &mut client_w).await;
-        if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
-            && let Ok(client) = client_r.reunite(client_w)
-        {
+        pass_on_queued::<M::Stream, _>(&mut up_r, &mut client_w).await;
+        if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) {
             // The mask (or the client) reset: the client sees a reset too, not a FIN.
-            let _ = client.set_zero_linger();
+            C::close_with_reset(client_r, client_w);
         }
     }
     tracing::debug!(
@@ -85,19 +84,14 @@ pub async fn front_with(
     );
 }
 
-/// Copies to `to` whatever `from` has already received, without waiting for more. Read with
-/// a plain non-blocking `recv`: the runtime's readiness flag may say "not readable" for bytes
-/// that arrived just before the reset that ended the relay.
-async fn pass_on_queued(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf) {
-    let socket = socket2::SockRef::from(from.as_ref());
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+/// Copies to `to` whatever `from` has already received, without waiting for more.
+async fn pass_on_queued<S: RelayStream, W: AsyncWrite + Unpin>(from: &mut S::ReadHalf, to: &mut W) {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
     for _ in 0..64 {
-        let n = match socket.recv(&mut buf) {
-            Ok(n @ 1..) => n,
-            _ => return,
-        };
-        // SAFETY: `recv` initialised the first `n` bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+        let bytes = S::take_queued(from, &mut buf);
+        if bytes.is_empty() {
+            return;
+        }
         if to.write_all(bytes).await.is_err() {
             return;
         }
@@ -106,9 +100,9 @@ async fn pass_on_queued(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf) {
 
 /// Connects to the mask host, or `None` (logged, rate-limited) when fronting is off or the host
 /// cannot be reached in time.
-async fn connect(ctx: &RelayContext) -> Option<TcpStream> {
+async fn connect<M: MaskDialer>(ctx: &RelayContext<M>) -> Option<M::Stream> {
     let mask = ctx.mask.as_ref()?;
-    match mask.connect(ctx.connect_timeout).await {
+    match mask.dial(ctx.connect_timeout).await {
         Ok(s) => Some(s),
         // A probe flood while the mask host is down would make this once per connection.
         Err(e) => {

@@ -7,12 +7,9 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::{RelayContext, intake::Intake};
+use super::{RelayContext, intake::Intake, mask_target::MaskDialer};
 use crate::admission::misuse::Offence;
 use relay_proto::{
     Mode,
@@ -138,13 +135,17 @@ pub struct Accepted {
 /// has seen the relay speak, so whatever happens (even a timeout that cancels this future) the
 /// connection must be closed, not fronted. `peer` selects the user hint (see
 /// [`super::hints`]).
-pub async fn accept(
-    client: &mut TcpStream,
+pub async fn accept<C, M>(
+    client: &mut C,
     peer: IpAddr,
-    ctx: &RelayContext,
-    intake: &mut Intake,
+    ctx: &RelayContext<M>,
+    intake: &mut Intake<M::Stream>,
     answered: &mut bool,
-) -> Result<Accepted, Failure> {
+) -> Result<Accepted, Failure>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    M: MaskDialer,
+{
     loop {
         match opening::classify(&intake.seen, ctx.modes) {
             Opening::NeedMore => {
@@ -159,25 +160,29 @@ pub async fn accept(
 }
 
 /// The user `peer` matched last, when there is more than one user to choose from.
-fn hint(ctx: &RelayContext, peer: IpAddr, now: Instant) -> Option<usize> {
+fn hint<M>(ctx: &RelayContext<M>, peer: IpAddr, now: Instant) -> Option<usize> {
     (ctx.secrets.len() > 1)
         .then(|| ctx.hints.get(peer, now))
         .flatten()
 }
 
 /// Remembers that `peer` matched `user` (only worth it with more than one user).
-fn remember(ctx: &RelayContext, peer: IpAddr, user: usize, now: Instant) {
+fn remember<M>(ctx: &RelayContext<M>, peer: IpAddr, user: usize, now: Instant) {
     if ctx.secrets.len() > 1 {
         ctx.hints.set(peer, user, now);
     }
 }
 
-async fn accept_obfs2(
-    client: &mut TcpStream,
+async fn accept_obfs2<C, M>(
+    client: &mut C,
     peer: IpAddr,
-    ctx: &RelayContext,
-    intake: &mut Intake,
-) -> Result<Accepted, Failure> {
+    ctx: &RelayContext<M>,
+    intake: &mut Intake<M::Stream>,
+) -> Result<Accepted, Failure>
+where
+    C: AsyncRead + Unpin,
+    M: MaskDialer,
+{
     while intake.seen.len() < HEADER_LEN {
         intake.read_more(client, ctx).await?;
         if !obfs2::may_start_header(&intake.seen) {
@@ -210,13 +215,17 @@ async fn accept_obfs2(
     })
 }
 
-async fn accept_tls(
-    client: &mut TcpStream,
+async fn accept_tls<C, M>(
+    client: &mut C,
     peer: IpAddr,
-    ctx: &RelayContext,
-    intake: &mut Intake,
+    ctx: &RelayContext<M>,
+    intake: &mut Intake<M::Stream>,
     answered: &mut bool,
-) -> Result<Accepted, Failure> {
+) -> Result<Accepted, Failure>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    M: MaskDialer,
+{
     let mut reader = ClientHelloReader::new();
     let mut fed = 0;
     let hello = loop {
@@ -299,7 +308,7 @@ async fn accept_tls(
     })
 }
 
-fn check_replay(ctx: &RelayContext, key: ReplayKey) -> Result<(), Failure> {
+fn check_replay<M>(ctx: &RelayContext<M>, key: ReplayKey) -> Result<(), Failure> {
     let mut cache = ctx.replay.lock().unwrap_or_else(|e| e.into_inner());
     if cache.check_and_insert(key, unix_now()) {
         ctx.stats.replay();

@@ -13,21 +13,26 @@
 
 use std::{future::Future, io, pin::Pin, sync::Arc};
 
-use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
+    time::Instant,
+};
 
-use super::{RelayContext, handshake::Failure};
+use super::{RelayContext, handshake::Failure, mask_target::MaskDialer, stream::RelayStream};
 use crate::admission::capacity::handshakes::Ticket;
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+/// A mask connection being made. Boxed: it is made for few connections, and it must live in
+/// the intake across reads.
+type Connecting<S> = Pin<Box<dyn Future<Output = io::Result<S>> + Send>>;
 
 /// The mask connection of a client still in its handshake.
-enum MaskLeg {
+enum MaskLeg<S> {
     /// Not opened (yet): the client has not been quiet for the grace period.
     Waiting,
     /// Being connected.
-    Connecting(Connecting),
+    Connecting(Connecting<S>),
     /// Open; `sent` bytes of the client's have been forwarded to it.
-    Open { stream: TcpStream, sent: usize },
+    Open { stream: S, sent: usize },
     /// Not opened and never to be: fronting is off, the mask host failed, or the relay has
     /// answered the client itself.
     Off,
@@ -41,12 +46,12 @@ enum MaskEvent {
     Answered,
 }
 
-/// Every byte a client sent in its handshake, and the mask connection opened for it if it went
-/// quiet short of a complete one.
-pub struct Intake {
+/// Every byte a client sent in its handshake, and the mask connection (an `S`) opened for it if
+/// it went quiet short of a complete one.
+pub struct Intake<S> {
     /// The client's bytes, in order (replayed to the mask when the connection is fronted).
     pub seen: Vec<u8>,
-    mask: MaskLeg,
+    mask: MaskLeg<S>,
     /// When the client connected or last sent bytes.
     last: Instant,
     /// The handshake slot's ticket, told when the client first speaks.
@@ -55,17 +60,17 @@ pub struct Intake {
 
 /// A connection ready to be fronted: the mask connection if one is open, and the client's
 /// bytes it has not been sent yet.
-pub struct ToFront {
+pub struct ToFront<S> {
     /// The open mask connection, if the client had gone quiet and it was opened.
-    pub mask: Option<TcpStream>,
+    pub mask: Option<S>,
     /// The client's bytes the mask has not received.
     pub unsent: Vec<u8>,
 }
 
-impl Intake {
+impl<S: RelayStream> Intake<S> {
     /// An empty intake for a connection accepted now, holding the handshake slot `ticket`; a
     /// mask connection may be opened for it only when fronting is on.
-    pub fn new(ctx: &RelayContext, ticket: Arc<Ticket>) -> Intake {
+    pub fn new<M: MaskDialer<Stream = S>>(ctx: &RelayContext<M>, ticket: Arc<Ticket>) -> Self {
         Intake {
             seen: Vec::new(),
             mask: if ctx.mask.is_some() {
@@ -83,11 +88,15 @@ impl Intake {
     /// gets the bytes the caller found short of a handshake (those seen before this call), never
     /// the ones that may complete it. Fails with [`Failure::Closed`] when the client hangs up
     /// and with [`Failure::Incomplete`] when the mask answers or ends its connection first.
-    pub async fn read_more(
+    pub async fn read_more<C, M>(
         &mut self,
-        client: &mut TcpStream,
-        ctx: &RelayContext,
-    ) -> Result<usize, Failure> {
+        client: &mut C,
+        ctx: &RelayContext<M>,
+    ) -> Result<usize, Failure>
+    where
+        C: AsyncRead + Unpin,
+        M: MaskDialer<Stream = S>,
+    {
         self.forward().await?;
         loop {
             // Straight into `seen`'s spare capacity: a stack buffer would be held across the
@@ -128,7 +137,7 @@ impl Intake {
 
     /// The handshake verified: the relay answers the client itself from here on, so a mask
     /// connection opened meanwhile is closed and none is opened later.
-    pub fn abandon_mask(&mut self, ctx: &RelayContext) {
+    pub fn abandon_mask<M>(&mut self, ctx: &RelayContext<M>) {
         if matches!(self.mask, MaskLeg::Open { .. } | MaskLeg::Connecting(_)) {
             ctx.stats.mask_leg_abandoned();
         }
@@ -137,7 +146,7 @@ impl Intake {
 
     /// What fronting needs: the mask connection if it is open (waiting for one still being
     /// connected) and the bytes it has not been sent.
-    pub async fn into_front(self, ctx: &RelayContext) -> ToFront {
+    pub async fn into_front<M>(self, ctx: &RelayContext<M>) -> ToFront<S> {
         let (mask, sent) = match self.mask {
             MaskLeg::Open { stream, sent } => (Some(stream), sent),
             MaskLeg::Connecting(connecting) => {
@@ -154,22 +163,25 @@ impl Intake {
     }
 }
 
-impl MaskLeg {
+impl<S: RelayStream> MaskLeg<S> {
     /// Waits for the next thing that happens on the mask leg: at `grace_end` a connection is
     /// started, when it is up [`MaskEvent::Opened`], when the mask then speaks or ends,
     /// [`MaskEvent::Answered`]. Cancel-safe: a connection being made lives in `self`.
-    async fn event(&mut self, grace_end: Instant, ctx: &RelayContext) -> MaskEvent {
+    async fn event<M: MaskDialer<Stream = S>>(
+        &mut self,
+        grace_end: Instant,
+        ctx: &RelayContext<M>,
+    ) -> MaskEvent {
         loop {
             match self {
                 MaskLeg::Waiting => {
                     tokio::time::sleep_until(grace_end).await;
-                    let Some(mask) = ctx.mask.clone() else {
+                    let Some(mask) = ctx.mask.as_ref() else {
                         *self = MaskLeg::Off;
                         continue;
                     };
                     let timeout = ctx.connect_timeout;
-                    *self =
-                        MaskLeg::Connecting(Box::pin(async move { mask.connect(timeout).await }));
+                    *self = MaskLeg::Connecting(Box::pin(mask.dial(timeout)));
                 }
                 MaskLeg::Connecting(connecting) => match connecting.as_mut().await {
                     Ok(stream) => {
@@ -184,9 +196,9 @@ impl MaskLeg {
                     }
                 },
                 MaskLeg::Open { stream, .. } => {
-                    // Bytes, FIN or RST from the mask all end the handshake; peek leaves the
-                    // bytes for the fronting pump to pass on.
-                    let _ = stream.peek(&mut [0u8; 1]).await;
+                    // Bytes, FIN or RST from the mask all end the handshake; the bytes stay
+                    // for the fronting pump to pass on.
+                    stream.answered().await;
                     return MaskEvent::Answered;
                 }
                 MaskLeg::Off => std::future::pending::<()>().await,

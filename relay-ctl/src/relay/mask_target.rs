@@ -9,6 +9,7 @@
 //! costs one lookup per interval, not one per connection.
 
 use std::{
+    future::Future,
     io,
     net::SocketAddr,
     sync::{
@@ -20,10 +21,45 @@ use std::{
 
 use tokio::{net::TcpStream, sync::Mutex, time::Instant};
 
+use super::stream::RelayStream;
+
 /// Age at which resolved addresses are looked up again (in the background).
 pub const REFRESH: Duration = Duration::from_secs(60);
 /// How long a failed lookup is remembered before the next try.
 pub const RETRY: Duration = Duration::from_secs(5);
+
+/// What opens connections to the mask host: [`MaskTarget`] in the daemon, an in-memory mask
+/// in unit tests.
+pub trait MaskDialer: Clone + Send + Sync + 'static {
+    /// The connection it opens.
+    type Stream: RelayStream;
+
+    /// The mask as configured, for logs.
+    fn name(&self) -> &str;
+
+    /// Connects within `timeout`. The future owns what it needs, so it can be kept while the
+    /// client is read.
+    fn dial(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send + 'static;
+}
+
+impl MaskDialer for Arc<MaskTarget> {
+    type Stream = TcpStream;
+
+    fn name(&self) -> &str {
+        MaskTarget::name(self)
+    }
+
+    fn dial(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = io::Result<TcpStream>> + Send + 'static {
+        let target = Arc::clone(self);
+        async move { target.connect(timeout).await }
+    }
+}
 
 /// The last lookup's outcome.
 enum Resolved {

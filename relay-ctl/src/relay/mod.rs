@@ -10,11 +10,17 @@ pub mod hints;
 pub mod intake;
 pub mod mask_flight;
 pub mod mask_target;
+#[cfg(test)]
+mod memory;
 pub mod pump;
 pub mod splice;
 pub mod stats;
+pub mod stream;
 pub mod transform;
 pub mod upstream;
+
+#[cfg(test)]
+mod tests;
 
 use std::{
     net::SocketAddr,
@@ -22,14 +28,16 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::io::AsyncWriteExt as _;
 
 pub use self::context::RelayContext;
 use self::{
     accounts::Account,
     handshake::{Accepted, Failure},
     intake::Intake,
+    mask_target::MaskDialer,
     stats::{ConnState, FrontReason, HandshakeResult, Metered},
+    stream::RelayStream,
     transform::{ToClient, ToUpstream},
 };
 use crate::{admission::capacity::Slot, admission::misuse::Offence, config::OnLimit};
@@ -40,15 +48,16 @@ use relay_proto::{
 
 /// Serves one accepted client connection to its end. The caller runs it inside a `conn` span
 /// carrying the (masked) peer at debug level; lines logged here at info and above name the
-/// peer themselves.
-pub async fn serve(
-    mut client: TcpStream,
+/// peer themselves. Generic over the client's stream and the mask dialer so the decisions
+/// can be tested in memory; the daemon serves TCP.
+pub async fn serve<C: RelayStream, M: MaskDialer>(
+    mut client: C,
     peer: SocketAddr,
     mut slot: Slot,
-    ctx: Arc<RelayContext>,
+    ctx: Arc<RelayContext<M>>,
 ) {
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
-    // TCP_NODELAY comes from the listener (see `server::bind`).
+    // TCP_NODELAY comes from the listener (see `listener::bind`).
     let mut active = ctx.stats.connection();
     let mut intake = Intake::new(&ctx, Arc::clone(slot.ticket()));
     let mut answered = false;
@@ -128,12 +137,12 @@ pub async fn serve(
     }
 }
 
-async fn relay(
-    client: TcpStream,
+async fn relay<C: RelayStream, M>(
+    client: C,
     peer: SocketAddr,
     accepted: Accepted,
     account: &Account,
-    ctx: &RelayContext,
+    ctx: &RelayContext<M>,
 ) {
     let user = account.name.as_str();
     let Accepted {

@@ -29,7 +29,10 @@ pub enum UpstreamError {
 
 /// Addresses for `dc`, overrides first, in the preferred family order. Unknown ids fall back
 /// to the default DC; returns the id actually used.
-pub fn addresses(ctx: &RelayContext, dc: i16) -> Result<(i16, Vec<SocketAddr>), UpstreamError> {
+pub fn addresses<M>(
+    ctx: &RelayContext<M>,
+    dc: i16,
+) -> Result<(i16, Vec<SocketAddr>), UpstreamError> {
     for id in [dc, ctx.default_dc] {
         if let Some(addrs) = ctx.dc_overrides.get(&id) {
             return Ok((id, addrs.clone()));
@@ -81,8 +84,8 @@ pub fn dc_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 /// DC gets one segment instead of two (TCP_NODELAY is on: two writes would be two packets).
 /// With `fast` (the client's proxy→client key), the DC's replies come encrypted with the
 /// client's keystream.
-pub async fn connect(
-    ctx: &RelayContext,
+pub async fn connect<M>(
+    ctx: &RelayContext<M>,
     tag: ProtoTag,
     dc: i16,
     fast: Option<&KeyIv>,

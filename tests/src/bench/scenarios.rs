@@ -528,7 +528,7 @@ impl<'a> Bench<'a> {
             &self.bins.relay_ctl,
             &["run", "--config", &config_arg],
             // The operator's default level; at info nothing is logged per connection, and
-            // nothing is spent on a per-connection span (see `server::accept_loop`).
+            // nothing is spent on a per-connection span (see `listener::accept_loop`).
             &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
         )?;
         proc.wait_line(Stream::Err, Duration::from_secs(30), |l| {

@@ -1,4 +1,5 @@
-//! Listening sockets and the accept loop: each admitted connection is served by the relay.
+//! The client listener: listening sockets and the accept loop; each admitted connection is
+//! served by the relay. (The admin socket is `control::server`.)
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
