@@ -1,5 +1,9 @@
 //! Limiter arithmetic used by both the XDP program and the userspace fallback.
 //!
+//! This bucket stays hand-written, while limits only userspace decides use `governor`: it runs
+//! inside eBPF (no allocation, no floats, no atomics beyond the map's), and the userspace gate
+//! must give exactly the kernel's verdicts for the same packets, so both run this code.
+//!
 //! No division and no floating point: the BPF verifier and the hot path both prefer
 //! multiplications and comparisons on `u64`.
 

@@ -82,6 +82,7 @@ pub struct Daemon {
     reloads: [AtomicU64; 2],
     /// Admin requests refused for the caller's role.
     admin_refused: AtomicU64,
+    admin_rate_limited: AtomicU64,
     /// The CrowdSec bouncer's and publisher's state (`[crowdsec]`).
     pub crowdsec: Arc<crate::crowdsec::Status>,
     /// The shape of fake-TLS server flights (see [`crate::relay::mask_flight`]).
@@ -151,6 +152,7 @@ impl Daemon {
             started: Instant::now(),
             reloads: Default::default(),
             admin_refused: AtomicU64::new(0),
+            admin_rate_limited: AtomicU64::new(0),
             crowdsec,
             flight,
             state,
@@ -545,6 +547,8 @@ impl Daemon {
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             max_connections: limits.max_connections,
             max_unique_ips: limits.max_unique_ips,
+            connection_rate: limits.connection_rate.map(|r| r.rate.to_string()),
+            connection_burst: limits.connection_rate.map(|r| r.burst()),
             rejections: usage.rejections,
         }
     }
@@ -584,6 +588,8 @@ impl Daemon {
         }
         let admin_refused = self.admin_refused.load(Ordering::Relaxed);
         metrics.set(Metric::AdminRefused, &[], admin_refused);
+        let admin_rate_limited = self.admin_rate_limited.load(Ordering::Relaxed);
+        metrics.set(Metric::AdminRateLimited, &[], admin_rate_limited);
         for (bound, n) in self.capacity.refused() {
             metrics.set(Metric::ConnectionsRefused, &[bound.name()], n);
         }
@@ -922,6 +928,10 @@ impl Handler for Daemon {
 
     fn refused(&self) {
         self.admin_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rate_limited(&self) {
+        self.admin_rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 }
 

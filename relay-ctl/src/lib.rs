@@ -14,6 +14,7 @@ pub mod listener;
 pub mod logging;
 pub mod privacy;
 pub mod privilege;
+pub mod rate;
 
 pub mod relay;
 pub mod state;

@@ -7,8 +7,18 @@
 
 use std::{
     io::IsTerminal as _,
-    sync::{Mutex, OnceLock},
-    time::Instant,
+    num::NonZeroU32,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use governor::{
+    RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
+    state::{InMemoryState, NotKeyed},
 };
 
 use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt as _, reload};
@@ -86,58 +96,61 @@ fn filter(config: &Log) -> EnvFilter {
     }
 }
 
-/// A token bucket for one kind of log line: at most `burst` lines at once and `per_sec` a
-/// second after that; what it holds back is counted and reported with the next line let
-/// through. Keeps no per-source state, so a flood from many addresses costs nothing either.
-#[derive(Debug)]
-pub struct RateLimit {
-    per_sec: f64,
-    burst: f64,
-    state: Mutex<Bucket>,
+/// The limit on one kind of log line: at most `burst` lines at once and `per_sec` a second
+/// after that (governor's lock-free GCRA); what it holds back is counted and reported with the
+/// next line let through. Keeps no per-source state, so a flood from many addresses costs
+/// nothing either.
+pub struct RateLimit<C: Clock = DefaultClock> {
+    per_sec: u32,
+    burst: u32,
+    /// Made on first use, so that a `static` limit needs no runtime initialiser.
+    limiter: OnceLock<RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>>,
+    suppressed: AtomicU64,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Option<Instant>,
-    suppressed: u64,
+impl<C: Clock> std::fmt::Debug for RateLimit<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("per_sec", &self.per_sec)
+            .field("burst", &self.burst)
+            .field("suppressed", &self.suppressed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimit {
-    /// A limiter letting `burst` lines through at once, then `per_sec` per second.
+    /// A limiter letting `burst` lines through at once, then `per_sec` per second (0 counts
+    /// as 1).
     pub const fn new(per_sec: u32, burst: u32) -> RateLimit {
         RateLimit {
-            per_sec: per_sec as f64,
-            burst: burst as f64,
-            state: Mutex::new(Bucket {
-                tokens: burst as f64,
-                last: None,
-                suppressed: 0,
-            }),
+            per_sec,
+            burst,
+            limiter: OnceLock::new(),
+            suppressed: AtomicU64::new(0),
         }
     }
+}
 
+impl<C: Clock + Default> RateLimit<C> {
     /// Whether to log now: `Some(n)` with the number of lines held back since the last one let
     /// through, `None` to stay quiet.
     pub fn check(&self) -> Option<u64> {
-        self.check_at(Instant::now())
-    }
-
-    fn check_at(&self, now: Instant) -> Option<u64> {
-        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(last) = b.last {
-            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_sec;
-            b.tokens = (b.tokens + refill).min(self.burst);
-        }
-        b.last = Some(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Some(std::mem::take(&mut b.suppressed))
+        let limiter = self.limiter.get_or_init(|| {
+            let quota = crate::rate::Rate::per_second(nonzero(self.per_sec))
+                .quota(Some(nonzero(self.burst)));
+            RateLimiter::direct_with_clock(quota, C::default())
+        });
+        if limiter.check().is_ok() {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
         } else {
-            b.suppressed += 1;
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
             None
         }
     }
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
 /// Logs a `warn!` through a static [`RateLimit`] (`per_sec`, `burst`), adding the number of
@@ -166,7 +179,7 @@ macro_rules! info_limited {
 /// Log output written under a test's subscriber (`with_writer(move || capture.clone())`).
 #[cfg(test)]
 #[derive(Clone, Default)]
-pub(crate) struct LogCapture(std::sync::Arc<Mutex<Vec<u8>>>);
+pub(crate) struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 #[cfg(test)]
 impl std::io::Write for LogCapture {
@@ -197,27 +210,95 @@ impl LogCapture {
 mod tests {
     use std::time::Duration;
 
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
+
+    /// A limit on a fake clock the test moves.
+    fn fake(per_sec: u32, burst: u32) -> (RateLimit<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let quota = crate::rate::Rate::per_second(nonzero(per_sec)).quota(Some(nonzero(burst)));
+        let limit = RateLimit {
+            per_sec,
+            burst,
+            limiter: OnceLock::from(RateLimiter::direct_with_clock(quota, clock.clone())),
+            suppressed: AtomicU64::new(0),
+        };
+        (limit, clock)
+    }
 
     #[test]
     fn burst_then_rate_and_suppressed_counts() {
-        let limit = RateLimit::new(2, 3);
-        let t0 = Instant::now();
-        assert_eq!(limit.check_at(t0), Some(0));
-        assert_eq!(limit.check_at(t0), Some(0));
-        assert_eq!(limit.check_at(t0), Some(0));
-        for _ in 0..100 {
-            assert_eq!(limit.check_at(t0), None, "a flood is held back");
-        }
-        // Half a second refills one token at 2/s.
-        let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(limit.check_at(t1), Some(100));
-        assert_eq!(limit.check_at(t1), None);
-        // A long pause refills no more than the burst.
-        let t2 = t1 + Duration::from_secs(60);
+        let (limit, clock) = fake(2, 3);
         for _ in 0..3 {
-            assert!(limit.check_at(t2).is_some());
+            assert_eq!(limit.check(), Some(0));
         }
-        assert_eq!(limit.check_at(t2), None);
+        for _ in 0..100 {
+            assert_eq!(limit.check(), None, "a flood is held back");
+        }
+        // Half a second makes room for one line at 2/s.
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(limit.check(), Some(100));
+        assert_eq!(limit.check(), None);
+        // A long pause refills no more than the burst.
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..3 {
+            assert!(limit.check().is_some());
+        }
+        assert_eq!(limit.check(), None);
+    }
+
+    /// 10,000 events, one a millisecond, at 2 lines/s after a burst of 3: the burst plus one
+    /// line every 500 ms get through, and each carries the number held back before it.
+    #[test]
+    fn a_burst_of_ten_thousand_events_logs_the_configured_lines() {
+        const EVENTS: u64 = 10_000;
+        let (limit, clock) = fake(2, 3);
+        let capture = LogCapture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for event in 0..EVENTS {
+                if let Some(suppressed) = limit.check() {
+                    tracing::warn!(suppressed, event, "flood line");
+                }
+                clock.advance(Duration::from_millis(1));
+            }
+        });
+        let text = capture.text();
+        let lines: Vec<(u64, u64)> = text
+            .lines()
+            .filter(|l| l.contains("flood line"))
+            .map(|l| {
+                let field = |key: &str| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(key))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or_else(|| panic!("no {key} in {l}"))
+                };
+                (field("suppressed="), field("event="))
+            })
+            .collect();
+        // Events 0, 1, 2 (the burst), then 500, 1000, ..., 9500.
+        let expected: Vec<u64> = [0, 1, 2]
+            .into_iter()
+            .chain((1..20).map(|k| k * 500))
+            .collect();
+        assert_eq!(
+            lines.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+            expected,
+            "{text}"
+        );
+        // Each line reports exactly the events between it and the previous line.
+        for pair in lines.windows(2) {
+            assert_eq!(pair[1].0, pair[1].1 - pair[0].1 - 1, "{pair:?}");
+        }
+        let logged = lines.len() as u64;
+        let suppressed: u64 = lines.iter().map(|(s, _)| s).sum();
+        let trailing = EVENTS - 1 - lines.last().map_or(0, |(_, e)| *e);
+        assert_eq!(logged + suppressed + trailing, EVENTS);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! 1. kill -9 and restart: operator blocks and allowlist entries, a ban made by the misuse loop
 //!    (with its remaining TTL), an operator-disabled user and quota usage all survive.
-//! 2. Per-user limits (quota, max_connections, max_unique_ips, expires, enabled) enforced
-//!    against the real clients (Telethon, kurigram) through relay to a fake DC.
+//! 2. Per-user limits (quota, max_connections, max_unique_ips, connection_rate, expires,
+//!    enabled) enforced against the real clients (Telethon, kurigram) through relay to a fake
+//!    DC.
 //! 3. SIGHUP adds a user, who is admitted on the existing listener, while a 32 MiB transfer of
 //!    another user continues byte-exact; a broken config on SIGHUP is rejected with its file and
 //!    line, and the running config keeps working.
@@ -948,6 +949,75 @@ fn max_unique_ips_refuses_a_second_address() {
     let erin = user_info(&b.relay, "erin");
     assert_eq!(erin["unique_ips"], 1, "{erin}");
     assert_eq!(rejections(&erin, "max_unique_ips"), 1, "{erin}");
+    b.finish();
+}
+
+/// `connection_rate = "2/h"`: Telethon clients of one user from four addresses, each its own
+/// source, get two connections between them and then refusals with reason `rate`; another
+/// user with the same rate is served, from other addresses. The metric and `users show`
+/// agree on the count.
+#[test]
+fn connection_rate_throttles_a_user_across_addresses() {
+    const TEST: &str = "connection_rate_throttles_a_user_across_addresses";
+    let source = |n: u8| Ipv4Addr::new(127, 0, 0, n);
+    let Some(b) = Bench::start(
+        TEST,
+        true,
+        "",
+        vec![
+            UserSpec::new("ivan", "connection_rate = \"2/h\""),
+            UserSpec::new("judy", "connection_rate = \"2/h\""),
+        ],
+    ) else {
+        return;
+    };
+    for n in [1, 2] {
+        b.expect_echo(&format!("ivan from {}", source(n)), &[16], || {
+            b.telethon_from("ivan", Transport::Randomized, &[16], Some(source(n)))
+        });
+    }
+    for n in [3, 4] {
+        b.expect_refused(&format!("ivan from {}", source(n)), "ivan", "rate", || {
+            b.telethon_from("ivan", Transport::Intermediate, &[16], Some(source(n)))
+        });
+    }
+    for n in [5, 6] {
+        b.expect_echo(&format!("judy from {}", source(n)), &[16], || {
+            b.telethon_from("judy", Transport::Randomized, &[16], Some(source(n)))
+        });
+    }
+    let ivan = user_info(&b.relay, "ivan");
+    assert_eq!(rejections(&ivan, "rate"), 2, "{ivan}");
+    assert_eq!(
+        (
+            ivan["connection_rate"].as_str(),
+            ivan["connection_burst"].as_u64()
+        ),
+        (Some("2/h"), Some(2)),
+        "{ivan}"
+    );
+    let judy = user_info(&b.relay, "judy");
+    assert_eq!(rejections(&judy, "rate"), 0, "{judy}");
+    let table = cli(&b.relay, &["users", "show", "ivan"]).ok();
+    assert!(table.contains("conn rate    2/h (burst 2)\n"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["rate", "2"]),
+        "{table}"
+    );
+    // The exporter copies the counters every second.
+    let metric = |user: &str| {
+        relay_tests::metrics::Metrics::parse(&b.relay.scrape()).sum(
+            "relay_user_rejections_total",
+            &[("user", user), ("reason", "rate")],
+        )
+    };
+    wait_until(Duration::from_secs(5), || {
+        (metric("ivan") == 2.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("relay_user_rejections_total for ivan: {}", metric("ivan")));
+    assert_eq!(metric("judy"), 0.0);
     b.finish();
 }
 

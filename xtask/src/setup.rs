@@ -9,13 +9,15 @@ use crate::cmd::Cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker (which links it dynamically), `ip` for the tests'
 /// network namespaces, sqlite for the unpacked CrowdSec binaries (their only dynamic library
-/// besides libc), openssl for the test certificates of an HTTPS LAPI.
+/// besides libc), openssl for the test certificates of an HTTPS LAPI, shellcheck for the
+/// tests of `scripts/`.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "iproute2",
     "libsqlite3-0",
     "openssl",
+    "shellcheck",
 ];
 
 /// Where the CrowdSec package is unpacked, under the target dir: the tests run a private LAPI

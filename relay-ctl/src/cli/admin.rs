@@ -78,7 +78,10 @@ impl Exit {
     pub fn for_error_kind(kind: ErrorKind) -> Exit {
         match kind {
             ErrorKind::Forbidden => Exit::PermissionDenied,
-            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::Failed => Exit::Failed,
+            ErrorKind::BadRequest
+            | ErrorKind::NotFound
+            | ErrorKind::Failed
+            | ErrorKind::RateLimited => Exit::Failed,
         }
     }
 }

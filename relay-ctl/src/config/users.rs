@@ -1,6 +1,6 @@
 //! `[[users]]`: who may use the relay, with their secrets and limits.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, num::NonZeroU32};
 
 use relay_proto::Secret;
 use serde::Deserialize;
@@ -34,6 +34,12 @@ pub struct User {
     /// No new connections after this time (RFC 3339, e.g. `"2027-01-01T00:00:00Z"`).
     #[serde(default, deserialize_with = "rfc3339")]
     pub expires: Option<std::time::SystemTime>,
+    /// New connections per unit of time from all sources (`"20/s"`); off by default.
+    #[serde(default)]
+    pub connection_rate: Option<crate::rate::Rate>,
+    /// New connections admitted at once under `connection_rate`; default its count.
+    #[serde(default)]
+    pub connection_burst: Option<NonZeroU32>,
 }
 
 /// Checks what serde cannot: names are plain words, and names and secrets are unique.
@@ -59,6 +65,15 @@ pub(super) fn validate(users: &[User]) -> Result<(), SectionError> {
             return Err(SectionError::new(
                 "name",
                 format!("user `{}` is listed twice", user.name),
+            ));
+        }
+        if user.connection_burst.is_some() && user.connection_rate.is_none() {
+            return Err(SectionError::new(
+                "connection_burst",
+                format!(
+                    "user `{}`: connection_burst needs connection_rate",
+                    user.name
+                ),
             ));
         }
         if !secrets.insert(*user.secret.as_bytes()) {
@@ -110,6 +125,33 @@ mod tests {
             "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\nsecret = \"00112233445566778899aabbccddeeff\"\n[[users]]\nname = \"a\"\nsecret = \"ffeeddccbbaa99887766554433221100\"\n",
             4,
             "twice",
+        );
+    }
+
+    #[test]
+    fn connection_rate_parses_with_an_optional_burst() {
+        use crate::relay::accounts::Limits;
+        const USER: &str = "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\nsecret = \"00112233445566778899aabbccddeeff\"\n";
+        let limits = |text: &str| Limits::from(&parse(text).expect("valid").users[0]);
+        assert_eq!(limits(USER).connection_rate, None, "off by default");
+        let rate = limits(&format!(
+            "{USER}connection_rate = \"20/s\"\nconnection_burst = 40\n"
+        ))
+        .connection_rate
+        .expect("rate");
+        assert_eq!(
+            (rate.rate.to_string(), rate.burst()),
+            ("20/s".to_owned(), 40)
+        );
+        let default_burst = limits(&format!("{USER}connection_rate = \"5/m\"\n"))
+            .connection_rate
+            .expect("rate");
+        assert_eq!(default_burst.burst(), 5);
+        expect_invalid(&format!("{USER}connection_rate = \"fast\"\n"), 6, "fast");
+        expect_invalid(
+            &format!("{USER}connection_burst = 3\n"),
+            6,
+            "needs connection_rate",
         );
     }
 }

@@ -172,6 +172,8 @@ pub enum ErrorKind {
     Failed,
     /// The caller's admin role does not allow it (a read-only caller asked for a change).
     Forbidden,
+    /// The caller sent requests faster than the admin socket's per-caller rate; retry shortly.
+    RateLimited,
 }
 
 /// Payload of a successful response.
@@ -304,6 +306,12 @@ pub struct UserInfo {
     /// Unique address limit, if any.
     #[serde(default)]
     pub max_unique_ips: Option<u64>,
+    /// New-connection rate (`20/s`), if any.
+    #[serde(default)]
+    pub connection_rate: Option<String>,
+    /// New connections admitted at once under `connection_rate`.
+    #[serde(default)]
+    pub connection_burst: Option<u32>,
     /// Connections refused by a limit, by reason.
     #[serde(default)]
     pub rejections: BTreeMap<String, u64>,

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod netset;
+pub mod peer_rate;
 pub mod replay_store;
 pub mod roles;
 pub mod server;
@@ -21,4 +22,8 @@ pub trait Handler: Send + Sync + 'static {
     /// Called for each request refused because the caller's role does not allow it (for
     /// counters); the server has already answered and logged it.
     fn refused(&self) {}
+
+    /// Called for each request refused because its caller is over the per-caller rate (for
+    /// counters); the server has already answered it.
+    fn rate_limited(&self) {}
 }

@@ -2,7 +2,8 @@
 //! by `SO_PEERCRED`, every change written to the audit log (target `relay::audit`).
 //!
 //! Each caller gets a role ([`super::roles`]) from its credentials; a request its role does
-//! not allow is refused, logged and counted without reaching the handler.
+//! not allow is refused, logged and counted without reaching the handler, and so is one past
+//! the caller's request rate ([`super::peer_rate`]).
 //!
 //! The socket is created race-free with its final permissions: it is bound inside a fresh
 //! private (0700) directory next to the final path, given its mode and group there, and then
@@ -30,6 +31,7 @@ use tokio::{
 use super::{
     Handler,
     api::{ErrorKind, Reply, Request, Response},
+    peer_rate::{PeerRate, REQUESTS_PER_SEC},
     roles::{Peer, RefusalLog, Roles, peer_groups, refusal},
 };
 use crate::config::Admin;
@@ -340,6 +342,7 @@ impl Drop for Staging {
 async fn accept_loop<H: Handler>(listener: UnixListener, handler: Arc<H>, roles: Arc<Roles>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(RefusalLog::default());
+    let rate = Arc::new(PeerRate::default());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -347,7 +350,11 @@ async fn accept_loop<H: Handler>(listener: UnixListener, handler: Arc<H>, roles:
                 Ok((stream, _)) => {
                     let slot = slots.clone().try_acquire_owned();
                     let handler = handler.clone();
-                    let gate = Gate { roles: roles.clone(), refusals: refusals.clone() };
+                    let gate = Gate {
+                        roles: roles.clone(),
+                        refusals: refusals.clone(),
+                        rate: rate.clone(),
+                    };
                     connections.spawn(async move {
                         match slot {
                             Ok(_slot) => serve_connection(stream, handler, gate).await,
@@ -415,16 +422,23 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate:
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let response = match serde_json::from_slice::<Request>(&line) {
-            Ok(request) if role.allows(request.access()) => answer(&*handler, request, uid).await,
-            Ok(request) => {
-                handler.refused();
-                gate.refusals.log(uid, role, &request);
-                refusal(role, &request, uid, &gate.roles)
-            }
-            Err(e) => {
-                tracing::debug!(uid, "admin socket: malformed request: {e}");
-                error(ErrorKind::BadRequest, format!("malformed request: {e}"))
+        // Before parsing: a caller over its rate costs no more than reading its line.
+        let response = if !gate.rate.allows(uid) {
+            rate_limited(&*handler, uid)
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(request) if role.allows(request.access()) => {
+                    answer(&*handler, request, uid).await
+                }
+                Ok(request) => {
+                    handler.refused();
+                    gate.refusals.log(uid, role, &request);
+                    refusal(role, &request, uid, &gate.roles)
+                }
+                Err(e) => {
+                    tracing::debug!(uid, "admin socket: malformed request: {e}");
+                    error(ErrorKind::BadRequest, format!("malformed request: {e}"))
+                }
             }
         };
         if write_response(&mut write, &response).await.is_err() {
@@ -433,11 +447,28 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate:
     }
 }
 
+/// The answer to a request past its caller's rate, counted and (rate-limited) logged.
+fn rate_limited<H: Handler>(handler: &H, uid: u32) -> Response {
+    handler.rate_limited();
+    crate::warn_limited!(
+        (1, 5),
+        uid,
+        "admin socket: caller over {REQUESTS_PER_SEC} requests a second, refused"
+    );
+    error(
+        ErrorKind::RateLimited,
+        format!(
+            "uid {uid} sent more than {REQUESTS_PER_SEC} admin requests a second; retry shortly"
+        ),
+    )
+}
+
 /// What each connection needs to decide and log refusals.
 #[derive(Clone)]
 struct Gate {
     roles: Arc<Roles>,
     refusals: Arc<RefusalLog>,
+    rate: Arc<PeerRate>,
 }
 
 /// Runs one request through the handler, auditing it if it changes anything.

@@ -1,10 +1,12 @@
 //! Per-user accounting and limits: concurrent connections, distinct client addresses over a
-//! window, a byte quota (both directions, persisted), an expiry date, and an enable switch
-//! (config and operator). Accounts outlive config reloads; only their limits change.
+//! window, a new-connection rate, a byte quota (both directions, persisted), an expiry date,
+//! and an enable switch (config and operator). Accounts outlive config reloads; only their
+//! limits change.
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    num::NonZeroU32,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -12,7 +14,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{admission::keys::SourceKey, config};
+use governor::DefaultDirectRateLimiter;
+
+use crate::{admission::keys::SourceKey, config, rate::Rate};
 
 /// Limits of one user, from the config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +31,24 @@ pub struct Limits {
     pub quota: Option<u64>,
     /// No new connections after this instant.
     pub expires: Option<SystemTime>,
+    /// New connections admitted per unit of time, whatever their source.
+    pub connection_rate: Option<ConnectionRate>,
+}
+
+/// A user's new-connection rate: `burst` at once (default: the rate's count), then `rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRate {
+    /// Sustained rate.
+    pub rate: Rate,
+    /// Connections admitted at once.
+    pub burst: Option<NonZeroU32>,
+}
+
+impl ConnectionRate {
+    /// The burst in force.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.rate.count).get()
+    }
 }
 
 impl From<&config::User> for Limits {
@@ -38,6 +60,10 @@ impl From<&config::User> for Limits {
             max_unique_ips: user.max_unique_ips,
             quota: user.quota,
             expires: user.expires,
+            connection_rate: user.connection_rate.map(|rate| ConnectionRate {
+                rate,
+                burst: user.connection_burst,
+            }),
         }
     }
 }
@@ -55,16 +81,19 @@ pub enum Rejection {
     MaxConnections,
     /// Too many distinct addresses in the window.
     MaxUniqueIps,
+    /// Over its new-connection rate.
+    Rate,
 }
 
 impl Rejection {
     /// Every reason.
-    pub const ALL: [Rejection; 5] = [
+    pub const ALL: [Rejection; 6] = [
         Rejection::Disabled,
         Rejection::Expired,
         Rejection::Quota,
         Rejection::MaxConnections,
         Rejection::MaxUniqueIps,
+        Rejection::Rate,
     ];
 
     /// Stable snake_case name.
@@ -75,6 +104,7 @@ impl Rejection {
             Rejection::Quota => "quota",
             Rejection::MaxConnections => "max_connections",
             Rejection::MaxUniqueIps => "max_unique_ips",
+            Rejection::Rate => "rate",
         }
     }
 }
@@ -92,6 +122,8 @@ pub struct Account {
     /// Client addresses within the unique-IP window, IPv6 per /64: one host's privacy
     /// addresses are one address, and a holder of a /64 cannot take a slot per address.
     recent_ips: Mutex<HashMap<SourceKey, Instant>>,
+    /// The user's `connection_rate` (one limiter per user, shared by all its sources).
+    rate: RwLock<Option<DefaultDirectRateLimiter>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -99,6 +131,7 @@ impl Account {
     fn new(name: &str, limits: Limits) -> Account {
         Account {
             name: name.to_owned(),
+            rate: RwLock::new(limits.connection_rate.map(limiter)),
             limits: RwLock::new(limits),
             operator_disabled: AtomicBool::new(false),
             active: AtomicU64::new(0),
@@ -153,6 +186,13 @@ impl Account {
     ) -> Result<(), Rejection> {
         if let Some(rejection) = self.blocked(wall) {
             return Err(rejection);
+        }
+        // Before the slots: a connection over the rate takes neither.
+        if read(&self.rate)
+            .as_ref()
+            .is_some_and(|limiter| limiter.check().is_err())
+        {
+            return Err(Rejection::Rate);
         }
         let limits = self.limits();
         // The connection slot first: a refused connection must not take an address slot.
@@ -300,7 +340,14 @@ impl Accounts {
         let account = map
             .entry(name.to_owned())
             .or_insert_with(|| Arc::new(Account::new(name, limits.clone())));
-        *account.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+        let mut current = account.limits.write().unwrap_or_else(|e| e.into_inner());
+        // A changed rate starts afresh; an unchanged one keeps its state across reloads.
+        if current.connection_rate != limits.connection_rate {
+            *account.rate.write().unwrap_or_else(|e| e.into_inner()) =
+                limits.connection_rate.map(limiter);
+        }
+        *current = limits;
+        drop(current);
         account.clone()
     }
 
@@ -322,6 +369,10 @@ impl Accounts {
     pub fn all(&self) -> Vec<Arc<Account>> {
         read(&self.by_name).values().cloned().collect()
     }
+}
+
+fn limiter(rate: ConnectionRate) -> DefaultDirectRateLimiter {
+    DefaultDirectRateLimiter::direct(rate.rate.quota(rate.burst))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -483,6 +534,54 @@ mod tests {
         );
         c.set_operator_disabled(false);
         assert!(c.admit(ip(1), now, wall, WINDOW).is_ok());
+    }
+
+    /// Three new connections at once, then one every 20 minutes at `3/h`; another user's rate
+    /// is its own, and a reload that keeps the rate keeps its state.
+    #[test]
+    fn connection_rate_is_per_user_whatever_the_source() {
+        let accounts = Accounts::default();
+        let rated = Limits {
+            connection_rate: Some(ConnectionRate {
+                rate: "3/h".parse().expect("rate"),
+                burst: None,
+            }),
+            ..Limits::default()
+        };
+        let a = accounts.upsert("alice", rated.clone());
+        let b = accounts.upsert("bob", rated.clone());
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for n in 1..=3 {
+            assert!(a.admit(ip(n), now, wall, WINDOW).is_ok(), "burst {n}");
+        }
+        for n in 4..=10 {
+            assert_eq!(
+                a.admit(ip(n), now, wall, WINDOW).map(|_| ()),
+                Err(Rejection::Rate),
+                "from a new address {n}"
+            );
+        }
+        assert!(b.admit(ip(1), now, wall, WINDOW).is_ok(), "bob has his own");
+        let usage = a.usage(now, WINDOW);
+        assert_eq!(usage.rejections["rate"], 7);
+        assert_eq!(usage.active_connections, 0, "refusals take no slot");
+        accounts.upsert("alice", rated);
+        assert_eq!(
+            a.admit(ip(1), now, wall, WINDOW).map(|_| ()),
+            Err(Rejection::Rate),
+            "an unchanged rate is not reset by a reload"
+        );
+        accounts.upsert(
+            "alice",
+            Limits {
+                connection_rate: Some(ConnectionRate {
+                    rate: "3/h".parse().expect("rate"),
+                    burst: NonZeroU32::new(5),
+                }),
+                ..Limits::default()
+            },
+        );
+        assert!(a.admit(ip(1), now, wall, WINDOW).is_ok(), "a new burst");
     }
 
     #[test]

@@ -278,6 +278,12 @@ metrics! {
         json: Some("admin_refused"),
         help: "Admin requests refused because the caller's role does not allow them.",
     }
+    /// Admin requests refused for the caller's request rate.
+    AdminRateLimited {
+        name: "relay_admin_rate_limited_total",
+        json: Some("admin_rate_limited"),
+        help: "Admin requests refused because their caller (uid) was over the per-caller request rate.",
+    }
     /// The running version.
     BuildInfo {
         name: "relay_build_info",

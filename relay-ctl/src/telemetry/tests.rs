@@ -73,6 +73,8 @@ fn sample() -> Stats {
         expires: None,
         max_connections: None,
         max_unique_ips: None,
+        connection_rate: None,
+        connection_burst: None,
         rejections: BTreeMap::from([("quota".to_owned(), 3)]),
     });
     s
@@ -166,6 +168,7 @@ fn every_metric_is_exported_with_its_labels() {
         "relay_user_bytes_total{user=\"alice\",direction=\"dc_to_client\"} 20",
         "relay_user_rejections_total{user=\"alice\",reason=\"quota\"} 3",
         "relay_user_rejections_total{user=\"alice\",reason=\"expired\"} 0",
+        "relay_user_rejections_total{user=\"alice\",reason=\"rate\"} 0",
         "relay_bans_total{reason=\"replay\"} 1",
         "relay_bans_total{reason=\"bad_secret\"} 0",
         "relay_blocklist_entries{source=\"operator\"} 0",

@@ -139,6 +139,14 @@ pub fn users(list: &[UserInfo]) -> String {
     t.render()
 }
 
+fn connection_rate(u: &UserInfo) -> String {
+    match (&u.connection_rate, u.connection_burst) {
+        (Some(rate), Some(burst)) => format!("{rate} (burst {burst})"),
+        (Some(rate), None) => rate.clone(),
+        (None, _) => "none".to_owned(),
+    }
+}
+
 /// One user, field by field.
 pub fn user_detail(u: &UserInfo) -> String {
     let limit = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
@@ -157,6 +165,7 @@ pub fn user_detail(u: &UserInfo) -> String {
             "unique ips",
             format!("{} (limit {})", u.unique_ips, limit(u.max_unique_ips)),
         ),
+        ("conn rate", connection_rate(u)),
         ("bytes up", bytes(u.bytes_up)),
         ("bytes down", bytes(u.bytes_down)),
         (
@@ -439,6 +448,8 @@ mod tests {
             expires: None,
             max_connections: Some(10),
             max_unique_ips: None,
+            connection_rate: None,
+            connection_burst: None,
             rejections: BTreeMap::new(),
         }
     }
@@ -570,6 +581,14 @@ bob    disabled (quota exhausted)  2/10   1    1.5 KiB  10.0 MiB  10.0 MiB/1.0 G
             "{detail}"
         );
         assert!(detail.contains("unique ips   1 (limit none)\n"), "{detail}");
+        assert!(detail.contains("conn rate    none\n"), "{detail}");
+        bob.connection_rate = Some("20/s".into());
+        bob.connection_burst = Some(40);
+        let detail = user_detail(&bob);
+        assert!(
+            detail.contains("conn rate    20/s (burst 40)\n"),
+            "{detail}"
+        );
         assert!(
             detail.contains("REJECTED BY  COUNT\nquota        3\n"),
             "{detail}"
