@@ -10,7 +10,7 @@ use relay_common::Verdict;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    capacity::Slot,
+    admission::capacity::Slot,
     clock::monotonic_ns,
     daemon::Daemon,
     relay::{
@@ -67,7 +67,7 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<std::net::TcpL
     Ok(socket.into())
 }
 
-/// Accepts on `listener` forever, checking each connection against the shield: dropped
+/// Accepts on `listener` forever, checking each connection against the admission: dropped
 /// verdicts are reset, front-banned sources fronted, the rest served.
 pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
     loop {
@@ -80,8 +80,8 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        // Not through the shield's lock: a bulk CrowdSec load holds it for writing.
-        let verdict = daemon.admission.admit(peer.ip(), monotonic_ns());
+        // Not through the admission's lock: a bulk CrowdSec load holds it for writing.
+        let verdict = daemon.accept_check.admit(peer.ip(), monotonic_ns());
         if verdict.drops() {
             tracing::debug!(
                 peer = %crate::privacy::addr(peer),

@@ -1,6 +1,7 @@
-//! The maps and the decision: allowlist, bans, blocked CIDRs, then the new-connection limiter.
-//! A drop-ban drops everything; a front-ban passes the source's traffic (userspace fronts its
-//! connections) and gives its bare SYNs a small budget of their own.
+//! The maps, and the decision over them: allowlist, bans, blocked CIDRs, then the
+//! new-connection limiter, in the order of [`relay_common::decide`], which the userspace gate
+//! shares. A drop-ban drops everything; a front-ban passes the source's traffic (userspace
+//! fronts its connections) and gives its bare SYNs a small budget of their own.
 
 use aya_ebpf::{
     EbpfContext,
@@ -11,7 +12,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use relay_common::{
-    BanEntry, StateBudget, TokenBucket, Verdict, XdpConfig,
+    BanEntry, Budget, Lookups, Room, StateBudget, TokenBucket, Verdict, XdpConfig,
     maps::{
         MAX_ALLOW_ENTRIES, MAX_BANS, MAX_BLOCK_ENTRIES, MAX_LIMITER_ENTRIES, MAX_LISTEN_PORTS,
         MAX_UNRATED_ENTRIES, V6_LIMIT_PREFIX_BYTES,
@@ -116,7 +117,8 @@ fn mark<K>(marks: &HashMap<K, u64>, key: &K, now: u64) -> bool {
     marks.insert(key, now, 0).is_ok()
 }
 
-/// Decides the fate of a TCP segment.
+/// Decides the fate of a TCP segment: the listen-port check here, then the decision order
+/// shared with userspace ([`relay_common::decide`]) over this source's map entries.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
     if LISTEN_PORTS.get_ptr(segment.dst_port).is_none() {
@@ -128,60 +130,34 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
     let bare_syn = segment.syn && !segment.ack;
     match &segment.source {
         Source::V4(addr) => {
-            if ALLOW_V4.get(Key::new(32, *addr)).is_some() {
-                return Verdict::Allowlisted;
-            }
-            if let Some(ban) = BANS_V4.get_ptr(addr) {
-                // SAFETY: a pointer into the map value; a concurrent delete at worst yields a
-                // stale entry for this one packet.
-                let ban = unsafe { *ban };
-                if ban.active_at(now()) {
-                    if !ban.fronts() {
-                        return Verdict::Banned;
-                    }
-                    // A blocked CIDR drops a front-banned source all the same.
-                    if BLOCK_V4.get(Key::new(32, *addr)).is_some() {
-                        return Verdict::BlockedCidr;
-                    }
-                    return front_banned(bare_syn, &BAN_SYN_V4, addr, config);
-                }
-            }
-            if BLOCK_V4.get(Key::new(32, *addr)).is_some() {
-                return Verdict::BlockedCidr;
-            }
-            if bare_syn && config.syn_limit_enabled() {
-                return limit(ctx, &SYN_V4, addr, config);
-            }
+            let mut lookups = MapLookups {
+                ctx,
+                prefix: Key::new(32, *addr),
+                key: *addr,
+                allow: &ALLOW_V4,
+                block: &BLOCK_V4,
+                bans: &BANS_V4,
+                syn: &SYN_V4,
+                banned_syn: &BAN_SYN_V4,
+            };
+            relay_common::decide(&mut lookups, bare_syn, Some(config))
         }
         Source::V6(addr) => {
-            if ALLOW_V6.get(Key::new(128, *addr)).is_some() {
-                return Verdict::Allowlisted;
-            }
             let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
             prefix.copy_from_slice(&addr[..V6_LIMIT_PREFIX_BYTES]);
-            if let Some(ban) = BANS_V6.get_ptr(&prefix) {
-                // SAFETY: as above.
-                let ban = unsafe { *ban };
-                if ban.active_at(now()) {
-                    if !ban.fronts() {
-                        return Verdict::Banned;
-                    }
-                    // A blocked CIDR drops a front-banned source all the same.
-                    if BLOCK_V6.get(Key::new(128, *addr)).is_some() {
-                        return Verdict::BlockedCidr;
-                    }
-                    return front_banned(bare_syn, &BAN_SYN_V6, &prefix, config);
-                }
-            }
-            if BLOCK_V6.get(Key::new(128, *addr)).is_some() {
-                return Verdict::BlockedCidr;
-            }
-            if bare_syn && config.syn_limit_enabled() {
-                return limit(ctx, &SYN_V6, &prefix, config);
-            }
+            let mut lookups = MapLookups {
+                ctx,
+                prefix: Key::new(128, *addr),
+                key: prefix,
+                allow: &ALLOW_V6,
+                block: &BLOCK_V6,
+                bans: &BANS_V6,
+                syn: &SYN_V6,
+                banned_syn: &BAN_SYN_V6,
+            };
+            relay_common::decide(&mut lookups, bare_syn, Some(config))
         }
     }
-    Verdict::Passed
 }
 
 #[inline(always)]
@@ -190,73 +166,82 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A front-banned source: everything passes but bare SYNs over its banned budget.
-#[inline(always)]
-fn front_banned<K>(
-    bare_syn: bool,
-    buckets: &LruHashMap<K, TokenBucket>,
-    key: &K,
-    config: &XdpConfig,
-) -> Verdict {
-    if !bare_syn {
-        return Verdict::BannedFronted;
-    }
-    let now = now();
-    let admitted = match buckets.get_ptr_mut(key) {
-        // SAFETY: a pointer into the shared LRU value; a race spends a token twice at worst.
-        Some(bucket) => unsafe {
-            (*bucket).try_take(now, config.banned_syn_rate_per_sec, config.banned_syn_burst)
-        },
-        None => {
-            let bucket = TokenBucket::first_event(now, config.banned_syn_burst);
-            let _ = buckets.insert(key, bucket, BPF_NOEXIST as u64);
-            true
-        }
-    };
-    if admitted {
-        Verdict::BannedFronted
-    } else {
-        Verdict::BannedSynLimited
-    }
+/// One source's entries in the maps of its address family: `A` is the full address (the
+/// tries' key), `K` the ban and limiter key (IPv4 address, IPv6 /64).
+struct MapLookups<'a, C, A: 'static, K: 'static> {
+    ctx: &'a C,
+    prefix: Key<A>,
+    key: K,
+    allow: &'static LpmTrie<A, u8>,
+    block: &'static LpmTrie<A, u8>,
+    bans: &'static HashMap<K, BanEntry>,
+    syn: &'static LruHashMap<K, TokenBucket>,
+    banned_syn: &'static LruHashMap<K, TokenBucket>,
 }
 
-/// Spends one of the source's tokens, creating its bucket within the per-CPU state budget.
-#[inline(always)]
-fn limit<C: EbpfContext, K>(
-    ctx: &C,
-    buckets: &LruHashMap<K, TokenBucket>,
-    key: &K,
-    config: &XdpConfig,
-) -> Verdict {
-    let now = now();
-    if let Some(bucket) = buckets.get_ptr_mut(key) {
+impl<C: EbpfContext, A, K> Lookups for MapLookups<'_, C, A, K> {
+    #[inline(always)]
+    fn now_ns(&mut self) -> u64 {
+        now()
+    }
+
+    #[inline(always)]
+    fn allowlisted(&mut self) -> bool {
+        self.allow.get(&self.prefix).is_some()
+    }
+
+    #[inline(always)]
+    fn ban(&mut self) -> Option<BanEntry> {
+        // SAFETY: a pointer into the map value; a concurrent delete at worst yields a stale
+        // entry for this one packet.
+        self.bans.get_ptr(&self.key).map(|ban| unsafe { *ban })
+    }
+
+    #[inline(always)]
+    fn blocked(&mut self) -> bool {
+        self.block.get(&self.prefix).is_some()
+    }
+
+    #[inline(always)]
+    fn bucket(&mut self, budget: Budget) -> Option<&mut TokenBucket> {
+        let buckets = match budget {
+            Budget::Syn => self.syn,
+            Budget::Banned => self.banned_syn,
+        };
         // SAFETY: a pointer into the shared LRU value. Two CPUs racing on one source may both
         // spend the last token; for a SYN limit that is harmless.
-        let admitted =
-            unsafe { (*bucket).try_take(now, config.syn_rate_per_sec, config.syn_burst) };
-        return if admitted {
-            Verdict::Passed
-        } else {
-            Verdict::SynRateLimited
-        };
+        buckets
+            .get_ptr_mut(&self.key)
+            .map(|bucket| unsafe { &mut *bucket })
     }
-    let Some(budget) = STATE_BUDGET.get_ptr_mut(0) else {
-        return Verdict::Passed;
-    };
-    // SAFETY: per-CPU slot, not preempted.
-    let budget = unsafe { &mut *budget };
-    if !budget.try_create(now, config.new_state_per_cpu_per_sec) {
+
+    #[inline(always)]
+    fn insert_bucket(&mut self, budget: Budget, bucket: TokenBucket) {
+        let buckets = match budget {
+            Budget::Syn => self.syn,
+            Budget::Banned => self.banned_syn,
+        };
+        // Another CPU may have inserted the same source meanwhile; its bucket wins.
+        let _ = buckets.insert(&self.key, bucket, BPF_NOEXIST as u64);
+    }
+
+    #[inline(always)]
+    fn room(&mut self, now_ns: u64, per_sec: u32) -> Room {
+        let Some(budget) = STATE_BUDGET.get_ptr_mut(0) else {
+            return Room::Unknown;
+        };
+        // SAFETY: per-CPU slot, not preempted.
+        let budget = unsafe { &mut *budget };
+        if budget.try_create(now_ns, per_sec) {
+            return Room::Granted;
+        }
         if budget.suppressed == 1 {
             warn!(
-                ctx,
+                self.ctx,
                 "new-connection state budget of {} per second spent on this CPU: unknown sources pass without limiter state until the window ends",
-                config.new_state_per_cpu_per_sec
+                per_sec
             );
         }
-        return Verdict::StateSuppressed;
+        Room::Refused
     }
-    let bucket = TokenBucket::first_event(now, config.syn_burst);
-    // Another CPU may have inserted the same source meanwhile; its bucket wins.
-    let _ = buckets.insert(key, bucket, BPF_NOEXIST as u64);
-    Verdict::Passed
 }

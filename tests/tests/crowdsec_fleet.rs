@@ -656,7 +656,7 @@ fn fleet_shares_bans_through_crowdsec() {
                     Err(e) => failures.push(format!("established: {e}")),
                 }
                 if round.is_multiple_of(10) {
-                    // A new connection goes through accept, which reads the shield the load writes.
+                    // A new connection goes through accept, which reads the admission the load writes.
                     let started = Instant::now();
                     match session(BYSTANDER, RELAY_B).and_then(|mut c| echo(&mut c, round)) {
                         Ok(_) => fresh.push((Instant::now(), started.elapsed())),
@@ -720,7 +720,7 @@ fn fleet_shares_bans_through_crowdsec() {
         .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .max();
     eprintln!(
-        "MEASURED relay B longest shield write-lock hold while loading: {longest_lock_us:?} us"
+        "MEASURED relay B longest admission write-lock hold while loading: {longest_lock_us:?} us"
     );
     assert!(
         failures.is_empty(),

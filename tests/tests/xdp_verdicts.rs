@@ -1528,10 +1528,10 @@ fn the_userspace_gate_decides_as_the_kernel_does() {
     }
     let config = FRONT_CONFIG;
     let mut fx = Fixture::new(config);
-    let gate = relay_ctl::gate::Gate::default();
+    let gate = relay_ctl::admission::Gate::default();
     gate.set_config(config);
-    let mut block = relay_ctl::prefix_set::PrefixSet::default();
-    let mut allow = relay_ctl::prefix_set::PrefixSet::default();
+    let mut block = relay_ctl::admission::prefix_set::PrefixSet::default();
+    let mut allow = relay_ctl::admission::prefix_set::PrefixSet::default();
     for text in ["198.51.100.128/26", "2001:db8:0:9::/64"] {
         fx.block(text);
         block.insert(text.parse::<relay_ctl::config::Cidr>().expect("CIDR").0);

@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    admission::{Admission, Enforcement},
     config::{Config, XdpMode},
     daemon::Daemon,
     listener, privilege,
-    shield::{Enforcement, Shield},
     state_dir::StateDir,
     xdp::{self, XdpError, XdpProgram, pin::PinDir},
 };
@@ -40,7 +40,7 @@ struct Started {
     config: Config,
     /// Per relay thread, its copy of every listening socket.
     listeners: Vec<Vec<std::net::TcpListener>>,
-    shield: Shield,
+    admission: Admission,
     logger: Option<xdp::Logger>,
     crowdsec: Option<crate::crowdsec::Credentials>,
     /// `[state] dir`, opened and checked before anything else started.
@@ -85,11 +85,11 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
     let listeners = listener::bind(&config.server.listen, relay_thread_count())?;
 
     let (enforcement, logger) = start_xdp(&config)?;
-    let mut shield = Shield::new(enforcement);
-    shield
+    let mut admission = Admission::new(enforcement);
+    admission
         .apply(&config)
         .context("writing configuration and lists into the enforcement maps")?;
-    match shield.enforcement() {
+    match admission.enforcement() {
         Enforcement::Kernel(program) => {
             for (interface, mode) in program.attachments() {
                 tracing::info!(interface, %mode, "XDP attached");
@@ -126,7 +126,7 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
     Ok(Started {
         config,
         listeners,
-        shield,
+        admission,
         logger,
         crowdsec,
         state,
@@ -142,15 +142,15 @@ async fn serve(
     let Started {
         config,
         listeners,
-        shield,
+        admission,
         logger,
         crowdsec,
         state,
     } = started;
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
     let admin = config.admin.clone();
-    let daemon = Daemon::start(config_path.map(Path::to_owned), config, shield, state).await?;
-    let stale = daemon.shield.write().await.drop_stale_kernel_entries();
+    let daemon = Daemon::start(config_path.map(Path::to_owned), config, admission, state).await?;
+    let stale = daemon.admission.write().await.drop_stale_kernel_entries();
     if stale > 0 {
         tracing::info!(
             stale,
@@ -172,7 +172,7 @@ async fn serve(
         (Some(credentials), Some(settings)) => Some(crate::crowdsec::start(
             settings,
             credentials,
-            daemon.shield.clone(),
+            daemon.admission.clone(),
             &daemon.misuse,
             daemon.crowdsec.clone(),
         )?),
@@ -201,7 +201,7 @@ async fn serve(
     }
     // Handlers before `ready`: a signal sent once the line is seen must not kill the process.
     let mut signals = UnixSignals::install()?;
-    tracing::info!(enforcement = %daemon.shield.read().await.enforcement(), "ready");
+    tracing::info!(enforcement = %daemon.admission.read().await.enforcement(), "ready");
 
     signals.serve(&daemon).await;
     // Stop accepting: dropping the listeners makes the kernel refuse new connections.
@@ -216,7 +216,7 @@ async fn serve(
     }
     drop(admin_server);
     daemon.save_state_at_exit().await;
-    daemon.shield.write().await.shutdown();
+    daemon.admission.write().await.shutdown();
     if let Some(task) = log_task {
         task.abort();
     }

@@ -23,9 +23,12 @@ use super::{
     decisions::{Change, Decisions, Limits},
     rejects::RejectLog,
 };
-use crate::{clock::monotonic_ns, shield::Shield};
+use crate::{
+    admission::{Admission, DecisionChange},
+    clock::monotonic_ns,
+};
 
-/// Changes written to the shield per write lock: short enough that accepts waiting for the
+/// Changes written to the admission per write lock: short enough that accepts waiting for the
 /// lock are not held up noticeably while 100,000 decisions load.
 pub const CHUNK: usize = 256;
 
@@ -75,7 +78,7 @@ impl PullError {
 /// Runs forever (the task is aborted at shutdown).
 pub async fn run(
     lapi: Arc<Lapi>,
-    shield: Arc<RwLock<Shield>>,
+    admission: Arc<RwLock<Admission>>,
     status: Arc<Status>,
     settings: Settings,
 ) {
@@ -123,7 +126,7 @@ pub async fn run(
                     }
                 }
                 let changed = batch.changes.len();
-                let lock_held = write(&shield, batch.changes).await;
+                let lock_held = write(&admission, batch.changes).await;
                 if status.pulled(true) || first {
                     tracing::info!(
                         decisions = decisions.len(),
@@ -185,7 +188,7 @@ pub async fn run(
         first = false;
         let ended = decisions.expire(monotonic_ns());
         if !ended.is_empty() {
-            write(&shield, ended).await;
+            write(&admission, ended).await;
         }
         status.set_decisions(decisions.by_origin());
         tokio::time::sleep(wait(settings.poll_interval, failures)).await;
@@ -212,14 +215,15 @@ async fn pull(lapi: &Lapi, startup: bool, settings: &Settings) -> Result<Stream,
         .await??)
 }
 
-/// Writes `changes` into the shield [`CHUNK`] at a time, letting other tasks take the lock
+/// Writes `changes` into the admission [`CHUNK`] at a time, letting other tasks take the lock
 /// in between. Returns the longest time the write lock was held.
-pub async fn write(shield: &RwLock<Shield>, changes: Vec<Change>) -> Duration {
+pub async fn write(admission: &RwLock<Admission>, changes: Vec<Change>) -> Duration {
     let mut failed = 0usize;
     let mut first_error = None;
     let mut longest = Duration::ZERO;
+    let changes: Vec<DecisionChange> = changes.into_iter().map(DecisionChange::from).collect();
     for chunk in changes.chunks(CHUNK) {
-        let mut guard = shield.write().await;
+        let mut guard = admission.write().await;
         let held = Instant::now();
         let (n, error) = guard.apply_crowdsec(chunk);
         drop(guard);
@@ -244,20 +248,20 @@ mod tests {
 
     use super::*;
     use crate::{
+        admission::Enforcement,
         crowdsec::{
             client::Client,
             scripted_lapi::{endless_lapi, scripted_lapi},
         },
-        shield::Enforcement,
     };
 
     /// Runs the poll loop (20 ms interval) against a scripted LAPI until it has made
-    /// `requests` requests (or 4 s passed); returns the request heads, the shield and status.
+    /// `requests` requests (or 4 s passed); returns the request heads, the admission and status.
     async fn poll_scripted(
         script: Vec<(u16, &'static str)>,
         origins: Vec<String>,
         requests: usize,
-    ) -> (Vec<String>, Arc<RwLock<Shield>>, Arc<Status>) {
+    ) -> (Vec<String>, Arc<RwLock<Admission>>, Arc<Status>) {
         let settings = Settings {
             origins,
             ..settings()
@@ -282,15 +286,15 @@ mod tests {
         script: Vec<(u16, &'static str)>,
         settings: Settings,
         requests: usize,
-    ) -> (Vec<String>, Arc<RwLock<Shield>>, Arc<Status>) {
+    ) -> (Vec<String>, Arc<RwLock<Admission>>, Arc<Status>) {
         let (url, seen) = scripted_lapi(script).await;
         let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
         let lapi = Arc::new(Lapi::new(client, "key".into(), None));
-        let shield = Arc::new(RwLock::new(Shield::new(Enforcement::Userspace {
+        let admission = Arc::new(RwLock::new(Admission::new(Enforcement::Userspace {
             reason: "test".into(),
         })));
         let status = Arc::new(Status::new(true));
-        let task = tokio::spawn(run(lapi, shield.clone(), status.clone(), settings));
+        let task = tokio::spawn(run(lapi, admission.clone(), status.clone(), settings));
         for _ in 0..200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             if seen.lock().expect("seen").len() >= requests {
@@ -304,7 +308,7 @@ mod tests {
             .iter()
             .map(|r| r.lines().next().unwrap_or("").to_owned())
             .collect();
-        (heads, shield, status)
+        (heads, admission, status)
     }
 
     #[tokio::test]
@@ -322,7 +326,7 @@ mod tests {
                 r#"{"new":[{"duration":"1h","origin":"cscli","scenario":"t","scope":"Ip","type":"ban","value":"198.18.1.5"}],"deleted":null}"#,
             ),
         ];
-        let (requests, shield, status) =
+        let (requests, admission, status) =
             poll_scripted(script, vec!["cscli".into(), "CAPI".into()], 6).await;
         assert!(requests.len() >= 6, "the loop kept polling: {requests:?}");
         assert!(
@@ -336,10 +340,10 @@ mod tests {
         assert!(requests[2].contains("startup=true"), "{requests:?}");
         assert!(requests[3].contains("startup=true"), "{requests:?}");
         assert!(requests[4].contains("startup=false"), "{requests:?}");
-        let shield = shield.read().await;
-        assert_eq!(verdict(&shield, "198.18.1.5"), Verdict::Banned);
+        let admission = admission.read().await;
+        assert_eq!(verdict(&admission, "198.18.1.5"), Verdict::Banned);
         // The full pull after the failures no longer had the range: it went.
-        assert_eq!(verdict(&shield, "198.18.2.9"), Verdict::Passed);
+        assert_eq!(verdict(&admission, "198.18.2.9"), Verdict::Passed);
         let snapshot = status.snapshot().expect("enabled");
         assert!(snapshot.up);
         assert_eq!(snapshot.pull_failures, 2);
@@ -373,8 +377,8 @@ mod tests {
         assert_eq!(startups[..6], [true, false, false, false, true, false]);
     }
 
-    fn verdict(shield: &Shield, a: &str) -> Verdict {
-        shield.admit(a.parse::<IpAddr>().expect("ip"), 1)
+    fn verdict(admission: &Admission, a: &str) -> Verdict {
+        admission.admit(a.parse::<IpAddr>().expect("ip"), 1)
     }
 
     /// A decision as the LAPI sends it.
@@ -399,10 +403,14 @@ mod tests {
             item("Range", "2001:db8::/32", "cscli"),
             item("Range", "11.0.0.0/8", "cscli"),
         ]);
-        let (_, shield, status) = poll_scripted(vec![(200, pull)], Vec::new(), 2).await;
-        let shield = shield.read().await;
+        let (_, admission, status) = poll_scripted(vec![(200, pull)], Vec::new(), 2).await;
+        let admission = admission.read().await;
         for blocked in ["198.18.1.5", "11.1.2.3", "2001:db8::7"] {
-            assert_eq!(verdict(&shield, blocked), Verdict::BlockedCidr, "{blocked}");
+            assert_eq!(
+                verdict(&admission, blocked),
+                Verdict::BlockedCidr,
+                "{blocked}"
+            );
         }
         for passed in [
             "198.18.1.6",
@@ -411,7 +419,7 @@ mod tests {
             "2001:db9::1",
             "2001:470::1",
         ] {
-            assert_eq!(verdict(&shield, passed), Verdict::Passed, "{passed}");
+            assert_eq!(verdict(&admission, passed), Verdict::Passed, "{passed}");
         }
         let snapshot = status.snapshot().expect("enabled");
         assert_eq!(snapshot.rejected.get("wide_range"), Some(&4));
@@ -428,10 +436,10 @@ mod tests {
             item("Ip", "198.18.1.7", "cscli"),
         ];
         items.push(items[4].replace(r#""1h""#, r#""1d""#).replace(".7", ".8"));
-        let (_, shield, status) = poll_scripted(vec![(200, leak(&items))], Vec::new(), 2).await;
-        let shield = shield.read().await;
-        assert_eq!(verdict(&shield, "198.18.1.7"), Verdict::Banned);
-        assert_eq!(verdict(&shield, "198.18.1.8"), Verdict::Passed);
+        let (_, admission, status) = poll_scripted(vec![(200, leak(&items))], Vec::new(), 2).await;
+        let admission = admission.read().await;
+        assert_eq!(verdict(&admission, "198.18.1.7"), Verdict::Banned);
+        assert_eq!(verdict(&admission, "198.18.1.8"), Verdict::Passed);
         let snapshot = status.snapshot().expect("enabled");
         assert_eq!(snapshot.rejected.get("bad_value"), Some(&4));
         assert_eq!(snapshot.rejected.get("bad_duration"), Some(&1));
@@ -451,16 +459,16 @@ mod tests {
             max_decisions: 3,
             ..settings()
         };
-        let (requests, shield, status) = poll_with(
+        let (requests, admission, status) = poll_with(
             vec![(200, two), (200, leak(&four)), (200, leak(&four))],
             settings,
             3,
         )
         .await;
-        let shield = shield.read().await;
-        assert_eq!(verdict(&shield, "198.18.1.1"), Verdict::Banned, "kept");
+        let admission = admission.read().await;
+        assert_eq!(verdict(&admission, "198.18.1.1"), Verdict::Banned, "kept");
         assert_eq!(
-            verdict(&shield, "198.18.1.3"),
+            verdict(&admission, "198.18.1.3"),
             Verdict::Passed,
             "none of the pull"
         );
@@ -498,9 +506,9 @@ mod tests {
             .with_ansi(false)
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let (_, shield, status) = poll_scripted(vec![(200, leak(&items))], Vec::new(), 2).await;
+        let (_, admission, status) = poll_scripted(vec![(200, leak(&items))], Vec::new(), 2).await;
         assert_eq!(
-            verdict(&*shield.read().await, "198.18.2.39"),
+            verdict(&*admission.read().await, "198.18.2.39"),
             Verdict::Banned,
             "{}",
             capture.text()

@@ -1,5 +1,5 @@
 //! The CrowdSec decisions relay enforces, without any I/O: stream batches in, changes for the
-//! shield out.
+//! admission out.
 //!
 //! State is keyed by (scope, value), never by decision id: the LAPI returns only the longest
 //! of several decisions on one value, so the id of the `new` item and of the later `deleted`
@@ -17,6 +17,7 @@ use super::{
     api::{Decision, Stream},
     duration,
 };
+use crate::admission::{CrowdSecBan, DecisionChange, DecisionTarget};
 
 /// What a decision applies to, as relay enforces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -228,7 +229,7 @@ pub struct Entry {
     pub expires_ns: u64,
 }
 
-/// A change the shield has to make.
+/// A change the admission has to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Enforce `target` until `entry.expires_ns` (new, or a new expiry or origin).
@@ -249,10 +250,45 @@ pub enum Change {
     },
 }
 
+impl From<Target> for DecisionTarget {
+    fn from(target: Target) -> Self {
+        match target {
+            Target::Ip(addr) => DecisionTarget::Addr(addr),
+            Target::Range(net) => DecisionTarget::Range(net),
+        }
+    }
+}
+
+/// The admission policy's terms for a change: relay's own origin marks its own bans coming
+/// back, which keep their action.
+impl From<Change> for DecisionChange {
+    fn from(change: Change) -> Self {
+        match change {
+            Change::Set {
+                target,
+                entry,
+                previous_origin,
+            } => DecisionChange::Set {
+                target: target.into(),
+                ban: CrowdSecBan {
+                    own: entry.origin == super::ORIGIN,
+                    origin: entry.origin,
+                    expires_ns: entry.expires_ns,
+                },
+                previous_origin,
+            },
+            Change::Remove { target, origin } => DecisionChange::Remove {
+                target: target.into(),
+                origin,
+            },
+        }
+    }
+}
+
 /// What one stream batch changed.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// For the shield, removals first.
+    /// For the admission, removals first.
     pub changes: Vec<Change>,
     /// Decisions of another type than `ban` (captcha, ...), not enforced.
     pub ignored: u64,

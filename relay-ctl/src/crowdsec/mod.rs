@@ -1,11 +1,11 @@
 //! relay as a CrowdSec bouncer and signal source.
 //!
-//! The bouncer ([`bouncer`]) polls the Local API's decision stream into the shield: IPv4
+//! The bouncer ([`bouncer`]) polls the Local API's decision stream into the admission: IPv4
 //! addresses into the kernel ban map, IPv6 addresses and ranges into the block tries, each
 //! tagged with its origin. The publisher ([`publish`]) sends the misuse detector's bans to
 //! the LAPI as alerts, so every other relay of the fleet gets them through its own stream.
 //! Nothing here can stall the relay: requests are bounded in time and size, the stream is
-//! parsed off the async threads, the shield is written in chunks, and the detector hands its
+//! parsed off the async threads, the admission is written in chunks, and the detector hands its
 //! bans over through a bounded queue that drops (and counts) rather than wait.
 
 pub mod api;
@@ -29,7 +29,7 @@ use std::{
 
 use tokio::{sync::RwLock, task::JoinHandle};
 
-use crate::{config, control::api::CrowdSecStats, misuse::Misuse, shield::Shield};
+use crate::{admission::Admission, admission::misuse::Misuse, config, control::api::CrowdSecStats};
 
 /// The origin relay's own decisions carry in the LAPI.
 pub const ORIGIN: &str = "relay";
@@ -208,7 +208,7 @@ impl Drop for Running {
 pub fn start(
     config: &config::CrowdSec,
     credentials: Credentials,
-    shield: Arc<RwLock<Shield>>,
+    admission: Arc<RwLock<Admission>>,
     misuse: &Misuse,
     status: Arc<Status>,
 ) -> Result<Running, CrowdSecError> {
@@ -220,8 +220,8 @@ pub fn start(
     ));
     let mut tasks = Vec::new();
     if lapi.can_publish() {
-        let (signals, queue) = publish::channel(status.clone());
-        misuse.set_signals(signals);
+        let (ban_queue, queue) = publish::channel(status.clone());
+        misuse.publish_to(ban_queue);
         tasks.push(tokio::spawn(publish::run(
             lapi.clone(),
             queue,
@@ -239,7 +239,9 @@ pub fn start(
         max_decisions: config.max_decisions,
         max_body_bytes: config.max_body_bytes,
     };
-    tasks.push(tokio::spawn(bouncer::run(lapi, shield, status, settings)));
+    tasks.push(tokio::spawn(bouncer::run(
+        lapi, admission, status, settings,
+    )));
     tracing::info!(
         lapi = %config.lapi_url,
         poll_secs = config.poll_interval.as_secs_f64(),

@@ -40,14 +40,14 @@ pub struct BanEvent {
     pub ttl: Duration,
 }
 
-/// The detector's end of the queue.
+/// The misuse detector's end of the queue of bans to publish to CrowdSec.
 #[derive(Debug, Clone)]
-pub struct Signals {
+pub struct BanQueue {
     tx: mpsc::Sender<BanEvent>,
     status: Arc<Status>,
 }
 
-impl Signals {
+impl BanQueue {
     /// Queues a ban for publishing without waiting; drops it (counted) when the queue is full.
     pub fn offer(&self, event: BanEvent) {
         if self.tx.try_send(event).is_err() {
@@ -57,9 +57,9 @@ impl Signals {
 }
 
 /// A queue: the detector's end and the publisher's.
-pub fn channel(status: Arc<Status>) -> (Signals, mpsc::Receiver<BanEvent>) {
+pub fn channel(status: Arc<Status>) -> (BanQueue, mpsc::Receiver<BanEvent>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (Signals { tx, status }, rx)
+    (BanQueue { tx, status }, rx)
 }
 
 /// The decision for one ban: scope `Ip` for IPv4, `Range` with the /64 for IPv6 (relay bans
@@ -283,9 +283,9 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_and_counts() {
         let status = Arc::new(Status::new(true));
-        let (signals, _queue) = channel(status.clone());
+        let (ban_queue, _queue) = channel(status.clone());
         for _ in 0..QUEUE + 3 {
-            signals.offer(BanEvent {
+            ban_queue.offer(BanEvent {
                 addr: "198.18.0.2".parse().expect("ip"),
                 reason: "bad_secret",
                 ttl: Duration::from_secs(1),

@@ -1,10 +1,13 @@
 //! Blocklist feeds (`[blocklist] files`): reading them off the async threads and replacing
-//! each feed's entries in the shield.
+//! each feed's entries in the admission.
 
 use std::collections::BTreeSet;
 
 use super::Daemon;
-use crate::{config::Cidr, shield::ListSource, xdp::PrefixList};
+use crate::{
+    admission::{ListSource, PrefixList},
+    config::Cidr,
+};
 
 impl Daemon {
     /// Re-reads every `[blocklist] files` feed and replaces its entries. A feed that cannot be
@@ -13,15 +16,15 @@ impl Daemon {
     /// not stall the relay.
     pub async fn refresh_feeds(&self) {
         let files = self.config().blocklist.files.clone();
-        let mut shield = self.shield.read().await.prefixes(PrefixList::Block);
-        shield.retain(|(_, s)| matches!(s, ListSource::Feed(p) if !files.contains(p)));
-        let stale: BTreeSet<ListSource> = shield.into_iter().map(|(_, s)| s).collect();
+        let mut admission = self.admission.read().await.prefixes(PrefixList::Block);
+        admission.retain(|(_, s)| matches!(s, ListSource::Feed(p) if !files.contains(p)));
+        let stale: BTreeSet<ListSource> = admission.into_iter().map(|(_, s)| s).collect();
         for source in stale {
-            let _ =
-                self.shield
-                    .write()
-                    .await
-                    .set_prefixes(PrefixList::Block, source, BTreeSet::new());
+            let _ = self.admission.write().await.set_prefixes(
+                PrefixList::Block,
+                source,
+                BTreeSet::new(),
+            );
         }
         for path in files {
             let read_path = path.clone();
@@ -48,7 +51,7 @@ impl Daemon {
             }
             let cidrs: BTreeSet<Cidr> = netset.entries.iter().map(|n| Cidr(*n)).collect();
             let count = cidrs.len();
-            let result = self.shield.write().await.set_prefixes(
+            let result = self.admission.write().await.set_prefixes(
                 PrefixList::Block,
                 ListSource::Feed(path.clone()),
                 cidrs,

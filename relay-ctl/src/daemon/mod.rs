@@ -26,7 +26,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::RwLock;
 
 use crate::{
-    capacity::{Bounds, Capacity},
+    admission::{
+        Admission,
+        capacity::{Bounds, Capacity},
+        misuse::Misuse,
+    },
     clock::unix_now,
     config::Config,
     control::{
@@ -35,11 +39,9 @@ use crate::{
         replay_store::ReplayStore,
         saved_state::{Lists, SavedState},
     },
-    misuse::Misuse,
     relay::{
         RelayContext, accounts::Accounts, hints::Hints, mask_flight::MaskFlight, stats::RelayStats,
     },
-    shield::Shield,
     state_dir::{StateDir, StateError},
     users,
 };
@@ -56,9 +58,9 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     config: ArcSwap<Config>,
     /// The enforcement policy.
-    pub shield: Arc<RwLock<Shield>>,
-    /// The shield's accept-time check, without its lock.
-    pub admission: crate::shield::Admission,
+    pub admission: Arc<RwLock<Admission>>,
+    /// The admission's accept-time check, without its lock.
+    pub accept_check: crate::admission::AcceptCheck,
     /// The misuse detector.
     pub misuse: Arc<Misuse>,
     accounts: Arc<Accounts>,
@@ -95,12 +97,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Builds the daemon around an enforcement `shield`, restoring persisted state. Fails
+    /// Builds the daemon around an enforcement `admission`, restoring persisted state. Fails
     /// only when the default user's secret cannot be read or created in the state dir.
     pub async fn start(
         config_path: Option<PathBuf>,
         config: Config,
-        shield: Shield,
+        admission: Admission,
         state: StateDir,
     ) -> Result<Arc<Daemon>, StateError> {
         let (users, created) = users::resolve(&config, &state)?;
@@ -110,9 +112,9 @@ impl Daemon {
                 "no [[users]] configured: generated a secret for user `default`"
             );
         }
-        let admission = shield.admission();
-        let shield = Arc::new(RwLock::new(shield));
-        let misuse = Arc::new(Misuse::new(&config.misuse, shield.clone()));
+        let accept_check = admission.accept_check();
+        let admission = Arc::new(RwLock::new(admission));
+        let misuse = Arc::new(Misuse::new(&config.misuse, admission.clone()));
         let accounts = Arc::new(Accounts::default());
         let replay_store = Arc::new(ReplayStore::new(state.clone()));
         let replay = Arc::new(Mutex::new(
@@ -137,8 +139,8 @@ impl Daemon {
         let daemon = Arc::new(Daemon {
             config_path,
             config: ArcSwap::from_pointee(config),
-            shield,
             admission,
+            accept_check,
             misuse,
             accounts,
             replay,

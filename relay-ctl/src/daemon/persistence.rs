@@ -10,12 +10,12 @@ use relay_common::{BanAction, BanReason};
 
 use super::Daemon;
 use crate::{
+    admission::{BanTarget, ListSource, PrefixList},
     clock::{monotonic_ns, unix_now},
     config::Cidr,
     control::saved_state::{Lists, SavedBan, SavedUsage},
-    shield::{BanTarget, ListSource},
     state_dir::StateError,
-    xdp::{MapsError, PrefixList},
+    xdp::MapsError,
 };
 
 /// Why a change to the operator lists did not fully take.
@@ -24,7 +24,7 @@ pub enum ListsSaveError {
     /// The lists file could not be written: nothing changed.
     #[error("not saved, nothing changed: {0}")]
     NotSaved(StateError),
-    /// Saved, but the shield's maps refused the new entries.
+    /// Saved, but the admission's maps refused the new entries.
     #[error("saved, but the kernel map refused it: {0}")]
     NotApplied(MapsError),
 }
@@ -46,7 +46,7 @@ impl Daemon {
             Ok(bans) => {
                 let now = unix_now();
                 let misuse = self.config().misuse.clone();
-                let mut shield = self.shield.write().await;
+                let mut admission = self.admission.write().await;
                 for ban in bans {
                     let (Ok(target), Some(reason)) = (
                         ban.addr.parse::<BanTarget>(),
@@ -67,9 +67,11 @@ impl Daemon {
                         .and_then(|name| BanAction::ALL.into_iter().find(|a| a.name() == name))
                         .unwrap_or_else(|| misuse.action_for(reason));
                     let restored = match target {
-                        BanTarget::Addr(addr) => shield.ban(addr, reason, action, ttl, ban.count),
+                        BanTarget::Addr(addr) => {
+                            admission.ban(addr, reason, action, ttl, ban.count)
+                        }
                         BanTarget::Prefix(prefix) => {
-                            shield.ban_prefix(prefix, reason, action, ttl, ban.count)
+                            admission.ban_prefix(prefix, reason, action, ttl, ban.count)
                         }
                     };
                     if let Err(e) = restored {
@@ -91,7 +93,7 @@ impl Daemon {
         }
     }
 
-    /// Pushes operator lists into the shield.
+    /// Pushes operator lists into the admission.
     async fn apply_lists(&self, lists: &Lists) -> Result<(), MapsError> {
         let now = unix_now();
         let block: BTreeSet<Cidr> = lists
@@ -101,9 +103,9 @@ impl Daemon {
             .filter_map(|(c, _)| c.parse().ok())
             .collect();
         let allow: BTreeSet<Cidr> = lists.allow.iter().filter_map(|c| c.parse().ok()).collect();
-        let mut shield = self.shield.write().await;
-        shield.set_prefixes(PrefixList::Block, ListSource::Operator, block)?;
-        shield.set_prefixes(PrefixList::Allow, ListSource::Operator, allow)
+        let mut admission = self.admission.write().await;
+        admission.set_prefixes(PrefixList::Block, ListSource::Operator, block)?;
+        admission.set_prefixes(PrefixList::Allow, ListSource::Operator, allow)
     }
 
     /// Persists the changed operator lists, then applies them: a change the disk could not keep
@@ -187,7 +189,7 @@ impl Daemon {
     async fn saved_bans(&self) -> Vec<SavedBan> {
         let now_mono = monotonic_ns();
         let now = unix_now();
-        self.shield
+        self.admission
             .read()
             .await
             .bans()
@@ -208,9 +210,9 @@ mod tests {
     use relay_proto::replay::ReplayKey;
 
     use crate::{
+        admission::BanTarget,
         control::api::{Reply, Request},
         daemon::test_support::TestDaemon,
-        shield::BanTarget,
     };
 
     async fn restarted(relay: TestDaemon) -> TestDaemon {
@@ -236,16 +238,16 @@ mod tests {
             })
             .await;
         {
-            let mut shield = relay.daemon.shield.write().await;
+            let mut admission = relay.daemon.admission.write().await;
             let addr = "203.0.113.9".parse().expect("addr");
             let ttl = Some(std::time::Duration::from_secs(600));
-            shield
+            admission
                 .ban(addr, BanReason::BadSecret, BanAction::Front, ttl, 12)
                 .expect("ban");
             let Ok(BanTarget::Prefix(prefix)) = "198.51.100.0/24".parse::<BanTarget>() else {
                 panic!("prefix");
             };
-            shield
+            admission
                 .ban_prefix(prefix, BanReason::BadSecret, BanAction::Drop, None, 40)
                 .expect("prefix ban");
         }
@@ -330,7 +332,7 @@ mod tests {
         let relay = TestDaemon::start().await;
         relay
             .daemon
-            .shield
+            .admission
             .write()
             .await
             .ban(

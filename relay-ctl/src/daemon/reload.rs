@@ -5,7 +5,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use super::Daemon;
 use crate::{
-    capacity::Bounds,
+    admission::capacity::Bounds,
     config::{Config, ConfigError},
     relay::{RelayContext, mask_target::MaskTarget},
     state_dir::StateError,
@@ -49,7 +49,7 @@ impl Daemon {
         let old = self.config();
         warn_restart_only_changes(&old, &new);
         let (users, _) = users::resolve(&new, &self.state)?;
-        self.shield
+        self.admission
             .write()
             .await
             .apply(&new)

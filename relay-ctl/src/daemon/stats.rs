@@ -7,12 +7,11 @@ use relay_common::{BanReason, Verdict};
 
 use super::Daemon;
 use crate::{
+    admission::{Enforcement, PrefixList},
     clock::unix_now,
     control::api::{ReplayMemoryStats, Stats, TlsFlightStats, UserInfo, XdpAttachment},
     relay::accounts::{Account, Rejection},
-    shield::Enforcement,
     telemetry::{Metric, Samples},
-    xdp::PrefixList,
 };
 
 impl Daemon {
@@ -49,22 +48,22 @@ impl Daemon {
 
     /// A snapshot of every counter: what `relay-ctl stats` shows and the metrics export.
     pub async fn stats(&self) -> Stats {
-        let shield = self.shield.read().await;
+        let admission = self.admission.read().await;
         let relay = self.relay.load();
         let mut metrics = Samples::default();
         relay.stats.export(&mut metrics);
-        if let Ok(counts) = shield.verdict_counts() {
+        if let Ok(counts) = admission.verdict_counts() {
             for v in Verdict::ALL {
                 metrics.set(Metric::XdpPackets, &[v.name()], counts[v as usize]);
             }
         }
         let mut bans_active_by_reason = BTreeMap::new();
-        for ban in shield.bans() {
+        for ban in admission.bans() {
             *bans_active_by_reason
                 .entry(ban.reason.name().to_owned())
                 .or_insert(0) += 1;
         }
-        metrics.set(Metric::BansActive, &[], shield.bans().count() as u64);
+        metrics.set(Metric::BansActive, &[], admission.bans().count() as u64);
         let bans_total = self.misuse.bans_total();
         for reason in BanReason::ALL {
             let n = bans_total.get(reason.name()).copied().unwrap_or(0);
@@ -74,7 +73,7 @@ impl Daemon {
         for source in ["config", "operator"] {
             metrics.set(Metric::BlocklistEntries, &[source], 0);
         }
-        for (source, n) in shield.prefix_counts(PrefixList::Block) {
+        for (source, n) in admission.prefix_counts(PrefixList::Block) {
             metrics.set(Metric::BlocklistEntries, &[&source], n);
         }
         for (result, n) in ["success", "failure"].iter().zip(&self.reloads) {
@@ -89,7 +88,7 @@ impl Daemon {
         }
         let handshakes_active = self.capacity.handshakes() as u64;
         metrics.set(Metric::HandshakesActive, &[], handshakes_active);
-        let xdp_attached = match shield.enforcement() {
+        let xdp_attached = match admission.enforcement() {
             Enforcement::Kernel(program) => program
                 .attachments()
                 .map(|(interface, mode)| XdpAttachment {
@@ -102,7 +101,7 @@ impl Daemon {
         Stats {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
-            enforcement: shield.enforcement().to_string(),
+            enforcement: admission.enforcement().to_string(),
             connections_active: relay.stats.active(),
             users: self
                 .accounts

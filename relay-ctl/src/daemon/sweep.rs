@@ -25,7 +25,7 @@ impl Daemon {
         if now_ns >= self.next_limiter_sweep_ns.load(Ordering::Relaxed) {
             self.next_limiter_sweep_ns
                 .store(now_ns + LIMITER_SWEEP_EVERY_NS, Ordering::Relaxed);
-            self.shield.write().await.forget_idle(now_ns);
+            self.admission.write().await.forget_idle(now_ns);
         }
         let now = unix_now();
         let expired: Vec<String> = self

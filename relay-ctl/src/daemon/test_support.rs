@@ -7,9 +7,9 @@ use tempfile::TempDir;
 
 use super::Daemon;
 use crate::{
+    admission::{Admission, Enforcement},
     config::Config,
     control::api::{ErrorKind, Reply, Request, Response},
-    shield::{Enforcement, Shield},
     state_dir::StateDir,
 };
 
@@ -50,13 +50,18 @@ impl TestDaemon {
             .expect("write config");
         let config = Config::load(&dir.path().join("relay.toml")).expect("valid config");
         let state = StateDir::open_own(&config.state.dir).expect("state dir");
-        let mut shield = Shield::new(Enforcement::Userspace {
+        let mut admission = Admission::new(Enforcement::Userspace {
             reason: "unit test".to_owned(),
         });
-        shield.apply(&config).expect("userspace shield");
-        let daemon = Daemon::start(Some(dir.path().join("relay.toml")), config, shield, state)
-            .await
-            .expect("daemon");
+        admission.apply(&config).expect("userspace admission");
+        let daemon = Daemon::start(
+            Some(dir.path().join("relay.toml")),
+            config,
+            admission,
+            state,
+        )
+        .await
+        .expect("daemon");
         TestDaemon { daemon, dir }
     }
 

@@ -16,7 +16,7 @@ use std::{
 
 use governor::DefaultDirectRateLimiter;
 
-use crate::{config, gate::SourceKey, rate::Rate};
+use crate::{admission::keys::SourceKey, config, rate::Rate};
 
 /// Limits of one user, from the config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use super::{
     stats::RelayStats,
 };
 use crate::{
+    admission::misuse::Misuse,
     config::{Config, OnLimit},
-    misuse::Misuse,
 };
 use relay_proto::{ModeSet, Secret, replay::ReplayMemory, tls::HelloKey};
 

@@ -10,7 +10,7 @@ use std::{
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{RelayContext, intake::Intake, mask_target::MaskDialer};
-use crate::misuse::Offence;
+use crate::admission::misuse::Offence;
 use relay_proto::{
     Mode,
     obfs2::{self, ClientHandshake, HEADER_LEN, Obfs2Error},

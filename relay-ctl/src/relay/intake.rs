@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use super::{RelayContext, handshake::Failure, mask_target::MaskDialer, stream::RelayStream};
-use crate::capacity::handshakes::Ticket;
+use crate::admission::capacity::handshakes::Ticket;
 
 /// A mask connection being made. Boxed: it is made for few connections, and it must live in
 /// the intake across reads.

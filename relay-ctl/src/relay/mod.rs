@@ -40,7 +40,7 @@ use self::{
     stream::RelayStream,
     transform::{ToClient, ToUpstream},
 };
-use crate::{capacity::Slot, config::OnLimit, misuse::Offence};
+use crate::{admission::capacity::Slot, admission::misuse::Offence, config::OnLimit};
 use relay_proto::{
     Mode,
     tls::reader::{Sniff, sniff},

@@ -28,10 +28,12 @@ use super::{
     stats::RelayStats,
 };
 use crate::{
-    capacity::{Bounds, Capacity, Slot, handshakes::HandshakeBounds},
+    admission::{
+        Admission, Enforcement,
+        capacity::{Bounds, Capacity, Slot, handshakes::HandshakeBounds},
+        misuse::Misuse,
+    },
     config::{Config, Origin},
-    misuse::Misuse,
-    shield::{Enforcement, Shield},
     state_dir::StateDir,
     telemetry::{Metric, Samples},
 };
@@ -146,7 +148,7 @@ impl Relay {
             Mask::Down => Some(MemMask::down()),
             Mask::Off => None,
         };
-        let shield = Arc::new(tokio::sync::RwLock::new(Shield::new(
+        let admission = Arc::new(tokio::sync::RwLock::new(Admission::new(
             Enforcement::Userspace {
                 reason: "test".into(),
             },
@@ -166,7 +168,7 @@ impl Relay {
             &Accounts::default(),
             Arc::new(Mutex::new(replay)),
             Arc::new(Hints::default()),
-            Arc::new(Misuse::new(&config.misuse, shield)),
+            Arc::new(Misuse::new(&config.misuse, admission)),
             Arc::new(RelayStats::default()),
             Arc::new(flight),
         )

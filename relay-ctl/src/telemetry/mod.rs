@@ -1,7 +1,7 @@
 //! Prometheus metrics: an HTTP listener at `[metrics] listen` (loopback by default) serving
 //! the text exposition format on any path (`/metrics` by convention).
 //!
-//! The relay's own counters (atomics in [`crate::relay::stats`], the accounts, the shield and
+//! The relay's own counters (atomics in [`crate::relay::stats`], the accounts, the admission and
 //! the misuse detector) stay the source of truth: [`export`] copies a [`Stats`] snapshot into
 //! the exporter once a second, so the connection path never touches it. The exceptions are
 //! the histograms ([`histograms`]), recorded where a DC connection is made or a CrowdSec pull

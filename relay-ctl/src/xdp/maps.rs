@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use relay_common::{BanEntry, TokenBucket, Verdict, XdpConfig, maps as names};
 
 use super::unrated::UnratedMarks;
+use crate::admission::PrefixList;
 
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,28 +81,19 @@ where
     T::try_from(map).map_err(|source| MapsError::Missing { name, source })
 }
 
-/// Which of the two prefix lists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PrefixList {
-    /// Never dropped, limited or banned.
-    Allow,
-    /// Dropped.
-    Block,
+/// The name of a list in errors.
+fn list_name(list: PrefixList) -> &'static str {
+    match list {
+        PrefixList::Allow => "allowlist",
+        PrefixList::Block => "blocklist",
+    }
 }
 
-impl PrefixList {
-    fn name(self) -> &'static str {
-        match self {
-            PrefixList::Allow => "allowlist",
-            PrefixList::Block => "blocklist",
-        }
-    }
-
-    fn capacity(self) -> u32 {
-        match self {
-            PrefixList::Allow => names::MAX_ALLOW_ENTRIES,
-            PrefixList::Block => names::MAX_BLOCK_ENTRIES,
-        }
+/// The capacity of a list's tries.
+fn list_capacity(list: PrefixList) -> u32 {
+    match list {
+        PrefixList::Allow => names::MAX_ALLOW_ENTRIES,
+        PrefixList::Block => names::MAX_BLOCK_ENTRIES,
     }
 }
 
@@ -173,8 +165,14 @@ impl XdpMaps {
             IpNet::V4(n) => v4.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0),
             IpNet::V6(n) => v6.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0),
         };
-        result
-            .map_err(|source| full_or_update(list.name(), list.capacity(), net.to_string(), source))
+        result.map_err(|source| {
+            full_or_update(
+                list_name(list),
+                list_capacity(list),
+                net.to_string(),
+                source,
+            )
+        })
     }
 
     /// Removes a prefix from a list; returns whether it was there.

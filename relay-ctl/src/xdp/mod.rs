@@ -21,7 +21,7 @@ use aya::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use self::{
-    maps::{MapsError, PrefixList, XdpMaps},
+    maps::{MapsError, XdpMaps},
     unrated::UnratedMarks,
 };
 use crate::config;

@@ -96,7 +96,7 @@ pub enum BansCommand {
     Rm {
         /// The banned address (for IPv6, any address in the banned /64), or a banned prefix as
         /// listed (`198.51.100.0/24`, `2001:db8:1::/48`).
-        addr: crate::shield::BanTarget,
+        addr: crate::admission::BanTarget,
     },
     /// Lift every ban.
     #[command(after_help = EXIT_STATUS_HELP)]

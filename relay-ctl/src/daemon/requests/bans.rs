@@ -5,10 +5,10 @@ use std::{net::IpAddr, time::Duration};
 use relay_common::BanAction;
 
 use crate::{
+    admission::{BanTarget, ListSource},
     clock::monotonic_ns,
     control::api::{BanInfo, ErrorKind, Reply},
     daemon::Daemon,
-    shield::{BanTarget, ListSource},
     state_dir::StateError,
 };
 
@@ -67,8 +67,8 @@ impl Daemon {
     /// `bans list`: relay's bans, then CrowdSec's by address.
     pub(super) async fn bans_list(&self) -> Reply {
         let now = monotonic_ns();
-        let shield = self.shield.read().await;
-        let mut bans: Vec<BanInfo> = shield
+        let admission = self.admission.read().await;
+        let mut bans: Vec<BanInfo> = admission
             .bans()
             .map(|b| BanInfo {
                 addr: b.target.to_string(),
@@ -79,7 +79,7 @@ impl Daemon {
                 source: "relay".to_owned(),
             })
             .collect();
-        let mut crowdsec: Vec<BanInfo> = shield
+        let mut crowdsec: Vec<BanInfo> = admission
             .crowdsec_bans()
             .map(|(addr, b)| BanInfo {
                 addr: addr.to_string(),
@@ -103,18 +103,18 @@ impl Daemon {
         let target = addr
             .parse::<BanTarget>()
             .map_err(|e| BanError::BadTarget(e.to_string()))?;
-        let mut shield = self.shield.write().await;
-        if shield.lift(target).is_none() {
+        let mut admission = self.admission.write().await;
+        if admission.lift(target).is_none() {
             let BanTarget::Addr(addr) = target else {
                 return Err(BanError::NoBan(target));
             };
-            if let Some(prefix) = shield.prefix_ban_covering(addr) {
+            if let Some(prefix) = admission.prefix_ban_covering(addr) {
                 return Err(BanError::CoveredByPrefix {
                     addr,
                     prefix: prefix.target,
                 });
             }
-            if let Some(cs) = shield.crowdsec_ban(addr) {
+            if let Some(cs) = admission.crowdsec_ban(addr) {
                 return Err(BanError::CrowdSec {
                     addr,
                     origin: cs.origin.clone(),
@@ -122,7 +122,7 @@ impl Daemon {
             }
             return Err(BanError::NotBanned(addr));
         }
-        drop(shield);
+        drop(admission);
         self.save_bans().await.map_err(BanError::NotSaved)?;
         Ok(Reply::Done)
     }
@@ -130,11 +130,11 @@ impl Daemon {
     /// `bans clear`: lifts every ban relay imposed.
     pub(super) async fn bans_clear(&self) -> Result<Reply, BanError> {
         let changed = {
-            let mut shield = self.shield.write().await;
-            let targets: Vec<BanTarget> = shield.bans().map(|b| b.target).collect();
+            let mut admission = self.admission.write().await;
+            let targets: Vec<BanTarget> = admission.bans().map(|b| b.target).collect();
             targets
                 .into_iter()
-                .filter(|t| shield.lift(*t).is_some())
+                .filter(|t| admission.lift(*t).is_some())
                 .count()
         };
         self.save_bans().await.map_err(BanError::NotSaved)?;

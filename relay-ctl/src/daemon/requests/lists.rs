@@ -1,6 +1,7 @@
 //! `block` and `allow`: the operator's lists, saved before they are applied.
 
 use crate::{
+    admission::{ListSource, PrefixList},
     clock::unix_now,
     config::Cidr,
     control::{
@@ -8,8 +9,6 @@ use crate::{
         saved_state::BlockEntry,
     },
     daemon::{Daemon, persistence::ListsSaveError},
-    shield::ListSource,
-    xdp::PrefixList,
 };
 
 use super::RequestFailure;
@@ -92,7 +91,7 @@ impl Daemon {
         // Said up front: CrowdSec's entries are removed in CrowdSec, prefix bans with
         // `bans rm`, not with this command.
         let other = self
-            .shield
+            .admission
             .read()
             .await
             .prefixes(PrefixList::Block)
@@ -141,7 +140,7 @@ impl Daemon {
         let operator = self.lists.lock().await.clone();
         let now = unix_now();
         let entries = self
-            .shield
+            .admission
             .read()
             .await
             .prefixes(list)

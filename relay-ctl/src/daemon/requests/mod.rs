@@ -10,8 +10,8 @@ mod users;
 mod tests;
 
 use crate::{
+    admission::PrefixList,
     control::api::{ErrorKind, Reply, Request, Response},
-    xdp::PrefixList,
 };
 
 use super::Daemon;

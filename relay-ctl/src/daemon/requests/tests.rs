@@ -4,9 +4,9 @@
 use relay_common::{BanAction, BanReason};
 
 use crate::{
+    admission::BanTarget,
     control::api::{ErrorKind, PrefixEntry, Reply, Request},
     daemon::test_support::TestDaemon,
-    shield::BanTarget,
 };
 
 fn block_add(cidr: &str, reason: Option<&str>) -> Request {
@@ -39,7 +39,7 @@ async fn ban_prefix(relay: &TestDaemon, prefix: &str) {
     };
     relay
         .daemon
-        .shield
+        .admission
         .write()
         .await
         .ban_prefix(prefix, BanReason::BadSecret, BanAction::Drop, None, 10)
@@ -224,7 +224,7 @@ async fn bans_list_and_clear() {
     let relay = TestDaemon::start().await;
     relay
         .daemon
-        .shield
+        .admission
         .write()
         .await
         .ban(

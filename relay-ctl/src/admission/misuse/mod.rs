@@ -12,45 +12,44 @@ use tokio::sync::RwLock;
 
 pub use self::detector::{Ban, Detector, Levels, Offence, Target, Thresholds};
 use crate::{
+    admission::{Admission, BanTarget, SourceKey},
     clock::monotonic_ns,
     config,
-    crowdsec::publish::{BanEvent, Signals},
-    gate::SourceKey,
-    shield::Shield,
+    crowdsec::publish::{BanEvent, BanQueue},
 };
 
-/// Detector plus the shield it bans through.
+/// Detector plus the admission it bans through.
 pub struct Misuse {
     detector: std::sync::Mutex<Detector>,
     bans_total: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
-    shield: Arc<RwLock<Shield>>,
+    admission: Arc<RwLock<Admission>>,
     ban_ttl: std::sync::Mutex<Duration>,
     /// `[misuse]`, for the action of each ban.
     config: std::sync::Mutex<config::Misuse>,
     /// Where bans are offered for publishing to CrowdSec, once `[crowdsec]` starts.
-    signals: std::sync::OnceLock<Signals>,
+    ban_queue: std::sync::OnceLock<BanQueue>,
 }
 
 impl Misuse {
     /// A monitor configured from `[misuse]`.
-    pub fn new(config: &config::Misuse, shield: Arc<RwLock<Shield>>) -> Misuse {
+    pub fn new(config: &config::Misuse, admission: Arc<RwLock<Admission>>) -> Misuse {
         Misuse {
             detector: std::sync::Mutex::new(Detector::new(
                 config.window_secs,
                 Levels::from(config),
                 config.max_sources,
             )),
-            shield,
+            admission,
             bans_total: std::sync::Mutex::default(),
             ban_ttl: std::sync::Mutex::new(Duration::from_secs(config.ban_secs)),
             config: std::sync::Mutex::new(config.clone()),
-            signals: std::sync::OnceLock::new(),
+            ban_queue: std::sync::OnceLock::new(),
         }
     }
 
-    /// Publishes every later ban through `signals` (set once; later calls are ignored).
-    pub fn set_signals(&self, signals: Signals) {
-        let _ = self.signals.set(signals);
+    /// Publishes every later ban through `ban_queue` (set once; later calls are ignored).
+    pub fn publish_to(&self, ban_queue: BanQueue) {
+        let _ = self.ban_queue.set(ban_queue);
     }
 
     /// Applies a reloaded `[misuse]` section; counts so far are kept.
@@ -68,7 +67,7 @@ impl Misuse {
     /// Allowlisted sources are never counted.
     pub async fn report(&self, source: IpAddr, offence: Offence) {
         let source = source.to_canonical();
-        if self.shield.read().await.is_allowlisted(source) {
+        if self.admission.read().await.is_allowlisted(source) {
             return;
         }
         let bans = lock(&self.detector).record(SourceKey::from(source), offence, monotonic_ns());
@@ -81,17 +80,17 @@ impl Misuse {
     async fn ban(&self, source: IpAddr, ban: Ban) {
         let ttl = *lock(&self.ban_ttl);
         let action = lock(&self.config).action_for(ban.reason);
-        let mut shield = self.shield.write().await;
+        let mut admission = self.admission.write().await;
         let written = match ban.target {
-            Target::Source(_) => shield.ban(source, ban.reason, action, Some(ttl), ban.count),
+            Target::Source(_) => admission.ban(source, ban.reason, action, Some(ttl), ban.count),
             Target::Prefix(prefix) => {
-                shield.ban_prefix(prefix, ban.reason, action, Some(ttl), ban.count)
+                admission.ban_prefix(prefix, ban.reason, action, Some(ttl), ban.count)
             }
         };
-        drop(shield);
+        drop(admission);
         let banned = match ban.target {
-            Target::Source(_) => crate::shield::BanTarget::Addr(source),
-            Target::Prefix(prefix) => crate::shield::BanTarget::Prefix(prefix),
+            Target::Source(_) => BanTarget::Addr(source),
+            Target::Prefix(prefix) => BanTarget::Prefix(prefix),
         };
         if let Err(e) = written {
             tracing::error!(%banned, "ban could not be written: {e}");
@@ -101,8 +100,8 @@ impl Misuse {
             .entry(ban.reason.name().to_owned())
             .or_insert(0) += 1;
         // CrowdSec hears of address bans; a prefix ban stays local.
-        if let (Target::Source(_), Some(signals)) = (ban.target, self.signals.get()) {
-            signals.offer(BanEvent {
+        if let (Target::Source(_), Some(ban_queue)) = (ban.target, self.ban_queue.get()) {
+            ban_queue.offer(BanEvent {
                 addr: source,
                 reason: ban.reason.name(),
                 ttl,
@@ -131,7 +130,7 @@ impl Misuse {
     pub async fn sweep(&self) {
         let now = monotonic_ns();
         lock(&self.detector).forget_stale(now);
-        for expired in self.shield.write().await.expire_bans(now) {
+        for expired in self.admission.write().await.expire_bans(now) {
             tracing::info!(source = %expired.target, reason = expired.reason.name(), "ban expired");
         }
     }

@@ -15,8 +15,8 @@ use relay_common::BanReason;
 
 use self::lru::Lru;
 use crate::{
+    admission::keys::{PrefixKey, SourceKey},
     config,
-    gate::{PrefixKey, SourceKey},
 };
 
 /// What a source did.

@@ -1,103 +1,26 @@
 //! The userspace fallback of the XDP program: the same allow/ban/block/limit decision, taken at
-//! accept time when XDP cannot be used. It mirrors `relay-ebpf/src/policy.rs` step for step and
-//! shares its limiter arithmetic through `relay-common`.
+//! accept time when XDP cannot be used. The decision order itself is the kernel's
+//! ([`relay_common::decide`]); this module holds the lists, bans and buckets it looks up.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{
-        Mutex,
+        Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use relay_common::{
-    BanEntry, StateBudget, TokenBucket, Verdict, XdpConfig,
-    maps::{MAX_LIMITER_ENTRIES, V6_LIMIT_PREFIX_BYTES},
+    BanEntry, Budget, Lookups, Room, StateBudget, TokenBucket, Verdict, XdpConfig,
+    maps::MAX_LIMITER_ENTRIES,
 };
 
-use crate::prefix_set::PrefixSet;
-
-/// Limiter and ban key: an IPv4 /32 or an IPv6 /64, as in the kernel maps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SourceKey {
-    /// An IPv4 address.
-    V4([u8; 4]),
-    /// An IPv6 /64.
-    V6([u8; V6_LIMIT_PREFIX_BYTES]),
-}
-
-impl From<IpAddr> for SourceKey {
-    fn from(addr: IpAddr) -> Self {
-        match addr {
-            IpAddr::V4(a) => SourceKey::V4(a.octets()),
-            IpAddr::V6(a) => {
-                let mut prefix = [0u8; V6_LIMIT_PREFIX_BYTES];
-                prefix.copy_from_slice(&a.octets()[..V6_LIMIT_PREFIX_BYTES]);
-                SourceKey::V6(prefix)
-            }
-        }
-    }
-}
-
-/// The coarser key of the misuse detector and of prefix bans: an IPv4 /24 or an IPv6 /48, the
-/// networks one operator commonly holds, so many addresses of one prober count together.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PrefixKey {
-    /// The first three bytes of an IPv4 address.
-    V4([u8; 3]),
-    /// The first six bytes of an IPv6 address.
-    V6([u8; 6]),
-}
-
-impl PrefixKey {
-    /// Prefix length of an IPv4 key.
-    pub const V4_LEN: u8 = 24;
-    /// Prefix length of an IPv6 key.
-    pub const V6_LEN: u8 = 48;
-
-    /// The network this key stands for.
-    pub fn net(self) -> ipnet::IpNet {
-        match self {
-            PrefixKey::V4([a, b, c]) => ipnet::IpNet::V4(
-                ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(a, b, c, 0), Self::V4_LEN)
-                    .unwrap_or_default(),
-            ),
-            PrefixKey::V6(bytes) => {
-                let mut octets = [0u8; 16];
-                octets[..6].copy_from_slice(&bytes);
-                ipnet::IpNet::V6(
-                    ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(octets), Self::V6_LEN)
-                        .unwrap_or_default(),
-                )
-            }
-        }
-    }
-
-    /// The key of `net` if it is exactly an IPv4 /24 or an IPv6 /48 (host bits ignored).
-    pub fn of_net(net: ipnet::IpNet) -> Option<PrefixKey> {
-        let len = match net {
-            ipnet::IpNet::V4(_) => Self::V4_LEN,
-            ipnet::IpNet::V6(_) => Self::V6_LEN,
-        };
-        (net.prefix_len() == len).then(|| PrefixKey::from(net.addr()))
-    }
-}
-
-impl From<SourceKey> for PrefixKey {
-    fn from(source: SourceKey) -> Self {
-        match source {
-            SourceKey::V4([a, b, c, _]) => PrefixKey::V4([a, b, c]),
-            SourceKey::V6(p) => PrefixKey::V6([p[0], p[1], p[2], p[3], p[4], p[5]]),
-        }
-    }
-}
-
-impl From<IpAddr> for PrefixKey {
-    fn from(addr: IpAddr) -> Self {
-        PrefixKey::from(SourceKey::from(addr.to_canonical()))
-    }
-}
+use super::{
+    change::{Change, PrefixList},
+    keys::{PrefixKey, SourceKey},
+    prefix_set::PrefixSet,
+};
 
 /// Lists, bans, limiter state and verdict counters for the userspace fallback.
 #[derive(Debug, Default)]
@@ -115,6 +38,15 @@ struct Lists {
     bans: HashMap<SourceKey, BanEntry>,
     /// Prefix bans with the front action (those that drop are block list entries).
     front_prefixes: HashMap<PrefixKey, BanEntry>,
+}
+
+impl Lists {
+    fn prefixes(&mut self, list: PrefixList) -> &mut PrefixSet {
+        match list {
+            PrefixList::Allow => &mut self.allow,
+            PrefixList::Block => &mut self.block,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -139,9 +71,37 @@ impl Gate {
         limiter.banned.retain(fresh);
     }
 
+    /// Enforces one change of the policy (see [`super::Enforcer`]).
+    pub fn take(&self, change: &Change) {
+        let mut lists = self.lists();
+        match change {
+            Change::Limits(config) => lists.config = Some(*config),
+            // The accept loops listen on those ports only.
+            Change::Ports(_) => {}
+            Change::InsertPrefix(list, net) => lists.prefixes(*list).insert(*net),
+            Change::RemovePrefix(list, net) => {
+                lists.prefixes(*list).remove(*net);
+            }
+            Change::Ban(addr, entry) => {
+                lists
+                    .bans
+                    .insert(SourceKey::from(addr.to_canonical()), *entry);
+            }
+            Change::Unban(addr) => {
+                lists.bans.remove(&SourceKey::from(addr.to_canonical()));
+            }
+            Change::FrontPrefix(prefix, entry) => {
+                lists.front_prefixes.insert(*prefix, *entry);
+            }
+            Change::UnfrontPrefix(prefix) => {
+                lists.front_prefixes.remove(prefix);
+            }
+        }
+    }
+
     /// Sets the tunables (same struct the kernel reads).
     pub fn set_config(&self, config: XdpConfig) {
-        self.lists().config = Some(config);
+        self.take(&Change::Limits(config));
     }
 
     /// Replaces the allowlist.
@@ -154,21 +114,9 @@ impl Gate {
         self.lists().block = block;
     }
 
-    /// Adds one blocklist prefix.
-    pub fn block_insert(&self, net: ipnet::IpNet) {
-        self.lists().block.insert(net);
-    }
-
-    /// Removes one blocklist prefix.
-    pub fn block_remove(&self, net: ipnet::IpNet) {
-        self.lists().block.remove(net);
-    }
-
     /// Adds or replaces a ban on `addr` (IPv4: the address; IPv6: its /64, as in the kernel).
     pub fn ban(&self, addr: IpAddr, entry: BanEntry) {
-        self.lists()
-            .bans
-            .insert(SourceKey::from(addr.to_canonical()), entry);
+        self.take(&Change::Ban(addr, entry));
     }
 
     /// Lifts a ban; returns whether there was one.
@@ -179,19 +127,9 @@ impl Gate {
             .is_some()
     }
 
-    /// Adds or replaces a front-ban of a whole prefix, checked at accept in both modes.
-    pub fn ban_prefix(&self, prefix: PrefixKey, entry: BanEntry) {
-        self.lists().front_prefixes.insert(prefix, entry);
-    }
-
-    /// Lifts a front-ban of a prefix.
-    pub fn unban_prefix(&self, prefix: PrefixKey) {
-        self.lists().front_prefixes.remove(&prefix);
-    }
-
     /// Decides on a new connection from `source` at `now_ns` and counts the verdict.
     pub fn admit(&self, source: IpAddr, now_ns: u64) -> Verdict {
-        let verdict = self.decide(source, now_ns);
+        let verdict = self.decide(source, now_ns, true);
         self.verdicts[verdict as usize].fetch_add(1, Ordering::Relaxed);
         verdict
     }
@@ -221,99 +159,117 @@ impl Gate {
     /// IPv6 extension headers or split across IPv4 fragments passes XDP unparsed; and it is
     /// where front-bans of prefixes are enforced in both modes (the kernel has no map for them).
     pub fn check_lists(&self, source: IpAddr, now_ns: u64) -> Option<Verdict> {
+        match self.decide(source, now_ns, false) {
+            Verdict::Passed => None,
+            verdict => Some(verdict),
+        }
+    }
+
+    /// The verdict the XDP program would reach on a segment from `source` at `now_ns`, a bare
+    /// SYN or not, in the same order ([`relay_common::decide`]) over this gate's lists, bans
+    /// and buckets; uncounted. A new connection is a bare SYN.
+    pub fn decide(&self, source: IpAddr, now_ns: u64, bare_syn: bool) -> Verdict {
         let source = source.to_canonical();
         let lists = self.lists();
-        if lists.allow.contains(source) {
-            return Some(Verdict::Allowlisted);
-        }
-        let key = SourceKey::from(source);
-        let active = |b: &&BanEntry| b.active_at(now_ns);
-        // The source's own ban, else a front-ban of its prefix.
-        let ban = lists.bans.get(&key).filter(active).or_else(|| {
-            lists
-                .front_prefixes
-                .get(&PrefixKey::from(key))
-                .filter(active)
-        });
-        match ban {
-            Some(ban) if !ban.fronts() => Some(Verdict::Banned),
-            _ if lists.block.contains(source) => Some(Verdict::BlockedCidr),
-            Some(_) => Some(Verdict::BannedFronted),
-            None => None,
-        }
-    }
-
-    fn decide(&self, source: IpAddr, now_ns: u64) -> Verdict {
-        let config = self.lists().config;
-        let key = SourceKey::from(source.to_canonical());
-        match self.check_lists(source, now_ns) {
-            Some(Verdict::BannedFronted) => match config {
-                Some(config) => self.limit_banned(key, now_ns, &config),
-                None => Verdict::BannedFronted,
-            },
-            Some(verdict) => verdict,
-            None => match config {
-                Some(config) if config.syn_limit_enabled() => self.limit(key, now_ns, &config),
-                _ => Verdict::Passed,
-            },
-        }
-    }
-
-    /// A front-banned source's budget, as the kernel's `front_banned`: no state budget (the
-    /// bans bound the keys).
-    fn limit_banned(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {
-        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-        let admitted = match limiter.banned.get_mut(&key) {
-            Some(bucket) => bucket.try_take(
-                now_ns,
-                config.banned_syn_rate_per_sec,
-                config.banned_syn_burst,
-            ),
-            None => {
-                limiter.banned.insert(
-                    key,
-                    TokenBucket::first_event(now_ns, config.banned_syn_burst),
-                );
-                true
-            }
+        let config = lists.config;
+        let mut lookups = GateLookups {
+            source,
+            key: SourceKey::from(source),
+            now_ns,
+            lists,
+            limiter: None,
+            gate: self,
         };
-        if admitted {
-            Verdict::BannedFronted
-        } else {
-            Verdict::BannedSynLimited
+        relay_common::decide(&mut lookups, bare_syn, config.as_ref())
+    }
+
+    fn lists(&self) -> MutexGuard<'_, Lists> {
+        // A panic while holding the lock cannot leave the lists half-updated in a harmful way.
+        self.lists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One source's entries in the gate, for [`relay_common::decide`]. The limiter is locked
+/// (after the lists) only when a bucket is needed.
+struct GateLookups<'a> {
+    source: IpAddr,
+    key: SourceKey,
+    now_ns: u64,
+    lists: MutexGuard<'a, Lists>,
+    limiter: Option<MutexGuard<'a, Limiter>>,
+    gate: &'a Gate,
+}
+
+impl GateLookups<'_> {
+    fn limiter(&mut self) -> &mut Limiter {
+        let gate = self.gate;
+        self.limiter
+            .get_or_insert_with(|| gate.limiter.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Lookups for GateLookups<'_> {
+    fn now_ns(&mut self) -> u64 {
+        self.now_ns
+    }
+
+    fn allowlisted(&mut self) -> bool {
+        self.lists.allow.contains(self.source)
+    }
+
+    /// The source's own ban, else a front-ban of its prefix (checked here only).
+    fn ban(&mut self) -> Option<BanEntry> {
+        let active = |b: &&BanEntry| b.active_at(self.now_ns);
+        self.lists
+            .bans
+            .get(&self.key)
+            .filter(active)
+            .or_else(|| {
+                self.lists
+                    .front_prefixes
+                    .get(&PrefixKey::from(self.key))
+                    .filter(active)
+            })
+            .copied()
+    }
+
+    fn blocked(&mut self) -> bool {
+        self.lists.block.contains(self.source)
+    }
+
+    fn bucket(&mut self, budget: Budget) -> Option<&mut TokenBucket> {
+        let key = self.key;
+        let limiter = self.limiter();
+        match budget {
+            Budget::Syn => limiter.buckets.get_mut(&key),
+            Budget::Banned => limiter.banned.get_mut(&key),
         }
     }
 
-    fn limit(&self, key: SourceKey, now_ns: u64, config: &XdpConfig) -> Verdict {
-        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bucket) = limiter.buckets.get_mut(&key) {
-            return if bucket.try_take(now_ns, config.syn_rate_per_sec, config.syn_burst) {
-                Verdict::Passed
-            } else {
-                Verdict::SynRateLimited
-            };
-        }
-        if limiter.buckets.len() >= MAX_LIMITER_ENTRIES as usize {
+    fn insert_bucket(&mut self, budget: Budget, bucket: TokenBucket) {
+        let key = self.key;
+        let limiter = self.limiter();
+        match budget {
+            Budget::Syn => limiter.buckets.insert(key, bucket),
+            Budget::Banned => limiter.banned.insert(key, bucket),
+        };
+    }
+
+    /// The per-CPU budget of the kernel is one budget here, and the buckets are bounded like
+    /// the kernel's LRU map (idle ones are forgotten first).
+    fn room(&mut self, now_ns: u64, per_sec: u32) -> Room {
+        let limiter = self.limiter();
+        let full = |l: &Limiter| l.buckets.len() >= MAX_LIMITER_ENTRIES as usize;
+        if full(limiter) {
             limiter
                 .buckets
                 .retain(|_, b| now_ns.saturating_sub(b.last_ns) < IDLE_FORGET_NS);
         }
-        if limiter.buckets.len() >= MAX_LIMITER_ENTRIES as usize
-            || !limiter
-                .budget
-                .try_create(now_ns, config.new_state_per_cpu_per_sec)
-        {
-            return Verdict::StateSuppressed;
+        if full(limiter) || !limiter.budget.try_create(now_ns, per_sec) {
+            Room::Refused
+        } else {
+            Room::Granted
         }
-        limiter
-            .buckets
-            .insert(key, TokenBucket::first_event(now_ns, config.syn_burst));
-        Verdict::Passed
-    }
-
-    fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
-        // A panic while holding the lock cannot leave the lists half-updated in a harmful way.
-        self.lists.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

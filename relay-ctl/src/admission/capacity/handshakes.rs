@@ -21,33 +21,7 @@ use std::{
 use tokio::sync::Notify;
 
 use super::Refusal;
-use crate::gate::SourceKey;
-
-/// The coarse identity a handshake bound also applies to: an IPv4 /24 or an IPv6 /48, where one
-/// operator's many addresses live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PrefixKey {
-    /// The first three bytes of an IPv4 address.
-    V4([u8; 3]),
-    /// The first six bytes of an IPv6 address.
-    V6([u8; 6]),
-}
-
-impl From<IpAddr> for PrefixKey {
-    fn from(addr: IpAddr) -> Self {
-        match addr.to_canonical() {
-            IpAddr::V4(a) => {
-                let o = a.octets();
-                PrefixKey::V4([o[0], o[1], o[2]])
-            }
-            IpAddr::V6(a) => {
-                let mut p = [0; 6];
-                p.copy_from_slice(&a.octets()[..6]);
-                PrefixKey::V6(p)
-            }
-        }
-    }
-}
+use crate::admission::keys::{PrefixKey, SourceKey};
 
 /// What one handshake shares with the registry: whether its client has sent a byte, and the
 /// signal that it has been evicted.

@@ -17,7 +17,7 @@ use std::{
 };
 
 use self::handshakes::{HandshakeBounds, Handshakes, Ticket};
-use crate::{config, gate::SourceKey};
+use crate::{admission::keys::SourceKey, config};
 
 /// The configured bounds (`[limits] max_connections`, `max_connections_per_source`,
 /// `max_handshakes`, `max_handshakes_per_source`, `max_handshakes_per_prefix`).
