@@ -41,7 +41,7 @@ pub use self::{
     gate::Gate,
     keys::{PrefixKey, SourceKey},
     lists::ListSource,
-    policy::{CrowdSecBan, DecisionChange, DecisionTarget, Policy},
+    policy::{CrowdSecBan, DecisionChange, DecisionTarget, NotEnforced, Policy},
 };
 use crate::{
     clock::monotonic_ns,
@@ -258,13 +258,18 @@ impl Admission {
         self.policy.prefix_ban_covering(addr)
     }
 
-    /// Applies CrowdSec decision changes (see [`Policy::apply_crowdsec`]). Returns how many
-    /// could not be written and the first error (a full map); the others are applied.
-    pub fn apply_crowdsec(&mut self, changes: &[DecisionChange]) -> (usize, Option<MapsError>) {
-        self.policy.apply_crowdsec(
-            changes,
-            &mut enforcers(&mut self.enforcement, &mut self.gate),
-        )
+    /// Applies CrowdSec decision changes (see [`Policy::apply_crowdsec`]). Changes that
+    /// cannot be written (a full map) do not stop the others.
+    pub fn apply_crowdsec(
+        &mut self,
+        changes: &[DecisionChange],
+    ) -> Result<(), Box<NotEnforced<MapsError>>> {
+        self.policy
+            .apply_crowdsec(
+                changes,
+                &mut enforcers(&mut self.enforcement, &mut self.gate),
+            )
+            .map_err(Box::new)
     }
 
     /// CrowdSec's IPv4 bans (IPv6 addresses and ranges are block list entries).
@@ -415,13 +420,14 @@ mod tests {
                 cidrs(&["198.18.9.9"]),
             )
             .expect("allow");
-        let (failed, _) = admission.apply_crowdsec(&[
-            set("198.18.1.1", "cscli", u64::MAX),
-            set("198.18.9.9", "CAPI", u64::MAX),
-            set("2001:db8::5", "crowdsec", u64::MAX),
-            set("198.18.2.0/24", "cscli", u64::MAX),
-        ]);
-        assert_eq!(failed, 0);
+        admission
+            .apply_crowdsec(&[
+                set("198.18.1.1", "cscli", u64::MAX),
+                set("198.18.9.9", "CAPI", u64::MAX),
+                set("2001:db8::5", "crowdsec", u64::MAX),
+                set("198.18.2.0/24", "cscli", u64::MAX),
+            ])
+            .expect("all enforced");
         assert_eq!(verdict(&admission, "198.18.1.1"), Verdict::Banned);
         assert_eq!(verdict(&admission, "198.18.9.9"), Verdict::Allowlisted);
         assert_eq!(verdict(&admission, "2001:db8::5"), Verdict::BlockedCidr);
@@ -441,16 +447,18 @@ mod tests {
                 .collect()
         );
         // Ending the decisions lifts them.
-        admission.apply_crowdsec(&[
-            DecisionChange::Remove {
-                target: DecisionTarget::Range("198.18.2.0/24".parse().expect("net")),
-                origin: "cscli".into(),
-            },
-            DecisionChange::Remove {
-                target: DecisionTarget::Addr("198.18.1.1".parse().expect("ip")),
-                origin: "cscli".into(),
-            },
-        ]);
+        admission
+            .apply_crowdsec(&[
+                DecisionChange::Remove {
+                    target: DecisionTarget::Range("198.18.2.0/24".parse().expect("net")),
+                    origin: "cscli".into(),
+                },
+                DecisionChange::Remove {
+                    target: DecisionTarget::Addr("198.18.1.1".parse().expect("ip")),
+                    origin: "cscli".into(),
+                },
+            ])
+            .expect("enforced");
         assert_eq!(verdict(&admission, "198.18.2.77"), Verdict::Passed);
         assert_eq!(verdict(&admission, "198.18.1.1"), Verdict::Passed);
     }
@@ -465,7 +473,9 @@ mod tests {
                 cidrs(&["198.18.2.0/24"]),
             )
             .expect("operator");
-        admission.apply_crowdsec(&[set("198.18.2.0/24", "cscli", u64::MAX)]);
+        admission
+            .apply_crowdsec(&[set("198.18.2.0/24", "cscli", u64::MAX)])
+            .expect("enforced");
         // `block rm` of the operator entry: CrowdSec's stays.
         admission
             .set_prefixes(PrefixList::Block, ListSource::Operator, BTreeSet::new())
@@ -478,10 +488,12 @@ mod tests {
                 cidrs(&["198.18.2.0/24"]),
             )
             .expect("operator again");
-        admission.apply_crowdsec(&[DecisionChange::Remove {
-            target: DecisionTarget::Range("198.18.2.0/24".parse().expect("net")),
-            origin: "cscli".into(),
-        }]);
+        admission
+            .apply_crowdsec(&[DecisionChange::Remove {
+                target: DecisionTarget::Range("198.18.2.0/24".parse().expect("net")),
+                origin: "cscli".into(),
+            }])
+            .expect("enforced");
         assert_eq!(verdict(&admission, "198.18.2.1"), Verdict::BlockedCidr);
 
         // Relay's own ban and CrowdSec's on one IPv4 address: lifting one keeps the other.
@@ -495,7 +507,9 @@ mod tests {
                 5,
             )
             .expect("ban");
-        admission.apply_crowdsec(&[set("198.18.1.1", "relay", u64::MAX)]);
+        admission
+            .apply_crowdsec(&[set("198.18.1.1", "relay", u64::MAX)])
+            .expect("enforced");
         assert!(admission.unban(addr).is_some());
         assert_eq!(verdict(&admission, "198.18.1.1"), Verdict::Banned);
         assert_eq!(admission.bans().count(), 0, "relay's own list is empty");
@@ -508,10 +522,12 @@ mod tests {
                 5,
             )
             .expect("ban");
-        admission.apply_crowdsec(&[DecisionChange::Remove {
-            target: DecisionTarget::Addr(addr),
-            origin: "relay".into(),
-        }]);
+        admission
+            .apply_crowdsec(&[DecisionChange::Remove {
+                target: DecisionTarget::Addr(addr),
+                origin: "relay".into(),
+            }])
+            .expect("enforced");
         assert_eq!(verdict(&admission, "198.18.1.1"), Verdict::Banned);
         assert!(admission.crowdsec_ban(addr).is_none());
         admission.unban(addr);
@@ -533,15 +549,21 @@ mod tests {
             .expect("ban");
         assert_eq!(verdict(&admission, "198.18.1.2"), Verdict::BannedFronted);
         // Relay's own ban back from the LAPI: still fronted.
-        admission.apply_crowdsec(&[set("198.18.1.2", "relay", u64::MAX)]);
+        admission
+            .apply_crowdsec(&[set("198.18.1.2", "relay", u64::MAX)])
+            .expect("enforced");
         assert_eq!(verdict(&admission, "198.18.1.2"), Verdict::BannedFronted);
         // A decision of CrowdSec's own: dropped while it holds, fronted again after it.
-        admission.apply_crowdsec(&[set("198.18.1.2", "cscli", u64::MAX)]);
+        admission
+            .apply_crowdsec(&[set("198.18.1.2", "cscli", u64::MAX)])
+            .expect("enforced");
         assert_eq!(verdict(&admission, "198.18.1.2"), Verdict::Banned);
-        admission.apply_crowdsec(&[DecisionChange::Remove {
-            target: DecisionTarget::Addr(addr),
-            origin: "cscli".into(),
-        }]);
+        admission
+            .apply_crowdsec(&[DecisionChange::Remove {
+                target: DecisionTarget::Addr(addr),
+                origin: "cscli".into(),
+            }])
+            .expect("enforced");
         assert_eq!(verdict(&admission, "198.18.1.2"), Verdict::BannedFronted);
         assert_eq!(
             admission.bans().map(|b| b.action).collect::<Vec<_>>(),

@@ -20,6 +20,16 @@ use super::{
 };
 use crate::config::{Cidr, Config};
 
+/// CrowdSec decisions that could not be enforced; the others in the batch were applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} CrowdSec decisions not enforced: {first}")]
+pub struct NotEnforced<E> {
+    /// How many were refused.
+    pub failed: usize,
+    /// The first refusal (a full map, typically).
+    pub first: E,
+}
+
 /// An IPv4 ban decided by CrowdSec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrowdSecBan {
@@ -374,13 +384,13 @@ impl Policy {
     }
 
     /// Applies CrowdSec decision changes: IPv4 addresses as bans, IPv6 addresses (as /128)
-    /// and ranges as block list entries under [`ListSource::CrowdSec`]. Returns how many could
-    /// not be enforced and the first refusal; the others are applied.
+    /// and ranges as block list entries under [`ListSource::CrowdSec`]. A change that cannot
+    /// be enforced does not stop the others; the error counts them and keeps the first refusal.
     pub fn apply_crowdsec<E: Enforce>(
         &mut self,
         changes: &[DecisionChange],
         to: &mut E,
-    ) -> (usize, Option<E::Error>) {
+    ) -> Result<(), NotEnforced<E::Error>> {
         let mut failed = 0;
         let mut first = None;
         for change in changes {
@@ -389,7 +399,10 @@ impl Policy {
                 first.get_or_insert(e);
             }
         }
-        (failed, first)
+        match first {
+            None => Ok(()),
+            Some(first) => Err(NotEnforced { failed, first }),
+        }
     }
 
     fn apply_decision<E: Enforce>(
@@ -538,8 +551,10 @@ mod tests {
                 .is_err()
         );
         assert_eq!(policy.bans().count(), 0);
-        let (failed, _) = policy.apply_crowdsec(&[crowdsec("2001:db8::1", "cscli", 10)], &mut Full);
-        assert_eq!(failed, 1);
+        let refused = policy
+            .apply_crowdsec(&[crowdsec("2001:db8::1", "cscli", 10)], &mut Full)
+            .expect_err("the map is full");
+        assert_eq!(refused.failed, 1);
         assert!(policy.prefixes(PrefixList::Block).is_empty());
     }
 
@@ -551,7 +566,9 @@ mod tests {
         policy
             .ban(addr, record(addr, BanAction::Front, 10), &mut changes)
             .expect("infallible");
-        policy.apply_crowdsec(&[crowdsec("198.18.0.1", "cscli", 20)], &mut changes);
+        policy
+            .apply_crowdsec(&[crowdsec("198.18.0.1", "cscli", 20)], &mut changes)
+            .expect("infallible");
         // The later expiry, and CrowdSec's own decision drops.
         assert_eq!(
             changes.last(),

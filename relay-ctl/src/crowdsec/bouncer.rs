@@ -225,12 +225,12 @@ pub async fn write(admission: &RwLock<Admission>, changes: Vec<Change>) -> Durat
     for chunk in changes.chunks(CHUNK) {
         let mut guard = admission.write().await;
         let held = Instant::now();
-        let (n, error) = guard.apply_crowdsec(chunk);
+        let applied = guard.apply_crowdsec(chunk);
         drop(guard);
         longest = longest.max(held.elapsed());
-        failed += n;
-        if first_error.is_none() {
-            first_error = error;
+        if let Err(refused) = applied {
+            failed += refused.failed;
+            first_error.get_or_insert(refused.first);
         }
         tokio::task::yield_now().await;
     }
