@@ -12,5 +12,5 @@ pub mod verdict;
 
 pub use bucket::{StateBudget, TokenBucket};
 pub use decision::{Budget, Lookups, Room, decide};
-pub use maps::{BanAction, BanEntry, BanReason, XdpConfig};
+pub use maps::{BanAction, BanEntry, BanReason, PrefixList, XdpConfig};
 pub use verdict::Verdict;

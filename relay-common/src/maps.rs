@@ -263,3 +263,12 @@ mod pod {
     unsafe impl aya::Pod for crate::bucket::TokenBucket {}
     unsafe impl aya::Pod for crate::bucket::StateBudget {}
 }
+
+/// Which of the two prefix lists (each an LPM trie per address family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PrefixList {
+    /// Never dropped, limited or banned.
+    Allow,
+    /// Dropped.
+    Block,
+}

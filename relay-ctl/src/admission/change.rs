@@ -4,18 +4,10 @@
 use std::{convert::Infallible, net::IpAddr};
 
 use ipnet::IpNet;
+pub use relay_common::PrefixList;
 use relay_common::{BanEntry, XdpConfig};
 
 use super::keys::PrefixKey;
-
-/// Which of the two prefix lists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PrefixList {
-    /// Never dropped, limited or banned.
-    Allow,
-    /// Dropped.
-    Block,
-}
 
 /// One change to what is enforced.
 #[derive(Clone, Debug, PartialEq, Eq)]

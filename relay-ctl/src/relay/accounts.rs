@@ -411,6 +411,26 @@ mod tests {
         assert!(bob.disabled);
     }
 
+    #[test]
+    fn connection_rate_burst_defaults_to_the_rate_count() {
+        const USER: &str = "[server]\nlisten = [\"127.0.0.1:1\"]\n[[users]]\nname = \"a\"\n\
+                            secret = \"00112233445566778899aabbccddeeff\"\n";
+        let limits = |extra: &str| {
+            let config = config::Config::parse(&format!("{USER}{extra}"), config::Origin::Embedded)
+                .expect("valid");
+            Limits::from(&config.users[0])
+        };
+        assert_eq!(limits("").connection_rate.map(|r| r.burst()), None);
+        let set = limits("connection_rate = \"20/s\"\nconnection_burst = 40\n")
+            .connection_rate
+            .expect("rate");
+        assert_eq!((set.rate.to_string(), set.burst()), ("20/s".to_owned(), 40));
+        let default_burst = limits("connection_rate = \"5/m\"\n")
+            .connection_rate
+            .expect("rate");
+        assert_eq!(default_burst.burst(), 5);
+    }
+
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([198, 18, 0, n])
     }

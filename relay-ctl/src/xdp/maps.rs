@@ -10,10 +10,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use ipnet::IpNet;
-use relay_common::{BanEntry, TokenBucket, Verdict, XdpConfig, maps as names};
+use relay_common::{BanEntry, PrefixList, TokenBucket, Verdict, XdpConfig, maps as names};
 
 use super::unrated::UnratedMarks;
-use crate::admission::PrefixList;
 
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
