@@ -189,7 +189,7 @@ async fn serve(
     )));
     if let Some(listen) = metrics {
         let daemon = daemon.clone();
-        tasks.push(tokio::spawn(crate::telemetry::export(move || {
+        tasks.push(tokio::spawn(crate::daemon::publish::export(move || {
             let daemon = daemon.clone();
             async move { daemon.stats().await }
         })));

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The CrowdSec integration's state, as [`Stats::crowdsec`] carries it.
+pub use crate::crowdsec::CrowdSecStats;
 /// Connect times to one DC, as [`Stats::dc_connect`] carries them (kept by the relay's
 /// counters).
 pub use crate::relay::stats::DcConnect;
@@ -249,31 +251,6 @@ fn relay_source() -> String {
 
 fn drop_action() -> String {
     "drop".to_owned()
-}
-
-/// The CrowdSec integration's state (`[crowdsec]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CrowdSecStats {
-    /// Whether the last pull of the decision stream succeeded.
-    pub up: bool,
-    /// Decisions enforced, by origin.
-    pub decisions: BTreeMap<String, u64>,
-    /// Successful pulls since start.
-    pub pulls: u64,
-    /// Failed pulls since start.
-    pub pull_failures: u64,
-    /// Unix time of the last successful pull.
-    #[serde(default)]
-    pub last_pull_unix: Option<u64>,
-    /// relay's own bans published as alerts.
-    pub published: u64,
-    /// Bans the LAPI did not take (or that failed after retries).
-    pub publish_failed: u64,
-    /// Bans dropped because the publish queue was full.
-    pub publish_dropped: u64,
-    /// Decisions (or whole pulls) refused, by kind (`wide_range`, `bad_value`, `too_many`...).
-    #[serde(default)]
-    pub rejected: BTreeMap<String, u64>,
 }
 
 /// One user and its usage.

@@ -27,9 +27,10 @@ use std::{
     },
 };
 
+use serde::{Deserialize, Serialize};
 use tokio::{sync::RwLock, task::JoinHandle};
 
-use crate::{admission::Admission, admission::misuse::Misuse, config, control::api::CrowdSecStats};
+use crate::{admission::Admission, admission::misuse::Misuse, config};
 
 /// The origin relay's own decisions carry in the LAPI.
 pub const ORIGIN: &str = "relay";
@@ -250,4 +251,29 @@ pub fn start(
         "CrowdSec bouncer started"
     );
     Ok(Running { tasks })
+}
+
+/// The CrowdSec integration's state (`[crowdsec]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrowdSecStats {
+    /// Whether the last pull of the decision stream succeeded.
+    pub up: bool,
+    /// Decisions enforced, by origin.
+    pub decisions: BTreeMap<String, u64>,
+    /// Successful pulls since start.
+    pub pulls: u64,
+    /// Failed pulls since start.
+    pub pull_failures: u64,
+    /// Unix time of the last successful pull.
+    #[serde(default)]
+    pub last_pull_unix: Option<u64>,
+    /// relay's own bans published as alerts.
+    pub published: u64,
+    /// Bans the LAPI did not take (or that failed after retries).
+    pub publish_failed: u64,
+    /// Bans dropped because the publish queue was full.
+    pub publish_dropped: u64,
+    /// Decisions (or whole pulls) refused, by kind (`wide_range`, `bad_value`, `too_many`...).
+    #[serde(default)]
+    pub rejected: BTreeMap<String, u64>,
 }

@@ -19,6 +19,7 @@ use super::{
     client::Lapi,
     duration,
 };
+pub use crate::admission::misuse::{BanEvent, BanSink};
 
 /// Bans waiting to be sent; beyond this the detector's offers are dropped.
 pub const QUEUE: usize = 4096;
@@ -29,17 +30,6 @@ pub const MAX_BATCH: usize = 1000;
 /// Attempts to send one batch before it is given up.
 const ATTEMPTS: u32 = 5;
 
-/// One ban to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BanEvent {
-    /// The banned source (an IPv6 ban covers its /64).
-    pub addr: IpAddr,
-    /// The detector's reason (`bad_secret`, ...).
-    pub reason: &'static str,
-    /// How long the ban lasts.
-    pub ttl: Duration,
-}
-
 /// The misuse detector's end of the queue of bans to publish to CrowdSec.
 #[derive(Debug, Clone)]
 pub struct BanQueue {
@@ -47,9 +37,9 @@ pub struct BanQueue {
     status: Arc<Status>,
 }
 
-impl BanQueue {
+impl BanSink for BanQueue {
     /// Queues a ban for publishing without waiting; drops it (counted) when the queue is full.
-    pub fn offer(&self, event: BanEvent) {
+    fn offer(&self, event: BanEvent) {
         if self.tx.try_send(event).is_err() {
             self.status.publish_dropped.fetch_add(1, Ordering::Relaxed);
         }

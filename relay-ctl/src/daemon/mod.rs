@@ -1,10 +1,12 @@
 //! The running daemon's state and the operations on it, one concern per module: admin requests
 //! (`requests`), config reload (`reload`), blocklist feeds (`feeds`), persistence
-//! (`persistence`), periodic upkeep (`sweep`) and the stats snapshot (`stats`).
+//! (`persistence`), periodic upkeep (`sweep`), the stats snapshot (`stats`) and its copy into
+//! the Prometheus exporter (`publish`).
 //! `cli::run` wires it to sockets and signals.
 
 mod feeds;
 mod persistence;
+pub mod publish;
 mod reload;
 mod requests;
 mod stats;

@@ -34,7 +34,7 @@ pub fn install(config: &config::Metrics) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 /// The exporter with every histogram's buckets from the table.
-pub(super) fn builder() -> anyhow::Result<PrometheusBuilder> {
+pub(crate) fn builder() -> anyhow::Result<PrometheusBuilder> {
     let mut builder = PrometheusBuilder::new();
     for metric in Metric::ALL.iter().filter(|m| m.kind() == Kind::Histogram) {
         let def = metric.def();
@@ -46,7 +46,7 @@ pub(super) fn builder() -> anyhow::Result<PrometheusBuilder> {
 }
 
 /// Gives the current recorder every metric's help text and unit.
-pub(super) fn describe() {
+pub(crate) fn describe() {
     metrics::with_recorder(|recorder| {
         for metric in Metric::ALL {
             let def = metric.def();

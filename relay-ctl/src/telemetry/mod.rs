@@ -1,17 +1,16 @@
 //! Prometheus metrics: an HTTP listener at `[metrics] listen` (loopback by default) serving
 //! the text exposition format on any path (`/metrics` by convention).
 //!
-//! The relay's own counters (atomics in [`crate::relay::stats`], the accounts, the admission and
-//! the misuse detector) stay the source of truth: [`export`] copies a [`Stats`] snapshot into
-//! the exporter once a second, so the connection path never touches it. The exceptions are
-//! the histograms ([`histograms`]), recorded where a DC connection is made or a CrowdSec pull
-//! ends (not per byte).
+//! The relay's own counters (atomics in the relay's statistics, the accounts, the admission
+//! and the misuse detector) stay the source of truth: the daemon copies a snapshot of them
+//! into the exporter once a second, so the connection path never touches it. The exceptions
+//! are the histograms ([`histograms`]), recorded where a DC connection is made or a CrowdSec
+//! pull ends (not per byte).
 //!
 //! - [`metrics`]: the table declaring every metric once; [`Metric`] is its typed identifier.
 //! - [`samples`]: typed metric values as the admin `stats` reply carries them, and their
 //!   `relay-ctl stats --json` form.
 //! - [`exporter`]: the HTTP listener and the descriptions taken from the table.
-//! - [`publish`]: copies a snapshot into the exporter.
 //!
 //! No metric has a per-address label: sources are counted, never named.
 //!
@@ -19,9 +18,9 @@
 //!
 //! 1. Add an entry to the table in [`metrics`]: name, kind, help, label names and, for a
 //!    counter or gauge, a `json` key (its place in `relay-ctl stats --json`).
-//! 2. Where the snapshot is taken (the owner's export function, e.g.
-//!    [`crate::relay::stats::RelayStats::export`], or the daemon's `stats`), set its value with
-//!    [`Samples::set`]. A histogram is recorded where it happens instead, like [`histograms`].
+//! 2. Where the snapshot is taken (the owner's export function, e.g. `RelayStats::export` in
+//!    the relay, or the daemon's stats snapshot), set its value with [`Samples::set`]. A
+//!    histogram is recorded where it happens instead, like [`histograms`].
 //!
 //! Describing, publishing, the JSON and the check that every declared metric is exported
 //! follow from the table. A new label value (a new reason) only needs the label's enum to
@@ -30,37 +29,9 @@
 pub mod exporter;
 pub mod histograms;
 pub mod metrics;
-pub mod publish;
 pub mod samples;
-
-#[cfg(test)]
-mod tests;
-
-use std::{future::Future, time::Duration};
 
 pub use exporter::install;
 pub use histograms::{record_crowdsec_pull, record_dc_connect};
 pub use metrics::{Kind, Metric, MetricDef};
-pub use publish::Publisher;
 pub use samples::{Sample, Samples};
-
-use crate::control::api::Stats;
-
-/// How often the counters are copied into the exporter.
-pub const EXPORT_EVERY: Duration = Duration::from_secs(1);
-
-/// Copies the snapshots `snapshot` takes into the exporter every [`EXPORT_EVERY`], forever.
-pub async fn export<F, Fut>(mut snapshot: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Stats>,
-{
-    let mut publisher = Publisher::default();
-    let mut tick = tokio::time::interval(EXPORT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let stats = snapshot().await;
-        publisher.publish(&stats);
-    }
-}

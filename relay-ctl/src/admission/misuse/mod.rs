@@ -15,8 +15,25 @@ use crate::{
     admission::{Admission, BanTarget, SourceKey},
     clock::monotonic_ns,
     config,
-    crowdsec::publish::{BanEvent, BanQueue},
 };
+
+/// One ban to share beyond this relay (CrowdSec publishes it as a decision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanEvent {
+    /// The banned source (an IPv6 ban covers its /64).
+    pub addr: IpAddr,
+    /// The detector's reason (`bad_secret`, ...).
+    pub reason: &'static str,
+    /// How long the ban lasts.
+    pub ttl: Duration,
+}
+
+/// Where the detector offers its address bans for sharing. Offering never waits: a sink that
+/// cannot take a ban drops it (and counts that itself).
+pub trait BanSink: Send + Sync {
+    /// Takes one ban, or drops it.
+    fn offer(&self, event: BanEvent);
+}
 
 /// Detector plus the admission it bans through.
 pub struct Misuse {
@@ -27,7 +44,7 @@ pub struct Misuse {
     /// `[misuse]`, for the action of each ban.
     config: std::sync::Mutex<config::Misuse>,
     /// Where bans are offered for publishing to CrowdSec, once `[crowdsec]` starts.
-    ban_queue: std::sync::OnceLock<BanQueue>,
+    ban_queue: std::sync::OnceLock<Box<dyn BanSink>>,
 }
 
 impl Misuse {
@@ -47,9 +64,9 @@ impl Misuse {
         }
     }
 
-    /// Publishes every later ban through `ban_queue` (set once; later calls are ignored).
-    pub fn publish_to(&self, ban_queue: BanQueue) {
-        let _ = self.ban_queue.set(ban_queue);
+    /// Offers every later address ban to `sink` (set once; later calls are ignored).
+    pub fn publish_to(&self, sink: impl BanSink + 'static) {
+        let _ = self.ban_queue.set(Box::new(sink));
     }
 
     /// Applies a reloaded `[misuse]` section; counts so far are kept.

@@ -1,20 +1,40 @@
-//! Copies a [`Stats`] snapshot into the current recorder: the samples it carries as they are,
-//! and the metrics of its typed sections (users, replay memory, CrowdSec, TLS flight, XDP
-//! attachments, version) through [`section_samples`].
+//! Copies the daemon's [`Stats`] snapshot into the Prometheus exporter ([`crate::telemetry`])
+//! once a second: the samples it carries as they are, and the metrics of its typed sections
+//! (users, replay memory, CrowdSec, TLS flight, XDP attachments, version) through
+//! [`section_samples`].
 
-use std::collections::BTreeSet;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeSet, future::Future, time::Duration};
 
 use metrics::Label;
 
-use super::{
-    metrics::{Kind, Metric},
-    samples::Samples,
-};
 use crate::{
     control::api::Stats,
     crowdsec::decisions::REJECTION_KINDS,
     relay::{accounts::Rejection, mask_flight::Source, stats::DIRECTIONS},
+    telemetry::{Kind, Metric, Samples},
 };
+
+/// How often the counters are copied into the exporter.
+pub const EXPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies the snapshots `snapshot` takes into the exporter every [`EXPORT_EVERY`], forever.
+pub async fn export<F, Fut>(mut snapshot: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Stats>,
+{
+    let mut publisher = Publisher::default();
+    let mut tick = tokio::time::interval(EXPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let stats = snapshot().await;
+        publisher.publish(&stats);
+    }
+}
 
 /// Writes snapshots into the current recorder. Remembers which gauge series it has set, so a
 /// gauge whose subject went away (a removed feed or user) drops to 0 instead of keeping its

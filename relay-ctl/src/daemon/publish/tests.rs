@@ -1,8 +1,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{exporter::builder, exporter::describe, *};
+use super::*;
 use crate::control::api::{
     CrowdSecStats, ReplayMemoryStats, TlsFlightStats, UserInfo, XdpAttachment,
+};
+use crate::telemetry::{
+    exporter::{builder, describe},
+    record_crowdsec_pull, record_dc_connect,
 };
 
 fn sample() -> Stats {
@@ -246,7 +250,7 @@ fn stats_json_keeps_its_shape() {
 /// Every `relay_*` name the dashboard queries is one this module exports.
 #[test]
 fn the_dashboard_uses_exported_names_only() {
-    let dashboard = include_str!("../../../contrib/grafana/relay-dashboard.json");
+    let dashboard = include_str!("../../../../contrib/grafana/relay-dashboard.json");
     let names = dashboard_metric_names(dashboard);
     assert!(names.len() >= 10, "{names:?}");
     for name in &names {
