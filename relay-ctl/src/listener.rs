@@ -27,7 +27,7 @@ use crate::{
 pub fn bind(
     addrs: &[SocketAddr],
     copies: usize,
-) -> anyhow::Result<Vec<Vec<std::net::TcpListener>>> {
+) -> Result<Vec<Vec<std::net::TcpListener>>, BindError> {
     let copies = copies.max(1);
     let mut sets: Vec<Vec<std::net::TcpListener>> = (0..copies).map(|_| Vec::new()).collect();
     for addr in addrs {
@@ -35,35 +35,45 @@ pub fn bind(
         let mut addr = *addr;
         for set in &mut sets {
             let listener = bind_one(addr, copies > 1)?;
-            addr = listener.local_addr()?;
+            addr = listener
+                .local_addr()
+                .map_err(|e| BindError::Listen(addr, e))?;
             set.push(listener);
         }
     }
     Ok(sets)
 }
 
-fn bind_one(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<std::net::TcpListener> {
+/// Why a listen address could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// No socket could be created for the address's family.
+    #[error("cannot create a socket for {0}")]
+    Socket(SocketAddr, #[source] std::io::Error),
+    /// A socket option, `bind` or `listen` failed.
+    #[error("cannot listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, BindError> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| anyhow::anyhow!("cannot create a socket for {addr}: {e}"))?;
-    socket.set_reuse_address(true)?;
+        .map_err(|e| BindError::Socket(addr, e))?;
+    let listen = |e| BindError::Listen(addr, e);
+    socket.set_reuse_address(true).map_err(listen)?;
     if reuse_port {
-        socket.set_reuse_port(true)?;
+        socket.set_reuse_port(true).map_err(listen)?;
     }
     if addr.is_ipv6() {
         // Keep [::] from also claiming the IPv4 port, so 0.0.0.0 and [::] can both be listed.
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(true).map_err(listen)?;
     }
-    socket.set_nonblocking(true)?;
+    socket.set_nonblocking(true).map_err(listen)?;
     // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it to the
     // child): set once here rather than with a syscall per connection. Relayed writes are
     // whole messages a peer waits for; Nagle would only delay them.
-    socket.set_tcp_nodelay(true)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    socket
-        .listen(1024)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    socket.set_tcp_nodelay(true).map_err(listen)?;
+    socket.bind(&addr.into()).map_err(listen)?;
+    socket.listen(1024).map_err(listen)?;
     Ok(socket.into())
 }
 
@@ -112,9 +122,9 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
             tokio::spawn(front_banned(stream, slot, daemon.relay.load_full()));
             continue;
         }
-        // One span per connection, at debug level: at info it would cost ~4 % of a short
-        // connection's CPU (formatted on creation, entered on every poll) for the few lines
-        // that name their peer themselves. The peer is masked as `[log] client_ips` says.
+        // One span per connection, at debug level: at info it would cost a measurable share
+        // of a short connection's CPU (formatted on creation, entered on every poll) for the
+        // few lines that name their peer themselves. The peer is masked as `[log] client_ips` says.
         let span = tracing::debug_span!("conn", peer = %crate::privacy::addr(peer));
         // Each connection keeps the context it started with; a reload affects only new ones.
         tokio::spawn(

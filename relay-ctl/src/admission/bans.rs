@@ -25,8 +25,19 @@ impl fmt::Display for BanTarget {
     }
 }
 
+/// Why text is not a ban target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BanTargetError {
+    /// Neither an address nor a prefix.
+    #[error("`{0}` is neither an IP address nor a prefix")]
+    NotAnAddress(String),
+    /// A prefix of a length relay does not ban.
+    #[error("`{0}`: prefix bans are IPv4 /24 or IPv6 /48")]
+    PrefixLength(String),
+}
+
 impl std::str::FromStr for BanTarget {
-    type Err = String;
+    type Err = BanTargetError;
 
     /// An address, or an IPv4 /24 or IPv6 /48 (`198.51.100.0/24`, `2001:db8:1::/48`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -35,10 +46,10 @@ impl std::str::FromStr for BanTarget {
         }
         let net = s
             .parse::<ipnet::IpNet>()
-            .map_err(|_| format!("`{s}` is neither an IP address nor a prefix"))?;
+            .map_err(|_| BanTargetError::NotAnAddress(s.to_owned()))?;
         PrefixKey::of_net(net)
             .map(BanTarget::Prefix)
-            .ok_or_else(|| format!("`{s}`: prefix bans are IPv4 /24 or IPv6 /48"))
+            .ok_or_else(|| BanTargetError::PrefixLength(s.to_owned()))
     }
 }
 

@@ -10,23 +10,30 @@ use serde::{Deserialize, Deserializer};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr(pub IpNet);
 
+/// Why text is not an address or CIDR.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// Has a `/` but is not a network.
+    #[error("invalid CIDR `{0}` (expected e.g. 192.0.2.0/24 or 2001:db8::/32)")]
+    Network(String),
+    /// Not an address.
+    #[error("invalid address `{0}` (expected an IPv4/IPv6 address or CIDR)")]
+    Address(String),
+}
+
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.contains('/') {
             s.parse::<IpNet>()
                 .map(|net| Cidr(net.trunc()))
-                .map_err(|_| {
-                    format!("invalid CIDR `{s}` (expected e.g. 192.0.2.0/24 or 2001:db8::/32)")
-                })
+                .map_err(|_| CidrError::Network(s.to_owned()))
         } else {
             s.parse::<IpAddr>()
                 .map(|ip| Cidr(IpNet::from(ip)))
-                .map_err(|_| {
-                    format!("invalid address `{s}` (expected an IPv4/IPv6 address or CIDR)")
-                })
+                .map_err(|_| CidrError::Address(s.to_owned()))
         }
     }
 }

@@ -42,7 +42,7 @@ pub use self::{
     admin::Admin,
     allowlist::Allowlist,
     blocklist::Blocklist,
-    cidr::Cidr,
+    cidr::{Cidr, CidrError},
     crowdsec::{CrowdSec, Redacted},
     exposure::exposure,
     lapi_url::LapiUrl,

@@ -3,16 +3,26 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use metrics::{KeyName, SharedString};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 use super::metrics::{Kind, Metric};
 use crate::config;
 
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    /// A histogram's buckets from the table were refused.
+    #[error("buckets of {0}")]
+    Buckets(&'static str, #[source] BuildError),
+    /// The listener could not be bound or the recorder installed.
+    #[error("starting the metrics endpoint on {0}")]
+    Start(SocketAddr, #[source] BuildError),
+}
+
 /// Starts the HTTP listener and installs the process-wide recorder, if `[metrics] enabled`.
 /// Fails when the address cannot be bound. Must run inside the tokio runtime.
-pub fn install(config: &config::Metrics) -> anyhow::Result<Option<SocketAddr>> {
+pub fn install(config: &config::Metrics) -> Result<Option<SocketAddr>, ExporterError> {
     if !config.enabled {
         tracing::info!("metrics disabled ([metrics] enabled = false)");
         return Ok(None);
@@ -28,19 +38,19 @@ pub fn install(config: &config::Metrics) -> anyhow::Result<Option<SocketAddr>> {
     builder()?
         .with_http_listener(listen)
         .install()
-        .with_context(|| format!("starting the metrics endpoint on {listen}"))?;
+        .map_err(|e| ExporterError::Start(listen, e))?;
     describe();
     Ok(Some(listen))
 }
 
 /// The exporter with every histogram's buckets from the table.
-pub(crate) fn builder() -> anyhow::Result<PrometheusBuilder> {
+pub(crate) fn builder() -> Result<PrometheusBuilder, ExporterError> {
     let mut builder = PrometheusBuilder::new();
     for metric in Metric::ALL.iter().filter(|m| m.kind() == Kind::Histogram) {
         let def = metric.def();
         builder = builder
             .set_buckets_for_metric(Matcher::Full(def.name.to_owned()), def.buckets)
-            .with_context(|| format!("buckets of {}", def.name))?;
+            .map_err(|e| ExporterError::Buckets(def.name, e))?;
     }
     Ok(builder)
 }

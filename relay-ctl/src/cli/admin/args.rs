@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{EXIT_STATUS_HELP, duration};
-use crate::config::Cidr;
+use crate::config::{Cidr, CidrError};
 
 /// Options shared by the admin commands.
 #[derive(Debug, Clone, Default, Args)]
@@ -144,6 +144,6 @@ pub enum AdminCommand {
     Stats,
 }
 
-pub(super) fn parse_cidr(text: &str) -> Result<Cidr, String> {
+pub(super) fn parse_cidr(text: &str) -> Result<Cidr, CidrError> {
     text.parse()
 }

@@ -5,6 +5,7 @@ use std::{net::IpAddr, time::Duration};
 use relay_common::BanAction;
 
 use crate::{
+    admission::bans::BanTargetError,
     admission::{BanTarget, ListSource},
     clock::monotonic_ns,
     control::api::{BanInfo, ErrorKind, Reply},
@@ -18,8 +19,8 @@ use super::RequestFailure;
 #[derive(Debug, thiserror::Error)]
 pub enum BanError {
     /// Not an address, /24 or /48.
-    #[error("{0}")]
-    BadTarget(String),
+    #[error(transparent)]
+    BadTarget(BanTargetError),
     /// No ban on that prefix.
     #[error("no ban on {0}")]
     NoBan(BanTarget),
@@ -100,9 +101,7 @@ impl Daemon {
     /// `bans rm`: lifts the ban on `addr` (an address or a prefix). An address banned only
     /// through a prefix ban or by CrowdSec is named with what lifts it.
     pub(super) async fn bans_rm(&self, addr: &str) -> Result<Reply, BanError> {
-        let target = addr
-            .parse::<BanTarget>()
-            .map_err(|e| BanError::BadTarget(e.to_string()))?;
+        let target = addr.parse::<BanTarget>().map_err(BanError::BadTarget)?;
         let mut admission = self.admission.write().await;
         if admission.lift(target).is_none() {
             let BanTarget::Addr(addr) = target else {

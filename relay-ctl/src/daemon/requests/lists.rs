@@ -3,7 +3,7 @@
 use crate::{
     admission::{ListSource, PrefixList},
     clock::unix_now,
-    config::Cidr,
+    config::{Cidr, CidrError},
     control::{
         api::{ErrorKind, PrefixEntry, Reply},
         saved_state::BlockEntry,
@@ -17,8 +17,8 @@ use super::RequestFailure;
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     /// Not an address or CIDR.
-    #[error("{0}")]
-    BadCidr(String),
+    #[error(transparent)]
+    BadCidr(#[from] CidrError),
     /// The prefix is a prefix ban, which `bans rm` lifts.
     #[error("{0} is not an operator block; it is a prefix ban: relay-ctl bans rm {0}")]
     PrefixBanNotBlock(Cidr),
@@ -58,8 +58,7 @@ impl RequestFailure for ListError {
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, ListError> {
-    text.parse::<Cidr>()
-        .map_err(|e| ListError::BadCidr(e.to_string()))
+    Ok(text.parse::<Cidr>()?)
 }
 
 impl Daemon {
