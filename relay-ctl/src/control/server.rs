@@ -350,14 +350,14 @@ async fn accept_loop<H: Handler>(listener: UnixListener, handler: Arc<H>, roles:
                 Ok((stream, _)) => {
                     let slot = slots.clone().try_acquire_owned();
                     let handler = handler.clone();
-                    let gate = Gate {
+                    let access = AccessPolicy {
                         roles: roles.clone(),
                         refusals: refusals.clone(),
                         rate: rate.clone(),
                     };
                     connections.spawn(async move {
                         match slot {
-                            Ok(_slot) => serve_connection(stream, handler, gate).await,
+                            Ok(_slot) => serve_connection(stream, handler, access).await,
                             Err(_) => refuse_busy(stream).await,
                         }
                     });
@@ -382,7 +382,7 @@ async fn refuse_busy(mut stream: UnixStream) {
 }
 
 /// Answers requests on one connection until it closes, idles out or sends an oversize line.
-async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate: Gate) {
+async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, access: AccessPolicy) {
     let peer = match stream
         .peer_cred()
         .and_then(|cred| Ok((cred, peer_groups(stream.as_raw_fd())?)))
@@ -398,7 +398,7 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate:
         }
     };
     let uid = peer.uid;
-    let role = gate.roles.role(&peer);
+    let role = access.roles.role(&peer);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -423,7 +423,7 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate:
             continue;
         }
         // Before parsing: a caller over its rate costs no more than reading its line.
-        let response = if !gate.rate.allows(uid) {
+        let response = if !access.rate.allows(uid) {
             rate_limited(&*handler, uid)
         } else {
             match serde_json::from_slice::<Request>(&line) {
@@ -432,8 +432,8 @@ async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>, gate:
                 }
                 Ok(request) => {
                     handler.refused();
-                    gate.refusals.log(uid, role, &request);
-                    refusal(role, &request, uid, &gate.roles)
+                    access.refusals.log(uid, role, &request);
+                    refusal(role, &request, uid, &access.roles)
                 }
                 Err(e) => {
                     tracing::debug!(uid, "admin socket: malformed request: {e}");
@@ -465,7 +465,7 @@ fn rate_limited<H: Handler>(handler: &H, uid: u32) -> Response {
 
 /// What each connection needs to decide and log refusals.
 #[derive(Clone)]
-struct Gate {
+struct AccessPolicy {
     roles: Arc<Roles>,
     refusals: Arc<RefusalLog>,
     rate: Arc<PeerRate>,
