@@ -31,3 +31,17 @@ pub fn verdict_counts(prog_id: u32) -> [u64; Verdict::COUNT as usize] {
             .sum()
     })
 }
+
+/// relay's eBPF object with its XDP program loaded into the kernel (verified, not attached),
+/// and the log channel that must outlive it (it owns the log ring buffer's fd).
+pub fn load_xdp() -> (aya::Ebpf, relay_ctl::xdp::Logger) {
+    let mut ebpf = aya::Ebpf::load(relay_ctl::ebpf::OBJECT).expect("load the eBPF object");
+    let logger = aya_log::EbpfLogger::init(&mut ebpf).expect("eBPF logger");
+    let program: &mut aya::programs::Xdp = ebpf
+        .program_mut(relay_common::maps::PROGRAM)
+        .expect("XDP program in the object")
+        .try_into()
+        .expect("an XDP program");
+    program.load().expect("verifier accepts the program");
+    (ebpf, logger)
+}

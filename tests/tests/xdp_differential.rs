@@ -164,14 +164,7 @@ struct Kernel {
 
 impl Kernel {
     fn load() -> Kernel {
-        let mut ebpf = Ebpf::load(relay_ctl::ebpf::OBJECT).expect("load the eBPF object");
-        let logger = aya_log::EbpfLogger::init(&mut ebpf).expect("eBPF logger");
-        let program: &mut Xdp = ebpf
-            .program_mut(names::PROGRAM)
-            .expect("XDP program in the object")
-            .try_into()
-            .expect("an XDP program");
-        program.load().expect("verifier accepts the program");
+        let (mut ebpf, logger) = relay_tests::kernel::load_xdp();
         let maps = XdpMaps::take(&mut ebpf).expect("the program's maps");
         Kernel {
             ebpf,

@@ -136,14 +136,7 @@ where
 impl Fixture {
     /// Loads the program, sets `config`, and makes [`PORT`] a listen port.
     fn new(config: XdpConfig) -> Fixture {
-        let mut ebpf = Ebpf::load(relay_ctl::ebpf::OBJECT).expect("load the eBPF object");
-        let logger = aya_log::EbpfLogger::init(&mut ebpf).expect("eBPF logger");
-        let program: &mut Xdp = ebpf
-            .program_mut(names::PROGRAM)
-            .expect("XDP program in the object")
-            .try_into()
-            .expect("an XDP program");
-        program.load().expect("verifier accepts the program");
+        let (mut ebpf, logger) = relay_tests::kernel::load_xdp();
         let classifier: &mut SchedClassifier = ebpf
             .program_mut(names::PROGRAM_TC)
             .expect("TC program in the object")
@@ -2008,14 +2001,7 @@ fn idle_limiter_state_is_forgotten_by_userspace() {
     if !privileged("idle_limiter_state_is_forgotten_by_userspace") {
         return;
     }
-    let mut ebpf = Ebpf::load(relay_ctl::ebpf::OBJECT).expect("load object");
-    let _logger = aya_log::EbpfLogger::init(&mut ebpf).expect("log channel");
-    let program: &mut Xdp = ebpf
-        .program_mut(names::PROGRAM)
-        .expect("program")
-        .try_into()
-        .expect("XDP");
-    program.load().expect("verifier");
+    let (mut ebpf, _logger) = relay_tests::kernel::load_xdp();
     let mut maps = relay_ctl::xdp::XdpMaps::take(&mut ebpf).expect("maps");
     maps.set_config(XdpConfig {
         syn_rate_per_sec: 1,

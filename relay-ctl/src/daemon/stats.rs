@@ -15,6 +15,15 @@ use crate::{
 };
 
 impl Daemon {
+    /// Every user with its usage, in the accounts' order.
+    pub(super) fn user_infos(&self) -> Vec<UserInfo> {
+        self.accounts
+            .all()
+            .iter()
+            .map(|a| self.user_info(a))
+            .collect()
+    }
+
     pub(super) fn user_info(&self, account: &Account) -> UserInfo {
         let relay = self.relay.load();
         let usage = account.usage(Instant::now(), relay.unique_ips_window);
@@ -103,12 +112,7 @@ impl Daemon {
             uptime_secs: self.started.elapsed().as_secs(),
             enforcement: admission.enforcement().to_string(),
             connections_active: relay.stats.active(),
-            users: self
-                .accounts
-                .all()
-                .iter()
-                .map(|a| self.user_info(a))
-                .collect(),
+            users: self.user_infos(),
             replay_memory: self.replay_memory_stats(),
             bans_active_by_reason,
             xdp_attached,

@@ -38,12 +38,7 @@ impl Daemon {
     /// `users list`: every user with its usage.
     pub(super) fn users_list(&self) -> Reply {
         Reply::Users {
-            users: self
-                .accounts
-                .all()
-                .iter()
-                .map(|a| self.user_info(a))
-                .collect(),
+            users: self.user_infos(),
         }
     }
 
