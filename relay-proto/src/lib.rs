@@ -11,9 +11,12 @@
 //! - [`tls`]: fake-TLS: ClientHello reassembly and validation, the server flight, records.
 //! - [`replay`]: the anti-replay memory of handshake keys (keyed Bloom-filter generations).
 //! - [`dc`]: built-in Telegram DC addresses.
+//! - [`middle`]: the middle-end leg: proxy list, key derivation, CBC framing, RPC messages and
+//!   the client framing it must parse.
 
 pub mod cipher;
 pub mod dc;
+pub mod middle;
 pub mod mode;
 pub mod obfs2;
 pub mod opening;
