@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod ebpf;
 pub mod listener;
 pub mod logging;
+pub mod middle;
 pub mod privacy;
 pub mod privilege;
 pub mod rate;

@@ -56,7 +56,7 @@ pub use self::{
     state::State,
     timeouts::Timeouts,
     tls::Tls,
-    upstream::Upstream,
+    upstream::{Middle, Upstream, UpstreamMode},
     users::User,
     xdp::{Xdp, XdpMode},
 };
@@ -244,6 +244,9 @@ impl Config {
             })?;
         }
         self.xdp.validate().map_err(invalid)?;
+        self.upstream
+            .validate(self.users.iter().any(|u| u.ad_tag.is_some()))
+            .map_err(invalid)?;
         Ok(())
     }
 

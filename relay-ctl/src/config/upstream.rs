@@ -1,10 +1,31 @@
 //! `[upstream]`: how Telegram's data centres are reached.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
+use relay_proto::middle::AdTag;
 use serde::{Deserialize, Deserializer};
 
-use super::serde_helpers::yes;
+use super::{
+    SectionError,
+    serde_helpers::{duration, from_str, yes},
+};
+
+/// `[upstream] mode`: how Telegram is reached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// Each client gets its own connection to its DC.
+    #[default]
+    Direct,
+    /// Clients are multiplexed over connections to Telegram's middle proxies (needed for an
+    /// ad tag).
+    Middle,
+}
 
 /// `[upstream]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -25,6 +46,147 @@ pub struct Upstream {
     /// Per-DC address overrides: `"2" = ["127.0.0.1:9002"]`, negative ids for media DCs.
     #[serde(default, deserialize_with = "dc_overrides")]
     pub dc: BTreeMap<i16, Vec<SocketAddr>>,
+    /// `direct` or `middle`; unset: `middle` when `ad_tag` is set, else `direct`.
+    #[serde(default)]
+    pub mode: Option<UpstreamMode>,
+    /// The promoted channel's tag from @MTProxybot (32 hex digits); needs middle mode.
+    #[serde(default, deserialize_with = "optional_ad_tag")]
+    pub ad_tag: Option<AdTag>,
+    /// `[upstream.middle]`: the middle proxies.
+    #[serde(default)]
+    pub middle: Middle,
+}
+
+impl Upstream {
+    /// The mode in effect: the configured one, else middle when an ad tag is set.
+    pub fn effective_mode(&self) -> UpstreamMode {
+        match (self.mode, self.ad_tag) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => UpstreamMode::Middle,
+            (None, None) => UpstreamMode::Direct,
+        }
+    }
+
+    pub(super) fn validate(&self, user_tags: bool) -> Result<(), SectionError> {
+        if self.mode == Some(UpstreamMode::Direct) && (self.ad_tag.is_some() || user_tags) {
+            return Err(SectionError::new(
+                "ad_tag",
+                "an ad tag is only shown through middle proxies: set `[upstream] mode = \"middle\"` \
+                 or remove the tag",
+            ));
+        }
+        self.middle.validate()
+    }
+}
+
+/// `[upstream.middle]`: where the middle-proxy list and secret come from, and how the ME
+/// connections are kept.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Middle {
+    /// Telegram's IPv4 middle-proxy list.
+    #[serde(default = "default_config_url")]
+    pub config_url: String,
+    /// Telegram's IPv6 middle-proxy list (used with `[upstream] prefer_ipv6`).
+    #[serde(default = "default_config_url_v6")]
+    pub config_url_v6: String,
+    /// Telegram's proxy secret.
+    #[serde(default = "default_secret_url")]
+    pub secret_url: String,
+    /// How often the list and secret are fetched again.
+    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Read the list from this file instead of fetching it.
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+    /// Read the proxy secret from this file instead of fetching it.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Connections kept open to each middle proxy; clients are spread over them.
+    #[serde(default = "default_connections_per_me")]
+    pub connections_per_me: u16,
+    /// This host's public IPv4 address, when it is behind NAT (the keys bind it).
+    #[serde(default, deserialize_with = "optional_from_str")]
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// This host's public IPv6 address, when the local one is not the one the ME sees.
+    #[serde(default, deserialize_with = "optional_from_str")]
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+impl Default for Middle {
+    fn default() -> Self {
+        Middle {
+            config_url: default_config_url(),
+            config_url_v6: default_config_url_v6(),
+            secret_url: default_secret_url(),
+            refresh: default_refresh(),
+            config_file: None,
+            secret_file: None,
+            connections_per_me: default_connections_per_me(),
+            public_ipv4: None,
+            public_ipv6: None,
+        }
+    }
+}
+
+impl Middle {
+    fn validate(&self) -> Result<(), SectionError> {
+        if self.connections_per_me == 0 || self.connections_per_me > 64 {
+            return Err(SectionError::new(
+                "connections_per_me",
+                "connections_per_me must be 1 to 64",
+            ));
+        }
+        if self.refresh < Duration::from_secs(60) {
+            return Err(SectionError::new(
+                "refresh",
+                "refresh must be at least 1m (Telegram's list changes rarely)",
+            ));
+        }
+        for (key, url) in [
+            ("config_url", &self.config_url),
+            ("config_url_v6", &self.config_url_v6),
+            ("secret_url", &self.secret_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(SectionError::new(
+                    key,
+                    format!("`{url}` is not an http(s) URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_config_url() -> String {
+    "https://core.telegram.org/getProxyConfig".to_owned()
+}
+fn default_config_url_v6() -> String {
+    "https://core.telegram.org/getProxyConfigV6".to_owned()
+}
+fn default_secret_url() -> String {
+    "https://core.telegram.org/getProxySecret".to_owned()
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_connections_per_me() -> u16 {
+    2
+}
+
+/// An optional ad tag (`"…32 hex digits…"`).
+pub(super) fn optional_ad_tag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AdTag>, D::Error> {
+    from_str(d).map(Some)
+}
+
+fn optional_from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    from_str(d).map(Some)
 }
 
 impl Default for Upstream {
@@ -35,6 +197,9 @@ impl Default for Upstream {
             prefer_ipv6: false,
             fast_mode: true,
             dc: BTreeMap::new(),
+            mode: None,
+            ad_tag: None,
+            middle: Middle::default(),
         }
     }
 }

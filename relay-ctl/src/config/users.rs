@@ -40,6 +40,9 @@ pub struct User {
     /// New connections admitted at once under `connection_rate`; default its count.
     #[serde(default)]
     pub connection_burst: Option<NonZeroU32>,
+    /// This user's promoted channel, instead of `[upstream] ad_tag` (middle mode only).
+    #[serde(default, deserialize_with = "super::upstream::optional_ad_tag")]
+    pub ad_tag: Option<relay_proto::middle::AdTag>,
 }
 
 /// Checks what serde cannot: names are plain words, and names and secrets are unique.

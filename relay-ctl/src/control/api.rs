@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// The CrowdSec integration's state, as [`Stats::crowdsec`] carries it.
 pub use crate::crowdsec::CrowdSecStats;
+pub use crate::middle::stats::{MeView, MiddleCounters, MiddleView};
 /// Connect times to one DC, as [`Stats::dc_connect`] carries them (kept by the relay's
 /// counters).
 pub use crate::relay::stats::DcConnect;
@@ -329,6 +330,9 @@ pub struct Stats {
     /// The shape of fake-TLS server flights.
     #[serde(default)]
     pub tls_flight: TlsFlightStats,
+    /// The middle-proxy leg.
+    #[serde(default)]
+    pub middle: MiddleView,
     /// Every other counter and gauge, by metric.
     #[serde(flatten)]
     pub metrics: Samples,

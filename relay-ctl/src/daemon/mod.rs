@@ -34,13 +34,14 @@ use crate::{
         misuse::Misuse,
     },
     clock::unix_now,
-    config::Config,
+    config::{Config, UpstreamMode},
     control::{
         Handler,
         api::{Request, Response},
         replay_store::ReplayStore,
         saved_state::{Lists, SavedState},
     },
+    middle::MiddleEnd,
     relay::{
         RelayContext, accounts::Accounts, hints::Hints, mask_flight::MaskFlight, stats::RelayStats,
     },
@@ -96,6 +97,8 @@ pub struct Daemon {
     pub flight: Arc<MaskFlight>,
     /// `[state] dir` as opened at start (a changed path takes effect after a restart).
     state: StateDir,
+    /// The middle-proxy leg (idle in direct mode).
+    pub middle: Arc<MiddleEnd>,
 }
 
 impl Daemon {
@@ -125,7 +128,8 @@ impl Daemon {
         let hints = Arc::new(Hints::default());
         let stats = Arc::new(RelayStats::default());
         let flight = Arc::new(MaskFlight::start(&config, state.clone()));
-        let relay = RelayContext::new(
+        let middle = Arc::new(MiddleEnd::new(&config, state.clone()));
+        let mut relay = RelayContext::new(
             &config,
             users,
             &accounts,
@@ -135,6 +139,8 @@ impl Daemon {
             stats.clone(),
             flight.clone(),
         );
+        relay.middle =
+            (config.upstream.effective_mode() == UpstreamMode::Middle).then(|| middle.clone());
         let saved = SavedState::new(state.clone());
         let capacity = Capacity::new(Bounds::from(&config.limits));
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
@@ -161,6 +167,7 @@ impl Daemon {
             crowdsec,
             flight,
             state,
+            middle,
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;
@@ -170,6 +177,11 @@ impl Daemon {
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The middle-proxy leg for relay contexts built from `config`: only in middle mode.
+    fn middle_for(&self, config: &Config) -> Option<Arc<MiddleEnd>> {
+        (config.upstream.effective_mode() == UpstreamMode::Middle).then(|| self.middle.clone())
     }
 }
 

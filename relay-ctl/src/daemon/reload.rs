@@ -76,6 +76,7 @@ impl Daemon {
         );
         // Same mask, same cached addresses.
         relay.mask = MaskTarget::reuse(self.relay.load().mask.as_ref(), relay.mask.take());
+        relay.middle = self.middle_for(&new);
         self.flight.reconfigure(&old, &new);
         self.relay.store(Arc::new(relay));
         crate::logging::reconfigure(&new.log);

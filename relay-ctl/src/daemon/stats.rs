@@ -128,6 +128,7 @@ impl Daemon {
                     reason: flight.reason.clone(),
                 }
             },
+            middle: self.middle.view(&self.config()),
             metrics,
         }
     }

@@ -17,8 +17,9 @@ use super::{
 use crate::{
     admission::misuse::Misuse,
     config::{Config, OnLimit},
+    middle::MiddleEnd,
 };
-use relay_proto::{ModeSet, Secret, replay::ReplayMemory, tls::HelloKey};
+use relay_proto::{ModeSet, Secret, middle::AdTag, replay::ReplayMemory, tls::HelloKey};
 
 /// A user as the relay sees it.
 #[derive(Debug, Clone)]
@@ -82,6 +83,10 @@ pub struct RelayContext<M = Arc<MaskTarget>> {
     pub stats: Arc<RelayStats>,
     /// The shape of fake-TLS server flights, learned from the mask (shared across reloads).
     pub flight: Arc<MaskFlight>,
+    /// The middle-proxy leg, in middle mode (set by the daemon).
+    pub middle: Option<Arc<MiddleEnd>>,
+    /// Each user's ad tag (its own, else `[upstream] ad_tag`), same order as `users`.
+    pub ad_tags: Vec<Option<AdTag>>,
 }
 
 impl RelayContext {
@@ -115,7 +120,20 @@ impl RelayContext {
                 )
             })
             .collect();
+        let ad_tags = users
+            .iter()
+            .map(|u| {
+                config
+                    .users
+                    .iter()
+                    .find(|c| c.name == u.name)
+                    .and_then(|c| c.ad_tag)
+                    .or(config.upstream.ad_tag)
+            })
+            .collect();
         RelayContext {
+            middle: None,
+            ad_tags,
             accounts,
             unique_ips_window: Duration::from_secs(config.server.unique_ips_window_secs),
             on_limit: config.server.on_limit,
@@ -176,6 +194,8 @@ impl<M> RelayContext<M> {
             misuse: self.misuse,
             stats: self.stats,
             flight: self.flight,
+            middle: self.middle,
+            ad_tags: self.ad_tags,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! dialling DCs itself. That is the only way a proxy gets its promoted channel (ad tag) shown,
 //! and it multiplexes every client over a few long-lived connections.
 //!
+//! - [`ad_tag`]: the promoted channel's tag.
 //! - [`proxy_config`]: the `getProxyConfig` text (`proxy_for <dc> <addr>;`, `default <dc>;`).
 //! - [`kdf`]: the AES-256-CBC keys, bound to both ends' addresses, ports, nonces and the
 //!   proxy secret.
@@ -12,12 +13,14 @@
 //!
 //! The wire formats are described in `docs/protocol.md`.
 
+pub mod ad_tag;
 pub mod client;
 pub mod frame;
 pub mod kdf;
 pub mod proxy_config;
 pub mod rpc;
 
+pub use ad_tag::{AdTag, AdTagError};
 pub use client::{ClientDecoder, ClientFrameError, ClientMessage, encode_answer, encode_quick_ack};
 pub use frame::{FrameError, FrameReader, FrameWriter};
 pub use kdf::{KdfInput, Purpose, derive_keys};
