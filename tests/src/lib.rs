@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod fake_dc;
+pub mod fake_me;
 pub mod https_mask;
 pub mod kernel;
 pub mod mask;
