@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::{
-    config::Config,
+    config::{Config, UpstreamMode},
     relay::mask_flight::{self, Cache},
 };
 use relay_proto::tls::FlightShape;
@@ -86,6 +86,10 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
         }
     );
     println!("  tls flight      {}", flight_summary(&config));
+    println!("  upstream        {}", upstream_summary(&config));
+    if let Some(warning) = nat_warning(&config) {
+        println!("  warning         {warning}");
+    }
     println!(
         "  tls clock       skew ±{} s, uptime clocks {}",
         config.tls.time_skew_secs,
@@ -249,4 +253,66 @@ fn replay_summary(config: &crate::config::Config) -> String {
             .join(crate::control::replay_store::REPLAY_DIR)
             .display()
     )
+}
+
+/// The upstream mode, and in middle mode where the proxy list comes from and the ad tags.
+fn upstream_summary(config: &Config) -> String {
+    let up = &config.upstream;
+    match up.effective_mode() {
+        UpstreamMode::Direct => "direct (each client dials its DC)".to_owned(),
+        UpstreamMode::Middle => {
+            let m = &up.middle;
+            let list = m
+                .config_file
+                .as_ref()
+                .map_or_else(|| m.config_url.clone(), |p| p.display().to_string());
+            let user_tags = config.users.iter().filter(|u| u.ad_tag.is_some()).count();
+            format!(
+                "middle ({}), list {list}, {} connections per middle proxy, ad tag {}{}",
+                if up.mode.is_none() {
+                    "chosen because an ad tag is set"
+                } else {
+                    "configured"
+                },
+                m.connections_per_me,
+                up.ad_tag
+                    .map_or_else(|| "none".to_owned(), |t| t.to_string()),
+                if user_tags > 0 {
+                    format!(", {user_tags} user(s) with their own tag")
+                } else {
+                    String::new()
+                }
+            )
+        }
+    }
+}
+
+/// In middle mode, the keys bind this host's address as the middle proxy sees it: a private
+/// local address without `public_ipv4` means NAT, and the handshake will fail.
+fn nat_warning(config: &Config) -> Option<String> {
+    if config.upstream.effective_mode() != UpstreamMode::Middle
+        || config.upstream.middle.public_ipv4.is_some()
+    {
+        return None;
+    }
+    // Connecting a UDP socket sends nothing; it only picks the route's source address.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("149.154.175.50:8888").ok()?;
+    let local = socket.local_addr().ok()?.ip();
+    let private = match local {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        std::net::IpAddr::V6(_) => false,
+    };
+    private.then(|| {
+        format!(
+            "this host reaches Telegram from the private address {local}: behind NAT the \
+             middle proxies derive other keys; set [upstream.middle] public_ipv4 to the public \
+             address"
+        )
+    })
 }

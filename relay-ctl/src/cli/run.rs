@@ -185,6 +185,12 @@ async fn serve(
     };
     tasks.push(tokio::spawn(crate::relay::mask_flight::run(
         daemon.flight.clone(),
+        config.clone(),
+    )));
+    // ME connections run on this (control-plane) runtime; clients on the relay threads talk
+    // to them through channels.
+    tasks.push(tokio::spawn(crate::middle::run(
+        daemon.middle.clone(),
         config,
     )));
     if let Some(listen) = metrics {

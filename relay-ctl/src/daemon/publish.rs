@@ -138,5 +138,30 @@ pub fn section_samples(s: &Stats) -> Samples {
     }
     out.set(Metric::TlsFlightRecordBytes, &["min"], flight.record_min);
     out.set(Metric::TlsFlightRecordBytes, &["max"], flight.record_max);
+    let me = &s.middle;
+    if me.enabled {
+        for pool in &me.me {
+            out.set(Metric::MeConnectionsUp, &[&pool.addr], pool.up);
+            out.set(Metric::MeClients, &[&pool.addr], pool.clients);
+            out.set(Metric::MeRtt, &[&pool.addr], pool.rtt_us);
+        }
+        let c = &me.counters;
+        out.set(Metric::MeConnects, &["ok"], c.connects);
+        out.set(Metric::MeConnects, &["failed"], c.connect_failures);
+        out.set(Metric::MeErrors, &["protocol"], c.protocol_errors);
+        out.set(Metric::MeErrors, &["overflow"], c.overflows);
+        out.set(Metric::MeErrors, &["unavailable"], c.unavailable);
+        out.set(Metric::MeRefreshes, &["applied"], c.refreshes_applied);
+        out.set(Metric::MeRefreshes, &["unchanged"], c.refreshes_unchanged);
+        out.set(Metric::MeRefreshes, &["failed"], c.refreshes_failed);
+        out.set(Metric::MeConfigAge, &[], me.config_age_secs);
+        for source in ["fetched", "file", "cache"] {
+            out.set(
+                Metric::MeConfigSource,
+                &[source],
+                u64::from(me.source == source),
+            );
+        }
+    }
     out
 }

@@ -19,14 +19,24 @@ use relay_proto::{
 
 /// One client on an ME connection.
 pub struct MeSession {
+    sender: MeSender,
+    receiver: MeReceiver,
+}
+
+/// A session's sending half.
+pub struct MeSender {
     conn: Arc<MeConn>,
     id: u64,
-    rx: mpsc::UnboundedReceiver<Answer>,
-    inbox: Arc<Inbox>,
     client: SocketAddr,
     proxy: SocketAddr,
     tag: ProtoTag,
     ad_tag: Option<AdTag>,
+}
+
+/// A session's receiving half.
+pub struct MeReceiver {
+    rx: mpsc::UnboundedReceiver<Answer>,
+    inbox: Arc<Inbox>,
 }
 
 impl MeSession {
@@ -40,22 +50,30 @@ impl MeSession {
     ) -> Result<MeSession, MiddleError> {
         let (id, rx, inbox) = conn.register()?;
         Ok(MeSession {
-            conn,
-            id,
-            rx,
-            inbox,
-            client,
-            proxy,
-            tag,
-            ad_tag,
+            sender: MeSender {
+                conn,
+                id,
+                client,
+                proxy,
+                tag,
+                ad_tag,
+            },
+            receiver: MeReceiver { rx, inbox },
         })
     }
 
     /// The middle proxy this session goes through.
     pub fn me_addr(&self) -> SocketAddr {
-        self.conn.addr
+        self.sender.conn.addr
     }
 
+    /// Both halves, to send and receive at the same time.
+    pub fn parts(&mut self) -> (&MeSender, &mut MeReceiver) {
+        (&self.sender, &mut self.receiver)
+    }
+}
+
+impl MeSender {
     /// Sends one client message, waiting while the ME connection's writer is behind.
     pub async fn send(&self, message: &[u8], quick_ack: bool) -> Result<(), MiddleError> {
         let mut payload = Vec::new();
@@ -71,7 +89,9 @@ impl MeSession {
         .encode(&mut payload);
         self.conn.send(payload).await
     }
+}
 
+impl MeReceiver {
     /// The next answer; `None` once the ME closed this client, the connection died, or the
     /// client fell too far behind.
     pub async fn recv(&mut self) -> Option<Answer> {
@@ -93,6 +113,6 @@ impl MeSession {
 
 impl Drop for MeSession {
     fn drop(&mut self) {
-        self.conn.close_client(self.id);
+        self.sender.conn.close_client(self.sender.id);
     }
 }

@@ -12,6 +12,7 @@ pub mod mask_flight;
 pub mod mask_target;
 #[cfg(test)]
 mod memory;
+pub mod middle_leg;
 pub mod pump;
 pub mod splice;
 pub mod stats;
@@ -144,6 +145,10 @@ async fn relay<C: RelayStream, M>(
     account: &Account,
     ctx: &RelayContext<M>,
 ) {
+    if let Some(middle) = &ctx.middle {
+        middle_leg::relay(client, peer, accepted, account, ctx, middle).await;
+        return;
+    }
     let user = account.name.as_str();
     let Accepted {
         handshake,

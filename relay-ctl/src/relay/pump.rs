@@ -321,7 +321,8 @@ where
     .await
 }
 
-async fn idle_watchdog(activity: &AtomicU64, start: Instant, idle: Duration) {
+/// Completes once `activity` (milliseconds since `start`) is `idle` old.
+pub(super) async fn idle_watchdog(activity: &AtomicU64, start: Instant, idle: Duration) {
     loop {
         let last = Duration::from_millis(activity.load(Ordering::Relaxed));
         let quiet = start.elapsed().saturating_sub(last);

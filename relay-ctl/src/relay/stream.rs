@@ -39,6 +39,11 @@ pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Closes the connection with a reset instead of a FIN (a dropped write half would send a
     /// FIN first).
     fn close_with_reset(read: Self::ReadHalf, write: Self::WriteHalf);
+
+    /// The address the client connected to, when there is one (a socket's).
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 impl RelayStream for TcpStream {
@@ -61,6 +66,10 @@ impl RelayStream for TcpStream {
             Ok(n) => unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) },
             Err(_) => &[],
         }
+    }
+
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        TcpStream::local_addr(self).ok()
     }
 
     fn close_with_reset(read: OwnedReadHalf, write: OwnedWriteHalf) {

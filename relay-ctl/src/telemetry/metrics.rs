@@ -353,6 +353,59 @@ metrics! {
         labels: &["bound"],
         help: "Smallest and largest size (bound=min|max) of the fake encrypted-handshake record.",
     }
+    /// Live connections to each middle proxy.
+    MeConnectionsUp {
+        name: "relay_me_connections_up",
+        kind: Kind::Gauge,
+        labels: &["me"],
+        help: "Live connections to each listed middle proxy (middle mode).",
+    }
+    /// Clients multiplexed over each middle proxy's connections.
+    MeClients {
+        name: "relay_me_clients",
+        kind: Kind::Gauge,
+        labels: &["me"],
+        help: "Clients multiplexed over each middle proxy's connections.",
+    }
+    /// Keep-alive round trip to each middle proxy.
+    MeRtt {
+        name: "relay_me_rtt_microseconds",
+        kind: Kind::Gauge,
+        labels: &["me"],
+        help: "Slowest keep-alive round trip among each middle proxy's connections, in microseconds (0: none measured yet).",
+    }
+    /// ME connection attempts by outcome.
+    MeConnects {
+        name: "relay_me_connects_total",
+        labels: &["outcome"],
+        help: "Middle-proxy connection attempts: ok (handshake completed; more than the pool size means reconnects) or failed.",
+    }
+    /// ME connections ended by bad input, and clients dropped.
+    MeErrors {
+        name: "relay_me_errors_total",
+        labels: &["kind"],
+        help: "protocol: ME connections ended by bad input from the middle proxy; overflow: clients dropped for queueing more than 4 MiB of answers; unavailable: clients that got no middle-proxy connection.",
+    }
+    /// Proxy-list refreshes by outcome.
+    MeRefreshes {
+        name: "relay_me_config_refreshes_total",
+        labels: &["outcome"],
+        help: "Reads of the middle-proxy list and secret: applied (changed), unchanged, failed.",
+    }
+    /// Age of the proxy list in use.
+    MeConfigAge {
+        name: "relay_me_config_age_seconds",
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        help: "Seconds since the middle-proxy list in use was read (middle mode).",
+    }
+    /// Where the proxy list in use came from.
+    MeConfigSource {
+        name: "relay_me_config_source",
+        kind: Kind::Gauge,
+        labels: &["source"],
+        help: "1 for where the middle-proxy list in use came from: fetched, file or cache; 0 for the others.",
+    }
 }
 
 impl Metric {

@@ -263,6 +263,46 @@ pub fn stats(s: &Stats) -> String {
             ),
         ));
     }
+    let me = &s.middle;
+    if me.enabled {
+        let pools: Vec<String> = me
+            .me
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} up, {} clients, rtt {:.1} ms",
+                    p.addr,
+                    p.up,
+                    p.clients,
+                    p.rtt_us as f64 / 1000.0
+                )
+            })
+            .collect();
+        let c = &me.counters;
+        summary.push((
+            "middle",
+            format!(
+                "list {} ({} s old), {} connects, {} failed, {} protocol errors, {} clients \
+                 dropped slow, {} refused; {}",
+                if me.source.is_empty() {
+                    "none yet"
+                } else {
+                    &me.source
+                },
+                me.config_age_secs,
+                c.connects,
+                c.connect_failures,
+                c.protocol_errors,
+                c.overflows,
+                c.unavailable,
+                if pools.is_empty() {
+                    "no middle proxy".to_owned()
+                } else {
+                    pools.join("; ")
+                }
+            ),
+        ));
+    }
     if m.of(Metric::RelayedBytes).next().is_some() {
         let dir = |d: &str| bytes(m.get(Metric::RelayedBytes, &[d]));
         summary.push((

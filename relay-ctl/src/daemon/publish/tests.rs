@@ -57,6 +57,21 @@ fn sample() -> Stats {
         learned_unix: Some(1_700_000_000),
         reason: None,
     };
+    s.middle = crate::control::api::MiddleView {
+        enabled: true,
+        source: "file".into(),
+        config_age_secs: 7,
+        me: vec![crate::control::api::MeView {
+            addr: "149.154.175.50:8888".into(),
+            up: 2,
+            clients: 5,
+            rtt_us: 900,
+        }],
+        counters: crate::control::api::MiddleCounters {
+            connects: 3,
+            ..Default::default()
+        },
+    };
     s.crowdsec = Some(CrowdSecStats {
         up: true,
         decisions: BTreeMap::from([("cscli".to_owned(), 4), ("relay".to_owned(), 1)]),
@@ -191,6 +206,9 @@ fn every_metric_is_exported_with_its_labels() {
         "relay_tls_flight_source{source=\"cached\"} 1",
         "relay_tls_flight_source{source=\"fallback\"} 0",
         "relay_tls_flight_record_bytes{bound=\"max\"} 3957",
+        "relay_me_connections_up{me=\"149.154.175.50:8888\"} 2",
+        "relay_me_connects_total{outcome=\"ok\"} 3",
+        "relay_me_config_source{source=\"file\"} 1",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
