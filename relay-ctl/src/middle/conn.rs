@@ -57,6 +57,16 @@ pub struct Inbox {
     pub queued: AtomicUsize,
     /// Set when the client was dropped for queueing too much.
     pub overflowed: AtomicBool,
+    dropped: tokio::sync::Notify,
+}
+
+impl Inbox {
+    /// Completes once the client has been dropped for queueing too much.
+    pub async fn overflow(&self) {
+        while !self.overflowed.load(Ordering::Relaxed) {
+            self.dropped.notified().await;
+        }
+    }
 }
 
 struct Route {
@@ -266,6 +276,7 @@ impl MeConn {
         let queued = route.inbox.queued.fetch_add(len, Ordering::Relaxed) + len;
         if queued > MAX_QUEUED_PER_CLIENT {
             route.inbox.overflowed.store(true, Ordering::Relaxed);
+            route.inbox.dropped.notify_one();
             routes.close(id);
             drop(routes);
             self.stats.overflows.fetch_add(1, Ordering::Relaxed);

@@ -67,6 +67,11 @@ impl MeSession {
         self.sender.conn.addr
     }
 
+    /// The session's inbox (its [`Inbox::overflow`] tells when the client was dropped).
+    pub fn inbox(&self) -> Arc<Inbox> {
+        self.receiver.inbox.clone()
+    }
+
     /// Both halves, to send and receive at the same time.
     pub fn parts(&mut self) -> (&MeSender, &mut MeReceiver) {
         (&self.sender, &mut self.receiver)

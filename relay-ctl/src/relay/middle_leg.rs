@@ -101,6 +101,7 @@ pub async fn relay<C: RelayStream, M>(
     };
     let start = Instant::now();
     let activity = AtomicU64::new(0);
+    let inbox = session.inbox();
     let (sender, receiver) = session.parts();
     let (client_r, client_w) = client.into_split();
     let up = client_to_me(
@@ -129,6 +130,8 @@ pub async fn relay<C: RelayStream, M>(
         r = up => r.err().map(|e| e.to_string()),
         r = down => r.err().map(|e| e.to_string()),
         () = watchdog => Some("idle timeout".to_owned()),
+        // Writing to it may be blocked; the drop must not wait for that.
+        () = inbox.overflow() => Some("too slow to read its answers".to_owned()),
     };
     tracing::debug!(user, error = ended, "middle-mode relay ended");
 }
