@@ -409,6 +409,91 @@ async fn bytes_after_the_grace_follow_to_the_mask_and_its_answer_ends_the_handsh
     assert_eq!(relay.fronted("incomplete"), 1);
 }
 
+/// A prober that dribbles a plausible opening (every byte still leaves a handshake possible)
+/// gets its mask connection the grace after its first byte, as a stalled one does, instead of
+/// being held until the relay's own deadline; the mask's answer ends it.
+#[tokio::test(start_paused = true)]
+async fn a_dribbled_opening_reaches_the_mask_the_grace_after_its_first_byte() {
+    for (modes, opening) in [
+        (r#"["tls"]"#, tls_hello(&stranger(), DOMAIN)),
+        (r#"["secure", "tls"]"#, secure_header(&stranger())),
+    ] {
+        let mut relay = Relay::start(Options {
+            modes,
+            ..Options::default()
+        });
+        let (mut client, task) = relay.connect("192.0.2.1:40000");
+        // Quiet at first: the grace is measured from the first byte, not from the connect.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let first_byte = Instant::now();
+        let mut chunks = opening.chunks(10);
+        let mut sent = 0;
+        let mut mask = loop {
+            let chunk = chunks.next().expect("the opening outlasts the grace");
+            client.write_all(chunk).await.expect("send");
+            sent += chunk.len();
+            if let Some(mask) = relay.mask_within(Duration::from_millis(100)).await {
+                break mask;
+            }
+        };
+        assert_eq!(first_byte.elapsed(), GRACE, "{modes}: mask leg opened late");
+        assert_eq!(
+            mask_reads(&mut mask, sent).await,
+            opening[..sent],
+            "{modes}"
+        );
+        // Still short of a whole opening: forwarded as it arrives.
+        let chunk = chunks.next().expect("more of the opening");
+        client.write_all(chunk).await.expect("send more");
+        assert_eq!(mask_reads(&mut mask, chunk.len()).await, chunk, "{modes}");
+        mask.write_all(HTTP_RESPONSE).await.expect("answer");
+        drop(mask);
+        assert_eq!(
+            client.read_to_end().await,
+            (HTTP_RESPONSE.to_vec(), Ending::Fin),
+            "{modes}"
+        );
+        drop(client);
+        task.await.expect("served");
+        assert_eq!(relay.failures("incomplete"), 1, "{modes}");
+        assert_eq!(relay.fronted("incomplete"), 1, "{modes}");
+        assert_eq!(relay.mask_legs("opened"), 1, "{modes}");
+    }
+}
+
+/// A genuine client whose opening arrives in parts, each within the grace of its first byte,
+/// costs no mask connection.
+#[tokio::test(start_paused = true)]
+async fn an_opening_split_within_the_grace_opens_no_mask_leg() {
+    let mut relay = Relay::start(Options {
+        modes: r#"["secure", "tls"]"#,
+        ..Options::default()
+    });
+    let header = secure_header(&secret());
+    let (mut client, mut served) = pair();
+    let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()));
+    let ctx = Arc::clone(&relay.ctx);
+    let accept = tokio::spawn(async move {
+        let mut answered = false;
+        handshake::accept(
+            &mut served,
+            "192.0.2.1".parse().expect("ip"),
+            &ctx,
+            &mut intake,
+            &mut answered,
+        )
+        .await
+        .map(|accepted| accepted.user)
+    });
+    for part in header.chunks(20) {
+        client.write_all(part).await.expect("send");
+        tokio::time::sleep(GRACE / 5).await;
+    }
+    assert_eq!(accept.await.expect("accept task"), Ok(0));
+    assert!(relay.mask_within(Duration::from_secs(1)).await.is_none());
+    assert_eq!(relay.mask_legs("opened"), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_truncated_hello_ends_when_the_mask_ends_it() {
     let mut relay = Relay::start(Options::default());
