@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     admission::{
-        Admission, Enforcement,
+        Admission, BanRecord, BanTarget, Enforcement,
         capacity::{Bounds, Capacity, Slot, handshakes::HandshakeBounds},
         misuse::Misuse,
     },
@@ -37,6 +37,7 @@ use crate::{
     state_dir::StateDir,
     telemetry::{Metric, Samples},
 };
+use relay_common::BanReason;
 use relay_proto::{
     ProtoTag, Secret,
     obfs2::{self, HEADER_LEN},
@@ -118,6 +119,10 @@ struct Relay {
     /// The far ends of the mask connections the relay opens, in order.
     masks: UnboundedReceiver<MemStream>,
     capacity: Arc<Capacity>,
+    /// The admission the misuse detector bans through.
+    admission: Arc<tokio::sync::RwLock<Admission>>,
+    /// `[misuse] timeout`: timeout-class offences per window that ban a source.
+    timeout_threshold: u32,
     _state: tempfile::TempDir,
 }
 
@@ -168,7 +173,7 @@ impl Relay {
             &Accounts::default(),
             Arc::new(Mutex::new(replay)),
             Arc::new(Hints::default()),
-            Arc::new(Misuse::new(&config.misuse, admission)),
+            Arc::new(Misuse::new(&config.misuse, Arc::clone(&admission))),
             Arc::new(RelayStats::default()),
             Arc::new(flight),
         )
@@ -187,6 +192,8 @@ impl Relay {
             ctx: Arc::new(ctx),
             masks,
             capacity,
+            admission,
+            timeout_threshold: config.misuse.timeout,
             _state: state,
         }
     }
@@ -235,6 +242,17 @@ impl Relay {
 
     fn mask_legs(&self, outcome: &str) -> u64 {
         self.metric(Metric::MaskLegs, &[outcome])
+    }
+
+    /// The ban on the address `peer`, if any.
+    async fn ban_on(&self, peer: &str) -> Option<BanRecord> {
+        let addr: IpAddr = peer.parse().expect("ip");
+        self.admission
+            .read()
+            .await
+            .bans()
+            .find(|ban| ban.target == BanTarget::Addr(addr))
+            .cloned()
     }
 }
 
@@ -634,6 +652,56 @@ async fn a_silent_handshake_evicted_for_a_newer_one_is_fronted() {
     assert_eq!(client.read_to_end().await, (Vec::new(), Ending::Fin));
     drop(client);
     task.await.expect("served");
+}
+
+/// Leaving before the handshake is complete, and being evicted for a newer handshake, are how
+/// handshake slots are starved: each counts as a `timeout` offence, and a source that keeps
+/// doing either is banned for `timeout` when it reaches `[misuse] timeout`, not before.
+#[tokio::test(start_paused = true)]
+async fn early_closes_and_evictions_ban_their_source_for_timeout() {
+    let relay = Relay::start(Options {
+        mask: Mask::Off,
+        max_handshakes: 1,
+        ..Options::default()
+    });
+    let threshold = relay.timeout_threshold;
+    assert!(threshold > 1, "a threshold the test can approach");
+
+    // Closes before the hello is complete: with nothing sent, and with part of a record.
+    let closer = "192.0.2.1";
+    for i in 1..=threshold {
+        assert_eq!(relay.ban_on(closer).await, None, "banned before close {i}");
+        let (mut client, task) = relay.connect(&format!("{closer}:40000"));
+        if i % 2 == 0 {
+            client.write_all(&[0x16, 0x03, 0x01]).await.expect("send");
+        }
+        drop(client);
+        task.await.expect("served");
+    }
+    assert_eq!(relay.failures("closed"), u64::from(threshold));
+    let ban = relay.ban_on(closer).await.expect("the closer is banned");
+    assert_eq!(ban.reason, BanReason::Timeout);
+    assert_eq!(ban.count, threshold);
+
+    // Silent handshakes evicted, each for a newer one from elsewhere.
+    let holder = "192.0.2.2";
+    for i in 1..=threshold {
+        assert_eq!(
+            relay.ban_on(holder).await,
+            None,
+            "banned before eviction {i}"
+        );
+        let (client, task) = relay.connect(&format!("{holder}:40000"));
+        settle().await;
+        let newer = relay.slot("198.51.100.1".parse().expect("ip"));
+        task.await.expect("served");
+        drop((client, newer));
+    }
+    assert_eq!(relay.failures("evicted"), u64::from(threshold));
+    let ban = relay.ban_on(holder).await.expect("the holder is banned");
+    assert_eq!(ban.reason, BanReason::Timeout);
+    assert_eq!(ban.count, threshold);
+    assert_eq!(relay.ban_on("198.51.100.1").await, None);
 }
 
 #[tokio::test(start_paused = true)]
