@@ -1,4 +1,5 @@
-//! Gate for tests that need root (BPF, XDP, network namespaces).
+//! Gates for tests that need root: for BPF, XDP and network namespaces ([`privileged`]), or
+//! only root's powers over files, mounts and credentials ([`root`]).
 //!
 //! Outside CI such a test skips with a visible message; with `CI=true` it fails instead, so a
 //! CI run can never pass by skipping what it was meant to prove.
@@ -20,6 +21,21 @@ pub fn privileged(test: &str) -> bool {
     } else {
         bpf_unusable().map(|why| format!("{NEEDS} (root, but BPF is not usable: {why})"))
     };
+    gate(test, problem)
+}
+
+/// Whether `test` may run its part that needs root for `why` (to chown, mount, run a command
+/// as another user): the effective user is root. Otherwise prints `SKIP <test>: needs root
+/// (<why>; effective uid is not 0)` to stderr and returns false, unless `CI=true`, where it
+/// panics.
+pub fn root(test: &str, why: &str) -> bool {
+    let problem = (!nix::unistd::geteuid().is_root())
+        .then(|| format!("needs root ({why}; effective uid is not 0)"));
+    gate(test, problem)
+}
+
+/// True without a `problem`; with one, a skip line (false), or a panic under `CI=true`.
+fn gate(test: &str, problem: Option<String>) -> bool {
     let Some(reason) = problem else {
         return true;
     };

@@ -4,9 +4,10 @@
 //! the refusal in the audit log and the counters); with both groups it may do both; with only
 //! `[admin] group` it cannot reach the socket, which belongs to `read_group`.
 //!
-//! Needs root (to run the CLI under other credentials); skips with a message otherwise. The
-//! groups are two existing groups of the system, given to the CLI as supplementary groups:
-//! the daemon decides from the credentials the kernel reports, not from /etc/group members.
+//! Needs root (to run the CLI under other credentials); skips with a message otherwise, and
+//! fails under `CI=true` ([`relay_tests::privilege::root`]). The groups are two existing groups
+//! of the system, given to the CLI as supplementary groups: the daemon decides from the
+//! credentials the kernel reports, not from /etc/group members.
 
 use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
@@ -121,8 +122,10 @@ secret = "0123456789abcdef0123456789abcdef"
 
 #[test]
 fn read_only_callers_read_and_read_write_callers_change() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP read_only_callers_read_and_read_write_callers_change: needs root");
+    if !relay_tests::privilege::root(
+        "read_only_callers_read_and_read_write_callers_change",
+        "to run the CLI as another uid",
+    ) {
         return;
     }
     let (write_group, read_group) = two_groups();

@@ -8,8 +8,9 @@
 //! metrics and `config check` say where the shape comes from. With the mask down and nothing
 //! cached, the fallback range is used and said so; a restart with the mask down uses the cache.
 //!
-//! Everything runs on loopback without privileges; kurigram needs the venv (that part is
-//! skipped with a message without it).
+//! Everything runs on loopback without privileges. Without the `openssl` command the tests
+//! skip with a message, and fail under `CI=true`; kurigram needs the venv (that part is
+//! skipped with a message without it, and fails under `CI=true`).
 
 use std::{
     collections::BTreeSet,
@@ -51,13 +52,26 @@ impl Drop for Killed {
     }
 }
 
-fn openssl_available() -> bool {
-    Command::new("openssl")
+/// Whether the `openssl` command (the mask site) runs. Without it `test` is skipped with a
+/// `SKIP` line, or fails under `CI=true`, where `cargo xtask setup` must have installed it.
+fn openssl_or_skip(test: &str) -> bool {
+    let available = Command::new("openssl")
         .arg("version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if available {
+        return true;
+    }
+    let reason =
+        "the `openssl` command is not installed (apt package openssl; `cargo xtask setup`)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} cannot run under CI=true: {reason}");
+    }
+    // Straight to fd 2, past the test harness's output capture, so the skip is always seen.
+    let _ = std::io::stderr().write_all(format!("SKIP {test}: {reason}\n").as_bytes());
+    false
 }
 
 /// A TLS 1.3 HTTPS server on a free loopback port with an RSA certificate (its signature has
@@ -233,8 +247,7 @@ fn assert_copies(fakes: &[FlightProfile], real: &[FlightProfile]) {
 
 #[test]
 fn fake_flight_copies_the_mask_and_kurigram_accepts_it() {
-    if !openssl_available() {
-        eprintln!("SKIPPED: the `openssl` command is not installed");
+    if !openssl_or_skip("fake_flight_copies_the_mask_and_kurigram_accepts_it") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -292,8 +305,7 @@ fn fake_flight_copies_the_mask_and_kurigram_accepts_it() {
 
 #[test]
 fn mask_down_uses_the_fallback_and_a_restart_uses_the_cache() {
-    if !openssl_available() {
-        eprintln!("SKIPPED: the `openssl` command is not installed");
+    if !openssl_or_skip("mask_down_uses_the_fallback_and_a_restart_uses_the_cache") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

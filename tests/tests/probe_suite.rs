@@ -44,6 +44,11 @@ const MASK_IDLE: Duration = Duration::from_secs(3);
 const WINDOW: Duration = Duration::from_secs(5);
 /// The pause between dribbled bytes.
 const DRIBBLE_INTERVAL: Duration = Duration::from_secs(1);
+/// The pause between the chunks of a fast dribble: shorter than relay's grace for a stalled
+/// handshake (`[timeouts] mask_grace_ms`), so the client is never quiet that long.
+const FAST_DRIBBLE_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes per chunk of a fast dribble.
+const FAST_DRIBBLE_CHUNK: usize = 10;
 /// Byte counts of the random and zero probes: around the 64-byte obfuscated2 header.
 const BYTE_COUNTS: [usize; 7] = [1, 5, 16, 63, 64, 65, 600];
 
@@ -69,8 +74,13 @@ enum Script {
     Silence,
     /// Sends these bytes at once, then listens (the write side stays open).
     Send(Vec<u8>),
-    /// Sends these bytes one per [`DRIBBLE_INTERVAL`] while listening.
-    Dribble(Vec<u8>),
+    /// Sends `bytes` `chunk` at a time, one chunk per `interval`, while listening (until the
+    /// window closes).
+    Dribble {
+        bytes: Vec<u8>,
+        chunk: usize,
+        interval: Duration,
+    },
     /// A real TLS client library: handshake with this SNI, then `GET /`.
     Https(String),
 }
@@ -257,12 +267,19 @@ fn observe(script: &Script, target: Target) -> Observation {
             // A write refused because the peer already went away shows in the reads.
             let _ = watch.stream.write_all(bytes);
         }
-        Script::Dribble(bytes) => {
-            for byte in bytes {
-                if watch.end.is_some() || watch.stream.write_all(&[*byte]).is_err() {
+        Script::Dribble {
+            bytes,
+            chunk,
+            interval,
+        } => {
+            for part in bytes.chunks(*chunk) {
+                if watch.end.is_some()
+                    || Instant::now() >= watch.deadline
+                    || watch.stream.write_all(part).is_err()
+                {
                     break;
                 }
-                watch.listen_until(Instant::now() + DRIBBLE_INTERVAL);
+                watch.listen_until(Instant::now() + *interval);
             }
         }
         Script::Https(sni) => {
@@ -417,11 +434,29 @@ fn probes(captures: &Captures) -> Vec<Probe> {
     }
     all.push(probe(
         "ClientHello dribbled 1 B/s",
-        Script::Dribble(real_hello.clone()),
+        Script::Dribble {
+            bytes: real_hello.clone(),
+            chunk: 1,
+            interval: DRIBBLE_INTERVAL,
+        },
+    ));
+    // Never quiet for relay's grace, each byte still a possible hello: the site's timer runs
+    // from the first byte, and relay's mask connection must start from there too.
+    all.push(probe(
+        "ClientHello dribbled 10 B/100 ms",
+        Script::Dribble {
+            bytes: real_hello.clone(),
+            chunk: FAST_DRIBBLE_CHUNK,
+            interval: FAST_DRIBBLE_INTERVAL,
+        },
     ));
     all.push(probe(
         "HTTP GET dribbled 1 B/s",
-        Script::Dribble(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec()),
+        Script::Dribble {
+            bytes: b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec(),
+            chunk: 1,
+            interval: DRIBBLE_INTERVAL,
+        },
     ));
     all
 }

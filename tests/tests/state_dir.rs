@@ -3,8 +3,11 @@
 //! would let that account plant files (symlinks, fake state) the relay later writes through or
 //! trusts. The refusal names the directory, its mode and owner, and the fix.
 //!
-//! Loopback only (`[xdp] mode = "off"`); the part with another owner needs root (to chown) and
-//! skips with a message otherwise.
+//! A full disk under the state directory keeps the old file and names the file and the cause.
+//!
+//! Loopback only (`[xdp] mode = "off"`); the parts with another owner and a full disk need root
+//! (to chown, to mount) and skip with a message otherwise, or fail under `CI=true`
+//! ([`privilege::root`]).
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -13,7 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use relay_ctl::state_dir::StateDir;
 use relay_tests::{
+    privilege,
     relay::{Relay, relay_ctl_bin},
     util::free_port,
 };
@@ -114,8 +119,7 @@ fn a_group_writable_state_dir_is_refused() {
 
 #[test]
 fn a_state_dir_owned_by_another_user_is_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP a_state_dir_owned_by_another_user_is_refused: needs root to chown");
+    if !privilege::root("a_state_dir_owned_by_another_user_is_refused", "to chown") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -145,4 +149,60 @@ fn a_private_state_dir_is_used() {
         .collect();
     assert!(names.iter().any(|n| n == "default.secret"), "{names:?}");
     assert!(!names.iter().any(|n| n.contains(".tmp.")), "{names:?}");
+}
+
+/// A full disk: a 64 KiB tmpfs mounted in a mount namespace of this test's own thread.
+#[test]
+fn a_full_disk_keeps_the_old_file_and_says_so() {
+    if !privilege::root("a_full_disk_keeps_the_old_file_and_says_so", "to mount") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount_point = dir.path().to_owned();
+    let outcome = std::thread::spawn(move || {
+        mount_tiny_tmpfs(&mount_point);
+        let state = StateDir::open_own(&mount_point).expect("open");
+        state.write("bans.json", b"old").expect("small write");
+        let err = state
+            .write("bans.json", &vec![7; 256 * 1024])
+            .expect_err("disk full");
+        let text = err.to_string();
+        assert!(text.contains("bans.json"), "{text}");
+        assert!(text.contains("No space left"), "{text}");
+        assert_eq!(
+            state.read("bans.json").expect("read").as_deref(),
+            Some(&b"old"[..])
+        );
+        assert_eq!(state.names().expect("names"), ["bans.json"]);
+        // Space again: the next save works.
+        state.write("bans.json", b"new").expect("write");
+    })
+    .join();
+    assert!(outcome.is_ok(), "the full-disk check failed");
+}
+
+/// Gives the calling thread its own mount namespace (nothing propagates back) and mounts a
+/// 64 KiB tmpfs at `at` in it.
+fn mount_tiny_tmpfs(at: &Path) {
+    use nix::{
+        mount::{MsFlags, mount},
+        sched::{CloneFlags, unshare},
+    };
+    unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make mounts private");
+    mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64k,mode=0700"),
+    )
+    .expect("mount tmpfs");
 }

@@ -14,11 +14,12 @@ pub struct Timeouts {
     /// A relayed connection with no bytes either way for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_secs: u64,
-    /// A connection that has sent nothing, or stopped short of a whole handshake, for this many
-    /// milliseconds gets a connection to the mask host that receives its bytes, so from then
-    /// on the mask's own timers decide how it ends (the mask connection is dropped again if
-    /// the handshake completes and verifies). Genuine clients send their whole hello or header
-    /// at once and never wait this long.
+    /// A connection still short of a whole handshake this many milliseconds after its first
+    /// byte (or after it connected, while it has sent none) gets a connection to the mask host
+    /// that receives its bytes, so from then on the mask's own timers decide how it ends (the
+    /// mask connection is dropped again if the handshake completes and verifies). Later bytes
+    /// do not restart it. Genuine clients send their whole hello or header at once and never
+    /// take this long.
     #[serde(default = "default_mask_grace_ms")]
     pub mask_grace_ms: u64,
 }

@@ -1,15 +1,18 @@
 //! The client's bytes up to a complete handshake, and the mask connection opened for a client
-//! that goes quiet short of one.
+//! still short of one after a grace period.
 //!
-//! A censor's probe that stops (or never starts) mid-handshake must end when, and as, the mask
-//! site would end it. So once a client has been quiet for `[timeouts] mask_grace_ms` with no
-//! complete hello or header, a connection to the mask host is opened and sent every byte so far,
-//! and then each new byte that still leaves the handshake short: the mask's own timers run from
-//! then on. If the mask answers or ends that connection before the handshake is complete, the
-//! connection is fronted (the answer reaches the client as the mask sent it); if the handshake
-//! completes and verifies, the mask connection is dropped, never having seen the bytes that
-//! completed it. Genuine clients send their whole hello or header at once, so they rarely cause
-//! a mask connection at all.
+//! A censor's probe that stops, never starts, or dribbles its bytes mid-handshake must end
+//! when, and as, the mask site would end it. So once `[timeouts] mask_grace_ms` has passed
+//! since the client's first byte (or since it connected, while it has sent none) with no
+//! complete hello or header, a connection to the mask host is opened and sent every byte so
+//! far, and then each new byte that still leaves the handshake short: the mask's own timers run
+//! from then on. Later bytes do not restart the grace: a prober sending a byte a little more
+//! often than the grace would otherwise be held until the relay's own handshake deadline. If
+//! the mask answers or ends that connection before the handshake is complete, the connection
+//! is fronted (the answer reaches the client as the mask sent it); if the handshake completes
+//! and verifies, the mask connection is dropped, never having seen the bytes that completed it.
+//! Genuine clients send their whole hello or header at once, so they rarely cause a mask
+//! connection at all.
 
 use std::{future::Future, io, pin::Pin, sync::Arc};
 
@@ -27,7 +30,7 @@ type Connecting<S> = Pin<Box<dyn Future<Output = io::Result<S>> + Send>>;
 
 /// The mask connection of a client still in its handshake.
 enum MaskLeg<S> {
-    /// Not opened (yet): the client has not been quiet for the grace period.
+    /// Not opened (yet): the grace period has not ended.
     Waiting,
     /// Being connected.
     Connecting(Connecting<S>),
@@ -52,8 +55,9 @@ pub struct Intake<S> {
     /// The client's bytes, in order (replayed to the mask when the connection is fronted).
     pub seen: Vec<u8>,
     mask: MaskLeg<S>,
-    /// When the client connected or last sent bytes.
-    last: Instant,
+    /// When the grace period began: when the client connected, then when it sent its first
+    /// byte.
+    grace_from: Instant,
     /// The handshake slot's ticket, told when the client first speaks.
     ticket: Arc<Ticket>,
 }
@@ -78,16 +82,17 @@ impl<S: RelayStream> Intake<S> {
             } else {
                 MaskLeg::Off
             },
-            last: Instant::now(),
+            grace_from: Instant::now(),
             ticket,
         }
     }
 
     /// Reads at least one more byte from the client into [`Intake::seen`]; meanwhile opens the
-    /// mask connection once the client has been quiet for the grace period. The mask connection
-    /// gets the bytes the caller found short of a handshake (those seen before this call), never
-    /// the ones that may complete it. Fails with [`Failure::Closed`] when the client hangs up
-    /// and with [`Failure::Incomplete`] when the mask answers or ends its connection first.
+    /// mask connection once the grace period has passed since the client's first byte (or since
+    /// it connected, while it has sent none). The mask connection gets the bytes the caller
+    /// found short of a handshake (those seen before this call), never the ones that may
+    /// complete it. Fails with [`Failure::Closed`] when the client hangs up and with
+    /// [`Failure::Incomplete`] when the mask answers or ends its connection first.
     pub async fn read_more<C, M>(
         &mut self,
         client: &mut C,
@@ -108,11 +113,14 @@ impl<S: RelayStream> Intake<S> {
                         Ok(0) | Err(_) => return Err(Failure::Closed),
                         Ok(n) => n,
                     };
-                    self.last = Instant::now();
+                    if self.seen.len() == n {
+                        // The first byte: the grace is measured from here, once.
+                        self.grace_from = Instant::now();
+                    }
                     self.ticket.spoke();
                     return Ok(n);
                 }
-                event = self.mask.event(self.last + ctx.mask_grace, ctx) => match event {
+                event = self.mask.event(self.grace_from + ctx.mask_grace, ctx) => match event {
                     MaskEvent::Opened => {
                         ctx.stats.mask_leg_opened();
                         self.forward().await?;

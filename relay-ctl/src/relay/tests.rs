@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     admission::{
-        Admission, Enforcement,
+        Admission, BanRecord, BanTarget, Enforcement,
         capacity::{Bounds, Capacity, Slot, handshakes::HandshakeBounds},
         misuse::Misuse,
     },
@@ -37,6 +37,7 @@ use crate::{
     state_dir::StateDir,
     telemetry::{Metric, Samples},
 };
+use relay_common::BanReason;
 use relay_proto::{
     ProtoTag, Secret,
     obfs2::{self, HEADER_LEN},
@@ -118,6 +119,10 @@ struct Relay {
     /// The far ends of the mask connections the relay opens, in order.
     masks: UnboundedReceiver<MemStream>,
     capacity: Arc<Capacity>,
+    /// The admission the misuse detector bans through.
+    admission: Arc<tokio::sync::RwLock<Admission>>,
+    /// `[misuse] timeout`: timeout-class offences per window that ban a source.
+    timeout_threshold: u32,
     _state: tempfile::TempDir,
 }
 
@@ -168,7 +173,7 @@ impl Relay {
             &Accounts::default(),
             Arc::new(Mutex::new(replay)),
             Arc::new(Hints::default()),
-            Arc::new(Misuse::new(&config.misuse, admission)),
+            Arc::new(Misuse::new(&config.misuse, Arc::clone(&admission))),
             Arc::new(RelayStats::default()),
             Arc::new(flight),
         )
@@ -187,6 +192,8 @@ impl Relay {
             ctx: Arc::new(ctx),
             masks,
             capacity,
+            admission,
+            timeout_threshold: config.misuse.timeout,
             _state: state,
         }
     }
@@ -235,6 +242,17 @@ impl Relay {
 
     fn mask_legs(&self, outcome: &str) -> u64 {
         self.metric(Metric::MaskLegs, &[outcome])
+    }
+
+    /// The ban on the address `peer`, if any.
+    async fn ban_on(&self, peer: &str) -> Option<BanRecord> {
+        let addr: IpAddr = peer.parse().expect("ip");
+        self.admission
+            .read()
+            .await
+            .bans()
+            .find(|ban| ban.target == BanTarget::Addr(addr))
+            .cloned()
     }
 }
 
@@ -409,6 +427,91 @@ async fn bytes_after_the_grace_follow_to_the_mask_and_its_answer_ends_the_handsh
     assert_eq!(relay.fronted("incomplete"), 1);
 }
 
+/// A prober that dribbles a plausible opening (every byte still leaves a handshake possible)
+/// gets its mask connection the grace after its first byte, as a stalled one does, instead of
+/// being held until the relay's own deadline; the mask's answer ends it.
+#[tokio::test(start_paused = true)]
+async fn a_dribbled_opening_reaches_the_mask_the_grace_after_its_first_byte() {
+    for (modes, opening) in [
+        (r#"["tls"]"#, tls_hello(&stranger(), DOMAIN)),
+        (r#"["secure", "tls"]"#, secure_header(&stranger())),
+    ] {
+        let mut relay = Relay::start(Options {
+            modes,
+            ..Options::default()
+        });
+        let (mut client, task) = relay.connect("192.0.2.1:40000");
+        // Quiet at first: the grace is measured from the first byte, not from the connect.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let first_byte = Instant::now();
+        let mut chunks = opening.chunks(10);
+        let mut sent = 0;
+        let mut mask = loop {
+            let chunk = chunks.next().expect("the opening outlasts the grace");
+            client.write_all(chunk).await.expect("send");
+            sent += chunk.len();
+            if let Some(mask) = relay.mask_within(Duration::from_millis(100)).await {
+                break mask;
+            }
+        };
+        assert_eq!(first_byte.elapsed(), GRACE, "{modes}: mask leg opened late");
+        assert_eq!(
+            mask_reads(&mut mask, sent).await,
+            opening[..sent],
+            "{modes}"
+        );
+        // Still short of a whole opening: forwarded as it arrives.
+        let chunk = chunks.next().expect("more of the opening");
+        client.write_all(chunk).await.expect("send more");
+        assert_eq!(mask_reads(&mut mask, chunk.len()).await, chunk, "{modes}");
+        mask.write_all(HTTP_RESPONSE).await.expect("answer");
+        drop(mask);
+        assert_eq!(
+            client.read_to_end().await,
+            (HTTP_RESPONSE.to_vec(), Ending::Fin),
+            "{modes}"
+        );
+        drop(client);
+        task.await.expect("served");
+        assert_eq!(relay.failures("incomplete"), 1, "{modes}");
+        assert_eq!(relay.fronted("incomplete"), 1, "{modes}");
+        assert_eq!(relay.mask_legs("opened"), 1, "{modes}");
+    }
+}
+
+/// A genuine client whose opening arrives in parts, each within the grace of its first byte,
+/// costs no mask connection.
+#[tokio::test(start_paused = true)]
+async fn an_opening_split_within_the_grace_opens_no_mask_leg() {
+    let mut relay = Relay::start(Options {
+        modes: r#"["secure", "tls"]"#,
+        ..Options::default()
+    });
+    let header = secure_header(&secret());
+    let (mut client, mut served) = pair();
+    let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()));
+    let ctx = Arc::clone(&relay.ctx);
+    let accept = tokio::spawn(async move {
+        let mut answered = false;
+        handshake::accept(
+            &mut served,
+            "192.0.2.1".parse().expect("ip"),
+            &ctx,
+            &mut intake,
+            &mut answered,
+        )
+        .await
+        .map(|accepted| accepted.user)
+    });
+    for part in header.chunks(20) {
+        client.write_all(part).await.expect("send");
+        tokio::time::sleep(GRACE / 5).await;
+    }
+    assert_eq!(accept.await.expect("accept task"), Ok(0));
+    assert!(relay.mask_within(Duration::from_secs(1)).await.is_none());
+    assert_eq!(relay.mask_legs("opened"), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_truncated_hello_ends_when_the_mask_ends_it() {
     let mut relay = Relay::start(Options::default());
@@ -549,6 +652,56 @@ async fn a_silent_handshake_evicted_for_a_newer_one_is_fronted() {
     assert_eq!(client.read_to_end().await, (Vec::new(), Ending::Fin));
     drop(client);
     task.await.expect("served");
+}
+
+/// Leaving before the handshake is complete, and being evicted for a newer handshake, are how
+/// handshake slots are starved: each counts as a `timeout` offence, and a source that keeps
+/// doing either is banned for `timeout` when it reaches `[misuse] timeout`, not before.
+#[tokio::test(start_paused = true)]
+async fn early_closes_and_evictions_ban_their_source_for_timeout() {
+    let relay = Relay::start(Options {
+        mask: Mask::Off,
+        max_handshakes: 1,
+        ..Options::default()
+    });
+    let threshold = relay.timeout_threshold;
+    assert!(threshold > 1, "a threshold the test can approach");
+
+    // Closes before the hello is complete: with nothing sent, and with part of a record.
+    let closer = "192.0.2.1";
+    for i in 1..=threshold {
+        assert_eq!(relay.ban_on(closer).await, None, "banned before close {i}");
+        let (mut client, task) = relay.connect(&format!("{closer}:40000"));
+        if i % 2 == 0 {
+            client.write_all(&[0x16, 0x03, 0x01]).await.expect("send");
+        }
+        drop(client);
+        task.await.expect("served");
+    }
+    assert_eq!(relay.failures("closed"), u64::from(threshold));
+    let ban = relay.ban_on(closer).await.expect("the closer is banned");
+    assert_eq!(ban.reason, BanReason::Timeout);
+    assert_eq!(ban.count, threshold);
+
+    // Silent handshakes evicted, each for a newer one from elsewhere.
+    let holder = "192.0.2.2";
+    for i in 1..=threshold {
+        assert_eq!(
+            relay.ban_on(holder).await,
+            None,
+            "banned before eviction {i}"
+        );
+        let (client, task) = relay.connect(&format!("{holder}:40000"));
+        settle().await;
+        let newer = relay.slot("198.51.100.1".parse().expect("ip"));
+        task.await.expect("served");
+        drop((client, newer));
+    }
+    assert_eq!(relay.failures("evicted"), u64::from(threshold));
+    let ban = relay.ban_on(holder).await.expect("the holder is banned");
+    assert_eq!(ban.reason, BanReason::Timeout);
+    assert_eq!(ban.count, threshold);
+    assert_eq!(relay.ban_on("198.51.100.1").await, None);
 }
 
 #[tokio::test(start_paused = true)]
