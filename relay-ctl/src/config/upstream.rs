@@ -232,3 +232,74 @@ fn dc_overrides<'de, D: Deserializer<'de>>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAG: &str = "0123456789abcdef0123456789abcdef";
+    const SERVER: &str = "[server]\nlisten = [\"127.0.0.1:1\"]\n";
+
+    fn parse(rest: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        super::super::tests::parse(&format!("{SERVER}{rest}"))
+    }
+
+    #[test]
+    fn an_ad_tag_alone_chooses_middle_mode() {
+        let c = parse(&format!("[upstream]\nad_tag = \"{TAG}\"\n")).expect("valid");
+        assert_eq!(c.upstream.effective_mode(), UpstreamMode::Middle);
+        assert_eq!(
+            c.upstream.ad_tag.map(|t| t.to_string()),
+            Some(TAG.to_owned())
+        );
+        let direct = parse("").expect("valid");
+        assert_eq!(direct.upstream.effective_mode(), UpstreamMode::Direct);
+        assert_eq!(direct.upstream.middle, Middle::default());
+    }
+
+    #[test]
+    fn a_tag_in_direct_mode_is_refused_where_it_is_written() {
+        let err = parse(&format!(
+            "[upstream]\nmode = \"direct\"\nad_tag = \"{TAG}\"\n"
+        ))
+        .expect_err("never shown");
+        assert!(
+            err.to_string()
+                .contains("only shown through middle proxies"),
+            "{err}"
+        );
+        assert!(err.to_string().contains(":5:"), "{err}");
+        let user_tag = format!(
+            "[upstream]\nmode = \"direct\"\n\n[[users]]\nname = \"a\"\n\
+             secret = \"11111111111111111111111111111111\"\nad_tag = \"{TAG}\"\n"
+        );
+        assert!(parse(&user_tag).is_err());
+    }
+
+    #[test]
+    fn bad_middle_settings_are_refused() {
+        for (text, needle) in [
+            ("[upstream]\nad_tag = \"0123\"\n", "32 hex digits"),
+            (
+                "[upstream.middle]\nconnections_per_me = 0\n",
+                "connections_per_me",
+            ),
+            ("[upstream.middle]\nrefresh = \"5s\"\n", "at least 1m"),
+            (
+                "[upstream.middle]\nconfig_url = \"ftp://x\"\n",
+                "http(s) url",
+            ),
+            (
+                "[upstream.middle]\npublic_ipv4 = \"not an ip\"\n",
+                "invalid",
+            ),
+            ("[upstream]\nmode = \"relay\"\n", "unknown variant"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(
+                err.to_string().to_lowercase().contains(needle),
+                "{text}: {err}"
+            );
+        }
+    }
+}
