@@ -447,3 +447,89 @@ async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Origin;
+
+    fn config(list: &Path, secret: &Path) -> Config {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[upstream]\nmode = \"middle\"\n\n\
+             [upstream.middle]\nconfig_file = \"{}\"\nsecret_file = \"{}\"\n",
+            list.display(),
+            secret.display()
+        );
+        Config::parse(&text, Origin::Embedded).expect("valid config")
+    }
+
+    fn listed(middle: &MiddleEnd) -> Vec<SocketAddr> {
+        middle
+            .sources
+            .load_full()
+            .map(|s| s.config.all_addrs())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn refreshes_apply_changes_and_keep_the_list_when_a_new_one_is_unusable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (list, secret) = (dir.path().join("list"), dir.path().join("secret"));
+        std::fs::write(&list, "proxy_for 2 127.0.0.1:8888;").expect("write");
+        std::fs::write(&secret, [9u8; 128]).expect("write");
+        std::fs::create_dir(dir.path().join("state")).expect("mkdir");
+        let state = StateDir::open_own(&dir.path().join("state")).expect("state dir");
+        let cfg = config(&list, &secret);
+        let middle = MiddleEnd::new(&cfg, state.clone());
+        let one: SocketAddr = "127.0.0.1:8888".parse().expect("addr");
+        let two: SocketAddr = "127.0.0.2:8888".parse().expect("addr");
+
+        refresh(&middle, &cfg).await;
+        assert_eq!(listed(&middle), [one]);
+        std::fs::write(&list, "proxy_for 2 127.0.0.2:8888;").expect("write");
+        refresh(&middle, &cfg).await;
+        assert_eq!(listed(&middle), [two]);
+        refresh(&middle, &cfg).await;
+        // A maintenance page instead of the list: refused, the list in use stays.
+        std::fs::write(&list, "<html>503</html>").expect("write");
+        refresh(&middle, &cfg).await;
+        assert_eq!(listed(&middle), [two]);
+
+        let c = middle.stats.counters();
+        assert_eq!(
+            (
+                c.refreshes_applied,
+                c.refreshes_unchanged,
+                c.refreshes_failed
+            ),
+            (2, 1, 1)
+        );
+        // The last good list is what a restart without the files would use.
+        let kept = sources::cached(&state).expect("readable").expect("kept");
+        assert_eq!(kept.config.all_addrs(), [two]);
+        let view = middle.view(&cfg);
+        assert!(view.enabled);
+        assert_eq!(view.source, "file");
+    }
+
+    #[tokio::test]
+    async fn without_a_list_a_client_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::open_own(dir.path()).expect("state dir");
+        let cfg = config(
+            Path::new("/nonexistent/list"),
+            Path::new("/nonexistent/secret"),
+        );
+        let middle = MiddleEnd::new(&cfg, state);
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let err = middle
+            .open(2, addr, addr, ProtoTag::Intermediate, None)
+            .await
+            .err()
+            .expect("no list");
+        assert!(matches!(err, MiddleError::NoConfig), "{err}");
+        assert_eq!(middle.stats.counters().unavailable, 1);
+    }
+}
