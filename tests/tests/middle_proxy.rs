@@ -8,7 +8,7 @@
 //! Every test runs its own relay and fake ME on their own ports; every wait is bounded.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
