@@ -33,6 +33,8 @@ pub const RELAY_PORT: u16 = 4443;
 pub const FLOOR_PORT: u16 = 4444;
 /// The fake DC's port.
 pub const DC_PORT: u16 = 9002;
+/// The fake middle-end's port (`relay-fakeme`, at [`DC`] in the fake DC's namespace).
+pub const ME_PORT: u16 = 8888;
 /// Spoofed flood sources that the relay's blocklist covers.
 pub const BLOCKED_NET: &str = "198.19.128.0/17";
 /// Spoofed flood sources that are not blocked, only rate-limited (a few addresses, each far

@@ -376,6 +376,62 @@ pub fn markdown(report: &Value) -> String {
         );
     }
 
+    md.push_str("\n## Middle mode vs direct (each on a fresh 1-user relay, fast mode, XDP auto; middle: `[upstream] mode = \"middle\"`, 2 connections to `relay-fakeme`, which echoes every message; the generator sends padded-intermediate frames and reads the framed echoes; direct: the same load, raw, to the fake DC)\n\n| load | mode | upstream | workers or conns × frame | rate | handshakes per relay CPU-s | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC / ME CPU % | failed |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in report["middle"].as_array().into_iter().flatten() {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | | | | error: {e} | | | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let handshakes = r["load"] == "handshakes";
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["load"].as_str().unwrap_or(""),
+            match r["mode"].as_str() {
+                Some("tls") => "ee (fake TLS)",
+                Some(other) => other,
+                None => "",
+            },
+            r["upstream"].as_str().unwrap_or(""),
+            if handshakes {
+                format!("{} workers", r["workers"])
+            } else {
+                format!(
+                    "{} × {} KiB",
+                    r["conns"],
+                    r["frame"].as_u64().unwrap_or(0) / 1024
+                )
+            },
+            if handshakes {
+                format!("{}/s", f(r, "handshakes_per_sec"))
+            } else {
+                format!("{} MB/s", f(r, "mb_per_sec"))
+            },
+            if handshakes {
+                f(r, "handshakes_per_relay_cpu_sec")
+            } else {
+                "–".to_owned()
+            },
+            if handshakes {
+                "–".to_owned()
+            } else {
+                f(r, "relay_cpu_secs_per_gb")
+            },
+            f(r, "relay_cpu_pct"),
+            f(r, "generator_cpu_pct"),
+            f(r, "dc_cpu_pct"),
+            if handshakes {
+                r["failed"].to_string()
+            } else {
+                "–".to_owned()
+            },
+        );
+    }
+
     md.push_str(
         "\n## Memory (idle post-handshake dd connections: handshake + one echo, then silence)\n\n",
     );

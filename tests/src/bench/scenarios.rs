@@ -11,7 +11,11 @@
 //! protocol and no crypto: the floor the topology sets; and the handshakes through
 //! `relay-floor --move dd`, a `dd` relay's essential work on a hand-written epoll loop),
 //! `slow` (fast mode off: throughput), `users` (1,000 users:
-//! handshakes), `memory` (idle connections), `flood` (XDP as `auto` attaches it, then XDP off).
+//! handshakes), `memory` (idle connections), `flood` (XDP as `auto` attaches it, then XDP off),
+//! `middle` (`[upstream] mode = "middle"` against the fake middle-end `relay-fakeme`, next to
+//! the same rows in direct mode on a fresh relay: `dd` and fake-TLS handshakes per relay
+//! CPU-second, and `dd` throughput (relay CPU-seconds per GB) with the generator sending
+//! padded-intermediate frames and reading the framed echoes).
 //!
 //! Two more groups run only when named in `--only`, for iterating on one figure quickly:
 //! `handshakes` (`dd` and fake-TLS handshakes with 1 and with 1,000 users) and `target` (one
@@ -42,8 +46,8 @@ use super::{
     args::Args,
     crypto,
     net::{
-        self, BLOCKED_NET, CLIENT, DC, DC_PORT, FLOOR_PORT, LIMITED_NET, Net, RELAY_PORT, SERVER,
-        SOURCE_BASE, SOURCES,
+        self, BLOCKED_NET, CLIENT, DC, DC_PORT, FLOOR_PORT, LIMITED_NET, ME_PORT, Net, RELAY_PORT,
+        SERVER, SOURCE_BASE, SOURCES,
     },
     procfs::{self, SysCpu},
     report,
@@ -53,13 +57,14 @@ use super::{
 /// The fake-TLS domain of every generated configuration.
 const DOMAIN: &str = "bench.example.org";
 /// The scenario groups, in the order they run.
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "crypto",
     "main",
     "slow",
     "users",
     "memory",
     "flood",
+    "middle",
     "handshakes",
     "target",
 ];
@@ -195,6 +200,7 @@ struct Bins {
     relay_ctl: PathBuf,
     loadgen: PathBuf,
     fakedc: PathBuf,
+    fakeme: PathBuf,
     flood: PathBuf,
     floor: PathBuf,
 }
@@ -215,6 +221,7 @@ impl Bins {
             relay_ctl: bin("relay-ctl")?,
             loadgen: bin("relay-loadgen")?,
             fakedc: bin("relay-fakedc")?,
+            fakeme: bin("relay-fakeme")?,
             flood: bin("relay-flood")?,
             floor: bin("relay-floor")?,
         })
@@ -280,6 +287,9 @@ struct Spec {
     /// The flood configuration: default SYN limits and the blocked range; otherwise limits so
     /// high that the benchmark's own connections are never limited.
     flood: bool,
+    /// `[upstream] mode = "middle"` through the fake middle-end (see [`Bench::middle_group`]);
+    /// otherwise direct to the fake DC.
+    middle: bool,
 }
 
 /// `mode` as `[xdp] mode` spells it.
@@ -381,6 +391,9 @@ struct Bench<'a> {
     net: Net,
     dir: PathBuf,
     fakedc: Proc,
+    /// The fake middle-end while the middle group's middle-mode rows run: the generator's
+    /// windows then charge its CPU as the upstream's instead of the fake DC's.
+    fakeme: Option<Proc>,
     sections: Map<String, Value>,
     errors: Vec<Value>,
     started: Instant,
@@ -415,6 +428,7 @@ impl<'a> Bench<'a> {
             net,
             dir,
             fakedc,
+            fakeme: None,
             sections: Map::new(),
             errors: Vec::new(),
             started: Instant::now(),
@@ -454,13 +468,14 @@ impl<'a> Bench<'a> {
     }
 
     fn run_groups(&mut self) {
-        let groups: [Group<'a>; 8] = [
+        let groups: [Group<'a>; 9] = [
             Bench::crypto,
             Bench::main_group,
             Bench::slow_group,
             Bench::users_group,
             Bench::memory_group,
             Bench::flood_group,
+            Bench::middle_group,
             Bench::handshakes_group,
             Bench::target_group,
         ];
@@ -492,6 +507,7 @@ impl<'a> Bench<'a> {
                 "namespaces": [self.net.server_ns, self.net.client_ns, self.net.dc_ns],
                 "relay": format!("{SERVER}:{RELAY_PORT} (server namespace; XDP on {})", self.net.server_if),
                 "fake_dc": format!("{DC}:{DC_PORT} (relay-fakedc, 2 epoll threads, own namespace behind a second veth)"),
+                "fake_me": format!("{DC}:{ME_PORT} (relay-fakeme, the fake DC's namespace; middle group only)"),
                 "generator": format!("{CLIENT} (relay-loadgen, client namespace)"),
             },
         });
@@ -516,7 +532,17 @@ impl<'a> Bench<'a> {
             .collect();
         let admin = self.dir.join(format!("admin-{}.sock", spec.label));
         let state = self.dir.join(format!("state-{}", spec.label));
-        let config = relay_config(&spec, &secrets, &self.net.server_if, &admin, &state);
+        let me_files = spec.middle.then(|| self.me_files());
+        let config = relay_config(
+            &spec,
+            &secrets,
+            &self.net.server_if,
+            &admin,
+            &state,
+            me_files
+                .as_ref()
+                .map(|(list, secret)| (list.as_path(), secret.as_path())),
+        );
         let config_path = self.dir.join(format!("relay-{}.toml", spec.label));
         std::fs::write(&config_path, &config)?;
         let secrets_path = self.dir.join(format!("secrets-{}.txt", spec.label));
@@ -630,7 +656,8 @@ impl<'a> Bench<'a> {
         )?;
         let deadline = Instant::now() + timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
-        let pids = (relay_pid, self.fakedc.pid(), generator.pid());
+        let upstream = self.fakeme.as_ref().unwrap_or(&self.fakedc);
+        let pids = (relay_pid, upstream.pid(), generator.pid());
         generator.wait_line(Stream::Out, left(), |l| l.starts_with("begin"))?;
         let begin = sample(pids);
         let at_begin = hook(Marker::Begin, &mut generator)?;
@@ -655,6 +682,10 @@ impl<'a> Bench<'a> {
             "--secrets".to_owned(),
             relay.secrets.display().to_string(),
         ];
+        if relay.spec.middle {
+            // Relay parses the client's frames in middle mode: raw bytes would not do.
+            args.push("--framed".to_owned());
+        }
         if relay.spec.users > 1 {
             args.extend(["--timeout-secs".to_owned(), "20".to_owned()]);
         }
@@ -703,6 +734,7 @@ impl<'a> Bench<'a> {
             fast: true,
             xdp: XdpMode::Auto,
             flood: false,
+            middle: false,
         })?;
         self.throughput_matrix(&relay);
         for mode in ["dd", "tls"] {
@@ -745,6 +777,7 @@ impl<'a> Bench<'a> {
             fast: false,
             xdp: XdpMode::Auto,
             flood: false,
+            middle: false,
         })?;
         self.throughput_matrix(&relay);
         self.stop_relay(relay);
@@ -758,6 +791,7 @@ impl<'a> Bench<'a> {
             fast: true,
             xdp: XdpMode::Auto,
             flood: false,
+            middle: false,
         })?;
         for mode in ["dd", "tls"] {
             // Random users: the average case, judged against the target. The first and last
@@ -783,6 +817,7 @@ impl<'a> Bench<'a> {
             fast: true,
             xdp: XdpMode::Auto,
             flood: false,
+            middle: false,
         })?;
         let outcome = self.idle(&relay);
         self.record("memory", "idle connections", outcome);
@@ -802,6 +837,7 @@ impl<'a> Bench<'a> {
                 fast: true,
                 xdp,
                 flood: true,
+                middle: false,
             })?;
             let xdp = if xdp == XdpMode::Off { "off" } else { "on" };
             // The unloaded figure is the mean of a window before and one after the floods,
@@ -839,6 +875,113 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
+    /// Middle mode next to direct mode, each on a fresh 1-user relay (fast mode, XDP `auto`):
+    /// the same rows ([`Bench::middle_rows`]) first direct to the fake DC, then in middle mode
+    /// through `relay-fakeme`, started for these rows at the fake DC's address (its own port)
+    /// and stopped after them.
+    fn middle_group(&mut self) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "middle-direct",
+            users: 1,
+            fast: true,
+            xdp: XdpMode::Auto,
+            flood: false,
+            middle: false,
+        })?;
+        self.middle_rows(&relay, "direct");
+        self.stop_relay(relay);
+
+        let (list, secret_file) = self.me_files();
+        let secret: Vec<u8> = (0..128).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(&secret_file, &secret)?;
+        let me_addr = std::net::SocketAddr::from((DC, ME_PORT));
+        std::fs::write(
+            &list,
+            crate::fake_me::proxy_config_text(me_addr, &[1, 2, 3, 4, 5], 2),
+        )?;
+        let mut me = spawn::spawn(
+            "relay-fakeme",
+            Some(&self.net.dc_ns),
+            &self.bins.fakeme,
+            &[
+                "--listen".to_owned(),
+                me_addr.to_string(),
+                "--secret-file".to_owned(),
+                secret_file.display().to_string(),
+                "--lifetime-secs".to_owned(),
+                "1800".to_owned(),
+            ],
+            &[],
+        )?;
+        if let Err(e) = me.wait_line(Stream::Out, Duration::from_secs(10), |l| {
+            l.starts_with("listening")
+        }) {
+            let _ = me.stop(Signal::SIGTERM, Duration::from_secs(5));
+            return Err(e);
+        }
+        self.fakeme = Some(me);
+        let outcome = self.middle_relay();
+        if let Some(mut me) = self.fakeme.take() {
+            let _ = me.stop(Signal::SIGTERM, Duration::from_secs(5));
+        }
+        outcome
+    }
+
+    /// The middle-mode half of [`Bench::middle_group`], with the fake ME running.
+    fn middle_relay(&mut self) -> Result<()> {
+        let relay = self.start_relay(Spec {
+            label: "middle",
+            users: 1,
+            fast: true,
+            xdp: XdpMode::Auto,
+            flood: false,
+            middle: true,
+        })?;
+        // Measure the clients, not the pool's start: wait for every ME connection.
+        let pool = wait_me_pool(
+            relay.proc.pid(),
+            MIDDLE_CONNECTIONS,
+            Duration::from_secs(20),
+        );
+        if let Err(e) = pool {
+            let tail = relay.proc.tail();
+            self.stop_relay(relay);
+            return Err(e.context(tail));
+        }
+        self.middle_rows(&relay, "middle");
+        self.stop_relay(relay);
+        Ok(())
+    }
+
+    /// The rows middle mode is judged on, `upstream` (`direct` or `middle`) naming them:
+    /// `dd` and fake-TLS handshakes (random user of 1), and `dd` throughput with the target
+    /// row's connection count at 16 KiB and 1 KiB frames.
+    fn middle_rows(&mut self, relay: &Relay, upstream: &str) {
+        for mode in ["dd", "tls"] {
+            let outcome = self.handshakes(relay, mode, "random").map(|mut v| {
+                v["load"] = json!("handshakes");
+                v["upstream"] = json!(upstream);
+                v
+            });
+            self.record("middle", &format!("{mode} handshakes, {upstream}"), outcome);
+        }
+        let n = self.profile.conns[self.profile.target_conns];
+        for frame in [16 * 1024, 1024] {
+            let outcome = self.throughput(relay, "dd", n, frame).map(|mut v| {
+                v["load"] = json!("throughput");
+                v["upstream"] = json!(upstream);
+                v
+            });
+            let name = format!("dd {n}x{}KiB, {upstream}", frame / 1024);
+            self.record("middle", &name, outcome);
+        }
+    }
+
+    /// The fake ME's proxy list and secret files (written by [`Bench::middle_group`]).
+    fn me_files(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("me-list.txt"), self.dir.join("me-secret.bin"))
+    }
+
     /// `dd` and fake-TLS handshakes with 1 user, then with 1,000 (random user each).
     fn handshakes_group(&mut self) -> Result<()> {
         self.handshake_pair(false)
@@ -874,6 +1017,7 @@ impl<'a> Bench<'a> {
                 fast: true,
                 xdp,
                 flood: false,
+                middle: false,
             })?;
             let n = self.profile.conns[self.profile.target_conns];
             let outcome = self.throughput(&relay, "dd", n, 16 * 1024);
@@ -912,6 +1056,7 @@ impl<'a> Bench<'a> {
             fast: true,
             xdp: XdpMode::Auto,
             flood: false,
+            middle: false,
         })?;
         if full {
             let n = self.profile.conns[self.profile.target_conns];
@@ -932,6 +1077,7 @@ impl<'a> Bench<'a> {
             fast: true,
             xdp: XdpMode::Auto,
             flood: false,
+            middle: false,
         })?;
         for mode in ["dd", "tls"] {
             for (pick, suffix) in [("random", ""), ("sticky", ", a user per source")] {
@@ -1459,6 +1605,36 @@ fn per_sec(begin: &Value, end: &Value, secs: f64) -> Value {
     })
 }
 
+/// `[upstream.middle] connections_per_me` of the middle-mode relay.
+const MIDDLE_CONNECTIONS: usize = 2;
+
+/// Waits until the relay `pid` has `want` established connections to the fake ME, read
+/// from its namespace's `/proc/<pid>/net/tcp`.
+fn wait_me_pool(pid: u32, want: usize, timeout: Duration) -> Result<()> {
+    let port = format!(":{ME_PORT:04X}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+            .with_context(|| format!("reading /proc/{pid}/net/tcp"))?;
+        // Columns: sl, local, remote, state (01 = established), …
+        let live = table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(2).is_some_and(|r| r.ends_with(&port)) && cols.get(3) == Some(&"01")
+            })
+            .count();
+        if live >= want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("relay opened {live} of {want} connections to the fake ME in {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether `pid` exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -1507,6 +1683,7 @@ fn relay_config(
     iface: &str,
     admin: &Path,
     state: &Path,
+    middle: Option<(&Path, &Path)>,
 ) -> String {
     let mut users = String::new();
     for (i, secret) in secrets.iter().enumerate() {
@@ -1540,10 +1717,10 @@ fronting = false
 default_dc = 2
 connect_timeout_secs = 3
 fast_mode = {fast}
-
+{upstream_mode}
 [upstream.dc]
 "2" = ["{DC}:{DC_PORT}"]
-
+{middle_section}
 [timeouts]
 handshake_secs = 10
 idle_secs = 600
@@ -1587,6 +1764,16 @@ dir = "{state}"
 "#,
         label = spec.label,
         fast = spec.fast,
+        upstream_mode = if middle.is_some() {
+            "mode = \"middle\"\n"
+        } else {
+            ""
+        },
+        middle_section = middle.map_or(String::new(), |(list, secret)| format!(
+            "\n[upstream.middle]\nconfig_file = \"{}\"\nsecret_file = \"{}\"\nconnections_per_me = {MIDDLE_CONNECTIONS}\n",
+            list.display(),
+            secret.display()
+        )),
         mode = xdp_mode_name(spec.xdp),
         admin = admin.display(),
         state = state.display(),
@@ -1613,6 +1800,8 @@ fn summary(section: &str, row: &Value) -> String {
             row["failed"]
         ),
         "latency" => format!("p50 {:.0} µs, p99 {:.0} µs", f("p50_us"), f("p99_us")),
+        "middle" if row["load"] == "handshakes" => summary("handshakes", row),
+        "middle" => summary("throughput", row),
         "memory" => format!(
             "{} connections, RSS {} → {} KiB, {:.1} KiB per connection",
             row["opened"],

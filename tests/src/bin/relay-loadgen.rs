@@ -11,6 +11,12 @@
 //! relay-loadgen latency    --target A --mode dd|tls|direct ... --duration SECS [--rounds R]
 //! ```
 //!
+//! `--framed` (with `dd` or `tls`): every message is one padded-intermediate frame (u32 LE
+//! length counting 0..3 random padding bytes, payload, padding), and what comes back is read
+//! frame by frame with the padding (length % 4) stripped, as a relay in middle mode needs:
+//! it parses the client's frames and the middle-end echoes each as one message. Frame sizes
+//! must then be multiples of 4.
+//!
 //! Every mode prints `begin` when its measurement window opens and `end` when it closes (the
 //! orchestrator samples the relay's CPU and memory at those lines), then one line
 //! `result {json}`. Each mode is bounded in time (and bytes or rounds where it applies).
@@ -95,6 +101,8 @@ struct Common {
     transport: Option<Transport>,
     secrets: Vec<Secret>,
     timeout: Duration,
+    /// `--framed`: messages are padded-intermediate frames, not raw bytes.
+    framed: bool,
 }
 
 impl Common {
@@ -129,11 +137,16 @@ impl Common {
             bail!("--secrets FILE or --secret HEX is needed for --mode {mode}");
         }
         let timeout = Duration::from_secs_f64(args.get("timeout-secs", 10.0)?);
+        let framed = args.flag("framed");
+        if framed && transport.is_none() {
+            bail!("--framed needs --mode dd or tls");
+        }
         Ok(Common {
             target,
             transport,
             secrets,
             timeout,
+            framed,
         })
     }
 
@@ -211,11 +224,24 @@ impl Conn {
         })
     }
 
-    /// Sends `frame` and checks that exactly it comes back.
-    fn echo(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> io::Result<()> {
-        self.send(frame)?;
-        scratch.resize(frame.len(), 0);
-        self.recv_exact(scratch)?;
+    /// Sends `frame` (as one padded-intermediate frame when `framed`) and checks that
+    /// exactly it comes back.
+    fn echo(&mut self, frame: &[u8], scratch: &mut Vec<u8>, framed: bool) -> io::Result<()> {
+        if framed {
+            let mut wire = Vec::with_capacity(frame.len() + 7);
+            encode_frame(&mut wire, frame);
+            self.send(&wire)?;
+            let mut header = [0u8; 4];
+            self.recv_exact(&mut header)?;
+            let len = frame_len(header)?;
+            scratch.resize(len, 0);
+            self.recv_exact(scratch)?;
+            scratch.truncate(len - len % 4);
+        } else {
+            self.send(frame)?;
+            scratch.resize(frame.len(), 0);
+            self.recv_exact(scratch)?;
+        }
         if scratch[..] != *frame {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -246,6 +272,34 @@ impl ConnReader {
             ConnReader::Proxy(r) => r.recv(buf),
             ConnReader::Direct(r) => r.recv(buf),
         }
+    }
+
+    /// Exactly `buf.len()` decrypted bytes.
+    fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            ConnReader::Proxy(r) => r.recv_exact(buf),
+            ConnReader::Direct(r) => {
+                r.stream.read_exact(buf)?;
+                r.decrypt.apply(buf);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next padded-intermediate frame into `buf` (grown as needed); its payload length
+    /// (padding stripped), or `None` at the end of the stream between frames.
+    fn recv_frame(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let mut header = [0u8; 4];
+        if self.recv(&mut header[..1])? == 0 {
+            return Ok(None);
+        }
+        self.recv_exact(&mut header[1..])?;
+        let len = frame_len(header)?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        self.recv_exact(&mut buf[..len])?;
+        Ok(Some(len - len % 4))
     }
 }
 
@@ -341,6 +395,39 @@ impl DirectWriter {
     }
 }
 
+/// Largest frame a relay in middle mode accepts (2 MiB), padding included.
+const MAX_FRAME: usize = 2 << 20;
+/// The payload of the frame that ends a framed throughput connection: the pattern's bytes are
+/// all below 251, so it never appears in the pattern.
+const FIN: [u8; 4] = [0xff; 4];
+/// Framed, the most bytes a connection's writer has sent that have not come back yet: a
+/// relay in middle mode drops a client whose answers queue up (4 MiB), as an echo client
+/// writing without bound would make them.
+const FRAMED_WINDOW: usize = 1 << 20;
+
+/// Appends one padded-intermediate frame holding `payload` to `out`: the length (payload plus
+/// 0..3 random padding bytes), the payload, the padding.
+fn encode_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    let mut rng = rand::rng();
+    let pad = rng.random_range(0..4usize);
+    out.extend_from_slice(&((payload.len() + pad) as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend((0..pad).map(|_| rng.random::<u8>()));
+}
+
+/// The length field of a received frame, checked: non-zero, within [`MAX_FRAME`], quick-ack
+/// bit clear.
+fn frame_len(header: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_le_bytes(header) as usize;
+    if !(4..=MAX_FRAME).contains(&len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("echoed frame length {len:#x} out of range"),
+        ));
+    }
+    Ok(len)
+}
+
 /// `len` bytes of the pattern, plus a period so any offset can be sliced.
 fn pattern(len: usize) -> Vec<u8> {
     (0..len + PERIOD).map(|i| (i % PERIOD) as u8).collect()
@@ -378,6 +465,10 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
     if conns == 0 || frame == 0 {
         bail!("throughput needs --conns ≥ 1 and --frame ≥ 1");
     }
+    let framed = common.framed;
+    if framed && (!frame.is_multiple_of(4) || frame > MAX_FRAME - 3) {
+        bail!("--framed needs a --frame that is a multiple of 4, at most 2 MiB");
+    }
     let pat = Arc::new(pattern(frame.max(RECV_BUF)));
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<AtomicU64>> = (0..conns).map(|_| Arc::default()).collect();
@@ -389,32 +480,78 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
             .with_context(|| format!("connection {i}: handshake"))?
             .split()?;
         let (pat_w, pat_r, stop_w) = (pat.clone(), pat.clone(), stop.clone());
-        writers.push(thread::spawn(move || -> io::Result<u64> {
-            let mut sent = 0usize;
-            let started = Instant::now();
-            while !stop_w.load(Ordering::Relaxed) {
-                let at = sent % PERIOD;
-                writer.send(&pat_w[at..at + frame])?;
-                sent += frame;
-                if let Some(rate) = per_conn {
-                    let due = Duration::from_secs_f64(sent as f64 / rate);
-                    // Short sleeps, so a stop is noticed within 50 ms.
-                    while let Some(wait) = due.checked_sub(started.elapsed()) {
-                        if stop_w.load(Ordering::Relaxed) {
-                            break;
+        let echoed = counter.clone();
+        // Framed, the writer ends with a FIN frame and stays open until every echo is read
+        // (a relay in middle mode may close a half-closed client before the echoes arrive).
+        writers.push(thread::spawn(
+            move || -> io::Result<(u64, Option<ConnWriter>)> {
+                let mut sent = 0usize;
+                let mut wire = Vec::with_capacity(frame + 8);
+                let started = Instant::now();
+                while !stop_w.load(Ordering::Relaxed) {
+                    if framed && sent - echoed.load(Ordering::Relaxed) as usize > FRAMED_WINDOW {
+                        thread::sleep(Duration::from_micros(100));
+                        continue;
+                    }
+                    let at = sent % PERIOD;
+                    if framed {
+                        wire.clear();
+                        encode_frame(&mut wire, &pat_w[at..at + frame]);
+                        writer.send(&wire)?;
+                    } else {
+                        writer.send(&pat_w[at..at + frame])?;
+                    }
+                    sent += frame;
+                    if let Some(rate) = per_conn {
+                        let due = Duration::from_secs_f64(sent as f64 / rate);
+                        // Short sleeps, so a stop is noticed within 50 ms.
+                        while let Some(wait) = due.checked_sub(started.elapsed()) {
+                            if stop_w.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            thread::sleep(wait.min(Duration::from_millis(50)));
                         }
-                        thread::sleep(wait.min(Duration::from_millis(50)));
                     }
                 }
-            }
-            writer.shutdown()?;
-            Ok(sent as u64)
-        }));
+                if framed {
+                    wire.clear();
+                    encode_frame(&mut wire, &FIN);
+                    writer.send(&wire)?;
+                    return Ok((sent as u64, Some(writer)));
+                }
+                writer.shutdown()?;
+                Ok((sent as u64, None))
+            },
+        ));
         let counter = counter.clone();
         readers.push(thread::spawn(move || -> io::Result<u64> {
             reader.set_read_timeout(Some(Duration::from_secs(10)))?;
             let mut buf = vec![0u8; RECV_BUF];
             let mut got = 0usize;
+            if framed {
+                loop {
+                    let Some(n) = reader.recv_frame(&mut buf)? else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the stream ended before the FIN frame came back",
+                        ));
+                    };
+                    if buf[..n] == FIN {
+                        return Ok(got as u64);
+                    }
+                    let at = got % PERIOD;
+                    if n != frame || buf[..n] != pat_r[at..at + n] {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "echoed frame of {n} bytes differs from the one sent, at byte {got}"
+                            ),
+                        ));
+                    }
+                    got += n;
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
             loop {
                 let n = reader.recv(&mut buf)?;
                 if n == 0 {
@@ -451,13 +588,17 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
     mark("end");
     stop.store(true, Ordering::Relaxed);
     let mut sent = 0;
+    let mut open = Vec::new();
     for w in writers {
-        sent += join(w).context("writer")?;
+        let (bytes, writer) = join(w).context("writer")?;
+        sent += bytes;
+        open.extend(writer);
     }
     let mut received = 0;
     for r in readers {
         received += join(r).context("reader")?;
     }
+    drop(open);
     if received != sent {
         bail!("sent {sent} bytes but {received} came back");
     }
@@ -519,7 +660,7 @@ fn handshakes(common: &Common, args: &mut Args) -> Result<Value> {
                     let who = if sticky { mine } else { user().unwrap_or(0) };
                     let outcome = common
                         .connect_from(who, source)
-                        .and_then(|mut c| c.echo(payload, &mut scratch));
+                        .and_then(|mut c| c.echo(payload, &mut scratch, common.framed));
                     match outcome {
                         Ok(()) if Instant::now() < deadline => ok.fetch_add(1, Ordering::Relaxed),
                         Ok(()) => late.fetch_add(1, Ordering::Relaxed),
@@ -584,7 +725,7 @@ fn idle(common: &Common, args: &mut Args) -> Result<Value> {
                 {
                     match common
                         .connect(0)
-                        .and_then(|mut c| c.echo(payload, &mut scratch).map(|()| c))
+                        .and_then(|mut c| c.echo(payload, &mut scratch, common.framed).map(|()| c))
                     {
                         Ok(c) => held.lock().unwrap_or_else(|p| p.into_inner()).push(c),
                         Err(e) => {
@@ -635,14 +776,14 @@ fn latency(common: &Common, args: &mut Args) -> Result<Value> {
     let mut conn = common.connect(0).context("connect")?;
     let mut scratch = Vec::new();
     for _ in 0..50 {
-        conn.echo(payload, &mut scratch)?;
+        conn.echo(payload, &mut scratch, common.framed)?;
     }
     let mut samples = Vec::with_capacity(rounds.min(1 << 20));
     mark("begin");
     let t0 = Instant::now();
     while samples.len() < rounds && t0.elapsed() < duration {
         let t = Instant::now();
-        conn.echo(payload, &mut scratch)?;
+        conn.echo(payload, &mut scratch, common.framed)?;
         samples.push(t.elapsed().as_nanos() as u64);
     }
     mark("end");
