@@ -10,6 +10,7 @@ pub mod control;
 pub mod crowdsec;
 pub mod daemon;
 pub mod ebpf;
+pub mod http_client;
 pub mod listener;
 pub mod logging;
 pub mod middle;

@@ -4,7 +4,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{LapiUrl, SectionError, serde_helpers::duration};
+use super::{HttpUrl, SectionError, serde_helpers::duration};
 
 /// `[crowdsec]`: relay as a CrowdSec bouncer (decisions into the XDP maps) and, with a machine
 /// login, as a signal source (its own bans published as alerts).
@@ -112,7 +112,7 @@ fn default_max_body_bytes() -> usize {
 impl CrowdSec {
     /// Checks what serde cannot; the error names the key to point at.
     pub(super) fn validate(&self) -> Result<(), SectionError> {
-        let url = LapiUrl::parse(&self.lapi_url)
+        let url = HttpUrl::parse(&self.lapi_url)
             .map_err(|e| SectionError::new("lapi_url", format!("[crowdsec] lapi_url {e}")))?;
         if !url.tls && !url.is_loopback() && !self.allow_insecure {
             return Err(SectionError::new(

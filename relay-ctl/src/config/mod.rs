@@ -13,7 +13,7 @@ mod blocklist;
 mod cidr;
 mod crowdsec;
 mod exposure;
-mod lapi_url;
+mod http_url;
 mod limits;
 mod log;
 mod metrics;
@@ -45,7 +45,7 @@ pub use self::{
     cidr::{Cidr, CidrError},
     crowdsec::{CrowdSec, Redacted},
     exposure::exposure,
-    lapi_url::LapiUrl,
+    http_url::HttpUrl,
     limits::Limits,
     log::{Log, LogFormat},
     metrics::{DEFAULT_METRICS_LISTEN, Metrics},

@@ -26,6 +26,7 @@ use super::{
 use crate::{
     admission::{Admission, DecisionChange},
     clock::monotonic_ns,
+    http_client::HttpError,
 };
 
 /// Changes written to the admission per write lock: short enough that accepts waiting for the
@@ -68,7 +69,7 @@ impl PullError {
     /// The `relay_crowdsec_rejected_total` kind, when the pull was refused for its size.
     fn rejection(&self) -> Option<&'static str> {
         match self {
-            PullError::Client(ClientError::TooLarge(_)) => Some("too_large"),
+            PullError::Client(ClientError::Http(HttpError::TooLarge(_))) => Some("too_large"),
             PullError::Parse(StreamError::TooMany(_)) => Some("too_many"),
             _ => None,
         }
@@ -249,10 +250,7 @@ mod tests {
     use super::*;
     use crate::{
         admission::Enforcement,
-        crowdsec::{
-            client::Client,
-            scripted_lapi::{endless_lapi, scripted_lapi},
-        },
+        crowdsec::scripted_lapi::{endless_lapi, scripted_lapi},
     };
 
     /// Runs the poll loop (20 ms interval) against a scripted LAPI until it has made
@@ -288,8 +286,9 @@ mod tests {
         requests: usize,
     ) -> (Vec<String>, Arc<RwLock<Admission>>, Arc<Status>) {
         let (url, seen) = scripted_lapi(script).await;
-        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
-        let lapi = Arc::new(Lapi::new(client, "key".into(), None));
+        let lapi = Arc::new(
+            Lapi::new(&url, None, Duration::from_secs(2), "key".into(), None).expect("lapi"),
+        );
         let admission = Arc::new(RwLock::new(Admission::new(Enforcement::Userspace {
             reason: "test".into(),
         })));
@@ -544,8 +543,8 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_pull_is_refused_without_buffering_it() {
         let (url, written) = endless_lapi().await;
-        let client = Client::new(&url, None, Duration::from_secs(20)).expect("client");
-        let lapi = Lapi::new(client, "key".into(), None);
+        let lapi =
+            Lapi::new(&url, None, Duration::from_secs(20), "key".into(), None).expect("lapi");
         let bounded = Settings {
             max_body_bytes: 1 << 20,
             ..settings()
@@ -554,7 +553,7 @@ mod tests {
         assert!(
             matches!(
                 &result,
-                Err(e @ PullError::Client(ClientError::TooLarge(_))) if e.rejection() == Some("too_large")
+                Err(e @ PullError::Client(ClientError::Http(HttpError::TooLarge(_)))) if e.rejection() == Some("too_large")
             ),
             "{result:?}"
         );
@@ -568,15 +567,19 @@ mod tests {
         // A declared length over the bound is refused before any of the body is read.
         let long = leak(&vec![item("Ip", "198.18.1.1", "x"); 20]);
         let (url, _) = scripted_lapi(vec![(200, long)]).await;
-        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
-        let lapi = Lapi::new(client, "key".into(), None);
+        let lapi = Lapi::new(&url, None, Duration::from_secs(2), "key".into(), None).expect("lapi");
         let tight = Settings {
             max_body_bytes: 1000,
             ..settings()
         };
         let result = pull(&lapi, true, &tight).await;
         assert!(
-            matches!(result, Err(PullError::Client(ClientError::TooLarge(1000)))),
+            matches!(
+                result,
+                Err(PullError::Client(ClientError::Http(HttpError::TooLarge(
+                    1000
+                ))))
+            ),
             "{result:?}"
         );
     }

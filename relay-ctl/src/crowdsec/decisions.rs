@@ -18,6 +18,9 @@ use super::{
     duration,
 };
 use crate::admission::{CrowdSecBan, DecisionChange, DecisionTarget};
+/// What the LAPI sends goes into logs, tables and metric labels only in this form: the filter
+/// the HTTP client applies to error answers, so both stay one.
+pub use crate::http_client::printable;
 
 /// What a decision applies to, as relay enforces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,21 +125,6 @@ pub const REJECTION_KINDS: [&str; 6] = [
     "too_many",
     "too_large",
 ];
-
-/// `text` without control characters (C0, DEL, C1), line or paragraph separators and
-/// bidirectional overrides, cut to `max` characters: what the LAPI sends goes into logs,
-/// tables and metric labels only in this form.
-pub fn printable(text: &str, max: usize) -> String {
-    text.chars()
-        .filter(|c| {
-            !c.is_control()
-                && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
-                && !('\u{202a}'..='\u{202e}').contains(c)
-                && !('\u{2066}'..='\u{2069}').contains(c)
-        })
-        .take(max)
-        .collect()
-}
 
 /// What relay accepts from the LAPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -213,12 +213,13 @@ pub fn start(
     misuse: &Misuse,
     status: Arc<Status>,
 ) -> Result<Running, CrowdSecError> {
-    let client = client::Client::new(&config.lapi_url, config.ca_file.as_deref(), config.timeout)?;
     let lapi = Arc::new(client::Lapi::new(
-        client,
+        &config.lapi_url,
+        config.ca_file.as_deref(),
+        config.timeout,
         credentials.bouncer_key,
         credentials.machine,
-    ));
+    )?);
     let mut tasks = Vec::new();
     if lapi.can_publish() {
         let (ban_queue, queue) = publish::channel(status.clone());

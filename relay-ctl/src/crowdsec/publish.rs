@@ -210,10 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn login_once_renew_on_401_and_count() {
-        use crate::crowdsec::{
-            client::{Client, Machine},
-            scripted_lapi::scripted_lapi,
-        };
+        use crate::crowdsec::{client::Machine, scripted_lapi::scripted_lapi};
         let (url, seen) = scripted_lapi(vec![
             (
                 200,
@@ -228,15 +225,17 @@ mod tests {
             (500, r#"{"message":"validation failure"}"#),
         ])
         .await;
-        let client = Client::new(&url, None, Duration::from_secs(2)).expect("client");
         let lapi = Lapi::new(
-            client,
+            &url,
+            None,
+            Duration::from_secs(2),
             "key".into(),
             Some(Machine {
                 id: "relay-1".into(),
                 password: "pw".into(),
             }),
-        );
+        )
+        .expect("lapi");
         let status = Status::new(true);
         let ban = BanEvent {
             addr: "198.18.0.2".parse().expect("ip"),

@@ -8,7 +8,7 @@ use hyper::Method;
 
 use crate::{
     config::Middle,
-    crowdsec::client::Client,
+    http_client::{Client, ClientOptions, HttpError},
     state_dir::{StateDir, StateError},
 };
 use relay_proto::middle::{ProxyConfig, ProxyConfigError};
@@ -21,6 +21,10 @@ pub const SECRET_CACHE: &str = "middle-proxy-secret.bin";
 const MAX_BYTES: usize = 1 << 20;
 /// Shortest secret accepted (Telegram's is 128 bytes; the key selector needs 4).
 const MIN_SECRET: usize = 16;
+/// What relay calls itself when it fetches the list and secret.
+pub const USER_AGENT: &str = concat!("relay/", env!("CARGO_PKG_VERSION"));
+/// The list is text and the secret bytes: any media type will do.
+const ACCEPT: &str = "*/*";
 
 /// Where a list came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +73,13 @@ pub enum SourceError {
         source: std::io::Error,
     },
     /// A URL could not be fetched.
-    #[error("fetching {url}: {message}")]
+    #[error("fetching {url}: {source}")]
     Fetch {
         /// The URL.
         url: String,
         /// Why.
-        message: String,
+        #[source]
+        source: HttpError,
     },
     /// The list parsed to nothing usable.
     #[error("{what}: {source}")]
@@ -215,19 +220,26 @@ async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, SourceError> {
     Ok(data)
 }
 
+/// GETs `url` (at most [`MAX_BYTES`], within `timeout`), as relay rather than as any one
+/// integration: Telegram sees `relay/<version>`.
 async fn fetch(url: &str, timeout: Duration) -> Result<Vec<u8>, SourceError> {
-    let failed = |message: String| SourceError::Fetch {
+    let failed = |source: HttpError| SourceError::Fetch {
         url: url.to_owned(),
-        message,
+        source,
     };
-    // The LAPI client is a plain bounded HTTP/1.1 client; nothing in it is CrowdSec's.
-    let client = Client::new(url, None, timeout).map_err(|e| failed(e.to_string()))?;
+    let options = ClientOptions {
+        user_agent: USER_AGENT,
+        accept: ACCEPT,
+        ca_file: None,
+        timeout,
+    };
+    let client = Client::new(url, options).map_err(failed)?;
     let (status, body) = client
         .send(Method::GET, "", &[], None, MAX_BYTES)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(failed)?;
     if !status.is_success() {
-        return Err(failed(format!("HTTP {status}")));
+        return Err(failed(HttpError::from_status(status, &body)));
     }
     Ok(body.to_vec())
 }
@@ -292,5 +304,75 @@ mod tests {
         assert_eq!(back.config, sources.config);
         assert_eq!(back.secret, sources.secret);
         assert_eq!(back.origin, Origin::Cache);
+    }
+
+    /// Telegram is asked as relay, for anything: not as the CrowdSec bouncer, not for JSON.
+    /// An error answer is an error with its status.
+    #[tokio::test]
+    async fn fetches_name_relay_and_accept_anything() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (seen, mut heads) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let list = "proxy_for 2 127.0.0.1:8888;".to_owned();
+            let secret = "s".repeat(128);
+            for body in [list, secret] {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = seen.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 404 X\r\ncontent-length: 4\r\n\r\ngone")
+                .await;
+        });
+        let settings = Middle {
+            config_url: format!("{base}/getProxyConfig"),
+            secret_url: format!("{base}/getProxySecret"),
+            ..Middle::default()
+        };
+        let got = read(&settings, false, Duration::from_secs(2), 5)
+            .await
+            .expect("fetched");
+        assert_eq!(got.origin, Origin::Fetched);
+        assert_eq!(got.secret.len(), 128);
+        for path in ["/getProxyConfig", "/getProxySecret"] {
+            let head = heads.recv().await.expect("request").to_ascii_lowercase();
+            assert!(
+                head.starts_with(&format!("get {} ", path.to_ascii_lowercase())),
+                "{head}"
+            );
+            assert!(
+                head.contains(&format!("user-agent: {USER_AGENT}\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("accept: */*\r\n"), "{head}");
+        }
+        let missing = fetch(&format!("{base}/gone"), Duration::from_secs(2)).await;
+        assert!(
+            matches!(
+                &missing,
+                Err(SourceError::Fetch {
+                    source: HttpError::Status { status: 404, .. },
+                    ..
+                })
+            ),
+            "{missing:?}"
+        );
     }
 }

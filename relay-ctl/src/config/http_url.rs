@@ -1,9 +1,10 @@
-//! `[crowdsec] lapi_url` taken apart: checked when the configuration is read, used by the
-//! LAPI client to connect.
+//! An `http://` or `https://` base URL taken apart: `[crowdsec] lapi_url` is checked with it
+//! when the configuration is read, and the HTTP client (`http_client`) connects with it, to
+//! the LAPI or to Telegram's middle-proxy URLs.
 
-/// `lapi_url` taken apart.
+/// A base URL taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LapiUrl {
+pub struct HttpUrl {
     /// `https`.
     pub tls: bool,
     /// Host name or address (IPv6 without brackets).
@@ -14,9 +15,9 @@ pub struct LapiUrl {
     pub base: String,
 }
 
-impl LapiUrl {
+impl HttpUrl {
     /// Parses `http://host[:port][/prefix]` or `https://...`.
-    pub fn parse(text: &str) -> Result<LapiUrl, String> {
+    pub fn parse(text: &str) -> Result<HttpUrl, String> {
         let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = text.strip_prefix("http://") {
@@ -53,7 +54,7 @@ impl LapiUrl {
             None if tls => 443,
             None => 80,
         };
-        Ok(LapiUrl {
+        Ok(HttpUrl {
             tls,
             host: host.to_owned(),
             port,
@@ -82,18 +83,18 @@ impl LapiUrl {
 
 #[cfg(test)]
 mod tests {
-    use super::LapiUrl;
+    use super::HttpUrl;
 
     #[test]
     fn urls() {
-        let u = LapiUrl::parse("http://127.0.0.1:8080").expect("plain");
+        let u = HttpUrl::parse("http://127.0.0.1:8080").expect("plain");
         assert_eq!(
             (u.tls, u.host.as_str(), u.port, u.base.as_str()),
             (false, "127.0.0.1", 8080, "")
         );
-        let u = LapiUrl::parse("https://lapi.example.org/cs/").expect("prefix");
+        let u = HttpUrl::parse("https://lapi.example.org/cs/").expect("prefix");
         assert_eq!((u.tls, u.port, u.base.as_str()), (true, 443, "/cs"));
-        let u = LapiUrl::parse("http://[2001:db8::1]:81").expect("v6");
+        let u = HttpUrl::parse("http://[2001:db8::1]:81").expect("v6");
         assert_eq!(
             (u.host.as_str(), u.authority()),
             ("2001:db8::1", "[2001:db8::1]:81".to_owned())
@@ -108,7 +109,7 @@ mod tests {
             "http://h/?a",
             "http://[::1",
         ] {
-            assert!(LapiUrl::parse(bad).is_err(), "{bad} accepted");
+            assert!(HttpUrl::parse(bad).is_err(), "{bad} accepted");
         }
     }
 }
