@@ -296,9 +296,15 @@ impl MiddleEnd {
 pub async fn run(middle: Arc<MiddleEnd>, config: impl Fn() -> Arc<Config>) {
     let mut next_read = Instant::now();
     let mut announced = false;
+    let mut read_with: Option<crate::config::Middle> = None;
     loop {
         let cfg = config();
         if cfg.upstream.effective_mode() == UpstreamMode::Middle {
+            // A reload that changes where the list comes from takes effect at once.
+            if read_with.as_ref() != Some(&cfg.upstream.middle) {
+                read_with = Some(cfg.upstream.middle.clone());
+                next_read = Instant::now();
+            }
             if !announced && cfg.upstream.mode.is_none() {
                 tracing::info!("an ad tag is set: relaying through Telegram's middle proxies");
             }
