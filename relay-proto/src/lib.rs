@@ -9,6 +9,7 @@
 //! - [`obfs2`]: the 64-byte obfuscated2 headers, client→proxy and proxy→DC.
 //! - [`opening`]: what a connection's first bytes can still become, given the enabled modes.
 //! - [`tls`]: fake-TLS: ClientHello reassembly and validation, the server flight, records.
+//! - [`proxy_header`]: the PROXY protocol header (v1 text, v2 binary), parsed and written.
 //! - [`replay`]: the anti-replay memory of handshake keys (keyed Bloom-filter generations).
 //! - [`dc`]: built-in Telegram DC addresses.
 //! - [`middle`]: the middle-end leg: proxy list, key derivation, CBC framing, RPC messages and
@@ -20,6 +21,7 @@ pub mod middle;
 pub mod mode;
 pub mod obfs2;
 pub mod opening;
+pub mod proxy_header;
 pub mod replay;
 pub mod secret;
 #[cfg(target_arch = "x86_64")]
