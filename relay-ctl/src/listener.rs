@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncReadExt as _,
+    net::{TcpListener, TcpStream},
+};
 use tracing::Instrument as _;
 
 use relay_common::Verdict;
@@ -15,9 +18,10 @@ use crate::{
     daemon::Daemon,
     relay::{
         RelayContext, front,
-        stats::{ConnState, FrontReason},
+        stats::{ConnState, FrontReason, ProxyHeaderOutcome},
     },
 };
+use relay_proto::proxy_header::{self, Accept, Parsed, ProxyHeaderError, V2_MAX};
 
 /// Binds every listen address `copies` times, failing with the address that could not be
 /// bound; `result[i]` holds copy `i` of every address, for relay thread `i`. With more than one
@@ -78,7 +82,8 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener,
 }
 
 /// Accepts on `listener` forever, checking each connection against the admission: dropped
-/// verdicts are reset, front-banned sources fronted, the rest served.
+/// verdicts are reset, front-banned sources fronted, the rest served. Under
+/// `[server] proxy_protocol` the client is who a trusted balancer's header says it is.
 pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -90,56 +95,175 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        // Not through the admission's lock: a bulk CrowdSec load holds it for writing.
-        let verdict = daemon.accept_check.admit(peer.ip(), monotonic_ns());
-        if verdict.drops() {
-            tracing::debug!(
-                peer = %crate::privacy::addr(peer),
-                verdict = verdict.name(),
-                "connection refused"
-            );
-            reset(stream);
-            continue;
-        }
-        let slot = match daemon
-            .capacity
-            .try_admit(peer.ip(), verdict == Verdict::Allowlisted)
-        {
-            Ok(slot) => slot,
-            Err(bound) => {
-                // A flood hits this once per connection: rate-limited.
-                crate::warn_limited!(
+        // Each connection keeps the context it started with; a reload affects only new ones.
+        let ctx = daemon.relay.load_full();
+        match &ctx.proxy_in {
+            None => {
+                // Not through the admission's lock: a bulk CrowdSec load holds it for writing.
+                let verdict = daemon.accept_check.admit(peer.ip(), monotonic_ns());
+                admit(stream, peer, verdict, &daemon, ctx);
+            }
+            Some(proxy_in) if !proxy_in.trusts(peer.ip()) => {
+                ctx.stats.proxy_header(ProxyHeaderOutcome::Untrusted);
+                crate::info_limited!(
                     (1, 10),
-                    bound = bound.name(),
-                    "connection refused: concurrency bound reached"
+                    peer = %crate::privacy::addr(peer),
+                    "connection refused: not from a trusted balancer"
                 );
                 reset(stream);
-                continue;
             }
-        };
-        if verdict == Verdict::BannedFronted {
-            // No handshake work for a banned source: straight to the mask site.
-            tokio::spawn(front_banned(stream, slot, daemon.relay.load_full()));
-            continue;
+            Some(_) => {
+                tokio::spawn(behind_balancer(stream, peer, daemon.clone(), ctx));
+            }
         }
-        // One span per connection, at debug level: at info it would cost a measurable share
-        // of a short connection's CPU (formatted on creation, entered on every poll) for the
-        // few lines that name their peer themselves. The peer is masked as `[log] client_ips` says.
-        let span = tracing::debug_span!("conn", peer = %crate::privacy::addr(peer));
-        // Each connection keeps the context it started with; a reload affects only new ones.
-        tokio::spawn(
-            crate::relay::serve(stream, peer, slot, daemon.relay.load_full()).instrument(span),
+    }
+}
+
+/// Serves a connection under `verdict`: reset, fronted at once, or handed to the relay.
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    verdict: Verdict,
+    daemon: &Daemon,
+    ctx: Arc<RelayContext>,
+) {
+    if verdict.drops() {
+        tracing::debug!(
+            peer = %crate::privacy::addr(peer),
+            verdict = verdict.name(),
+            "connection refused"
         );
+        reset(stream);
+        return;
+    }
+    let slot = match daemon
+        .capacity
+        .try_admit(peer.ip(), verdict == Verdict::Allowlisted)
+    {
+        Ok(slot) => slot,
+        Err(bound) => {
+            // A flood hits this once per connection: rate-limited.
+            crate::warn_limited!(
+                (1, 10),
+                bound = bound.name(),
+                "connection refused: concurrency bound reached"
+            );
+            reset(stream);
+            return;
+        }
+    };
+    if verdict == Verdict::BannedFronted {
+        // No handshake work for a banned source: straight to the mask site.
+        tokio::spawn(front_banned(stream, peer, slot, ctx));
+        return;
+    }
+    // One span per connection, at debug level: at info it would cost a measurable share
+    // of a short connection's CPU (formatted on creation, entered on every poll) for the
+    // few lines that name their peer themselves. The peer is masked as `[log] client_ips` says.
+    let span = tracing::debug_span!("conn", peer = %crate::privacy::addr(peer));
+    tokio::spawn(crate::relay::serve(stream, peer, slot, ctx).instrument(span));
+}
+
+/// Reads a trusted balancer's PROXY header, then decides on the client it names as if the
+/// client had connected itself; the kernel never saw that client, so the whole decision
+/// (lists, bans, SYN budget) is made here.
+async fn behind_balancer(
+    mut stream: TcpStream,
+    balancer: SocketAddr,
+    daemon: Arc<Daemon>,
+    ctx: Arc<RelayContext>,
+) {
+    let Some(proxy_in) = ctx.proxy_in.as_ref() else {
+        return;
+    };
+    let read = tokio::time::timeout(
+        proxy_in.timeout,
+        read_proxy_header(&mut stream, proxy_in.accept),
+    )
+    .await;
+    let outcome = match read {
+        Err(_) => Err(ProxyHeaderOutcome::Timeout),
+        Ok(Err(ReadError::Io)) => return,
+        Ok(Err(ReadError::Header(ProxyHeaderError::Missing))) => Err(ProxyHeaderOutcome::Missing),
+        Ok(Err(ReadError::Header(ProxyHeaderError::Malformed(_)))) => {
+            Err(ProxyHeaderOutcome::Malformed)
+        }
+        Ok(Ok(None)) => Err(ProxyHeaderOutcome::Local),
+        Ok(Ok(Some(client))) => Ok(client),
+    };
+    let client = match outcome {
+        Ok(client) => client,
+        Err(outcome) => {
+            ctx.stats.proxy_header(outcome);
+            if outcome != ProxyHeaderOutcome::Local {
+                crate::info_limited!(
+                    (1, 10),
+                    balancer = %balancer,
+                    outcome = outcome.name(),
+                    "connection from a balancer closed: no usable PROXY header"
+                );
+            }
+            reset(stream);
+            return;
+        }
+    };
+    ctx.stats.proxy_header(ProxyHeaderOutcome::Ok);
+    let verdict = daemon
+        .accept_check
+        .admit_unseen(client.ip(), monotonic_ns());
+    admit(stream, client, verdict, &daemon, ctx);
+}
+
+/// Why no client address came from a balancer.
+enum ReadError {
+    /// The connection failed or closed (nothing to count: the balancer's client left).
+    Io,
+    /// Bytes that are not a usable header.
+    Header(ProxyHeaderError),
+}
+
+/// Reads exactly one PROXY header, leaving the client's own bytes unread. Returns the client's
+/// address, or `None` for the balancer's own health check.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    accept: Accept,
+) -> Result<Option<SocketAddr>, ReadError> {
+    let mut buf = [0u8; V2_MAX];
+    loop {
+        let n = stream.peek(&mut buf).await.map_err(|_| ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Io);
+        }
+        match proxy_header::parse(&buf[..n], accept).map_err(ReadError::Header)? {
+            Parsed::Done { header, len } => {
+                stream
+                    .read_exact(&mut buf[..len])
+                    .await
+                    .map_err(|_| ReadError::Io)?;
+                return Ok(header.addrs.map(|(client, _)| client));
+            }
+            // Headers come in the balancer's first segment; a rare split waits a little
+            // (a peek would return the same bytes at once).
+            Parsed::Incomplete if n < buf.len() => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Parsed::Incomplete => {
+                return Err(ReadError::Header(ProxyHeaderError::Malformed(
+                    "longer than any header",
+                )));
+            }
+        }
     }
 }
 
 /// Hands a connection from a front-banned source to the mask site, with nothing read from it,
 /// so the source sees the site as any prober does; closes it when fronting is off.
-async fn front_banned(stream: TcpStream, mut slot: Slot, ctx: Arc<RelayContext>) {
+async fn front_banned(stream: TcpStream, peer: SocketAddr, mut slot: Slot, ctx: Arc<RelayContext>) {
     slot.handshake_done();
     let mut active = ctx.stats.connection();
     active.enter(ConnState::Fronted);
-    front::front(stream, Vec::new(), FrontReason::Banned, &ctx).await;
+    let preamble = ctx.mask_preamble(peer, stream.local_addr().ok());
+    front::front(stream, preamble, FrontReason::Banned, &ctx).await;
 }
 
 /// Closes with RST rather than FIN: the client retries or gives up at once.

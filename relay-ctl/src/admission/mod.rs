@@ -94,6 +94,15 @@ impl AcceptCheck {
             .unrated(source, now_ns);
         self.gate.admit_behind_kernel(source, now_ns, unrated)
     }
+
+    /// Decides on a client the kernel never saw (its packets came from a balancer, which
+    /// named it in a PROXY header): the whole decision, the SYN limit included, here.
+    pub fn admit_unseen(&self, source: IpAddr, now_ns: u64) -> Verdict {
+        match &self.kernel {
+            Some(_) => self.gate.admit_behind_kernel(source, now_ns, true),
+            None => self.gate.admit(source, now_ns),
+        }
+    }
 }
 
 /// The policy and where it is enforced.

@@ -151,10 +151,23 @@ impl Policy {
     /// Applies the limits, ports and lists of `config`, replacing what was there.
     pub fn apply<E: Enforce>(&mut self, config: &Config, to: &mut E) -> Result<(), E::Error> {
         to.enforce_or_refuse(&limits(config))?;
+        // Balancers sending PROXY headers carry every client: never dropped or limited as one
+        // source. Their clients get the decision after the header, in userspace.
+        let balancers = config
+            .server
+            .proxy_protocol
+            .accept()
+            .map_or(&[][..], |_| &config.server.trusted[..]);
         self.set_prefixes(
             PrefixList::Allow,
             ListSource::Config,
-            config.allowlist.cidrs.iter().copied().collect(),
+            config
+                .allowlist
+                .cidrs
+                .iter()
+                .chain(balancers)
+                .copied()
+                .collect(),
             to,
         )?;
         self.set_prefixes(

@@ -87,6 +87,12 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
     );
     println!("  tls flight      {}", flight_summary(&config));
     println!("  upstream        {}", upstream_summary(&config));
+    if let Some(note) = config.server.balancer_note() {
+        println!("  balancers       {note}");
+    }
+    if let Some(version) = config.tls.mask_proxy_protocol.version() {
+        println!("  mask            fronted connections start with a PROXY {version:?} header");
+    }
     if let Some(warning) = nat_warning(&config) {
         println!("  warning         {warning}");
     }

@@ -64,6 +64,9 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
     for line in crate::config::exposure(&config) {
         tracing::warn!("{line}");
     }
+    if let Some(note) = config.server.balancer_note() {
+        tracing::warn!("{note}");
+    }
     raise_fd_limit(&config);
     // The state dir first: a directory another account could write into stops the start
     // before anything is bound or loaded. It is opened for the user the relay will run as.

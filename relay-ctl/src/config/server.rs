@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use relay_proto::{Mode, ModeSet};
 use serde::{Deserialize, Deserializer};
 
-use super::{SectionError, serde_helpers::non_empty};
+use super::{Cidr, SectionError, serde_helpers::non_empty};
 
 /// `[server]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -37,6 +37,58 @@ pub struct Server {
     /// On SIGTERM, how long open connections may finish before the process exits, seconds.
     #[serde(default = "default_drain_secs")]
     pub drain_secs: u64,
+    /// PROXY protocol from a load balancer in front: `"off"`, `"v1"`, `"v2"` or `"any"`.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Peers whose PROXY header is believed (the balancers); with `proxy_protocol` on, they
+    /// must send one, and everyone else is closed.
+    #[serde(default)]
+    pub trusted: Vec<Cidr>,
+    /// How long a trusted peer has to send its whole PROXY header, milliseconds.
+    #[serde(default = "default_proxy_protocol_timeout_ms")]
+    pub proxy_protocol_timeout_ms: u64,
+}
+
+/// See [`Server::proxy_protocol`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Clients connect directly.
+    #[default]
+    Off,
+    /// Text headers only.
+    V1,
+    /// Binary headers only.
+    V2,
+    /// Either.
+    Any,
+}
+
+impl Server {
+    /// What an operator must know when clients arrive through balancers: the kernel sees
+    /// only the balancers' addresses.
+    pub fn balancer_note(&self) -> Option<String> {
+        self.proxy_protocol.accept()?;
+        let trusted: Vec<String> = self.trusted.iter().map(|c| c.0.to_string()).collect();
+        Some(format!(
+            "PROXY protocol from {}: XDP sees only these balancers (allowlisted there); their \
+             clients' lists, bans and SYN budget are enforced in userspace after each header",
+            trusted.join(", ")
+        ))
+    }
+}
+
+impl ProxyProtocol {
+    /// The versions accepted, `None` when off.
+    pub fn accept(self) -> Option<relay_proto::proxy_header::Accept> {
+        use relay_proto::proxy_header::Accept;
+        match self {
+            ProxyProtocol::Off => None,
+            ProxyProtocol::V1 => Some(Accept::V1),
+            ProxyProtocol::V2 => Some(Accept::V2),
+            ProxyProtocol::Any => Some(Accept::Any),
+        }
+    }
 }
 
 /// See [`Server::on_limit`].
@@ -61,6 +113,19 @@ impl Server {
 
     /// Checks what serde cannot: the kernel's port table has a fixed size.
     pub(super) fn validate(&self) -> Result<(), SectionError> {
+        if self.proxy_protocol != ProxyProtocol::Off && self.trusted.is_empty() {
+            return Err(SectionError::new(
+                "proxy_protocol",
+                "proxy_protocol needs `trusted`: the balancers whose headers are believed \
+                 (anyone else could claim any address)",
+            ));
+        }
+        if !(100..=60_000).contains(&self.proxy_protocol_timeout_ms) {
+            return Err(SectionError::new(
+                "proxy_protocol_timeout_ms",
+                "proxy_protocol_timeout_ms must be 100 to 60000",
+            ));
+        }
         if self.listen_ports().len() > relay_common::maps::MAX_LISTEN_PORTS as usize {
             return Err(SectionError::new(
                 "listen",
@@ -72,6 +137,10 @@ impl Server {
         }
         Ok(())
     }
+}
+
+fn default_proxy_protocol_timeout_ms() -> u64 {
+    3000
 }
 
 fn default_drain_secs() -> u64 {
@@ -109,6 +178,27 @@ mod tests {
     #[test]
     fn bad_listen_address() {
         expect_invalid("[server]\nlisten = [\"localhost\"]\n", 2, "socket address");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_peers() {
+        expect_invalid(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nproxy_protocol = \"any\"\n",
+            3,
+            "needs `trusted`",
+        );
+        expect_invalid(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nproxy_protocol = \"v3\"\n",
+            3,
+            "unknown variant",
+        );
+        let ok = crate::config::tests::parse(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nproxy_protocol = \"v2\"\n\
+             trusted = [\"10.0.0.0/8\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.server.proxy_protocol, super::ProxyProtocol::V2);
+        assert_eq!(ok.server.trusted.len(), 1);
     }
 
     #[test]

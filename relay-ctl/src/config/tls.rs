@@ -17,6 +17,10 @@ pub struct Tls {
     /// Forward failed connections to `mask`; off: close them.
     #[serde(default = "yes")]
     pub fronting: bool,
+    /// Start each fronted connection with a PROXY header naming the client: `"off"`, `"v1"`
+    /// or `"v2"` (for a local web server that logs or limits by client address).
+    #[serde(default)]
+    pub mask_proxy_protocol: MaskProxyProtocol,
     /// Accepted clock difference of a ClientHello timestamp, in seconds.
     #[serde(default = "default_time_skew")]
     pub time_skew_secs: u32,
@@ -39,10 +43,36 @@ impl Default for Tls {
             domain: default_domain(),
             mask: None,
             fronting: true,
+            mask_proxy_protocol: MaskProxyProtocol::Off,
             time_skew_secs: default_time_skew(),
             learn_flight: true,
             flight_refresh_secs: default_flight_refresh(),
             accept_uptime_clock: true,
+        }
+    }
+}
+
+/// See [`Tls::mask_proxy_protocol`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskProxyProtocol {
+    /// The mask sees relay's address.
+    #[default]
+    Off,
+    /// A text header.
+    V1,
+    /// A binary header.
+    V2,
+}
+
+impl MaskProxyProtocol {
+    /// The header version, `None` when off.
+    pub fn version(self) -> Option<relay_proto::proxy_header::Version> {
+        use relay_proto::proxy_header::Version;
+        match self {
+            MaskProxyProtocol::Off => None,
+            MaskProxyProtocol::V1 => Some(Version::V1),
+            MaskProxyProtocol::V2 => Some(Version::V2),
         }
     }
 }

@@ -87,6 +87,40 @@ pub struct RelayContext<M = Arc<MaskTarget>> {
     pub middle: Option<Arc<MiddleEnd>>,
     /// Each user's ad tag (its own, else `[upstream] ad_tag`), same order as `users`.
     pub ad_tags: Vec<Option<AdTag>>,
+    /// PROXY headers from balancers (`[server] proxy_protocol`), when on.
+    pub proxy_in: Option<ProxyIn>,
+    /// The PROXY header version fronted connections start with (`[tls] mask_proxy_protocol`).
+    pub mask_proxy: Option<relay_proto::proxy_header::Version>,
+}
+
+/// What `[server] proxy_protocol` accepts, and from whom.
+#[derive(Debug, Clone)]
+pub struct ProxyIn {
+    /// Versions accepted.
+    pub accept: relay_proto::proxy_header::Accept,
+    /// Peers whose headers are believed.
+    pub trusted: Vec<ipnet::IpNet>,
+    /// Time a trusted peer has for its whole header.
+    pub timeout: Duration,
+}
+
+impl ProxyIn {
+    fn new(server: &crate::config::Server) -> Option<ProxyIn> {
+        Some(ProxyIn {
+            accept: server.proxy_protocol.accept()?,
+            trusted: server.trusted.iter().map(|c| c.0).collect(),
+            timeout: Duration::from_millis(server.proxy_protocol_timeout_ms),
+        })
+    }
+
+    /// Whether `peer` may send a header.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|net| net.contains(&peer))
+    }
 }
 
 impl RelayContext {
@@ -134,6 +168,8 @@ impl RelayContext {
         RelayContext {
             middle: None,
             ad_tags,
+            proxy_in: ProxyIn::new(&config.server),
+            mask_proxy: config.tls.mask_proxy_protocol.version(),
             accounts,
             unique_ips_window: Duration::from_secs(config.server.unique_ips_window_secs),
             on_limit: config.server.on_limit,
@@ -161,6 +197,21 @@ impl RelayContext {
             misuse,
             stats,
             flight,
+        }
+    }
+}
+
+impl<M> RelayContext<M> {
+    /// What a mask connection for `client` starts with: a PROXY header naming it, with
+    /// `[tls] mask_proxy_protocol`; nothing otherwise.
+    pub fn mask_preamble(&self, client: SocketAddr, local: Option<SocketAddr>) -> Vec<u8> {
+        match self.mask_proxy {
+            Some(version) => relay_proto::proxy_header::encode(
+                version,
+                client,
+                local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            ),
+            None => Vec::new(),
         }
     }
 }
@@ -196,6 +247,8 @@ impl<M> RelayContext<M> {
             flight: self.flight,
             middle: self.middle,
             ad_tags: self.ad_tags,
+            proxy_in: self.proxy_in,
+            mask_proxy: self.mask_proxy,
         }
     }
 }

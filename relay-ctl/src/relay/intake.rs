@@ -60,6 +60,9 @@ pub struct Intake<S> {
     grace_from: Instant,
     /// The handshake slot's ticket, told when the client first speaks.
     ticket: Arc<Ticket>,
+    /// What the mask gets before the client's bytes (a PROXY header naming the client, with
+    /// `[tls] mask_proxy_protocol`), until it has been sent.
+    preamble: Vec<u8>,
 }
 
 /// A connection ready to be fronted: the mask connection if one is open, and the client's
@@ -74,8 +77,13 @@ pub struct ToFront<S> {
 impl<S: RelayStream> Intake<S> {
     /// An empty intake for a connection accepted now, holding the handshake slot `ticket`; a
     /// mask connection may be opened for it only when fronting is on.
-    pub fn new<M: MaskDialer<Stream = S>>(ctx: &RelayContext<M>, ticket: Arc<Ticket>) -> Self {
+    pub fn new<M: MaskDialer<Stream = S>>(
+        ctx: &RelayContext<M>,
+        ticket: Arc<Ticket>,
+        preamble: Vec<u8>,
+    ) -> Self {
         Intake {
+            preamble,
             seen: Vec::new(),
             mask: if ctx.mask.is_some() {
                 MaskLeg::Waiting
@@ -134,6 +142,12 @@ impl<S: RelayStream> Intake<S> {
     /// Sends the mask connection, if open, the client's bytes it has not had yet.
     async fn forward(&mut self) -> Result<(), Failure> {
         if let MaskLeg::Open { stream, sent } = &mut self.mask {
+            if !self.preamble.is_empty() {
+                stream
+                    .write_all(&std::mem::take(&mut self.preamble))
+                    .await
+                    .map_err(|_| Failure::Incomplete)?;
+            }
             stream
                 .write_all(&self.seen[*sent..])
                 .await
@@ -152,6 +166,13 @@ impl<S: RelayStream> Intake<S> {
         self.mask = MaskLeg::Off;
     }
 
+    /// The bytes a new mask connection gets: the preamble, then everything the client sent.
+    pub fn preamble_and_seen(self) -> Vec<u8> {
+        let mut out = self.preamble;
+        out.extend_from_slice(&self.seen);
+        out
+    }
+
     /// What fronting needs: the mask connection if it is open (waiting for one still being
     /// connected) and the bytes it has not been sent.
     pub async fn into_front<M>(self, ctx: &RelayContext<M>) -> ToFront<S> {
@@ -165,8 +186,9 @@ impl<S: RelayStream> Intake<S> {
             }
             MaskLeg::Waiting | MaskLeg::Off => (None, 0),
         };
-        let mut unsent = self.seen;
-        unsent.drain(..sent);
+        // The preamble first, unless the open mask connection has had it.
+        let mut unsent = self.preamble;
+        unsent.extend_from_slice(&self.seen[sent..]);
         ToFront { mask, unsent }
     }
 }

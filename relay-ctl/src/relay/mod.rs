@@ -60,7 +60,8 @@ pub async fn serve<C: RelayStream, M: MaskDialer>(
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
     // TCP_NODELAY comes from the listener (see `listener::bind`).
     let mut active = ctx.stats.connection();
-    let mut intake = Intake::new(&ctx, Arc::clone(slot.ticket()));
+    let preamble = ctx.mask_preamble(peer, client.local_addr());
+    let mut intake = Intake::new(&ctx, Arc::clone(slot.ticket()), preamble);
     let mut answered = false;
     // While handshake slots are mostly taken, handshakes get a quarter of the deadline.
     let deadline = if slot.pressured() {
@@ -115,7 +116,8 @@ pub async fn serve<C: RelayStream, M: MaskDialer>(
                     );
                     if ctx.on_limit == OnLimit::Front && !accepted.tls {
                         active.enter(ConnState::Fronted);
-                        front::front(client, intake.seen, FrontReason::UserLimit, &ctx).await;
+                        let bytes = intake.preamble_and_seen();
+                        front::front(client, bytes, FrontReason::UserLimit, &ctx).await;
                     }
                 }
             }

@@ -246,6 +246,48 @@ pub struct RelayStats {
     replays: AtomicU64,
     bytes: [AtomicU64; DIRECTIONS.len()],
     dc_connect: Mutex<BTreeMap<i16, DcTimes>>,
+    proxy_headers: [AtomicU64; ProxyHeaderOutcome::ALL.len()],
+}
+
+/// What became of a connection under `[server] proxy_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeaderOutcome {
+    /// A header naming a client.
+    Ok,
+    /// The balancer's own health check (v2 LOCAL, v1 UNKNOWN).
+    Local,
+    /// A peer outside `trusted`.
+    Untrusted,
+    /// Bytes that are not a header.
+    Missing,
+    /// A header that breaks the format.
+    Malformed,
+    /// No whole header in time.
+    Timeout,
+}
+
+impl ProxyHeaderOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [ProxyHeaderOutcome; 6] = [
+        ProxyHeaderOutcome::Ok,
+        ProxyHeaderOutcome::Local,
+        ProxyHeaderOutcome::Untrusted,
+        ProxyHeaderOutcome::Missing,
+        ProxyHeaderOutcome::Malformed,
+        ProxyHeaderOutcome::Timeout,
+    ];
+
+    /// The metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProxyHeaderOutcome::Ok => "ok",
+            ProxyHeaderOutcome::Local => "local",
+            ProxyHeaderOutcome::Untrusted => "untrusted",
+            ProxyHeaderOutcome::Missing => "missing",
+            ProxyHeaderOutcome::Malformed => "malformed",
+            ProxyHeaderOutcome::Timeout => "timeout",
+        }
+    }
 }
 
 impl RelayStats {
@@ -258,6 +300,11 @@ impl RelayStats {
             stats: self,
             state: ConnState::Handshake,
         }
+    }
+
+    /// A connection under `[server] proxy_protocol` ended its header with `outcome`.
+    pub fn proxy_header(&self, outcome: ProxyHeaderOutcome) {
+        self.proxy_headers[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A handshake failed.
@@ -333,6 +380,10 @@ impl RelayStats {
         for leg in MaskLeg::ALL {
             let n = load(&self.mask_legs[leg as usize]);
             out.set(Metric::MaskLegs, &[leg.name()], n);
+        }
+        for outcome in ProxyHeaderOutcome::ALL {
+            let n = load(&self.proxy_headers[outcome as usize]);
+            out.set(Metric::ProxyHeaders, &[outcome.name()], n);
         }
         out.set(Metric::ReplaysDetected, &[], load(&self.replays));
         for (direction, n) in DIRECTIONS.iter().zip(&self.bytes) {

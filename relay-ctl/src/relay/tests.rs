@@ -357,7 +357,7 @@ async fn a_replayed_handshake_is_fronted_never_relayed() {
         });
         // The genuine connection: its handshake is accepted.
         let (mut genuine, mut served) = pair();
-        let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()));
+        let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()), Vec::new());
         genuine.write_all(&opening).await.expect("send");
         let mut answered = false;
         handshake::accept(
@@ -489,7 +489,7 @@ async fn an_opening_split_within_the_grace_opens_no_mask_leg() {
     });
     let header = secure_header(&secret());
     let (mut client, mut served) = pair();
-    let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()));
+    let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()), Vec::new());
     let ctx = Arc::clone(&relay.ctx);
     let accept = tokio::spawn(async move {
         let mut answered = false;
@@ -788,7 +788,7 @@ async fn a_verified_handshake_abandons_the_mask_connection() {
             ..Options::default()
         });
         let (mut client, mut served) = pair();
-        let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()));
+        let mut intake = Intake::new(&relay.ctx, Arc::new(Default::default()), Vec::new());
         let ctx = Arc::clone(&relay.ctx);
         let accept = tokio::spawn(async move {
             let mut answered = false;

@@ -162,6 +162,13 @@ metrics! {
         json: Some("mask_legs"),
         help: "Mask connections opened for clients quiet short of a whole handshake (outcome=opened), and those closed again because the handshake then verified (outcome=abandoned): what genuine clients cost the mask host.",
     }
+    /// PROXY protocol headers by outcome.
+    ProxyHeaders {
+        name: "relay_proxy_headers_total",
+        labels: &["outcome"],
+        json: Some("proxy_headers"),
+        help: "Connections under [server] proxy_protocol, by outcome: ok (a client address), local (the balancer's own check, closed), untrusted (a peer not in trusted, closed), missing, malformed or timeout (closed).",
+    }
     /// Replayed handshakes caught.
     ReplaysDetected {
         name: "relay_replays_detected_total",
