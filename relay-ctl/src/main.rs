@@ -19,9 +19,21 @@ fn main() -> ExitCode {
             config,
             print_links,
         } => relay_ctl::cli::run::run(config.as_deref(), print_links),
-        Command::Link { config, user, host } => {
-            relay_ctl::cli::link::run(config.as_deref(), user.as_deref(), host.as_deref())
-        }
+        Command::Link {
+            config,
+            user,
+            host,
+            qr,
+            qr_png,
+        } => relay_ctl::cli::link::run(
+            config.as_deref(),
+            user.as_deref(),
+            host.as_deref(),
+            relay_ctl::cli::link::Qr {
+                terminal: qr,
+                png_dir: qr_png.as_deref(),
+            },
+        ),
         Command::Secret {
             command: SecretCommand::New,
         } => {

@@ -6,11 +6,22 @@ use anyhow::{Context as _, bail};
 
 use crate::{config::Config, users};
 
-/// Prints `tg://` and `https://t.me` links for every enabled mode of every (or one) user.
+/// QR codes to make of each mode's `tg://` link besides printing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Qr<'a> {
+    /// Print it as a QR code on the terminal after the links (`--qr`).
+    pub terminal: bool,
+    /// Write it as `<user>-<mode>.png` into this directory (`--qr-png`).
+    pub png_dir: Option<&'a Path>,
+}
+
+/// Prints `tg://` and `https://t.me` links for every enabled mode of every (or one) user,
+/// with the QR codes `qr` asks for.
 pub fn run(
     config_path: Option<&Path>,
     user: Option<&str>,
     host: Option<&str>,
+    qr: Qr<'_>,
 ) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
     let users = match users::configured(&config) {
@@ -47,6 +58,14 @@ pub fn run(
         ) {
             println!("{:<7} {}", link.mode.name(), link.tg);
             println!("{:<7} {}", "", link.https);
+            if qr.terminal {
+                println!("{}", super::qr::terminal(&link.tg)?);
+            }
+            if let Some(dir) = qr.png_dir {
+                let name = format!("{}-{}", u.name, link.mode.name());
+                let path = super::qr::write_png(dir, &name, &link.tg)?;
+                eprintln!("wrote {}", path.display());
+            }
         }
         printed += 1;
     }

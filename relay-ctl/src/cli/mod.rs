@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod config_check;
 pub mod link;
+pub mod qr;
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -79,6 +80,14 @@ pub enum Command {
         /// Host name or address clients connect to.
         #[arg(long)]
         host: Option<String>,
+        /// After each mode's links, print its tg:// link as a QR code (Unicode half blocks,
+        /// light on dark) for a phone camera.
+        #[arg(long)]
+        qr: bool,
+        /// Write each mode's tg:// link as a QR code PNG into DIR, named `<user>-<mode>.png`
+        /// (e.g. `alice-tls.png`); DIR is created if missing, existing files are replaced.
+        #[arg(long, value_name = "DIR")]
+        qr_png: Option<PathBuf>,
     },
     /// Secret commands.
     Secret {

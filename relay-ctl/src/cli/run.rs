@@ -206,7 +206,7 @@ async fn serve(
     }
     if print_links {
         // Links carry secrets: stdout only, never the log.
-        super::link::run(config_path, None, None)?;
+        super::link::run(config_path, None, None, super::link::Qr::default())?;
     }
     // Handlers before `ready`: a signal sent once the line is seen must not kill the process.
     let mut signals = UnixSignals::install()?;
