@@ -87,6 +87,9 @@ pub struct RelayContext<M = Arc<MaskTarget>> {
     pub middle: Option<Arc<MiddleEnd>>,
     /// Each user's ad tag (its own, else `[upstream] ad_tag`), same order as `users`.
     pub ad_tags: Vec<Option<AdTag>>,
+    /// The SOCKS5 proxy DC connections go through (set by the daemon, which read its
+    /// password at start).
+    pub socks5: Option<Arc<super::upstream::Socks5Upstream>>,
 }
 
 impl RelayContext {
@@ -133,6 +136,7 @@ impl RelayContext {
             .collect();
         RelayContext {
             middle: None,
+            socks5: None,
             ad_tags,
             accounts,
             unique_ips_window: Duration::from_secs(config.server.unique_ips_window_secs),
@@ -196,6 +200,7 @@ impl<M> RelayContext<M> {
             flight: self.flight,
             middle: self.middle,
             ad_tags: self.ad_tags,
+            socks5: self.socks5,
         }
     }
 }
