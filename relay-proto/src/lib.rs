@@ -14,6 +14,7 @@
 //! - [`dc`]: built-in Telegram DC addresses.
 //! - [`middle`]: the middle-end leg: proxy list, key derivation, CBC framing, RPC messages and
 //!   the client framing it must parse.
+//! - [`socks5`]: the SOCKS5 client dialogue (RFC 1928/1929) that reaches a DC through a proxy.
 
 pub mod cipher;
 pub mod dc;
@@ -26,6 +27,7 @@ pub mod replay;
 pub mod secret;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
+pub mod socks5;
 pub mod tls;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::Cmd;
 
 /// The targets in `fuzz/Cargo.toml`, one per parser that reads peer or operator bytes.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "obfs2_header",
     "client_hello",
     "tls_records",
@@ -18,6 +18,7 @@ pub const TARGETS: [&str; 9] = [
     "server_flight",
     "crowdsec_stream",
     "middle_proxy",
+    "socks5_reply",
 ];
 
 /// Fuzzes each target for `seconds`; fails on the first crash, naming its artifact.

@@ -261,11 +261,26 @@ fn replay_summary(config: &crate::config::Config) -> String {
     )
 }
 
-/// The upstream mode, and in middle mode where the proxy list comes from and the ad tags.
+/// The upstream mode: in direct mode the SOCKS5 proxy if any, in middle mode where the proxy
+/// list comes from and the ad tags.
 fn upstream_summary(config: &Config) -> String {
     let up = &config.upstream;
     match up.effective_mode() {
-        UpstreamMode::Direct => "direct (each client dials its DC)".to_owned(),
+        UpstreamMode::Direct => match &up.socks5 {
+            None => "direct (each client dials its DC)".to_owned(),
+            Some(proxy) => format!(
+                "direct through SOCKS5 proxy {proxy} ({})",
+                up.socks5_username.as_ref().map_or_else(
+                    || "no authentication".to_owned(),
+                    |u| format!(
+                        "username {u}, password from {}",
+                        up.socks5_password_file
+                            .as_ref()
+                            .map_or_else(String::new, |p| p.display().to_string())
+                    )
+                )
+            ),
+        },
         UpstreamMode::Middle => {
             let m = &up.middle;
             let list = m
@@ -321,4 +336,35 @@ fn nat_warning(config: &Config) -> Option<String> {
              address"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::config::{Config, Origin};
+
+    fn summary(upstream: &str) -> String {
+        let text = format!("[server]\nlisten = [\"127.0.0.1:1\"]\n[upstream]\n{upstream}");
+        let config =
+            Config::parse(&text, Origin::File(PathBuf::from("relay.toml"))).expect("valid");
+        super::upstream_summary(&config)
+    }
+
+    #[test]
+    fn the_upstream_line_names_the_socks5_proxy() {
+        assert_eq!(summary(""), "direct (each client dials its DC)");
+        assert_eq!(
+            summary("socks5 = \"127.0.0.1:1080\"\n"),
+            "direct through SOCKS5 proxy 127.0.0.1:1080 (no authentication)"
+        );
+        assert_eq!(
+            summary(
+                "socks5 = \"[::1]:1080\"\nsocks5_username = \"relay\"\n\
+                 socks5_password_file = \"/etc/relay/socks5.pass\"\n"
+            ),
+            "direct through SOCKS5 proxy [::1]:1080 (username relay, password from \
+             /etc/relay/socks5.pass)"
+        );
+    }
 }

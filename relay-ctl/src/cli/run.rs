@@ -43,6 +43,8 @@ struct Started {
     admission: Admission,
     logger: Option<xdp::Logger>,
     crowdsec: Option<crate::crowdsec::Credentials>,
+    /// `[upstream] socks5`, its password read.
+    socks5: Option<crate::relay::upstream::Socks5Upstream>,
     /// `[state] dir`, opened and checked before anything else started.
     state: StateDir,
 }
@@ -110,6 +112,7 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         .as_ref()
         .map(crate::crowdsec::Credentials::read)
         .transpose()?;
+    let socks5 = crate::relay::upstream::Socks5Upstream::read(&config.upstream)?;
     if let (Some(user), Some(target)) = (&config.server.user, &target) {
         if let Some(dir) = config
             .admin
@@ -132,6 +135,7 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         admission,
         logger,
         crowdsec,
+        socks5,
         state,
     })
 }
@@ -148,11 +152,19 @@ async fn serve(
         admission,
         logger,
         crowdsec,
+        socks5,
         state,
     } = started;
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
     let admin = config.admin.clone();
-    let daemon = Daemon::start(config_path.map(Path::to_owned), config, admission, state).await?;
+    let daemon = Daemon::start(
+        config_path.map(Path::to_owned),
+        config,
+        admission,
+        state,
+        socks5,
+    )
+    .await?;
     let stale = daemon.admission.write().await.drop_stale_kernel_entries();
     if stale > 0 {
         tracing::info!(

@@ -55,6 +55,15 @@ pub struct Upstream {
     /// `[upstream.middle]`: the middle proxies.
     #[serde(default)]
     pub middle: Middle,
+    /// A SOCKS5 proxy (`"host:port"`) every DC connection goes through (direct mode only).
+    #[serde(default)]
+    pub socks5: Option<String>,
+    /// The SOCKS5 username (RFC 1929), with `socks5_password_file`.
+    #[serde(default)]
+    pub socks5_username: Option<String>,
+    /// The file holding the SOCKS5 password (its first line), with `socks5_username`.
+    #[serde(default)]
+    pub socks5_password_file: Option<PathBuf>,
 }
 
 impl Upstream {
@@ -75,8 +84,74 @@ impl Upstream {
                  or remove the tag",
             ));
         }
+        self.validate_socks5()?;
         self.middle.validate()
     }
+
+    fn validate_socks5(&self) -> Result<(), SectionError> {
+        let auth = (
+            self.socks5_username.is_some(),
+            self.socks5_password_file.is_some(),
+        );
+        if auth.0 != auth.1 {
+            return Err(SectionError::new(
+                if auth.0 {
+                    "socks5_username"
+                } else {
+                    "socks5_password_file"
+                },
+                "socks5_username and socks5_password_file go together (RFC 1929 needs both)",
+            ));
+        }
+        let Some(server) = &self.socks5 else {
+            if auth.0 {
+                return Err(SectionError::new(
+                    "socks5_username",
+                    "socks5_username is only used with `[upstream] socks5 = \"host:port\"`",
+                ));
+            }
+            return Ok(());
+        };
+        if self.effective_mode() == UpstreamMode::Middle {
+            return Err(SectionError::new(
+                "socks5",
+                "middle mode cannot go through SOCKS5 because the middle proxies' key \
+                 derivation binds real addresses",
+            ));
+        }
+        if !is_host_port(server) {
+            return Err(SectionError::new(
+                "socks5",
+                format!(
+                    "`{server}` is not \"host:port\" (IPv6 in brackets: \"[2001:db8::1]:1080\")"
+                ),
+            ));
+        }
+        if let Some(name) = &self.socks5_username
+            && (name.is_empty() || name.len() > 255)
+        {
+            return Err(SectionError::new(
+                "socks5_username",
+                "socks5_username must be 1 to 255 bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` with a non-zero port, a non-empty host, and IPv6 literals in brackets.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && !host.contains(':') && !host.contains(char::is_whitespace),
+    };
+    port_ok && host_ok
 }
 
 /// `[upstream.middle]`: where the middle-proxy list and secret come from, and how the ME
@@ -200,6 +275,9 @@ impl Default for Upstream {
             mode: None,
             ad_tag: None,
             middle: Middle::default(),
+            socks5: None,
+            socks5_username: None,
+            socks5_password_file: None,
         }
     }
 }
@@ -274,6 +352,49 @@ mod tests {
              secret = \"11111111111111111111111111111111\"\nad_tag = \"{TAG}\"\n"
         );
         assert!(parse(&user_tag).is_err());
+    }
+
+    #[test]
+    fn socks5_settings_are_read_and_checked() {
+        let c = parse(
+            "[upstream]\nsocks5 = \"[::1]:1080\"\nsocks5_username = \"u\"\n\
+             socks5_password_file = \"/etc/relay/socks5\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.upstream.socks5.as_deref(), Some("[::1]:1080"));
+        assert!(parse("[upstream]\nsocks5 = \"proxy.example:1080\"\n").is_ok());
+        for (text, needle) in [
+            (
+                "[upstream]\nsocks5 = \"127.0.0.1:1080\"\nmode = \"middle\"\n",
+                "middle mode cannot go through socks5 because the middle proxies' key \
+                 derivation binds real addresses",
+            ),
+            (
+                &format!("[upstream]\nsocks5 = \"127.0.0.1:1080\"\nad_tag = \"{TAG}\"\n"),
+                "middle mode cannot go through socks5",
+            ),
+            (
+                "[upstream]\nsocks5 = \"127.0.0.1:1080\"\nsocks5_username = \"u\"\n",
+                "go together",
+            ),
+            (
+                "[upstream]\nsocks5 = \"127.0.0.1:1080\"\nsocks5_password_file = \"/p\"\n",
+                "go together",
+            ),
+            (
+                "[upstream]\nsocks5_username = \"u\"\nsocks5_password_file = \"/p\"\n",
+                "only used with",
+            ),
+            ("[upstream]\nsocks5 = \"127.0.0.1\"\n", "host:port"),
+            ("[upstream]\nsocks5 = \"::1:1080\"\n", "host:port"),
+            ("[upstream]\nsocks5 = \"h:0\"\n", "host:port"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(
+                err.to_string().to_lowercase().contains(needle),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ use crate::{
     middle::MiddleEnd,
     relay::{
         RelayContext, accounts::Accounts, hints::Hints, mask_flight::MaskFlight, stats::RelayStats,
+        upstream::Socks5Upstream,
     },
     state_dir::{StateDir, StateError},
     users,
@@ -99,17 +100,22 @@ pub struct Daemon {
     state: StateDir,
     /// The middle-proxy leg (idle in direct mode).
     pub middle: Arc<MiddleEnd>,
+    /// `[upstream] socks5` as read at start (its password file may be root's only).
+    socks5: Option<Arc<Socks5Upstream>>,
 }
 
 impl Daemon {
-    /// Builds the daemon around an enforcement `admission`, restoring persisted state. Fails
-    /// only when the default user's secret cannot be read or created in the state dir.
+    /// Builds the daemon around an enforcement `admission`, restoring persisted state; DC
+    /// connections go through `socks5` when given. Fails only when the default user's secret
+    /// cannot be read or created in the state dir.
     pub async fn start(
         config_path: Option<PathBuf>,
         config: Config,
         admission: Admission,
         state: StateDir,
+        socks5: Option<Socks5Upstream>,
     ) -> Result<Arc<Daemon>, StateError> {
+        let socks5 = socks5.map(Arc::new);
         let (users, created) = users::resolve(&config, &state)?;
         if created {
             tracing::info!(
@@ -141,6 +147,7 @@ impl Daemon {
         );
         relay.middle =
             (config.upstream.effective_mode() == UpstreamMode::Middle).then(|| middle.clone());
+        relay.socks5 = socks5.clone();
         let saved = SavedState::new(state.clone());
         let capacity = Capacity::new(Bounds::from(&config.limits));
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
@@ -168,6 +175,7 @@ impl Daemon {
             flight,
             state,
             middle,
+            socks5,
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;

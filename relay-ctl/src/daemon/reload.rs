@@ -77,6 +77,7 @@ impl Daemon {
         // Same mask, same cached addresses.
         relay.mask = MaskTarget::reuse(self.relay.load().mask.as_ref(), relay.mask.take());
         relay.middle = self.middle_for(&new);
+        relay.socks5 = self.socks5.clone();
         self.flight.reconfigure(&old, &new);
         self.relay.store(Arc::new(relay));
         crate::logging::reconfigure(&new.log);
@@ -93,6 +94,16 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     }
     if new.metrics != old.metrics {
         tracing::warn!("[metrics] changed: takes effect only after a restart");
+    }
+    let socks5 = |c: &Config| {
+        (
+            c.upstream.socks5.clone(),
+            c.upstream.socks5_username.clone(),
+            c.upstream.socks5_password_file.clone(),
+        )
+    };
+    if socks5(new) != socks5(old) {
+        tracing::warn!("[upstream] socks5 changed: takes effect only after a restart");
     }
     if new.crowdsec != old.crowdsec {
         tracing::warn!("[crowdsec] changed: takes effect only after a restart");

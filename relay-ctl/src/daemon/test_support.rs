@@ -59,6 +59,7 @@ impl TestDaemon {
             config,
             admission,
             state,
+            None,
         )
         .await
         .expect("daemon");

@@ -87,6 +87,9 @@ pub struct RelayContext<M = Arc<MaskTarget>> {
     pub middle: Option<Arc<MiddleEnd>>,
     /// Each user's ad tag (its own, else `[upstream] ad_tag`), same order as `users`.
     pub ad_tags: Vec<Option<AdTag>>,
+    /// The SOCKS5 proxy DC connections go through (set by the daemon, which read its
+    /// password at start).
+    pub socks5: Option<Arc<super::upstream::Socks5Upstream>>,
     /// PROXY headers from balancers (`[server] proxy_protocol`), when on.
     pub proxy_in: Option<ProxyIn>,
     /// The PROXY header version fronted connections start with (`[tls] mask_proxy_protocol`).
@@ -167,6 +170,7 @@ impl RelayContext {
             .collect();
         RelayContext {
             middle: None,
+            socks5: None,
             ad_tags,
             proxy_in: ProxyIn::new(&config.server),
             mask_proxy: config.tls.mask_proxy_protocol.version(),
@@ -249,6 +253,7 @@ impl<M> RelayContext<M> {
             ad_tags: self.ad_tags,
             proxy_in: self.proxy_in,
             mask_proxy: self.mask_proxy,
+            socks5: self.socks5,
         }
     }
 }

@@ -1,14 +1,22 @@
-//! The DC leg: which addresses a DC id means, connecting, and the fresh obfuscated2 header.
+//! The DC leg: which addresses a DC id means, connecting (directly or through a SOCKS5
+//! proxy), and the fresh obfuscated2 header.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpSocket, TcpStream},
+};
 
 use super::RelayContext;
 use relay_proto::{
     ProtoTag,
     dc::{IpFamily, dc_addrs},
     obfs2::{self, DcHandshake, KeyIv},
+    socks5::{self, Credentials, Phase, Progress, Socks5Error},
 };
 
 /// Why the DC could not be reached.
@@ -25,6 +33,188 @@ pub enum UpstreamError {
         /// What each address said.
         errors: String,
     },
+}
+
+/// Why `[upstream] socks5` could not be put to use.
+#[derive(Debug, thiserror::Error)]
+pub enum Socks5ConfigError {
+    /// The password file could not be read.
+    #[error("reading the SOCKS5 password file {path}: {source}")]
+    PasswordFile {
+        /// `socks5_password_file`.
+        path: PathBuf,
+        /// The read error.
+        source: std::io::Error,
+    },
+    /// The username or password cannot be sent (RFC 1929 lengths).
+    #[error("SOCKS5 credentials from {path}: {source}")]
+    Credentials {
+        /// `socks5_password_file`.
+        path: PathBuf,
+        /// What is wrong with them.
+        source: Socks5Error,
+    },
+}
+
+/// `[upstream] socks5`: the proxy DC connections go through, with its credentials read.
+#[derive(Clone, Debug)]
+pub struct Socks5Upstream {
+    /// `host:port`, resolved at each connection (a name may move).
+    pub server: String,
+    /// RFC 1929 username/password, when configured.
+    pub credentials: Option<Credentials>,
+}
+
+impl Socks5Upstream {
+    /// The configured proxy, with the password read from its file; `None` without
+    /// `[upstream] socks5`. Called while still privileged: the file may be readable by root
+    /// only.
+    pub fn read(
+        config: &crate::config::Upstream,
+    ) -> Result<Option<Socks5Upstream>, Socks5ConfigError> {
+        let Some(server) = &config.socks5 else {
+            return Ok(None);
+        };
+        let credentials = match (&config.socks5_username, &config.socks5_password_file) {
+            (Some(username), Some(path)) => {
+                let password = read_password(path)?;
+                Some(
+                    Credentials::new(username.as_bytes(), password).map_err(|source| {
+                        Socks5ConfigError::Credentials {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?,
+                )
+            }
+            // Config validation refuses one without the other.
+            _ => None,
+        };
+        Ok(Some(Socks5Upstream {
+            server: server.clone(),
+            credentials,
+        }))
+    }
+}
+
+/// The file's content without its trailing newline (`\n` or `\r\n`); other bytes are kept,
+/// since a password may contain spaces.
+fn read_password(path: &Path) -> Result<Vec<u8>, Socks5ConfigError> {
+    let mut bytes = std::fs::read(path).map_err(|source| Socks5ConfigError::PasswordFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Why a DC could not be reached through the SOCKS5 proxy, naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum Socks5DialError {
+    /// The proxy's name did not resolve.
+    #[error("SOCKS5 proxy {proxy}: resolving failed: {source}")]
+    Resolve {
+        /// `[upstream] socks5`.
+        proxy: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// No TCP connection to the proxy.
+    #[error("SOCKS5 proxy {proxy}: connecting failed: {source}")]
+    Connect {
+        /// The proxy address tried.
+        proxy: String,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The connection to the proxy failed during a step of the dialogue.
+    #[error("SOCKS5 proxy {proxy}: {phase} failed: {source}")]
+    Io {
+        /// The proxy.
+        proxy: SocketAddr,
+        /// The step.
+        phase: Phase,
+        /// The I/O error (an unexpected EOF when the proxy hung up).
+        source: std::io::Error,
+    },
+    /// The proxy answered wrongly or refused.
+    #[error("SOCKS5 proxy {proxy} {source}")]
+    Protocol {
+        /// The proxy.
+        proxy: SocketAddr,
+        /// What it answered.
+        source: Socks5Error,
+    },
+}
+
+/// Opens a tunnel to `target` through the SOCKS5 proxy: the same socket options as [`dial`],
+/// then the dialogue, reading exactly each reply so the first byte after it is the DC's.
+async fn dial_socks5(
+    proxy: &Socks5Upstream,
+    target: SocketAddr,
+) -> Result<TcpStream, Socks5DialError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(proxy.server.as_str())
+        .await
+        .map_err(|source| Socks5DialError::Resolve {
+            proxy: proxy.server.clone(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    let mut connected = None;
+    for addr in addrs {
+        match dial(addr).await {
+            Ok(s) => {
+                connected = Some((s, addr));
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some((mut stream, addr)) = connected else {
+        return Err(Socks5DialError::Connect {
+            proxy: proxy.server.clone(),
+            source: last.unwrap_or_else(|| std::io::Error::other("no address")),
+        });
+    };
+    let (mut client, mut send, mut need) = socks5::Client::start(target, proxy.credentials.clone());
+    let io = |phase, source| Socks5DialError::Io {
+        proxy: addr,
+        phase,
+        source,
+    };
+    let mut reply = Vec::with_capacity(32);
+    loop {
+        let phase = client.phase();
+        if !send.is_empty() {
+            stream.write_all(&send).await.map_err(|e| io(phase, e))?;
+            send.clear();
+        }
+        let start = reply.len();
+        reply.resize(start + need, 0);
+        stream
+            .read_exact(&mut reply[start..])
+            .await
+            .map_err(|e| io(phase, e))?;
+        match client
+            .advance(&reply)
+            .map_err(|source| Socks5DialError::Protocol {
+                proxy: addr,
+                source,
+            })? {
+            Progress::NeedMore(n) => need = n,
+            Progress::Send { bytes, need: next } => {
+                (send, need) = (bytes, next);
+                reply.clear();
+            }
+            Progress::Connected => return Ok(stream),
+        }
+    }
 }
 
 /// Addresses for `dc`, overrides first, in the preferred family order. Unknown ids fall back
@@ -79,9 +269,10 @@ pub fn dc_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(socket)
 }
 
-/// Connects to DC `dc` (or the default DC) and builds a fresh DC-side header carrying `tag`;
-/// the caller sends it (`DcHandshake::wire`) together with the client's first bytes, so the
-/// DC gets one segment instead of two (TCP_NODELAY is on: two writes would be two packets).
+/// Connects to DC `dc` (or the default DC), through `[upstream] socks5` when set, and builds
+/// a fresh DC-side header carrying `tag`; the caller sends it (`DcHandshake::wire`) together
+/// with the client's first bytes, so the DC gets one segment instead of two (TCP_NODELAY is
+/// on: two writes would be two packets). Through SOCKS5 that write follows the CONNECT reply.
 /// With `fast` (the client's proxy→client key), the DC's replies come encrypted with the
 /// client's keystream.
 pub async fn connect<M>(
@@ -95,7 +286,13 @@ pub async fn connect<M>(
     let mut stream = None;
     let start = std::time::Instant::now();
     for addr in addrs {
-        match tokio::time::timeout(ctx.connect_timeout, dial(addr)).await {
+        let attempt = async {
+            match &ctx.socks5 {
+                Some(proxy) => dial_socks5(proxy, addr).await.map_err(|e| e.to_string()),
+                None => dial(addr).await.map_err(|e| format!("{addr}: {e}")),
+            }
+        };
+        match tokio::time::timeout(ctx.connect_timeout, attempt).await {
             Ok(Ok(s)) => {
                 // Counted from the first attempt: failed addresses before it are part of
                 // what the client waited for.
@@ -103,8 +300,11 @@ pub async fn connect<M>(
                 stream = Some(s);
                 break;
             }
-            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-            Err(_) => errors.push(format!("{addr}: timed out")),
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push(match &ctx.socks5 {
+                Some(proxy) => format!("{addr} through SOCKS5 proxy {}: timed out", proxy.server),
+                None => format!("{addr}: timed out"),
+            }),
         }
     }
     let stream = stream.ok_or_else(|| UpstreamError::Connect {
@@ -140,6 +340,51 @@ mod tests {
         let mut got = [0u8; 5];
         dialed.read_exact(&mut got).await.expect("read");
         assert_eq!(&got, b"reply");
+    }
+
+    #[test]
+    fn the_password_file_loses_only_its_trailing_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (text, want) in [
+            ("pw\n", "pw"),
+            ("pw\r\n", "pw"),
+            ("pw", "pw"),
+            (" two words \n", " two words "),
+            ("pw\n\n", "pw\n"),
+        ] {
+            let path = dir.path().join("pass");
+            std::fs::write(&path, text).expect("write");
+            assert_eq!(
+                read_password(&path).expect("read"),
+                want.as_bytes(),
+                "{text:?}"
+            );
+        }
+        let missing = read_password(&dir.path().join("absent")).expect_err("absent");
+        assert!(
+            missing.to_string().contains("SOCKS5 password file"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn an_empty_password_is_refused_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pass");
+        std::fs::write(&path, "\n").expect("write");
+        let config = crate::config::Upstream {
+            socks5: Some("127.0.0.1:1080".to_owned()),
+            socks5_username: Some("u".to_owned()),
+            socks5_password_file: Some(path),
+            ..crate::config::Upstream::default()
+        };
+        let err = Socks5Upstream::read(&config).expect_err("empty");
+        assert!(
+            err.to_string().contains("password must be 1 to 255 bytes"),
+            "{err}"
+        );
+        let none = crate::config::Upstream::default();
+        assert!(Socks5Upstream::read(&none).expect("no proxy").is_none());
     }
 
     #[tokio::test]
