@@ -86,11 +86,10 @@ fn doctor(config: &Path, ca: &Path, args: &[&str]) -> Out {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     };
     eprintln!(
-        "$ relay-ctl doctor {}\n{}exit {}\n{}",
+        "$ relay-ctl doctor {}\n{}exit {}",
         args.join(" "),
         out.stdout,
-        out.code,
-        ""
+        out.code
     );
     out
 }
