@@ -908,6 +908,56 @@ mod tests {
     }
 
     #[test]
+    fn a_world_readable_config_with_secrets_fails() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = [\"127.0.0.1:8443\"]\nmodes = [\"secure\"]\n\n[[users]]\n\
+             name = \"alice\"\nsecret = \"00112233445566778899aabbccddeeff\"\n",
+        )
+        .expect("write config");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (check, config) = check_config(Some(&path));
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+        assert!(
+            check
+                .fix
+                .as_deref()
+                .is_some_and(|f| f.contains("chmod o-r")),
+            "{check:?}"
+        );
+        assert!(config.is_some(), "the other checks still run");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(check_config(Some(&path)).0.status, Status::Ok);
+    }
+
+    #[tokio::test]
+    async fn public_host_on_loopback_is_local_and_unset_is_skipped() {
+        let mut config = Config::embedded().expect("embedded config");
+        assert_eq!(check_public_host(&config, false).await.status, Status::Skip);
+        config.server.public_host = Some("127.0.0.1".to_owned());
+        let check = check_public_host(&config, true).await;
+        assert_eq!(check.status, Status::Ok, "{check:?}");
+        assert!(check.detail.contains("this host's"), "{check:?}");
+        config.server.public_host = Some("proxy.example.com".to_owned());
+        assert_eq!(check_public_host(&config, true).await.status, Status::Skip);
+    }
+
+    #[tokio::test]
+    async fn offline_skips_a_remote_mask() {
+        let mut config = Config::embedded().expect("embedded config");
+        config.tls.mask = Some("www.example.com:443".to_owned());
+        let options = Options {
+            offline: true,
+            ..Options::default()
+        };
+        let (mask, clock) = check_mask_and_clock(&config, &options).await;
+        assert_eq!((mask.status, clock.status), (Status::Skip, Status::Skip));
+    }
+
+    #[test]
     fn dc_targets_take_overrides_and_builtins() {
         let mut config = Config::embedded().expect("embedded config");
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
