@@ -55,6 +55,20 @@ fn main() -> ExitCode {
             return admin::run(&admin, AdminCommand::Users(command));
         }
         Command::Stats { admin } => return admin::run(&admin, AdminCommand::Stats),
+        // The doctor's exit status is its checks' verdict.
+        Command::Doctor {
+            config,
+            json,
+            offline,
+            mask_ca,
+        } => {
+            let options = relay_ctl::cli::doctor::Options {
+                config,
+                offline,
+                mask_ca,
+            };
+            return relay_ctl::cli::doctor::main(&options, json);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,8 @@ pub struct HttpsMask {
     pub addr: SocketAddr,
     /// The connections' idle timeout.
     pub idle: Duration,
+    /// The site's self-signed certificate (PEM): a CA file for clients that verify it.
+    pub cert_pem: Arc<Vec<u8>>,
     accepted: Arc<AtomicUsize>,
 }
 
@@ -48,11 +50,19 @@ impl HttpsMask {
     /// Starts a site for `domain` on a free loopback port with the idle timeout `idle`. Needs
     /// the `openssl` command (for the certificate).
     pub fn start(domain: &str, idle: Duration) -> HttpsMask {
-        let config = Arc::new(server_config(domain));
+        HttpsMask::start_with_date(domain, idle, None)
+    }
+
+    /// Like [`HttpsMask::start`], with a `Date` header in every answer when `date_offset` is
+    /// set: the local clock plus that many seconds (negative: behind), for clock checks.
+    pub fn start_with_date(domain: &str, idle: Duration, date_offset: Option<i64>) -> HttpsMask {
+        let (config, cert_pem) = server_config(domain);
+        let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").expect("https mask bind");
         let mask = HttpsMask {
             addr: listener.local_addr().expect("https mask addr"),
             idle,
+            cert_pem: Arc::new(cert_pem),
             accepted: Arc::default(),
         };
         let accepted = mask.accepted.clone();
@@ -61,7 +71,7 @@ impl HttpsMask {
                 let deadline = Instant::now() + idle;
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let config = config.clone();
-                thread::spawn(move || serve(stream, config, deadline));
+                thread::spawn(move || serve(stream, config, deadline, date_offset));
             }
         });
         mask
@@ -92,8 +102,9 @@ impl HttpsMask {
     }
 }
 
-/// The rustls server configuration with a fresh self-signed certificate for `domain`.
-fn server_config(domain: &str) -> ServerConfig {
+/// The rustls server configuration with a fresh self-signed certificate for `domain`, and
+/// that certificate (PEM).
+fn server_config(domain: &str) -> (ServerConfig, Vec<u8>) {
     let dir = tempfile::tempdir().expect("tempdir");
     make_cert(dir.path(), domain);
     let certs: Vec<CertificateDer<'static>> =
@@ -102,12 +113,15 @@ fn server_config(domain: &str) -> ServerConfig {
             .collect::<Result<_, _>>()
             .expect("parse cert.pem");
     let key = PrivateKeyDer::from_pem_file(dir.path().join("key.pem")).expect("parse key.pem");
-    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server certificate")
+    let pem = std::fs::read(dir.path().join("cert.pem")).expect("read cert.pem");
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server certificate");
+    (config, pem)
 }
 
 /// A self-signed P-256 certificate for `domain` in `dir`: `cert.pem`, `key.pem`.
@@ -119,6 +133,9 @@ fn make_cert(dir: &Path, domain: &str) {
         .arg(format!("/CN={domain}"))
         .arg("-addext")
         .arg(format!("subjectAltName=DNS:{domain}"))
+        // A server certificate, not a CA: clients that trust it directly (webpki) refuse a CA
+        // certificate used as an end entity.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(dir.join("key.pem"))
         .arg("-out")
@@ -133,17 +150,56 @@ fn make_cert(dir: &Path, domain: &str) {
     );
 }
 
-fn response() -> Vec<u8> {
+/// The answer; with a `Date` header `date_offset` seconds off the local clock if given.
+fn response(date_offset: Option<i64>) -> Vec<u8> {
+    let date = date_offset.map_or_else(String::new, |offset| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        format!("Date: {}\r\n", http_date(now + offset))
+    });
     format!(
-        "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{PAGE}",
+        "HTTP/1.1 200 OK\r\nServer: nginx\r\n{date}Content-Type: text/html\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
         PAGE.len()
     )
     .into_bytes()
 }
 
+/// Unix seconds as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(unix: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],
+        MONTHS[usize::try_from(month - 1).unwrap_or(0)],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// Serves one connection until it is answered, fails or reaches `deadline`.
-fn serve(mut tcp: TcpStream, config: Arc<ServerConfig>, deadline: Instant) {
+fn serve(
+    mut tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    deadline: Instant,
+    date_offset: Option<i64>,
+) {
     let _ = tcp.set_nodelay(true);
     let Ok(mut tls) = ServerConnection::new(config) else {
         return;
@@ -154,7 +210,7 @@ fn serve(mut tcp: TcpStream, config: Arc<ServerConfig>, deadline: Instant) {
             return;
         }
         if request.windows(4).any(|w| w == b"\r\n\r\n") {
-            let _ = tls.writer().write_all(&response());
+            let _ = tls.writer().write_all(&response(date_offset));
             tls.send_close_notify();
             let _ = flush(&mut tls, &mut tcp);
             let _ = tcp.shutdown(Shutdown::Write);

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod config_check;
+pub mod doctor;
 pub mod link;
 pub mod qr;
 pub mod run;
@@ -147,6 +148,23 @@ pub enum Command {
         /// Admin socket and output options.
         #[command(flatten)]
         admin: admin::AdminArgs,
+    },
+    /// Check the config, the mask site, the clock, the DCs, the running relay and the public
+    /// host name; one line per check (`ok|FAIL|skip <name>: ...`), exit status 1 if any fails.
+    Doctor {
+        /// Configuration file; without it the embedded default is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print `{"ok": bool, "checks": [{"name", "status", "detail", "fix"}]}`.
+        #[arg(long)]
+        json: bool,
+        /// Skip the checks that need the network beyond loopback.
+        #[arg(long)]
+        offline: bool,
+        /// Trust this CA file (PEM) for the mask instead of the system bundle: for testing
+        /// private masks.
+        #[arg(long, value_name = "FILE")]
+        mask_ca: Option<PathBuf>,
     },
 }
 
