@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::Cmd;
 
 /// The targets in `fuzz/Cargo.toml`, one per parser that reads peer or operator bytes.
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "obfs2_header",
     "client_hello",
     "tls_records",
@@ -18,6 +18,7 @@ pub const TARGETS: [&str; 10] = [
     "server_flight",
     "crowdsec_stream",
     "middle_proxy",
+    "proxy_header",
     "socks5_reply",
 ];
 
