@@ -15,6 +15,7 @@ pub mod probe;
 pub mod pyclient;
 pub mod rawtcp;
 pub mod relay;
+pub mod socks5;
 pub mod split;
 pub mod tls_client;
 pub mod util;

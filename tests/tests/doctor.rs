@@ -1,6 +1,8 @@
 //! `relay-ctl doctor` against a healthy local setup (an HTTPS mask with a certificate for
 //! `[tls] domain` and a correct `Date`, fake DCs for ids 1 to 5, a running relay), then with
-//! one thing broken at a time: each failure names its check and says what to do.
+//! one thing broken at a time: each failure names its check and says what to do. The SOCKS5
+//! proxy, a private CrowdSec LAPI and XDP on a veth in a network namespace (root) each get a
+//! test of their own.
 
 use std::{
     net::SocketAddr,
@@ -11,9 +13,13 @@ use std::{
 };
 
 use relay_tests::{
+    crowdsec::{Lapi, binaries_or_skip},
     fake_dc::FakeDc,
     https_mask::HttpsMask,
+    netns::{NetPair, SERVER_V4},
     relay::{Relay, relay_ctl_bin},
+    socks5::{Behaviour, SocksServer},
+    util::free_port,
 };
 use serde_json::Value;
 
@@ -71,7 +77,20 @@ impl Out {
 
 /// `relay-ctl doctor --offline --config CONFIG --mask-ca CA ARGS`.
 fn doctor(config: &Path, ca: &Path, args: &[&str]) -> Out {
-    let out = Command::new(relay_ctl_bin())
+    doctor_in(None, config, ca, args)
+}
+
+/// [`doctor`], inside network namespace `netns` if given.
+fn doctor_in(netns: Option<&str>, config: &Path, ca: &Path, args: &[&str]) -> Out {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(relay_ctl_bin());
+            c
+        }
+        None => Command::new(relay_ctl_bin()),
+    };
+    let out = command
         .arg("doctor")
         .arg("--offline")
         .arg("--config")
@@ -155,7 +174,13 @@ fn a_healthy_setup_passes_every_check() {
             out.stdout
         );
     }
-    assert!(out.stdout.contains("skip public_host: "), "{}", out.stdout);
+    for name in ["public_host", "socks5", "xdp", "crowdsec"] {
+        assert!(
+            out.stdout.contains(&format!("skip {name}: ")),
+            "{name}: {}",
+            out.stdout
+        );
+    }
 
     // The JSON report's stable shape.
     let out = doctor(&config, &ca, &["--json"]);
@@ -171,9 +196,12 @@ fn a_healthy_setup_passes_every_check() {
             "mask",
             "clock",
             "dc",
+            "socks5",
+            "xdp",
             "admin",
             "metrics",
-            "public_host"
+            "public_host",
+            "crowdsec"
         ]
     );
     for check in checks {
@@ -272,4 +300,218 @@ fn each_broken_part_fails_its_own_check() {
     let out = doctor(&missing, &ca, &["--json"]);
     assert_fails(&out, "config", "missing.toml", "make");
     assert_eq!(out.check("mask")["status"], "skip");
+}
+
+/// The check `name` passed and its detail contains `detail`.
+fn assert_ok(out: &Out, name: &str, detail: &str) {
+    let check = out.check(name);
+    assert_eq!(check["status"], "ok", "{check}");
+    let text = check["detail"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(detail),
+        "{name} detail {text:?} lacks {detail:?}"
+    );
+}
+
+#[test]
+fn socks5_failures_name_the_step_and_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mask = mask(DOMAIN, 0);
+    let ca = write_private(dir.path(), "ca.pem", &mask.cert_pem);
+    let dc = fake_dc();
+    let password = write_private(dir.path(), "socks.pass", b"right\n");
+    let with_socks = |name: &str, socks: SocketAddr| {
+        let text = format!(
+            "{}\n[upstream]\nsocks5 = \"{socks}\"\nsocks5_username = \"relay\"\n\
+             socks5_password_file = {:?}\n",
+            config(443, mask.addr, dc.addr),
+            password.display().to_string()
+        );
+        write_private(dir.path(), name, text.as_bytes())
+    };
+    let credentials = Some(("relay".to_owned(), "right".to_owned()));
+
+    let good = SocksServer::start(Behaviour {
+        credentials: credentials.clone(),
+        reply: 0,
+    });
+    let out = doctor(&with_socks("good.toml", good.addr), &ca, &["--json"]);
+    assert_ok(&out, "socks5", "opened a tunnel to DC 2");
+    assert_ok(&out, "dc", "through SOCKS5 proxy");
+    assert!(
+        good.targets().contains(&dc.addr),
+        "the proxy was asked for the DC: {:?}",
+        good.targets()
+    );
+
+    let strict = SocksServer::start(Behaviour {
+        credentials: Some(("relay".to_owned(), "other".to_owned())),
+        reply: 0,
+    });
+    let out = doctor(&with_socks("auth.toml", strict.addr), &ca, &["--json"]);
+    assert_fails(
+        &out,
+        "socks5",
+        "refused the username/password",
+        "socks5_username and socks5_password_file",
+    );
+
+    let refusing = SocksServer::start(Behaviour {
+        credentials,
+        reply: 2,
+    });
+    let out = doctor(&with_socks("refused.toml", refusing.addr), &ca, &["--json"]);
+    assert_fails(
+        &out,
+        "socks5",
+        "refused CONNECT",
+        "CONNECT to Telegram's DC addresses",
+    );
+    assert_eq!(out.check("dc")["status"], "fail", "{out:?}");
+
+    let out = doctor(&with_socks("down.toml", closed_port()), &ca, &["--json"]);
+    assert_fails(
+        &out,
+        "socks5",
+        "connecting failed",
+        "start the SOCKS5 proxy",
+    );
+}
+
+#[test]
+fn crowdsec_check_takes_the_key_and_the_machine_login() {
+    const NAME: &str = "crowdsec_check_takes_the_key_and_the_machine_login";
+    let Some(bins) = binaries_or_skip(NAME) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mask = mask(DOMAIN, 0);
+    let ca = write_private(dir.path(), "ca.pem", &mask.cert_pem);
+    let dc = fake_dc();
+    let lapi = Lapi::start(&bins, None, &format!("127.0.0.1:{}", free_port()));
+    lapi.add_bouncer("relay-doctor", "doctor-key-0123456789");
+    lapi.add_machine("relay-doctor", "machine-password-0123456789");
+    let key = write_private(dir.path(), "key", b"doctor-key-0123456789\n");
+    let good_password = write_private(dir.path(), "pw", b"machine-password-0123456789\n");
+    let bad = write_private(dir.path(), "bad", b"wrong-0123456789\n");
+    let with_lapi = |name: &str, url: &str, key: &Path, password: &Path| {
+        let text = format!(
+            "{}\n[crowdsec]\nlapi_url = \"{url}\"\nbouncer_key_file = {:?}\n\
+             machine_id = \"relay-doctor\"\npassword_file = {:?}\n",
+            config(443, mask.addr, dc.addr),
+            key.display().to_string(),
+            password.display().to_string()
+        );
+        write_private(dir.path(), name, text.as_bytes())
+    };
+
+    let out = doctor(
+        &with_lapi("good.toml", &lapi.url, &key, &good_password),
+        &ca,
+        &["--json"],
+    );
+    assert_ok(
+        &out,
+        "crowdsec",
+        "accepts the bouncer key and the machine login",
+    );
+
+    let out = doctor(
+        &with_lapi("key.toml", &lapi.url, &bad, &good_password),
+        &ca,
+        &["--json"],
+    );
+    assert_fails(&out, "crowdsec", "bouncer key check", "cscli bouncers add");
+
+    let out = doctor(
+        &with_lapi("login.toml", &lapi.url, &key, &bad),
+        &ca,
+        &["--json"],
+    );
+    assert_fails(&out, "crowdsec", "machine login", "cscli machines list");
+
+    let down = format!("http://{}/", closed_port());
+    let out = doctor(
+        &with_lapi("down.toml", &down, &key, &good_password),
+        &ca,
+        &["--json"],
+    );
+    assert_fails(&out, "crowdsec", "bouncer key check", "start the LAPI");
+}
+
+#[test]
+fn xdp_check_tries_the_interface_or_asks_the_running_relay() {
+    const NAME: &str = "xdp_check_tries_the_interface_or_asks_the_running_relay";
+    if !relay_tests::privilege::privileged(NAME) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mask = mask(DOMAIN, 0);
+    let ca = write_private(dir.path(), "ca.pem", &mask.cert_pem);
+    let pair = NetPair::new("doctor", 1);
+    let admin = dir.path().join("admin.sock").display().to_string();
+    let with_xdp = |name: &str, interface: &str, mode: &str| {
+        let text = format!(
+            r#"
+[server]
+listen = ["{SERVER_V4}:4443"]
+modes = ["tls"]
+
+[xdp]
+interfaces = ["{interface}"]
+mode = "{mode}"
+
+[tls]
+domain = "{DOMAIN}"
+mask = "{mask}"
+
+[admin]
+socket = {admin:?}
+
+[[users]]
+name = "alice"
+secret = "00112233445566778899aabbccddeeff"
+"#,
+            mask = mask.addr
+        );
+        write_private(dir.path(), name, text.as_bytes())
+    };
+    let ns = Some(pair.server_ns.as_str());
+
+    // No relay: the program is attached for a moment in the mode relay would use.
+    let auto = with_xdp("auto.toml", &pair.server_if, "auto");
+    let out = doctor_in(ns, &auto, &ca, &["--json"]);
+    assert_ok(
+        &out,
+        "xdp",
+        &format!(
+            "relay not running; would attach {} tc (veth)",
+            pair.server_if
+        ),
+    );
+    assert!(pair.server_xdp().is_none(), "the trial detached");
+    let native = with_xdp("native.toml", &pair.server_if, "native");
+    let out = doctor_in(ns, &native, &ca, &["--json"]);
+    assert_ok(&out, "xdp", &format!("{} native (veth)", pair.server_if));
+    assert!(pair.server_xdp().is_none(), "the trial detached");
+
+    let unknown = with_xdp("unknown.toml", "relaynosuch0", "auto");
+    let out = doctor_in(ns, &unknown, &ca, &["--json"]);
+    assert_fails(
+        &out,
+        "xdp",
+        "unknown interface `relaynosuch0`",
+        "[xdp] interfaces",
+    );
+
+    // A running relay is asked what it attached.
+    let text = std::fs::read_to_string(&native).expect("read config");
+    let relay = Relay::start(&pair.server_ns, &text);
+    let out = doctor_in(ns, &native, &ca, &["--json"]);
+    assert_ok(
+        &out,
+        "xdp",
+        &format!("relay has attached {} native (veth)", pair.server_if),
+    );
+    drop(relay);
 }

@@ -1,6 +1,11 @@
 //! `relay-ctl doctor`: checks what a relay needs to work (its config, the mask site, the
-//! clock, the DCs, the running daemon, the public host name) and says what to do about each
-//! failure. Each check is a function returning a [`Check`], so it can be tested alone.
+//! clock, the DCs and the SOCKS5 proxy to them, XDP, the running daemon, the public host
+//! name, CrowdSec) and says what to do about each failure. Each check is a function returning
+//! a [`Check`], so it can be tested alone.
+
+mod crowdsec;
+mod socks5;
+mod xdp;
 
 use std::{
     collections::BTreeMap,
@@ -221,19 +226,42 @@ pub async fn run(options: &Options) -> Report {
     let mut checks = vec![config_check];
     match config {
         None => {
-            for name in ["mask", "clock", "dc", "admin", "metrics", "public_host"] {
+            for name in [
+                "mask",
+                "clock",
+                "dc",
+                "socks5",
+                "xdp",
+                "admin",
+                "metrics",
+                "public_host",
+                "crowdsec",
+            ] {
                 checks.push(Check::skip(name, "no usable configuration"));
             }
         }
         Some(config) => {
-            let ((mask, clock), dc, admin, metrics, public_host) = tokio::join!(
+            let ((mask, clock), dc, socks5, xdp, admin, metrics, public_host, crowdsec) = tokio::join!(
                 check_mask_and_clock(&config, options),
                 check_dc(&config, options.offline),
+                socks5::check(&config, options.offline),
+                xdp::check(&config),
                 check_admin(&config),
                 check_metrics(&config),
                 check_public_host(&config, options.offline),
+                crowdsec::check(&config, options.offline),
             );
-            checks.extend([mask, clock, dc, admin, metrics, public_host]);
+            checks.extend([
+                mask,
+                clock,
+                dc,
+                socks5,
+                xdp,
+                admin,
+                metrics,
+                public_host,
+                crowdsec,
+            ]);
         }
     }
     Report {
@@ -535,6 +563,24 @@ async fn connect(addr: SocketAddr) -> Result<(TcpStream, Duration), String> {
     }
 }
 
+/// One tunnel through the SOCKS5 proxy to `addr`, bounded by twice [`STEP_TIMEOUT`] (two
+/// connects), with the time it took.
+async fn connect_socks5(
+    proxy: &crate::relay::upstream::Socks5Upstream,
+    addr: SocketAddr,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let dial = crate::relay::upstream::dial_socks5(proxy, addr);
+    match tokio::time::timeout(STEP_TIMEOUT * 2, dial).await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no tunnel within {} s",
+            (STEP_TIMEOUT * 2).as_secs()
+        )),
+    }
+}
+
 /// Reads an HTTP answer's head (up to the blank line, the end of stream or [`MAX_HEAD`]).
 async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<String> {
     let mut head = Vec::new();
@@ -645,7 +691,14 @@ pub async fn check_dc(config: &Config, offline: bool) -> Check {
         Ok(targets) => targets,
         Err(why) => return Check::skip(NAME, why),
     };
+    // Through the SOCKS5 proxy when there is one, as the relay connects; its own failures
+    // are the `socks5` check's.
+    let proxy = match crate::relay::upstream::Socks5Upstream::read(&config.upstream) {
+        Ok(proxy) => proxy.map(Arc::new),
+        Err(_) => return Check::skip(NAME, "the SOCKS5 proxy cannot be used (see socks5)"),
+    };
     if offline
+        && proxy.is_none()
         && targets
             .values()
             .flatten()
@@ -653,7 +706,11 @@ pub async fn check_dc(config: &Config, offline: bool) -> Check {
     {
         return Check::skip(NAME, "--offline: the DCs are not on loopback");
     }
-    let results = connect_times(&targets).await;
+    let what = match &proxy {
+        Some(p) => format!("{what} (through SOCKS5 proxy {})", p.server),
+        None => what.to_owned(),
+    };
+    let results = connect_times(&targets, proxy).await;
     let mut found = Vec::new();
     let mut dead = Vec::new();
     for (id, result) in results {
@@ -678,11 +735,19 @@ pub async fn check_dc(config: &Config, offline: bool) -> Check {
 /// the last error.
 async fn connect_times(
     targets: &BTreeMap<i16, Vec<SocketAddr>>,
+    proxy: Option<Arc<crate::relay::upstream::Socks5Upstream>>,
 ) -> Vec<(i16, Result<(SocketAddr, Duration), String>)> {
     let mut set = tokio::task::JoinSet::new();
     for (&id, addrs) in targets {
         for &addr in addrs {
-            set.spawn(async move { (id, addr, connect(addr).await.map(|(_, t)| t)) });
+            let proxy = proxy.clone();
+            set.spawn(async move {
+                let time = match proxy {
+                    Some(proxy) => connect_socks5(&proxy, addr).await,
+                    None => connect(addr).await.map(|(_, t)| t),
+                };
+                (id, addr, time)
+            });
         }
     }
     let mut best: BTreeMap<i16, Result<(SocketAddr, Duration), String>> = targets

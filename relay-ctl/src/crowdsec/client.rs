@@ -118,6 +118,28 @@ impl Lapi {
             .await?)
     }
 
+    /// Checks the bouncer key without moving the bouncer's pull mark: `HEAD /v1/decisions`
+    /// for an address of TEST-NET-1. The LAPI answers a HEAD before it records a pull, so the
+    /// running bouncer's next stream still gets every decision made since its last one.
+    pub async fn check_bouncer_key(&self) -> Result<(), ClientError> {
+        let (status, answer) = self
+            .client
+            .send(
+                Method::HEAD,
+                "/v1/decisions?ip=192.0.2.1",
+                &[("x-api-key", &self.bouncer_key)],
+                None,
+                MAX_SMALL_BYTES,
+            )
+            .await?;
+        check(status, &answer)
+    }
+
+    /// Logs in with the machine credentials (what publishing needs).
+    pub async fn check_machine_login(&self) -> Result<(), ClientError> {
+        self.token(true).await.map(|_| ())
+    }
+
     /// `POST /v1/alerts`, logging in first if needed and once more on a 401.
     pub async fn push_alerts(&self, alerts: &[api::Alert]) -> Result<(), ClientError> {
         let body = serde_json::to_vec(alerts)?;

@@ -87,6 +87,22 @@ impl Credentials {
             machine,
         })
     }
+
+    /// Whether a machine login is configured (relay's bans are published).
+    pub fn can_publish(&self) -> bool {
+        self.machine.is_some()
+    }
+
+    /// The LAPI client for `config` with these credentials.
+    pub fn into_lapi(self, config: &config::CrowdSec) -> Result<client::Lapi, CrowdSecError> {
+        Ok(client::Lapi::new(
+            &config.lapi_url,
+            config.ca_file.as_deref(),
+            config.timeout,
+            self.bouncer_key,
+            self.machine,
+        )?)
+    }
 }
 
 /// An inline secret, or the first line of its file.
@@ -213,13 +229,7 @@ pub fn start(
     misuse: &Misuse,
     status: Arc<Status>,
 ) -> Result<Running, CrowdSecError> {
-    let lapi = Arc::new(client::Lapi::new(
-        &config.lapi_url,
-        config.ca_file.as_deref(),
-        config.timeout,
-        credentials.bouncer_key,
-        credentials.machine,
-    )?);
+    let lapi = Arc::new(credentials.into_lapi(config)?);
     let mut tasks = Vec::new();
     if lapi.can_publish() {
         let (ban_queue, queue) = publish::channel(status.clone());

@@ -154,7 +154,8 @@ pub enum Socks5DialError {
 
 /// Opens a tunnel to `target` through the SOCKS5 proxy: the same socket options as [`dial`],
 /// then the dialogue, reading exactly each reply so the first byte after it is the DC's.
-async fn dial_socks5(
+/// Public for `relay-ctl doctor`, which checks the proxy the way the relay uses it.
+pub async fn dial_socks5(
     proxy: &Socks5Upstream,
     target: SocketAddr,
 ) -> Result<TcpStream, Socks5DialError> {

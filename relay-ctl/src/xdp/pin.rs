@@ -77,6 +77,15 @@ impl PinDir {
             .find(|(_, path)| path.exists())
     }
 
+    /// The mode of a link an earlier run left pinned on `interface` under `pin_dir`, without
+    /// opening (or creating) the directory: for `relay-ctl doctor`.
+    pub fn pinned_mode(pin_dir: &Path, interface: &str) -> Option<AttachMode> {
+        let dir = PinDir {
+            root: pin_dir.join(PIN_LAYOUT),
+        };
+        dir.existing_link(interface).map(|(mode, _)| mode)
+    }
+
     /// Removes a pin; for a link this detaches it once no process holds it.
     pub fn remove(&self, path: &Path) {
         if let Err(e) = std::fs::remove_file(path) {
