@@ -13,6 +13,9 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 /// `CAP_NET_ADMIN` (linux/capability.h).
 pub const CAP_NET_ADMIN: u32 = 12;
+/// `CAP_PERFMON` (linux/capability.h, since 5.8): needed only to load the program (see
+/// [`shed`]).
+pub const CAP_PERFMON: u32 = 38;
 /// `CAP_BPF` (linux/capability.h, since 5.8).
 pub const CAP_BPF: u32 = 39;
 /// What the daemon keeps after the switch.
@@ -152,12 +155,8 @@ pub fn drop_to(target: &Target) -> Result<(), PrivilegeError> {
         return Err(PrivilegeError::Threaded(threads));
     }
     if Uid::current() == target.uid && Uid::effective() == target.uid {
-        // Already that user (systemd's User= with AmbientCapabilities): give up what was only
-        // needed to start, such as CAP_NET_BIND_SERVICE once the ports are bound.
-        let permitted = own_caps("CapPrm:");
-        let keep: Vec<u32> = KEPT.into_iter().filter(|c| permitted.contains(c)).collect();
-        capset(&keep)?;
-        return clear_ambient_and_lock();
+        // Already that user (systemd's User= with AmbientCapabilities).
+        return shed();
     }
     if !Uid::effective().is_root() {
         return Err(PrivilegeError::NotRoot(target.name.clone()));
@@ -177,6 +176,22 @@ pub fn drop_to(target: &Target) -> Result<(), PrivilegeError> {
     nix::unistd::setresuid(uid, uid, uid).map_err(nix_err("setresuid"))?;
     capset(&KEPT)?;
     prctl(libc::PR_SET_KEEPCAPS, 0, "prctl(PR_SET_KEEPCAPS)")?;
+    clear_ambient_and_lock()
+}
+
+/// For a process started unprivileged with capabilities (systemd's `User=` with
+/// `AmbientCapabilities`, a container's file capabilities): gives up what was only needed to
+/// start, CAP_NET_BIND_SERVICE once the ports are bound and CAP_PERFMON once the program is
+/// loaded, keeping [`KEPT`] (those it has) and setting no-new-privs. Must be called while the
+/// process has a single thread.
+pub fn shed() -> Result<(), PrivilegeError> {
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(PrivilegeError::Threaded(threads));
+    }
+    let permitted = own_caps("CapPrm:");
+    let keep: Vec<u32> = KEPT.into_iter().filter(|c| permitted.contains(c)).collect();
+    capset(&keep)?;
     clear_ambient_and_lock()
 }
 
@@ -270,6 +285,11 @@ fn last_cap() -> u32 {
 }
 
 /// This process's capability set named by `field` (`CapPrm:`, `CapEff:`, ...).
+/// Whether this thread holds `cap` in its effective set.
+pub fn has_effective(cap: u32) -> bool {
+    own_caps("CapEff:").contains(&cap)
+}
+
 fn own_caps(field: &str) -> Vec<u32> {
     std::fs::read_to_string("/proc/self/status")
         .ok()

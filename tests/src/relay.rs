@@ -98,7 +98,24 @@ impl Relay {
         unreachable!()
     }
 
+    /// Like [`Relay::start`], but runs `launcher` (a program and its arguments, ending with
+    /// the relay-ctl binary to run) instead of the build's relay-ctl: e.g. `setpriv` dropping
+    /// to another user first. The config file is readable by every user, so an unprivileged
+    /// relay-ctl can read it.
+    pub fn start_launched(netns: &str, launcher: &[std::ffi::OsString], config: &str) -> Relay {
+        Relay::spawn_with(Some(netns), config, None, Some(launcher))
+    }
+
     fn spawn(netns: Option<&str>, config: &str, log: Option<&str>) -> Relay {
+        Relay::spawn_with(netns, config, log, None)
+    }
+
+    fn spawn_with(
+        netns: Option<&str>,
+        config: &str,
+        log: Option<&str>,
+        launcher: Option<&[std::ffi::OsString]>,
+    ) -> Relay {
         // Each relay gets its own admin socket and state dir unless the test chose them.
         let dir = tempfile::tempdir().expect("relay temp dir");
         let mut config = config.to_owned();
@@ -147,13 +164,24 @@ impl Relay {
             .expect("temp config");
         std::fs::write(file.path(), &config).expect("write config");
         let path = file.into_temp_path();
+        if launcher.is_some() {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod config");
+        }
+        let launcher =
+            launcher.map_or_else(|| vec![relay_ctl_bin().into_os_string()], <[_]>::to_vec);
         let mut command = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(relay_ctl_bin());
+                c.args(["netns", "exec", ns]).args(&launcher);
                 c
             }
-            None => Command::new(relay_ctl_bin()),
+            None => {
+                let mut c = Command::new(&launcher[0]);
+                c.args(&launcher[1..]);
+                c
+            }
         };
         let mut child = command
             .args(["run", "--config"])

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::cmd::Cmd;
+use crate::{cmd::Cmd, setup::Scope};
 
 /// relay's developer tasks.
 #[derive(Parser)]
@@ -36,7 +36,12 @@ struct Cli {
 enum Task {
     /// Install what is missing: Debian packages (LLVM 22, iproute2), nightly with rust-src,
     /// bpf-linker 0.13.0, the Python test clients' venv and cargo-fuzz.
-    Setup,
+    Setup {
+        /// Only what building relay-ctl needs (LLVM 22, nightly with rust-src, bpf-linker):
+        /// the container recipe's build stage.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Setup, then run every fuzz target in fuzz/ for SECONDS each from the seed corpus.
     Fuzz {
         /// Seconds per target.
@@ -83,15 +88,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = workspace_root();
     let result = match cli.task {
-        Task::Setup => setup::setup(&root).map(|()| ExitCode::SUCCESS),
+        Task::Setup { build_only } => {
+            let scope = if build_only { Scope::Build } else { Scope::All };
+            setup::setup(&root, scope).map(|()| ExitCode::SUCCESS)
+        }
         Task::Run { args } => run(&root, &args),
-        Task::Fuzz { seconds } => setup::setup(&root)
+        Task::Fuzz { seconds } => setup::setup(&root, Scope::All)
             .and_then(|()| fuzz::fuzz(&root, seconds))
             .map(|()| ExitCode::SUCCESS),
         Task::Test { args } => test(&root, &args),
-        Task::Bench { smoke, json, args } => {
-            setup::setup(&root).and_then(|()| bench::bench(&root, smoke, json.as_deref(), &args))
-        }
+        Task::Bench { smoke, json, args } => setup::setup(&root, Scope::All)
+            .and_then(|()| bench::bench(&root, smoke, json.as_deref(), &args)),
     };
     result.unwrap_or_else(|error| {
         report(&error);
@@ -123,7 +130,7 @@ fn target_dir(root: &Path) -> PathBuf {
 
 /// `cargo xtask run`: setup, release build, then replaces itself with `relay-ctl run ARGS`.
 fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
-    setup::setup(root)?;
+    setup::setup(root, Scope::All)?;
     step("building relay-ctl (release)");
     Cmd::cargo()
         .args(["build", "--release", "--locked", "-p", "relay-ctl"])
@@ -145,7 +152,7 @@ fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
 /// `cargo xtask test`: setup, (CI: fmt and clippy), build relay-ctl, run the tests and print
 /// the totals.
 fn test(root: &Path, args: &[String]) -> Result<ExitCode> {
-    setup::setup(root)?;
+    setup::setup(root, Scope::All)?;
     if is_ci() {
         lint(root)?;
     }

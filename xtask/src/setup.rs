@@ -7,18 +7,14 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::Cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker (which links it dynamically), `ip` for the tests'
-/// network namespaces, sqlite for the unpacked CrowdSec binaries (their only dynamic library
-/// besides libc), openssl for the test certificates of an HTTPS LAPI, shellcheck for the
-/// tests of `scripts/`.
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "iproute2",
-    "libsqlite3-0",
-    "openssl",
-    "shellcheck",
-];
+/// Debian packages building relay-ctl needs: LLVM 22 for bpf-linker (which links it
+/// dynamically).
+const BUILD_APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
+
+/// Debian packages the tests need besides: `ip` for their network namespaces, sqlite for the
+/// unpacked CrowdSec binaries (their only dynamic library besides libc), openssl for the test
+/// certificates of an HTTPS LAPI, shellcheck for the tests of `scripts/`.
+const TEST_APT_PACKAGES: &[&str] = &["iproute2", "libsqlite3-0", "openssl", "shellcheck"];
 
 /// Where the CrowdSec package is unpacked, under the target dir: the tests run a private LAPI
 /// from `<target>/crowdsec/root/usr/bin/{crowdsec,cscli}`.
@@ -50,10 +46,23 @@ enum Outcome {
     Installed(String),
 }
 
-/// Runs every step in order, stopping at the first failure.
-pub fn setup(root: &Path) -> Result<()> {
-    step(&format!("apt packages {}", APT_PACKAGES.join(" ")), || {
-        apt_packages(root)
+/// What to set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only what building relay-ctl needs (the container recipe's build stage).
+    Build,
+    /// Building, testing, fuzzing and benchmarking.
+    All,
+}
+
+/// Runs every step of `scope` in order, stopping at the first failure.
+pub fn setup(root: &Path, scope: Scope) -> Result<()> {
+    let packages: Vec<&'static str> = match scope {
+        Scope::Build => BUILD_APT_PACKAGES.to_vec(),
+        Scope::All => [BUILD_APT_PACKAGES, TEST_APT_PACKAGES].concat(),
+    };
+    step(&format!("apt packages {}", packages.join(" ")), || {
+        apt_packages(root, &packages)
     })?;
     step(&format!("{NIGHTLY} toolchain with rust-src"), || {
         nightly(root)
@@ -62,6 +71,9 @@ pub fn setup(root: &Path) -> Result<()> {
         &format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
         || bpf_linker(root),
     )?;
+    if scope == Scope::Build {
+        return Ok(());
+    }
     step(&format!("python venv {VENV} from {REQUIREMENTS}"), || {
         venv(root)
     })?;
@@ -177,9 +189,9 @@ fn step(name: &str, run: impl FnOnce() -> Result<Outcome>) -> Result<()> {
     Ok(())
 }
 
-/// Installs the Debian packages that `dpkg-query` does not report as installed.
-fn apt_packages(root: &Path) -> Result<Outcome> {
-    let missing = missing_apt_packages(root)?;
+/// Installs the `packages` that `dpkg-query` does not report as installed.
+fn apt_packages(root: &Path, packages: &[&'static str]) -> Result<Outcome> {
+    let missing = missing_apt_packages(root, packages)?;
     if missing.is_empty() {
         return Ok(Outcome::Present);
     }
@@ -202,7 +214,7 @@ fn apt_packages(root: &Path) -> Result<Outcome> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .current_dir(root)
         .run()?;
-    let still_missing = missing_apt_packages(root)?;
+    let still_missing = missing_apt_packages(root, packages)?;
     if !still_missing.is_empty() {
         bail!(
             "apt-get install succeeded but these are still not installed: {}",
@@ -212,12 +224,12 @@ fn apt_packages(root: &Path) -> Result<Outcome> {
     Ok(Outcome::Installed(missing))
 }
 
-/// The packages of [`APT_PACKAGES`] that are not installed, in one `dpkg-query` call.
-fn missing_apt_packages(root: &Path) -> Result<Vec<&'static str>> {
+/// The `packages` that are not installed, in one `dpkg-query` call.
+fn missing_apt_packages(root: &Path, packages: &[&'static str]) -> Result<Vec<&'static str>> {
     // dpkg-query exits 1 when it knows a package not at all, and prints nothing for it.
     let output = Cmd::new("dpkg-query")
         .args(["-W", "-f=${Package}\t${Status}\n"])
-        .args(APT_PACKAGES)
+        .args(packages)
         .current_dir(root)
         .output()?;
     let listing = String::from_utf8_lossy(&output.stdout);
@@ -226,7 +238,7 @@ fn missing_apt_packages(root: &Path) -> Result<Vec<&'static str>> {
             .lines()
             .any(|line| line == format!("{package}\tinstall ok installed"))
     };
-    Ok(APT_PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|package| !installed(package))

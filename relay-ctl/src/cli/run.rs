@@ -128,6 +128,14 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
             capabilities = "CAP_BPF CAP_NET_ADMIN",
             "dropped privileges"
         );
+    } else if !nix::unistd::geteuid().is_root() {
+        // Started unprivileged with capabilities (systemd, a container): ports bound and the
+        // program loaded, only what running needs stays.
+        privilege::shed()?;
+        tracing::info!(
+            capabilities = "CAP_BPF CAP_NET_ADMIN",
+            "gave up the start-up capabilities"
+        );
     }
     Ok(Started {
         config,
@@ -512,7 +520,13 @@ fn fall_back(
     config: &Config,
     error: XdpError,
 ) -> anyhow::Result<(Enforcement, Option<xdp::Logger>)> {
-    let reason = xdp::error_chain(&error);
+    let mut reason = xdp::error_chain(&error);
+    if matches!(error, XdpError::Program(_)) && !privilege::has_effective(privilege::CAP_PERFMON) {
+        // The verifier refuses the program's packet-pointer arithmetic to such a loader.
+        reason = format!(
+            "without CAP_PERFMON the kernel's verifier refuses the program; grant it at start              (systemd AmbientCapabilities=, a container's cap_add), relay gives it up once              started: {reason}"
+        );
+    }
     if config.xdp.mode == XdpMode::Auto {
         Ok((Enforcement::Userspace { reason }, None))
     } else {

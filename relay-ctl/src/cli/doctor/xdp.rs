@@ -121,8 +121,8 @@ fn trial(config: &Config, interfaces: &[String]) -> Result<Vec<String>, Check> {
         Check::fail(
             NAME,
             format!("loading the program: {}", xdp::error_chain(&e)),
-            "run doctor (and relay) as root or with CAP_BPF and CAP_NET_ADMIN, on a kernel \
-             with BTF (5.x or later)",
+            "run doctor (and relay) as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, on a \
+             kernel with BTF (5.8 or later)",
         )
     })?;
     for interface in &free {
