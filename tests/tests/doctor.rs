@@ -515,3 +515,68 @@ secret = "00112233445566778899aabbccddeeff"
     );
     drop(relay);
 }
+
+#[test]
+fn middle_mode_checks_the_listed_middle_proxies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mask = mask(DOMAIN, 0);
+    let ca = write_private(dir.path(), "ca.pem", &mask.cert_pem);
+    // Any TCP listener answers a connect check; the fake DC is one.
+    let me = fake_dc();
+    let dead = closed_port();
+    let secret = write_private(dir.path(), "proxy-secret", &[7u8; 128]);
+    let with_list = |name: &str, list: &str| {
+        let list_file = write_private(dir.path(), &format!("{name}.list"), list.as_bytes());
+        let text = format!(
+            r#"
+[server]
+listen = ["127.0.0.1:443"]
+modes = ["tls"]
+
+[xdp]
+mode = "off"
+
+[tls]
+domain = "{DOMAIN}"
+mask = "{mask}"
+
+[upstream]
+mode = "middle"
+
+[upstream.middle]
+config_file = {list:?}
+secret_file = {secret:?}
+
+[[users]]
+name = "alice"
+secret = "00112233445566778899aabbccddeeff"
+"#,
+            mask = mask.addr,
+            list = list_file.display().to_string(),
+            secret = secret.display().to_string(),
+        );
+        write_private(dir.path(), name, text.as_bytes())
+    };
+
+    let good = with_list(
+        "good.toml",
+        &format!(
+            "default 2;\nproxy_for 2 {me};\nproxy_for 4 {me};\n",
+            me = me.addr
+        ),
+    );
+    let out = doctor(&good, &ca, &["--json"]);
+    assert_ok(&out, "dc", "middle proxies of DC 2");
+    let detail = out.check("dc")["detail"].to_string();
+    assert!(detail.contains(&format!("via {}", me.addr)), "{detail}");
+
+    let broken = with_list(
+        "dead.toml",
+        &format!(
+            "default 2;\nproxy_for 2 {me};\nproxy_for 4 {dead};\n",
+            me = me.addr
+        ),
+    );
+    let out = doctor(&broken, &ca, &["--json"]);
+    assert_fails(&out, "dc", "middle proxies of DC 4", "reach Telegram");
+}

@@ -39,6 +39,11 @@ struct Harness {
 
 impl Harness {
     fn start() -> Harness {
+        Harness::start_with("")
+    }
+
+    /// With `alice` (the one user) given `user_extra` lines. Logs show whole addresses.
+    fn start_with(user_extra: &str) -> Harness {
         let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"));
         let mask = MaskServer::start(None);
         let state = tempfile::tempdir().expect("state dir");
@@ -71,9 +76,13 @@ bad_secret = 3
 [state]
 dir = "{state}"
 
+[log]
+client_ips = "full"
+
 [[users]]
 name = "alice"
 secret = "{SECRET}"
+{user_extra}
 "#,
                 mask = mask.addr,
                 dc = dc.addr,
@@ -124,6 +133,19 @@ secret = "{SECRET}"
         self.relay.scrape().contains(&format!(
             "relay_proxy_headers_total{{outcome=\"{outcome}\"}} {n}"
         ))
+    }
+
+    /// `relay-ctl users show alice --json`: alice's object.
+    fn alice(&self) -> serde_json::Value {
+        let config = self.relay.config_path.to_str().expect("utf-8");
+        let out = Command::new(relay_ctl_bin())
+            .args(["users", "show", "alice", "--json", "--config", config])
+            .output()
+            .expect("relay-ctl users show");
+        assert!(out.status.success(), "users show: {out:?}");
+        let mut reply: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("users show JSON");
+        reply["users"][0].take()
     }
 
     fn bans(&self) -> String {
@@ -280,6 +302,50 @@ fn bad_secrets_ban_the_named_client_and_the_mask_learns_who_it_is() {
         named >= 3,
         "mask connections naming the prober: {named} of {}",
         conns.len()
+    );
+    h.relay.stop();
+}
+
+#[test]
+fn per_user_addresses_limits_metrics_and_logs_see_the_real_client() {
+    // Two addresses allowed: every client arrives from the balancer's 127.0.0.1, so only the
+    // addresses the headers name can tell them apart.
+    let h = Harness::start_with("max_unique_ips = 2");
+    h.client_through(Version::V1, "203.0.113.21:40000", SECRET)
+        .expect("v1, IPv4 client");
+    h.client_through(Version::V2, "[2001:db8::21]:40000", SECRET)
+        .expect("v2, IPv6 client");
+    let alice = h.alice();
+    assert_eq!(alice["unique_ips"], 2, "{alice}");
+
+    // A third address is over alice's limit, though the balancer's own address is not new.
+    let err = h
+        .client_through(Version::V2, "203.0.113.22:40000", SECRET)
+        .expect_err("a third address");
+    eprintln!("third address: {err}");
+    // A known address still gets in.
+    h.client_through(Version::V2, "203.0.113.21:40001", SECRET)
+        .expect("a known address");
+    let alice = h.alice();
+    assert_eq!(alice["unique_ips"], 2, "{alice}");
+    assert_eq!(alice["rejections"]["max_unique_ips"], 1, "{alice}");
+    let counted = wait_until(Duration::from_secs(10), || {
+        h.relay
+            .scrape()
+            .contains("relay_user_rejections_total{user=\"alice\",reason=\"max_unique_ips\"} 1")
+            .then_some(())
+    });
+    assert!(counted.is_some(), "{}", h.relay.scrape());
+    let log = h.relay.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection refused by user limit") && l.contains("203.0.113.22")),
+        "the refusal names the real client:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("connection refused by user limit") && l.contains("127.0.0.1")),
+        "a refusal names the balancer:\n{log}"
     );
     h.relay.stop();
 }
