@@ -1,4 +1,4 @@
-//! The real third-party clients (Telethon, kurigram) as test drivers: the Python scripts in
+//! The real third-party clients (Telethon, kurigram, TDLib) as test drivers: the Python scripts in
 //! `tests/clients/`, run from the venv `cargo xtask setup` creates, with a hard deadline.
 //!
 //! Each script prints one JSON line (`{"ok": true, "echoed": [...]}` or
@@ -142,6 +142,24 @@ impl Echo {
     pub fn kurigram(&self, python: &Path) -> ClientRun {
         let args = self.common_args();
         run_script(python, "kurigram_echo.py", &args, self.deadline)
+    }
+
+    /// Runs `tdlib_test_proxy.py`: TDLib's `testProxy` to DC `dc` through the proxy (any
+    /// mode: the secret's prefix chooses it). Sizes and connection counts are not used.
+    pub fn tdlib(&self, python: &Path) -> ClientRun {
+        let args = vec![
+            "--host".to_owned(),
+            self.host.clone(),
+            "--port".to_owned(),
+            self.port.to_string(),
+            "--secret".to_owned(),
+            self.secret.clone(),
+            "--dc".to_owned(),
+            self.dc.to_string(),
+            "--timeout".to_owned(),
+            format!("{}", self.op_timeout.as_secs_f64()),
+        ];
+        run_script(python, "tdlib_test_proxy.py", &args, self.deadline)
     }
 
     fn common_args(&self) -> Vec<String> {

@@ -2,7 +2,8 @@
 //!
 //! Telethon 1.45.0 drives the obfuscated2 transports (abridged and intermediate in classic
 //! mode, randomized intermediate in secure `dd` mode); kurigram 2.2.26 drives fake TLS (`ee`),
-//! verifying the ServerHello HMAC. The relay forwards to [`FakeDc`], which decrypts the relay's
+//! verifying the ServerHello HMAC; TDLib 1.8.69 (the official library, PyPI `tdjson`) runs its
+//! own `testProxy` in every mode. The relay forwards to [`FakeDc`], which decrypts the relay's
 //! own DC-side obfuscated2 leg independently and echoes, so every payload must come back byte
 //! for byte. Each check also asserts what the DC saw (protocol tag, DC id, a header that obeys
 //! the forbidden-prefix rules) and which user the relay matched, read from its debug log.
@@ -453,6 +454,40 @@ fn kurigram_fake_tls_echoes_up_to_1mib() {
     h.expect_echo("fake TLS (ee)", "bob", DD, 4, &KURIGRAM_SIZES, |py| {
         echo.kurigram(py)
     });
+    h.finish();
+}
+
+/// TDLib's `testProxy` in each mode: its `req_pq_multi` crosses the relay, the fake DC echoes
+/// it, and TDLib reports its own constructor as the answer, a full round trip with the
+/// official library.
+#[test]
+fn tdlib_test_proxy_round_trips_in_every_mode() {
+    let Some(mut h) = Harness::start("tdlib_test_proxy_round_trips_in_every_mode", &ALL_MODES)
+    else {
+        return;
+    };
+    for (user, mode, tag) in [
+        ("alice", "classic", None),
+        ("bob", "secure", Some(DD)),
+        ("carol", "tls", Some(DD)),
+    ] {
+        let sessions_before = h.dc.sessions().len();
+        let mut echo = h.echo(user, mode, 2, &[]);
+        echo.op_timeout = Duration::from_secs(20);
+        echo.deadline = Duration::from_secs(60);
+        let run = echo.tdlib(&h.python);
+        assert!(run.ok(), "TDLib in {mode} mode: {}", run.describe());
+        let sessions = h.dc.sessions();
+        assert!(
+            sessions.len() > sessions_before,
+            "{mode}: the fake DC saw no session"
+        );
+        let last = sessions.last().expect("a session");
+        assert_eq!(last.dc, 2, "{mode}: DC id");
+        if let Some(tag) = tag {
+            assert_eq!(last.tag, tag, "{mode}: protocol tag");
+        }
+    }
     h.finish();
 }
 
