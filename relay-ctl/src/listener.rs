@@ -262,7 +262,7 @@ async fn front_banned(stream: TcpStream, peer: SocketAddr, mut slot: Slot, ctx: 
     slot.handshake_done();
     let mut active = ctx.stats.connection();
     active.enter(ConnState::Fronted);
-    let preamble = ctx.mask_preamble(peer, stream.local_addr().ok());
+    let preamble = ctx.mask_preamble(peer, || stream.local_addr().ok());
     front::front(stream, preamble, FrontReason::Banned, &ctx).await;
 }
 

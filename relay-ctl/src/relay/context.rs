@@ -207,13 +207,18 @@ impl RelayContext {
 
 impl<M> RelayContext<M> {
     /// What a mask connection for `client` starts with: a PROXY header naming it, with
-    /// `[tls] mask_proxy_protocol`; nothing otherwise.
-    pub fn mask_preamble(&self, client: SocketAddr, local: Option<SocketAddr>) -> Vec<u8> {
+    /// `[tls] mask_proxy_protocol`; nothing otherwise. `local` (a system call) is asked only
+    /// then.
+    pub fn mask_preamble(
+        &self,
+        client: SocketAddr,
+        local: impl FnOnce() -> Option<SocketAddr>,
+    ) -> Vec<u8> {
         match self.mask_proxy {
             Some(version) => relay_proto::proxy_header::encode(
                 version,
                 client,
-                local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                local().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             ),
             None => Vec::new(),
         }

@@ -74,8 +74,15 @@ pub async fn front_with<C: RelayStream, M: MaskDialer>(
         if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) {
             // The mask (or the client) reset: the client sees a reset too, not a FIN.
             C::close_with_reset(client_r, client_w);
+            return log_fronted(reason, &stats, replayed);
         }
     }
+    C::close(client_r, client_w);
+    M::Stream::close(up_r, up_w);
+    log_fronted(reason, &stats, replayed);
+}
+
+fn log_fronted(reason: FrontReason, stats: &pump::PumpStats, replayed: u64) {
     tracing::debug!(
         reason = reason.name(),
         to_mask = stats.from_client + replayed,

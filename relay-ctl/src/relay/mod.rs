@@ -60,7 +60,7 @@ pub async fn serve<C: RelayStream, M: MaskDialer>(
     ctx.misuse.report(peer.ip(), Offence::Connection).await;
     // TCP_NODELAY comes from the listener (see `listener::bind`).
     let mut active = ctx.stats.connection();
-    let preamble = ctx.mask_preamble(peer, client.local_addr());
+    let preamble = ctx.mask_preamble(peer, || client.local_addr());
     let mut intake = Intake::new(&ctx, Arc::clone(slot.ticket()), preamble);
     let mut answered = false;
     // While handshake slots are mostly taken, handshakes get a quarter of the deadline.
@@ -199,17 +199,19 @@ async fn relay<C: RelayStream, M>(
     pump::Meter::client_bytes(&meter, early_data.len() as u64);
     // Freed now rather than when the (long) relay ends.
     drop(early_data);
-    let (client_r, client_w) = client.into_split();
-    let (dc_r, dc_w) = dc_stream.into_split();
+    let (mut client_r, mut client_w) = client.into_split();
+    let (mut dc_r, mut dc_w) = dc_stream.into_split();
     let (stats, error) = pump::relay(
-        (client_r, client_w),
-        (dc_r, dc_w),
+        (&mut client_r, &mut client_w),
+        (&mut dc_r, &mut dc_w),
         to_upstream,
         to_client,
         ctx.idle_timeout,
         &meter,
     )
     .await;
+    C::close(client_r, client_w);
+    <tokio::net::TcpStream as RelayStream>::close(dc_r, dc_w);
     tracing::debug!(
         user,
         from_client = stats.from_client,

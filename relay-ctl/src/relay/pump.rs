@@ -10,7 +10,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::Poll,
     time::Duration,
@@ -142,7 +142,7 @@ where
     UW: AsyncWrite + StreamHalf + Unpin,
 {
     let start = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    let pair = Arc::new(Pair::default());
     let up_counter = AtomicU64::new(0);
     let down_counter = AtomicU64::new(0);
     let count_up = |n| {
@@ -155,23 +155,9 @@ where
         meter.upstream_bytes(n);
         !meter.exhausted()
     };
-    let up = one_way(
-        client.0,
-        upstream.1,
-        to_upstream,
-        &activity,
-        start,
-        &count_up,
-    );
-    let down = one_way(
-        upstream.0,
-        client.1,
-        to_client,
-        &activity,
-        start,
-        &count_down,
-    );
-    let watchdog = idle_watchdog(&activity, start, idle);
+    let up = one_way(client.0, upstream.1, to_upstream, &pair, start, &count_up);
+    let down = one_way(upstream.0, client.1, to_client, &pair, start, &count_down);
+    let watchdog = idle_watchdog(&pair.activity, start, idle);
     tokio::pin!(up, down, watchdog);
 
     let (mut up_done, mut down_done) = (false, false);
@@ -198,12 +184,23 @@ where
     (stats, error)
 }
 
-/// Copies one direction until EOF, then half-closes the writer.
+/// What both directions of a pair share.
+#[derive(Default)]
+struct Pair {
+    /// Milliseconds since the pair's start at its last read.
+    activity: AtomicU64,
+    /// Whether one direction has reached EOF.
+    one_ended: AtomicBool,
+}
+
+/// Copies one direction until EOF, then half-closes the writer, unless the other direction
+/// has ended already: the pair is then closed at once, and the close sends the FIN a shutdown
+/// would (both receive queues are empty, so it is not a reset).
 async fn one_way<R, W>(
     mut reader: R,
     mut writer: W,
     mut transform: impl Transform,
-    activity: &AtomicU64,
+    pair: &Pair,
     start: Instant,
     count: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<(), PumpError>
@@ -224,12 +221,9 @@ where
         {
             held = None;
             // Boxed: its state exists only while a burst runs, not in every idle connection.
-            match Box::pin(splice_burst(from, to, activity, start, count)).await? {
+            match Box::pin(splice_burst(from, to, &pair.activity, start, count)).await? {
                 BurstEnd::Quiet => bulk = false,
-                BurstEnd::Eof => {
-                    writer.shutdown().await?;
-                    return Ok(());
-                }
+                BurstEnd::Eof => return end(&mut writer, &pair.one_ended).await,
                 BurstEnd::Stopped => return Err(PumpError::Exhausted),
                 // Out of descriptors: this direction copies from now on.
                 BurstEnd::NoPipe => splicing = false,
@@ -239,14 +233,13 @@ where
         let (mut buf, n) = read_pooled(&mut reader, &mut held, bulk).await?;
         if n == 0 {
             drop(buf);
-            // Propagate the half-close; the other direction carries on.
-            writer.shutdown().await?;
-            return Ok(());
+            return end(&mut writer, &pair.one_ended).await;
         }
         if !count(n as u64) {
             return Err(PumpError::Exhausted);
         }
-        activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        pair.activity
+            .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut scratch = PooledBuf::scratch();
         let out = transform.transform(&mut buf[..n], scratch.vec_mut())?;
         if !out.is_empty() {
@@ -262,6 +255,18 @@ where
             held = Some(buf);
         }
     }
+}
+
+/// A direction's reader reached EOF: propagates the half-close while the other direction
+/// carries on, and leaves the last FIN to the close that follows.
+async fn end<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    one_ended: &AtomicBool,
+) -> Result<(), PumpError> {
+    if !one_ended.swap(true, Ordering::AcqRel) {
+        writer.shutdown().await?;
+    }
+    Ok(())
 }
 
 /// One [`splice::burst`], keeping the idle timer and the meter up to date.

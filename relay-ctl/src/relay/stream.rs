@@ -40,6 +40,13 @@ pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// FIN first).
     fn close_with_reset(read: Self::ReadHalf, write: Self::WriteHalf);
 
+    /// Closes the connection once the relay loop is done with it. The loop has sent every FIN
+    /// the peer needed to see early; the close sends the last one, so the write half's own
+    /// shutdown on drop would only be one more system call.
+    fn close(read: Self::ReadHalf, write: Self::WriteHalf) {
+        drop((read, write));
+    }
+
     /// The address the client connected to, when there is one (a socket's).
     fn local_addr(&self) -> Option<std::net::SocketAddr> {
         None
@@ -77,5 +84,10 @@ impl RelayStream for TcpStream {
         if let Ok(stream) = read.reunite(write) {
             let _ = stream.set_zero_linger();
         }
+    }
+
+    fn close(read: OwnedReadHalf, write: OwnedWriteHalf) {
+        write.forget();
+        drop(read);
     }
 }
