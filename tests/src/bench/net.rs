@@ -31,6 +31,8 @@ pub const DC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const RELAY_PORT: u16 = 4443;
 /// The floor forwarder's port (server namespace, next to the relay's).
 pub const FLOOR_PORT: u16 = 4444;
+/// The port other proxies compared with relay listen on (server namespace, `--peer`).
+pub const PEER_PORT: u16 = 4445;
 /// The fake DC's port.
 pub const DC_PORT: u16 = 9002;
 /// The fake middle-end's port (`relay-fakeme`, at [`DC`] in the fake DC's namespace).

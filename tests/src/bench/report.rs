@@ -164,6 +164,167 @@ pub fn targets(report: &Value) -> Value {
     )
 }
 
+/// A figure relay is compared with other proxies on (the `peers` group).
+struct PeerFigure {
+    id: &'static str,
+    what: &'static str,
+    load: &'static str,
+    mode: &'static str,
+    users: u64,
+    /// The row's key holding the figure (named `relay_…` whichever proxy was measured).
+    key: &'static str,
+    unit: &'static str,
+    /// Less is better (CPU, memory); otherwise more is.
+    lower_is_better: bool,
+    /// The goal: relay's figure at most (less is better) or at least this many times the
+    /// best peer's.
+    factor: f64,
+}
+
+const PEER_FIGURES: [PeerFigure; 6] = [
+    PeerFigure {
+        id: "cpu_per_gb",
+        what: "CPU-seconds per GB echoed (dd, 8 conns × 16 KiB)",
+        load: "throughput",
+        mode: "dd",
+        users: 1,
+        key: "relay_cpu_secs_per_gb",
+        unit: "CPU-s/GB",
+        lower_is_better: true,
+        factor: 0.5,
+    },
+    PeerFigure {
+        id: "dd_handshakes_1",
+        what: "dd handshakes per CPU-second, 1 user",
+        load: "handshakes",
+        mode: "dd",
+        users: 1,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "dd_handshakes_100",
+        what: "dd handshakes per CPU-second, 100 users",
+        load: "handshakes",
+        mode: "dd",
+        users: 100,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "ee_handshakes_1",
+        what: "ee (fake TLS) handshakes per CPU-second, 1 user",
+        load: "handshakes",
+        mode: "tls",
+        users: 1,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "ee_handshakes_100",
+        what: "ee (fake TLS) handshakes per CPU-second, 100 users",
+        load: "handshakes",
+        mode: "tls",
+        users: 100,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "kib_per_idle_conn",
+        what: "KiB of RSS per idle connection",
+        load: "memory",
+        mode: "dd",
+        users: 1,
+        key: "rss_per_conn_kib",
+        unit: "KiB",
+        lower_is_better: true,
+        factor: 0.5,
+    },
+];
+
+/// Relay's figures next to every peer's, from the `peers` section: per figure, each peer's
+/// value and relay's ratio to it, the best peer, and whether relay meets its goal against
+/// that one. Peers without a figure (skipped, failed) are left out of that figure.
+pub fn peer_comparison(report: &Value) -> Value {
+    let rows = report["peers"].as_array().cloned().unwrap_or_default();
+    let mut proxies: Vec<String> = Vec::new();
+    for r in &rows {
+        if let Some(p) = r["proxy"].as_str()
+            && p != "relay"
+            && !proxies.iter().any(|x| x == p)
+        {
+            proxies.push(p.to_owned());
+        }
+    }
+    let figure_of = |proxy: &str, f: &PeerFigure| {
+        rows.iter()
+            .find(|r| {
+                r["proxy"] == proxy
+                    && r["load"] == f.load
+                    && r["mode"] == f.mode
+                    && r["users"].as_u64() == Some(f.users)
+                    && r.get("error").is_none()
+            })
+            .and_then(|r| num(r, f.key))
+    };
+    let figures = PEER_FIGURES.iter().map(|f| {
+        let relay = figure_of("relay", f);
+        let mut best: Option<(String, f64)> = None;
+        let mut peers = serde_json::Map::new();
+        for proxy in &proxies {
+            let Some(value) = figure_of(proxy, f) else {
+                continue;
+            };
+            let better = best.as_ref().is_none_or(|(_, b)| {
+                if f.lower_is_better {
+                    value < *b
+                } else {
+                    value > *b
+                }
+            });
+            if better {
+                best = Some((proxy.clone(), value));
+            }
+            peers.insert(
+                proxy.clone(),
+                json!({"value": value, "relay_ratio": relay.map(|r| r / value)}),
+            );
+        }
+        let ratio = match (relay, &best) {
+            (Some(r), Some((_, b))) => Some(r / b),
+            _ => None,
+        };
+        let pass = ratio.map(|x| {
+            if f.lower_is_better {
+                x <= f.factor
+            } else {
+                x >= f.factor
+            }
+        });
+        json!({
+            "id": f.id,
+            "what": f.what,
+            "unit": f.unit,
+            "relay": relay,
+            "peers": peers,
+            "best_peer": best.as_ref().map(|(p, _)| p.clone()),
+            "best_value": best.as_ref().map(|(_, v)| *v),
+            "relay_to_best": ratio,
+            "goal": format!("{} {}× best peer", if f.lower_is_better { "≤" } else { "≥" }, f.factor),
+            "pass": pass,
+        })
+    });
+    json!({"proxies": proxies, "figures": figures.collect::<Vec<_>>()})
+}
+
 /// A number with a sensible precision, or `–`.
 fn fmt(v: Option<f64>) -> String {
     match v {
@@ -534,6 +695,8 @@ pub fn markdown(report: &Value) -> String {
         );
     }
 
+    peers_markdown(&mut md, report);
+
     md.push_str("\n## The relays' own counters (`relay-ctl stats` before each stop)\n\n");
     for r in report["relays"].as_array().into_iter().flatten() {
         let stats = &r["stats"];
@@ -582,6 +745,124 @@ pub fn markdown(report: &Value) -> String {
     md
 }
 
+/// The `peers` group: the comparison table, skipped peers, and every row.
+fn peers_markdown(md: &mut String, report: &Value) {
+    let Some(rows) = report["peers"].as_array() else {
+        return;
+    };
+    let cmp = &report["peer_comparison"];
+    let proxies: Vec<&str> = cmp["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    md.push_str(
+        "\n## Relay next to other proxies (`--peer`; each alone in the server namespace, direct \
+         to the same fake DC, the same generator load and the same /proc measurement; the \
+         measured process's CPU and RSS; relay runs as an operator's would, XDP `auto`)\n\n",
+    );
+    let mut header = "| figure | relay |".to_owned();
+    let mut rule = "|---|---|".to_owned();
+    for p in &proxies {
+        let _ = write!(header, " {p} (relay ÷ {p}) |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(header, " best peer | relay ÷ best | goal | result |");
+    let _ = writeln!(rule, "---|---|---|---|");
+    md.push_str(&header);
+    md.push_str(&rule);
+    for fig in cmp["figures"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "| {} ({}) | {} |",
+            fig["what"].as_str().unwrap_or(""),
+            fig["unit"].as_str().unwrap_or(""),
+            fmt(fig["relay"].as_f64())
+        );
+        for p in &proxies {
+            let peer = &fig["peers"][*p];
+            match peer["value"].as_f64() {
+                Some(v) => {
+                    let _ = write!(
+                        line,
+                        " {} ({}×) |",
+                        fmt(Some(v)),
+                        fmt(peer["relay_ratio"].as_f64())
+                    );
+                }
+                None => line.push_str(" – |"),
+            }
+        }
+        let result = match fig["pass"].as_bool() {
+            Some(true) => "pass",
+            Some(false) => "**FAIL**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            line,
+            " {} | {}× | {} | {} |",
+            fig["best_peer"].as_str().unwrap_or("–"),
+            fmt(fig["relay_to_best"].as_f64()),
+            fig["goal"].as_str().unwrap_or(""),
+            result
+        );
+        md.push_str(&line);
+    }
+    for s in report["peers_skipped"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "\n- {} skipped: {}",
+            s["proxy"].as_str().unwrap_or(""),
+            s["reason"].as_str().unwrap_or("")
+        );
+    }
+    md.push_str("\n| row | figure | measured process CPU % | generator CPU % | fake DC CPU % | failed |\n|---|---|---|---|---|---|\n");
+    for r in rows {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | error: {e} | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let figure = match r["load"].as_str() {
+            Some("throughput") => format!(
+                "{} MB/s, {} CPU-s/GB",
+                f(r, "mb_per_sec"),
+                f(r, "relay_cpu_secs_per_gb")
+            ),
+            Some("handshakes") => format!(
+                "{}/s, {} per CPU-s",
+                f(r, "handshakes_per_sec"),
+                f(r, "handshakes_per_relay_cpu_sec")
+            ),
+            Some("memory") => format!(
+                "{} idle conns, RSS {} → {} KiB, {} KiB each",
+                fmt(num(r, "opened")),
+                f(r, "relay_rss_before_kib"),
+                f(r, "relay_rss_idle_kib"),
+                f(r, "rss_per_conn_kib")
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r["name"].as_str().unwrap_or(""),
+            figure,
+            f(r, "relay_cpu_pct"),
+            f(r, "generator_cpu_pct"),
+            f(r, "dc_cpu_pct"),
+            if r["load"] == "handshakes" {
+                r["failed"].to_string()
+            } else {
+                "–".to_owned()
+            },
+        );
+    }
+}
+
 fn yes(v: &Value) -> &'static str {
     if v == true { "yes" } else { "no" }
 }
@@ -598,6 +879,60 @@ mod tests {
         assert_eq!(fmt(Some(28.0)), "28");
         assert_eq!(fmt(None), "–");
         assert_eq!(group(-1_234_567), "-1,234,567");
+    }
+
+    #[test]
+    fn relay_is_compared_with_the_best_peer() {
+        let row = |proxy: &str, load: &str, mode: &str, users: u64, key: &str, v: f64| {
+            json!({"name": format!("{proxy} {load}"), "proxy": proxy, "load": load,
+                   "mode": mode, "users": users, key: v})
+        };
+        let report = json!({
+            "peers": [
+                row("relay", "throughput", "dd", 1, "relay_cpu_secs_per_gb", 1.0),
+                row("telemt", "throughput", "dd", 1, "relay_cpu_secs_per_gb", 4.0),
+                row("mtprotoproxy", "throughput", "dd", 1, "relay_cpu_secs_per_gb", 8.0),
+                row("relay", "handshakes", "dd", 1, "handshakes_per_relay_cpu_sec", 9000.0),
+                row("telemt", "handshakes", "dd", 1, "handshakes_per_relay_cpu_sec", 3000.0),
+                row("mtprotoproxy", "handshakes", "dd", 1, "handshakes_per_relay_cpu_sec", 7000.0),
+                {"name": "telemt: idle connections", "proxy": "telemt", "error": "boom"},
+                row("relay", "memory", "dd", 1, "rss_per_conn_kib", 10.0),
+                row("mtprotoproxy", "memory", "dd", 1, "rss_per_conn_kib", 15.0),
+            ],
+            "peers_skipped": [{"proxy": "mtproxy", "reason": "no direct mode"}],
+        });
+        let cmp = peer_comparison(&report);
+        assert_eq!(cmp["proxies"], json!(["telemt", "mtprotoproxy"]));
+        let by = |id: &str| {
+            cmp["figures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let gb = by("cpu_per_gb");
+        assert_eq!(gb["best_peer"], "telemt");
+        assert_eq!(gb["relay_to_best"], 0.25);
+        assert_eq!(gb["pass"], true);
+        assert_eq!(gb["peers"]["mtprotoproxy"]["relay_ratio"], 0.125);
+        let hs = by("dd_handshakes_1");
+        assert_eq!(hs["best_peer"], "mtprotoproxy");
+        assert_eq!(hs["pass"], false, "9,000 is not 1.5 × 7,000");
+        // The failed telemt row is left out; mtprotoproxy is the only peer with a figure.
+        let mem = by("kib_per_idle_conn");
+        assert_eq!(mem["best_peer"], "mtprotoproxy");
+        assert_eq!(mem["pass"], false);
+        assert!(mem["peers"].get("telemt").is_none());
+        assert_eq!(by("ee_handshakes_100")["pass"], Value::Null);
+        let mut full = report.clone();
+        full["peer_comparison"] = cmp;
+        let md = markdown(&full);
+        assert!(md.contains("| telemt (relay ÷ telemt) |"));
+        assert!(md.contains("| 4 (0.25×) |"));
+        assert!(md.contains("mtproxy skipped: no direct mode"));
+        assert!(md.contains("error: boom"));
     }
 
     #[test]
