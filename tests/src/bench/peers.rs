@@ -1,6 +1,8 @@
 //! Other MTProto proxies measured next to relay (`relay-bench --peer NAME=PATH`): which ones
 //! the benchmark knows, the files each is started with (written by the benchmark, pointing the
-//! proxy at the fake DC in direct mode) and its command line, and how to tell that it listens.
+//! proxy at the fake DC in direct mode, or at the fake middle-end for the official C proxy,
+//! which has no direct mode) and its command line, which rows each can take, and how to tell
+//! that it listens.
 //!
 //! The proxies are built by whoever runs the benchmark, from their own repositories (see
 //! docs/bench.md); nothing of theirs lives in this repository.
@@ -38,20 +40,30 @@ impl Kind {
         }
     }
 
-    /// Why this proxy cannot take the benchmark's load (direct to the fake DC), if it cannot.
-    pub fn unsupported(self) -> Option<&'static str> {
+    /// Whether it relays through middle proxies only (then it is measured through the fake
+    /// middle-end, next to relay in middle mode), not direct to a DC.
+    pub fn middle_only(self) -> bool {
+        self == Kind::Mtproxy
+    }
+
+    /// Why this proxy cannot take the `mode` (`dd`, `tls`) rows with `users` users, if it
+    /// cannot.
+    pub fn cannot(self, mode: &str, users: usize) -> Option<&'static str> {
         match self {
-            Kind::Mtproxy => Some(
-                "the official C proxy (TelegramMessenger/MTProxy) has no direct mode: it relays \
-                 only through Telegram's middle proxies listed in proxy-multi.conf, so it cannot \
-                 be pointed at the fake DC; and its fake-TLS mode (-D) probes the domain's real \
-                 TLS 1.3 server at start, which the benchmark's namespaces cannot reach. Its \
-                 rows are skipped",
+            Kind::Mtproxy if mode == "tls" => Some(
+                "the official C proxy's fake-TLS mode (-D) probes the domain's real TLS 1.3 \
+                 server at start, which the benchmark's namespaces cannot reach",
             ),
-            Kind::Telemt | Kind::Mtprotoproxy => None,
+            Kind::Mtproxy if users > MTPROXY_MAX_SECRETS => {
+                Some("the official C proxy takes at most 16 secrets (-S)")
+            }
+            _ => None,
         }
     }
 }
+
+/// Secrets the official C proxy accepts (`-S`, repeated).
+pub const MTPROXY_MAX_SECRETS: usize = 16;
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,6 +124,10 @@ pub struct Setup<'a> {
     pub dir: &'a Path,
     /// The Python interpreter for mtprotoproxy.
     pub python: &'a Path,
+    /// The fake middle-end and its proxy-secret file, for a middle-only proxy.
+    pub me: Option<(SocketAddr, &'a Path)>,
+    /// Connections it may hold (the descriptors it can get bound this).
+    pub max_conns: u64,
 }
 
 /// How to start a peer: files to write first, then the command.
@@ -125,8 +141,8 @@ pub struct Launch {
     pub args: Vec<String>,
 }
 
-/// The files and command that start `peer` as `setup` says. Panics never; `Kind::Mtproxy`
-/// (see [`Kind::unsupported`]) has no launch and gives `None`.
+/// The files and command that start `peer` as `setup` says; `None` for a middle-only proxy
+/// without `setup.me`.
 pub fn launch(peer: &Peer, setup: &Setup<'_>) -> Option<Launch> {
     match peer.kind {
         Kind::Telemt => {
@@ -152,7 +168,39 @@ pub fn launch(peer: &Peer, setup: &Setup<'_>) -> Option<Launch> {
                 args: vec![launcher.display().to_string()],
             })
         }
-        Kind::Mtproxy => None,
+        Kind::Mtproxy => {
+            let (me, secret) = setup.me?;
+            let config = setup.dir.join("proxy-multi.conf");
+            let mut args = [
+                "-u",
+                "root",
+                // Its local stats port, next to the client port.
+                "-p",
+                &(setup.listen.port() + 1).to_string(),
+                "-H",
+                &setup.listen.port().to_string(),
+                "--address",
+                &setup.listen.ip().to_string(),
+                "-c",
+                &setup.max_conns.to_string(),
+                "--aes-pwd",
+                &secret.display().to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            for s in setup.secrets.iter().take(MTPROXY_MAX_SECRETS) {
+                args.extend(["-S".to_owned(), s.clone()]);
+            }
+            args.push(config.display().to_string());
+            Some(Launch {
+                files: vec![(
+                    config,
+                    crate::fake_me::proxy_config_text(me, &[1, 2, 3, 4, 5], 2),
+                )],
+                program: peer.path.clone(),
+                args,
+            })
+        }
     }
 }
 
@@ -299,6 +347,8 @@ mod tests {
             secrets,
             dir,
             python: Path::new("/venv/bin/python"),
+            me: None,
+            max_conns: 10_000,
         }
     }
 
@@ -324,8 +374,12 @@ mod tests {
             "telemt=".parse::<Peer>(),
             Err(PeerError::Shape(_))
         ));
-        assert!(Kind::Mtproxy.unsupported().is_some());
-        assert!(Kind::Telemt.unsupported().is_none());
+        assert!(Kind::Mtproxy.middle_only());
+        assert!(!Kind::Telemt.middle_only());
+        assert!(Kind::Mtproxy.cannot("tls", 1).is_some());
+        assert!(Kind::Mtproxy.cannot("dd", 100).is_some());
+        assert!(Kind::Mtproxy.cannot("dd", 1).is_none());
+        assert!(Kind::Mtprotoproxy.cannot("tls", 100).is_none());
     }
 
     #[test]
@@ -372,8 +426,30 @@ mod tests {
         assert!(launcher.contains("proxy.TG_DATACENTERS_V4 = [\"198.18.1.2\"] * 5\n"));
         assert!(launcher.contains("proxy.TG_DATACENTER_PORT = 9002\n"));
         assert!(launcher.contains("\"/tmp/p/mtprotoproxy-config.py\""));
-        let mtproxy: Peer = "mtproxy=/x".parse().unwrap();
-        assert!(super::launch(&mtproxy, &setup(&secrets, dir)).is_none());
+    }
+
+    #[test]
+    fn mtproxy_goes_through_the_fake_middle_end() {
+        let secrets: Vec<String> = (0..20).map(|i| format!("{i:032x}")).collect();
+        let dir = Path::new("/tmp/p");
+        let peer: Peer = "mtproxy=/bin/mtproto-proxy".parse().unwrap();
+        assert!(
+            launch(&peer, &setup(&secrets, dir)).is_none(),
+            "no ME given"
+        );
+        let me_secret = Path::new("/tmp/me-secret.bin");
+        let with_me = Setup {
+            me: Some(("198.18.1.2:8888".parse().unwrap(), me_secret)),
+            ..setup(&secrets, dir)
+        };
+        let launch = launch(&peer, &with_me).unwrap();
+        assert_eq!(launch.program, Path::new("/bin/mtproto-proxy"));
+        let args = launch.args.join(" ");
+        assert!(args.contains("-H 4445 "), "{args}");
+        assert!(args.contains("--aes-pwd /tmp/me-secret.bin "), "{args}");
+        assert_eq!(launch.args.iter().filter(|a| *a == "-S").count(), 16);
+        assert!(args.ends_with("/tmp/p/proxy-multi.conf"));
+        assert!(launch.files[0].1.contains("proxy_for 2 198.18.1.2:8888;"));
     }
 
     #[test]

@@ -251,23 +251,27 @@ const PEER_FIGURES: [PeerFigure; 6] = [
 ];
 
 /// Relay's figures next to every peer's, from the `peers` section: per figure, each peer's
-/// value and relay's ratio to it, the best peer, and whether relay meets its goal against
-/// that one. Peers without a figure (skipped, failed) are left out of that figure.
+/// value and relay's ratio to it (against relay on the same upstream: direct to the fake DC,
+/// or in middle mode through the fake ME for the official C proxy), the best peer (the one
+/// relay compares worst with; for handshakes only direct-mode peers count), and whether relay
+/// meets its goal against that one. Peers without a figure (skipped, failed) are left out.
 pub fn peer_comparison(report: &Value) -> Value {
     let rows = report["peers"].as_array().cloned().unwrap_or_default();
-    let mut proxies: Vec<String> = Vec::new();
+    // (proxy, upstream) pairs in the order they ran, relay's apart.
+    let mut proxies: Vec<(String, String)> = Vec::new();
     for r in &rows {
-        if let Some(p) = r["proxy"].as_str()
-            && p != "relay"
-            && !proxies.iter().any(|x| x == p)
-        {
-            proxies.push(p.to_owned());
+        let (Some(p), Some(u)) = (r["proxy"].as_str(), r["upstream"].as_str()) else {
+            continue;
+        };
+        if p != "relay" && !proxies.iter().any(|(x, y)| x == p && y == u) {
+            proxies.push((p.to_owned(), u.to_owned()));
         }
     }
-    let figure_of = |proxy: &str, f: &PeerFigure| {
+    let figure_of = |proxy: &str, upstream: &str, f: &PeerFigure| {
         rows.iter()
             .find(|r| {
                 r["proxy"] == proxy
+                    && r["upstream"] == upstream
                     && r["load"] == f.load
                     && r["mode"] == f.mode
                     && r["users"].as_u64() == Some(f.users)
@@ -276,32 +280,38 @@ pub fn peer_comparison(report: &Value) -> Value {
             .and_then(|r| num(r, f.key))
     };
     let figures = PEER_FIGURES.iter().map(|f| {
-        let relay = figure_of("relay", f);
-        let mut best: Option<(String, f64)> = None;
+        let relay = figure_of("relay", "direct", f);
+        let relay_middle = figure_of("relay", "middle", f);
+        // (proxy, upstream, relay ÷ peer)
+        let mut best: Option<(String, String, f64)> = None;
         let mut peers = serde_json::Map::new();
-        for proxy in &proxies {
-            let Some(value) = figure_of(proxy, f) else {
+        for (proxy, upstream) in &proxies {
+            let Some(value) = figure_of(proxy, upstream, f) else {
                 continue;
             };
-            let better = best.as_ref().is_none_or(|(_, b)| {
-                if f.lower_is_better {
-                    value < *b
-                } else {
-                    value > *b
+            let ours = figure_of("relay", upstream, f);
+            let ratio = ours.map(|r| r / value);
+            // The goal for handshakes is against direct-mode proxies.
+            let judged = upstream == "direct" || f.load != "handshakes";
+            if let (Some(ratio), true) = (ratio, judged) {
+                let worse_for_relay = best.as_ref().is_none_or(|(_, _, b)| {
+                    if f.lower_is_better {
+                        ratio > *b
+                    } else {
+                        ratio < *b
+                    }
+                });
+                if worse_for_relay {
+                    best = Some((proxy.clone(), upstream.clone(), ratio));
                 }
-            });
-            if better {
-                best = Some((proxy.clone(), value));
             }
             peers.insert(
                 proxy.clone(),
-                json!({"value": value, "relay_ratio": relay.map(|r| r / value)}),
+                json!({"value": value, "upstream": upstream, "relay_value": ours,
+                       "relay_ratio": ratio, "judged": judged}),
             );
         }
-        let ratio = match (relay, &best) {
-            (Some(r), Some((_, b))) => Some(r / b),
-            _ => None,
-        };
+        let ratio = best.as_ref().map(|(_, _, r)| *r);
         let pass = ratio.map(|x| {
             if f.lower_is_better {
                 x <= f.factor
@@ -314,15 +324,20 @@ pub fn peer_comparison(report: &Value) -> Value {
             "what": f.what,
             "unit": f.unit,
             "relay": relay,
+            "relay_middle": relay_middle,
             "peers": peers,
-            "best_peer": best.as_ref().map(|(p, _)| p.clone()),
-            "best_value": best.as_ref().map(|(_, v)| *v),
+            "best_peer": best.as_ref().map(|(p, _, _)| p.clone()),
+            "best_upstream": best.as_ref().map(|(_, u, _)| u.clone()),
             "relay_to_best": ratio,
-            "goal": format!("{} {}× best peer", if f.lower_is_better { "≤" } else { "≥" }, f.factor),
+            "goal": format!("{} {}× best {}peer", if f.lower_is_better { "≤" } else { "≥" },
+                f.factor, if f.load == "handshakes" { "direct-mode " } else { "" }),
             "pass": pass,
         })
     });
-    json!({"proxies": proxies, "figures": figures.collect::<Vec<_>>()})
+    json!({
+        "proxies": proxies.iter().map(|(p, u)| json!({"proxy": p, "upstream": u})).collect::<Vec<_>>(),
+        "figures": figures.collect::<Vec<_>>(),
+    })
 }
 
 /// A number with a sensible precision, or `–`.
@@ -751,21 +766,31 @@ fn peers_markdown(md: &mut String, report: &Value) {
         return;
     };
     let cmp = &report["peer_comparison"];
-    let proxies: Vec<&str> = cmp["proxies"]
+    let proxies: Vec<(&str, &str)> = cmp["proxies"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(Value::as_str)
+        .filter_map(|p| Some((p["proxy"].as_str()?, p["upstream"].as_str()?)))
         .collect();
+    let any_middle = proxies.iter().any(|(_, u)| *u == "middle");
     md.push_str(
-        "\n## Relay next to other proxies (`--peer`; each alone in the server namespace, direct \
-         to the same fake DC, the same generator load and the same /proc measurement; the \
-         measured process's CPU and RSS; relay runs as an operator's would, XDP `auto`)\n\n",
+        "\n## Relay next to other proxies (`--peer`)\n\nEach proxy runs alone in the server \
+         namespace with the same users, gets the same generator load (fake-TLS ClientHellos \
+         padded to a real client's 517 bytes) and the same /proc measurement of its own \
+         process; relay runs as an operator's would (XDP `auto`). Direct-mode proxies go to \
+         the fake DC; the official C proxy, which has only middle mode, goes through the fake \
+         middle-end `relay-fakeme` (framed load), and is compared with relay in middle mode on \
+         that same load. A cell reads `peer's figure (relay ÷ peer×)`.\n\n",
     );
     let mut header = "| figure | relay |".to_owned();
     let mut rule = "|---|---|".to_owned();
-    for p in &proxies {
-        let _ = write!(header, " {p} (relay ÷ {p}) |");
+    if any_middle {
+        header.push_str(" relay (middle) |");
+        rule.push_str("---|");
+    }
+    for (p, u) in &proxies {
+        let mid = if *u == "middle" { ", middle" } else { "" };
+        let _ = write!(header, " {p}{mid} |");
         rule.push_str("---|");
     }
     let _ = writeln!(header, " best peer | relay ÷ best | goal | result |");
@@ -779,7 +804,10 @@ fn peers_markdown(md: &mut String, report: &Value) {
             fig["unit"].as_str().unwrap_or(""),
             fmt(fig["relay"].as_f64())
         );
-        for p in &proxies {
+        if any_middle {
+            let _ = write!(line, " {} |", fmt(fig["relay_middle"].as_f64()));
+        }
+        for (p, _) in &proxies {
             let peer = &fig["peers"][*p];
             match peer["value"].as_f64() {
                 Some(v) => {
@@ -816,7 +844,7 @@ fn peers_markdown(md: &mut String, report: &Value) {
             s["reason"].as_str().unwrap_or("")
         );
     }
-    md.push_str("\n| row | figure | measured process CPU % | generator CPU % | fake DC CPU % | failed |\n|---|---|---|---|---|---|\n");
+    md.push_str("\n| row | figure | measured process CPU % | generator CPU % | fake DC / ME CPU % | failed |\n|---|---|---|---|---|---|\n");
     for r in rows {
         if let Some(e) = errored(r) {
             let _ = writeln!(
@@ -883,26 +911,37 @@ mod tests {
 
     #[test]
     fn relay_is_compared_with_the_best_peer() {
-        let row = |proxy: &str, load: &str, mode: &str, users: u64, key: &str, v: f64| {
-            json!({"name": format!("{proxy} {load}"), "proxy": proxy, "load": load,
-                   "mode": mode, "users": users, key: v})
+        let row = |proxy: &str, upstream: &str, load: &str, users: u64, key: &str, v: f64| {
+            json!({"name": format!("{proxy} {upstream} {load}"), "proxy": proxy,
+                   "upstream": upstream, "load": load, "mode": "dd", "users": users, key: v})
         };
+        let (gb, hs, kib) = (
+            "relay_cpu_secs_per_gb",
+            "handshakes_per_relay_cpu_sec",
+            "rss_per_conn_kib",
+        );
         let report = json!({
             "peers": [
-                row("relay", "throughput", "dd", 1, "relay_cpu_secs_per_gb", 1.0),
-                row("telemt", "throughput", "dd", 1, "relay_cpu_secs_per_gb", 4.0),
-                row("mtprotoproxy", "throughput", "dd", 1, "relay_cpu_secs_per_gb", 8.0),
-                row("relay", "handshakes", "dd", 1, "handshakes_per_relay_cpu_sec", 9000.0),
-                row("telemt", "handshakes", "dd", 1, "handshakes_per_relay_cpu_sec", 3000.0),
-                row("mtprotoproxy", "handshakes", "dd", 1, "handshakes_per_relay_cpu_sec", 7000.0),
-                {"name": "telemt: idle connections", "proxy": "telemt", "error": "boom"},
-                row("relay", "memory", "dd", 1, "rss_per_conn_kib", 10.0),
-                row("mtprotoproxy", "memory", "dd", 1, "rss_per_conn_kib", 15.0),
+                row("relay", "direct", "throughput", 1, gb, 1.0),
+                row("telemt", "direct", "throughput", 1, gb, 4.0),
+                row("mtprotoproxy", "direct", "throughput", 1, gb, 8.0),
+                row("relay", "direct", "handshakes", 1, hs, 9000.0),
+                row("telemt", "direct", "handshakes", 1, hs, 3000.0),
+                row("mtprotoproxy", "direct", "handshakes", 1, hs, 7000.0),
+                {"name": "telemt: idle connections", "proxy": "telemt", "upstream": "direct",
+                 "error": "boom"},
+                row("relay", "direct", "memory", 1, kib, 10.0),
+                row("mtprotoproxy", "direct", "memory", 1, kib, 15.0),
+                // Middle mode: judged against relay in middle mode, not for handshakes.
+                row("relay", "middle", "throughput", 1, gb, 3.0),
+                row("mtproxy", "middle", "throughput", 1, gb, 3.0),
+                row("relay", "middle", "handshakes", 1, hs, 1000.0),
+                row("mtproxy", "middle", "handshakes", 1, hs, 9000.0),
             ],
-            "peers_skipped": [{"proxy": "mtproxy", "reason": "no direct mode"}],
+            "peers_skipped": [{"proxy": "telemt", "reason": "/x not found"}],
         });
         let cmp = peer_comparison(&report);
-        assert_eq!(cmp["proxies"], json!(["telemt", "mtprotoproxy"]));
+        assert_eq!(cmp["proxies"].as_array().unwrap().len(), 3);
         let by = |id: &str| {
             cmp["figures"]
                 .as_array()
@@ -912,26 +951,30 @@ mod tests {
                 .unwrap()
                 .clone()
         };
-        let gb = by("cpu_per_gb");
-        assert_eq!(gb["best_peer"], "telemt");
-        assert_eq!(gb["relay_to_best"], 0.25);
-        assert_eq!(gb["pass"], true);
-        assert_eq!(gb["peers"]["mtprotoproxy"]["relay_ratio"], 0.125);
-        let hs = by("dd_handshakes_1");
-        assert_eq!(hs["best_peer"], "mtprotoproxy");
-        assert_eq!(hs["pass"], false, "9,000 is not 1.5 × 7,000");
-        // The failed telemt row is left out; mtprotoproxy is the only peer with a figure.
-        let mem = by("kib_per_idle_conn");
-        assert_eq!(mem["best_peer"], "mtprotoproxy");
-        assert_eq!(mem["pass"], false);
-        assert!(mem["peers"].get("telemt").is_none());
+        let g = by("cpu_per_gb");
+        // mtproxy (middle, ratio 1.0) is the one relay compares worst with.
+        assert_eq!(g["best_peer"], "mtproxy");
+        assert_eq!(g["relay_to_best"], 1.0);
+        assert_eq!(g["pass"], false);
+        assert_eq!(g["peers"]["mtprotoproxy"]["relay_ratio"], 0.125);
+        assert_eq!(g["relay_middle"], 3.0);
+        let h = by("dd_handshakes_1");
+        assert_eq!(
+            h["best_peer"], "mtprotoproxy",
+            "middle-mode peers are not judged"
+        );
+        assert_eq!(h["pass"], false, "9,000 is not 1.5 × 7,000");
+        assert_eq!(h["peers"]["mtproxy"]["judged"], false);
+        let m = by("kib_per_idle_conn");
+        assert_eq!(m["best_peer"], "mtprotoproxy");
+        assert!(m["peers"].get("telemt").is_none());
         assert_eq!(by("ee_handshakes_100")["pass"], Value::Null);
         let mut full = report.clone();
         full["peer_comparison"] = cmp;
         let md = markdown(&full);
-        assert!(md.contains("| telemt (relay ÷ telemt) |"));
+        assert!(md.contains("| relay (middle) | telemt | mtprotoproxy | mtproxy, middle |"));
         assert!(md.contains("| 4 (0.25×) |"));
-        assert!(md.contains("mtproxy skipped: no direct mode"));
+        assert!(md.contains("telemt skipped: /x not found"));
         assert!(md.contains("error: boom"));
     }
 

@@ -904,7 +904,16 @@ impl<'a> Bench<'a> {
         })?;
         self.middle_rows(&relay, "direct");
         self.stop_relay(relay);
+        self.start_fakeme()?;
+        let outcome = self.middle_relay();
+        self.stop_fakeme();
+        outcome
+    }
 
+    /// Starts `relay-fakeme` at the fake DC's address (its own port) with a fresh proxy
+    /// secret and proxy list ([`Bench::me_files`]); until [`Bench::stop_fakeme`] the
+    /// generator's windows charge its CPU as the upstream's.
+    fn start_fakeme(&mut self) -> Result<()> {
         let (list, secret_file) = self.me_files();
         let secret: Vec<u8> = (0..128).map(|_| rand::random::<u8>()).collect();
         std::fs::write(&secret_file, &secret)?;
@@ -934,11 +943,14 @@ impl<'a> Bench<'a> {
             return Err(e);
         }
         self.fakeme = Some(me);
-        let outcome = self.middle_relay();
+        Ok(())
+    }
+
+    /// Stops the fake middle-end, if it runs.
+    fn stop_fakeme(&mut self) {
         if let Some(mut me) = self.fakeme.take() {
             let _ = me.stop(Signal::SIGTERM, Duration::from_secs(5));
         }
-        outcome
     }
 
     /// The middle-mode half of [`Bench::middle_group`], with the fake ME running.
@@ -998,37 +1010,35 @@ impl<'a> Bench<'a> {
 
     /// Relay next to the proxies given with `--peer`, on the same load. For each user count
     /// of [`PEER_USERS`]: a fresh relay (fast mode, XDP `auto`, as an operator runs it), then
-    /// each peer in turn, started alone in the server namespace on [`PEER_PORT`] with the
-    /// same number of users, direct to the fake DC, and stopped after its rows
-    /// ([`Bench::subject_rows`]). A peer that is missing or cannot take this load is skipped
-    /// with a message (and listed in the report); one that fails to start is an error.
+    /// each direct-mode peer in turn, started alone in the server namespace on [`PEER_PORT`]
+    /// with the same number of users, direct to the fake DC, and stopped after its rows
+    /// ([`Bench::subject_rows`]). A middle-only peer (the official C proxy) is measured
+    /// afterwards through `relay-fakeme`, next to a relay in middle mode on the same framed
+    /// load. A peer whose file is missing is skipped with a message (and listed in the
+    /// report); one that fails to start is an error.
     fn peers_group(&mut self) -> Result<()> {
         let options = self.options;
         if options.peers.is_empty() {
             eprintln!("relay-bench: peers: no --peer given: only relay's rows run");
         }
         let mut skipped = Vec::new();
+        let mut runnable: Vec<&Peer> = Vec::new();
         for peer in &options.peers {
-            let reason = match peer.kind.unsupported() {
-                Some(why) => Some(why.to_owned()),
-                None if !peer.path.is_file() => Some(format!(
+            if peer.path.is_file() {
+                runnable.push(peer);
+            } else {
+                let reason = format!(
                     "{} not found (build it as docs/bench.md says)",
                     peer.path.display()
-                )),
-                None => None,
-            };
-            if let Some(reason) = reason {
+                );
                 eprintln!("relay-bench: peers: {}: skipped: {reason}", peer.kind);
                 skipped.push(json!({"proxy": peer.kind.name(), "reason": reason}));
             }
         }
-        let runnable: Vec<&Peer> = options
-            .peers
-            .iter()
-            .filter(|p| !skipped.iter().any(|s| s["proxy"] == p.kind.name()))
-            .collect();
         self.sections
             .insert("peers_skipped".to_owned(), Value::Array(skipped));
+        let (direct, middle): (Vec<&Peer>, Vec<&Peer>) =
+            runnable.into_iter().partition(|p| !p.kind.middle_only());
         for users in PEER_USERS {
             Bench::interrupted()?;
             let relay = self.start_relay(Spec {
@@ -1040,20 +1050,81 @@ impl<'a> Bench<'a> {
                 middle: false,
             })?;
             let secrets = relay.secrets.clone();
-            self.subject_rows("relay", &relay.proc, RELAY_PORT, &secrets, users);
+            self.subject_rows(None, &relay.proc, RELAY_PORT, &secrets, users, "direct");
             self.stop_relay(relay);
-            for peer in &runnable {
-                Bench::interrupted()?;
-                match self.start_peer(peer, users) {
-                    Ok((mut proc, secrets)) => {
-                        self.subject_rows(peer.kind.name(), &proc, PEER_PORT, &secrets, users);
-                        let _ = proc.stop(Signal::SIGTERM, Duration::from_secs(5));
-                    }
-                    Err(e) => {
-                        let name = format!("{}: start with {users} user(s)", peer.kind);
-                        self.record("peers", &name, Err(e));
-                    }
-                }
+            for peer in &direct {
+                self.peer_rows(peer, users, "direct")?;
+            }
+        }
+        if !middle.is_empty() {
+            self.start_fakeme()?;
+            let outcome = self.peers_middle(&middle);
+            self.stop_fakeme();
+            outcome?;
+        }
+        Ok(())
+    }
+
+    /// The middle-mode half of [`Bench::peers_group`], with the fake ME running: relay in
+    /// middle mode, then each middle-only peer, with 1 user and then 100 (rows a peer
+    /// cannot take are skipped with a message).
+    fn peers_middle(&mut self, middle: &[&Peer]) -> Result<()> {
+        for users in PEER_USERS {
+            Bench::interrupted()?;
+            let relay = self.start_relay(Spec {
+                label: if users == 1 {
+                    "peers-middle-1"
+                } else {
+                    "peers-middle-100"
+                },
+                users,
+                fast: true,
+                xdp: XdpMode::Auto,
+                flood: false,
+                middle: true,
+            })?;
+            if let Err(e) = wait_me_pool(
+                relay.proc.pid(),
+                MIDDLE_CONNECTIONS,
+                Duration::from_secs(20),
+            ) {
+                let tail = relay.proc.tail();
+                self.stop_relay(relay);
+                return Err(e.context(tail));
+            }
+            let secrets = relay.secrets.clone();
+            self.subject_rows(None, &relay.proc, RELAY_PORT, &secrets, users, "middle");
+            self.stop_relay(relay);
+            for peer in middle {
+                self.peer_rows(peer, users, "middle")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `peer` with `users` users, runs its rows through `upstream` and stops it; a
+    /// failed start is recorded as an error row.
+    fn peer_rows(&mut self, peer: &Peer, users: usize, upstream: &str) -> Result<()> {
+        Bench::interrupted()?;
+        if ["dd", "tls"]
+            .iter()
+            .all(|mode| peer.kind.cannot(mode, users).is_some())
+        {
+            let why = peer.kind.cannot("dd", users).unwrap_or_default();
+            eprintln!(
+                "relay-bench: peers: {}: no rows with {users} users: {why}",
+                peer.kind
+            );
+            return Ok(());
+        }
+        match self.start_peer(peer, users) {
+            Ok((mut proc, secrets)) => {
+                self.subject_rows(Some(peer), &proc, PEER_PORT, &secrets, users, upstream);
+                let _ = proc.stop(Signal::SIGTERM, Duration::from_secs(5));
+            }
+            Err(e) => {
+                let name = format!("{}: start with {users} user(s)", peer.kind);
+                self.record("peers", &name, Err(e));
             }
         }
         Ok(())
@@ -1066,32 +1137,53 @@ impl<'a> Bench<'a> {
     /// a ClientHello padded to a real client's 517 bytes).
     fn subject_rows(
         &mut self,
-        proxy: &str,
+        peer: Option<&Peer>,
         measured: &Proc,
         port: u16,
         secrets: &Path,
         users: usize,
+        upstream: &str,
     ) {
+        let proxy = peer.map_or("relay", |p| p.kind.name());
+        // Through the fake ME every message is one padded-intermediate frame.
+        let framed = upstream == "middle";
+        let label = if framed {
+            format!("{proxy} (middle)")
+        } else {
+            proxy.to_owned()
+        };
         let tag = |mut v: Value, load: &str, mode: &str| {
             v["proxy"] = json!(proxy);
+            v["upstream"] = json!(upstream);
             v["load"] = json!(load);
             v["mode"] = json!(mode);
             v["users"] = json!(users);
             v
         };
-        if users == 1 {
+        let cannot = |mode: &str| peer.and_then(|p| p.kind.cannot(mode, users));
+        for mode in ["dd", "tls"] {
+            if let Some(why) = cannot(mode) {
+                eprintln!(
+                    "relay-bench: peers: {label}: no {mode} rows with {users} user(s): {why}"
+                );
+            }
+        }
+        if users == 1 && cannot("dd").is_none() {
             let n = self.profile.conns[self.profile.target_conns];
-            let mut args = client_args(port, "dd", secrets, users, false);
+            let mut args = client_args(port, "dd", secrets, users, framed);
             // mtprotoproxy ends the whole connection on the client's half-close, dropping
             // the echo's tail after the window: not a failure of the measured window.
             args.push("--lax-close".to_owned());
             let outcome = self
                 .echo_run(measured, args, n, 16 * 1024)
                 .map(|v| tag(v, "throughput", "dd"));
-            self.record("peers", &format!("{proxy}: dd {n}x16KiB"), outcome);
+            self.record("peers", &format!("{label}: dd {n}x16KiB"), outcome);
         }
         for mode in ["dd", "tls"] {
-            let mut args = client_args(port, mode, secrets, users, false);
+            if cannot(mode).is_some() {
+                continue;
+            }
+            let mut args = client_args(port, mode, secrets, users, framed);
             args.extend(["--user".to_owned(), "random".to_owned()]);
             if mode == "tls" {
                 // A real client's 517-byte ClientHello: mtprotoproxy refuses shorter ones.
@@ -1103,15 +1195,15 @@ impl<'a> Bench<'a> {
             let outcome = self
                 .handshake_run(measured, args, self.profile.hs_workers)
                 .map(|v| tag(v, "handshakes", mode));
-            let name = format!("{proxy}: {mode} handshakes, {users} user(s)");
+            let name = format!("{label}: {mode} handshakes, {users} user(s)");
             self.record("peers", &name, outcome);
         }
-        if users == 1 {
-            let args = client_args(port, "dd", secrets, users, false);
+        if users == 1 && cannot("dd").is_none() {
+            let args = client_args(port, "dd", secrets, users, framed);
             let outcome = self
                 .idle_run(measured, args)
                 .map(|v| tag(v, "memory", "dd"));
-            self.record("peers", &format!("{proxy}: idle connections"), outcome);
+            self.record("peers", &format!("{label}: idle connections"), outcome);
         }
     }
 
@@ -1124,6 +1216,7 @@ impl<'a> Bench<'a> {
         let secrets = random_secrets(users);
         let secrets_path = dir.join("secrets.txt");
         std::fs::write(&secrets_path, secrets.join("\n") + "\n")?;
+        let (_, me_secret) = self.me_files();
         let setup = peers::Setup {
             listen: (SERVER, PEER_PORT).into(),
             dc: (DC, DC_PORT).into(),
@@ -1131,6 +1224,14 @@ impl<'a> Bench<'a> {
             secrets: &secrets,
             dir: &dir,
             python: &self.options.peer_python,
+            me: self
+                .fakeme
+                .is_some()
+                .then_some(((DC, ME_PORT).into(), me_secret.as_path())),
+            // What its descriptors allow, a few kept for its own files and upstreams.
+            max_conns: procfs::nofile_hard()?
+                .min(spawn::NOFILE)
+                .saturating_sub(256),
         };
         let launch = peers::launch(peer, &setup)
             .with_context(|| format!("{} cannot be started by the benchmark", peer.kind))?;
@@ -1163,12 +1264,22 @@ impl<'a> Bench<'a> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        if self.fakeme.is_some()
+            && let Err(e) = wait_me_pool(proc.pid(), 1, Duration::from_secs(20))
+        {
+            bail!("{e:#}:\n{}", proc.tail());
+        }
         // Let it finish starting (pools, timers) before it is measured.
         std::thread::sleep(Duration::from_millis(500));
         eprintln!(
-            "relay-bench: {} ready (pid {}, {users} user(s), direct to the fake DC)",
+            "relay-bench: {} ready (pid {}, {users} user(s), {})",
             peer.kind,
-            proc.pid()
+            proc.pid(),
+            if self.fakeme.is_some() {
+                "through the fake middle-end"
+            } else {
+                "direct to the fake DC"
+            }
         );
         Ok((proc, secrets_path))
     }
