@@ -86,7 +86,8 @@ pub fn peer_args(peers: &[String], python: Option<&Path>) -> Result<Vec<String>>
     Ok(args)
 }
 
-/// Deletes the network namespaces and temp dir of run `pid` that still exist.
+/// Deletes the network namespaces, temp dir and resolver files of run `pid` that still
+/// exist.
 fn clean_up(pid: u32) -> Vec<String> {
     let prefix = format!("{RUN_PREFIX}{pid}");
     let mut removed = Vec::new();
@@ -106,6 +107,23 @@ fn clean_up(pid: u32) -> Vec<String> {
     let dir = std::env::temp_dir().join(&prefix);
     if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
         removed.push(dir.display().to_string());
+    }
+    // The resolver files `ip netns exec` mounts for the run's namespaces.
+    let etc = Path::new("/etc/netns");
+    let names: Vec<String> = std::fs::read_dir(etc)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in names.iter().filter(|n| {
+        n.strip_prefix(&prefix)
+            .is_some_and(|rest| rest.starts_with('-'))
+    }) {
+        let dir = etc.join(name);
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir.display().to_string());
+        }
     }
     removed
 }

@@ -9,7 +9,7 @@
 
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -116,6 +116,8 @@ pub struct Setup<'a> {
     pub listen: SocketAddr,
     /// The fake DC, which every DC id must lead to.
     pub dc: SocketAddr,
+    /// The server's own address toward the fake DC (what outgoing connections bind to).
+    pub upstream_ip: IpAddr,
     /// The fake-TLS domain.
     pub domain: &'a str,
     /// The users' secrets (32 hex digits each).
@@ -212,7 +214,9 @@ fn quoted(s: &str) -> String {
 /// telemt in direct mode (`use_middle_proxy = false`), `dd` and fake TLS, every DC id of
 /// the client's header sent to the fake DC through `[dc_overrides]`, no masking (nothing to
 /// forward a failed client to) and no TLS emulation (it would fetch the domain's real
-/// certificate), no API listener.
+/// certificate), no API listener. Its direct upstream binds to the server's address toward
+/// the DC: telemt finds its IPv4 address by routing towards a public one, and without it
+/// turns IPv4, and its IPv4 listener, off.
 pub fn telemt_config(setup: &Setup<'_>) -> String {
     let mut users = String::new();
     for (i, secret) in setup.secrets.iter().enumerate() {
@@ -249,6 +253,10 @@ enabled = false
 [[server.listeners]]
 ip = {ip}
 
+[[upstreams]]
+type = "direct"
+bind_addresses = [{upstream}]
+
 [censorship]
 tls_domain = {domain}
 mask = false
@@ -260,6 +268,7 @@ tls_emulation = false
 {overrides}"#,
         port = setup.listen.port(),
         ip = quoted(&setup.listen.ip().to_string()),
+        upstream = quoted(&setup.upstream_ip.to_string()),
         domain = quoted(setup.domain),
     )
 }
@@ -343,6 +352,7 @@ mod tests {
         Setup {
             listen: "198.18.0.1:4445".parse().unwrap(),
             dc: "198.18.1.2:9002".parse().unwrap(),
+            upstream_ip: "198.18.1.1".parse().unwrap(),
             domain: "bench.example.org",
             secrets,
             dir,
@@ -403,6 +413,10 @@ mod tests {
             Some("198.18.1.2:9002")
         );
         assert_eq!(parsed["access"]["users"].as_table().unwrap().len(), 2);
+        assert_eq!(
+            parsed["upstreams"][0]["bind_addresses"][0].as_str(),
+            Some("198.18.1.1")
+        );
         assert_eq!(
             parsed["censorship"]["tls_domain"].as_str(),
             Some("bench.example.org")

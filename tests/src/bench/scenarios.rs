@@ -55,7 +55,7 @@ use super::{
     crypto,
     net::{
         self, BLOCKED_NET, CLIENT, DC, DC_PORT, FLOOR_PORT, LIMITED_NET, ME_PORT, Net, PEER_PORT,
-        RELAY_PORT, SERVER, SOURCE_BASE, SOURCES,
+        RELAY_PORT, SERVER, SERVER_UP, SOURCE_BASE, SOURCES,
     },
     peers::{self, Peer},
     procfs::{self, SysCpu},
@@ -1220,6 +1220,7 @@ impl<'a> Bench<'a> {
         let setup = peers::Setup {
             listen: (SERVER, PEER_PORT).into(),
             dc: (DC, DC_PORT).into(),
+            upstream_ip: SERVER_UP.into(),
             domain: DOMAIN,
             secrets: &secrets,
             dir: &dir,
@@ -1245,7 +1246,7 @@ impl<'a> Bench<'a> {
             &launch.args,
             &[("NO_COLOR", "1")],
         )?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !peers::listens(proc.pid(), PEER_PORT) {
             if !proc.running() {
                 let status = proc.wait(Duration::from_secs(1))?;
@@ -1257,7 +1258,7 @@ impl<'a> Bench<'a> {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{} did not listen on port {PEER_PORT} within 30 s:\n{}",
+                    "{} did not listen on port {PEER_PORT} within 60 s:\n{}",
                     proc.name,
                     proc.tail()
                 );

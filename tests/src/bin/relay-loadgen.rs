@@ -546,7 +546,15 @@ fn throughput(common: &Common, args: &mut Args) -> Result<Value> {
             let mut got = 0usize;
             if framed {
                 loop {
-                    let Some(n) = reader.recv_frame(&mut buf)? else {
+                    let frame_read = match reader.recv_frame(&mut buf) {
+                        Err(e)
+                            if lax_close && stop_r.load(Ordering::Relaxed) && closed_early(&e) =>
+                        {
+                            return Ok(got as u64);
+                        }
+                        other => other?,
+                    };
+                    let Some(n) = frame_read else {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the stream ended before the FIN frame came back",
