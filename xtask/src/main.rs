@@ -73,8 +73,9 @@ enum Task {
         json: Option<PathBuf>,
         /// Another MTProto proxy to measure next to relay on the same load (repeatable):
         /// `telemt=PATH` (its binary), `mtprotoproxy=PATH` (mtprotoproxy.py) or
-        /// `mtproxy=PATH` (skipped with a message: it has no direct mode). Runs the `peers`
-        /// group; docs/bench.md says how to build each.
+        /// `mtproxy=PATH` (the official C proxy: middle mode only, so measured through the
+        /// fake middle-end next to relay in middle mode). Runs the `peers` group;
+        /// docs/bench.md says how to build each.
         #[arg(long, value_name = "NAME=PATH")]
         peer: Vec<String>,
         /// The Python interpreter for mtprotoproxy (a venv with `cryptography`)

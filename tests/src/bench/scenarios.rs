@@ -19,11 +19,13 @@
 //! padded-intermediate frames and reading the framed echoes).
 //!
 //! `peers` (with `--peer NAME=PATH`, or named in `--only`): relay next to other MTProto
-//! proxies built on the machine (telemt, mtprotoproxy; see [`super::peers`]), each started
-//! in turn on the same port-less setup (direct to the fake DC, configuration written here)
-//! and given exactly relay's load and measurement: CPU-seconds per GB echoed, `dd` and
-//! fake-TLS handshakes per CPU-second with 1 and with 100 users, KiB per idle connection;
-//! the report prints relay's ratio to each peer and to the best one.
+//! proxies built on the machine (telemt, mtprotoproxy, the official C proxy; see
+//! [`super::peers`]), each started alone in the server namespace with a configuration written
+//! here, direct to the fake DC (the C proxy, which has only middle mode, through the fake
+//! middle-end next to relay in middle mode), and given exactly relay's load and measurement:
+//! CPU-seconds per GB echoed, `dd` and fake-TLS handshakes per CPU-second with 1 and with
+//! 100 users, KiB per idle connection; the report prints relay's ratio to each peer and to
+//! the best one.
 //!
 //! Two more groups run only when named in `--only`, for iterating on one figure quickly:
 //! `handshakes` (`dd` and fake-TLS handshakes with 1 and with 1,000 users) and `target` (one
