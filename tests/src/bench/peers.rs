@@ -233,6 +233,10 @@ pub fn telemt_config(setup: &Setup<'_>) -> String {
 use_middle_proxy = false
 fast_mode = true
 log_level = "normal"
+# Its state files, in its own directory rather than wherever it was started.
+data_path = {dir}
+quota_state_path = {quota}
+beobachten_file = {beobachten}
 
 [general.modes]
 classic = false
@@ -270,6 +274,9 @@ tls_emulation = false
         ip = quoted(&setup.listen.ip().to_string()),
         upstream = quoted(&setup.upstream_ip.to_string()),
         domain = quoted(setup.domain),
+        dir = quoted(&setup.dir.display().to_string()),
+        quota = quoted(&setup.dir.join("telemt.limit.json").display().to_string()),
+        beobachten = quoted(&setup.dir.join("beobachten.txt").display().to_string()),
     )
 }
 
@@ -403,6 +410,10 @@ mod tests {
         let config = &launch.files[0].1;
         let parsed: toml::Table = config.parse().expect("valid TOML");
         assert_eq!(parsed["general"]["use_middle_proxy"].as_bool(), Some(false));
+        assert_eq!(
+            parsed["general"]["quota_state_path"].as_str(),
+            Some("/tmp/p/telemt.limit.json")
+        );
         assert_eq!(parsed["server"]["port"].as_integer(), Some(4445));
         assert_eq!(
             parsed["dc_overrides"]["2"][0].as_str(),
