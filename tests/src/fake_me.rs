@@ -4,7 +4,9 @@
 //! It speaks the server side of the RPC protocol: the plaintext RPC_NONCE exchange, the key
 //! derivation from the proxy secret, AES-256-CBC in each direction, the RPC_HANDSHAKE, and
 //! then RPC_PROXY_REQ (answered with an echo in RPC_PROXY_ANS, after an RPC_SIMPLE_ACK when
-//! a quick ack was asked for), RPC_PING (answered with RPC_PONG) and RPC_CLOSE_EXT (noted).
+//! a quick ack was asked for), RPC_PING (answered with RPC_PONG) and RPC_CLOSE_EXT (noted);
+//! RPC_CLOSE_CONN, which the official C proxy sends for an answer whose client has gone, is
+//! accepted and not recorded (relay never sends it).
 //! Everything the proxy gets wrong is recorded in [`FakeMe::errors`] and ends that
 //! connection; nothing a peer sends can panic the test process.
 //!
@@ -48,6 +50,8 @@ pub const RPC_PROXY_ANS: u32 = 0x4403_da0d;
 pub const RPC_SIMPLE_ACK: u32 = 0x3bac_409b;
 /// RPC_CLOSE_EXT: the proxy's client went away.
 pub const RPC_CLOSE_EXT: u32 = 0x5eb6_34a2;
+/// RPC_CLOSE_CONN: the official C proxy's notice that an answer found its client gone.
+pub const RPC_CLOSE_CONN: u32 = 0x1fcf_425d;
 /// RPC_PING: keep-alive, proxy to ME.
 pub const RPC_PING: u32 = 0x5730_a2df;
 /// RPC_PONG: the answer to RPC_PING.
@@ -580,6 +584,14 @@ fn handle_frame(
             st.close_count += 1;
             if shared.recording.load(Ordering::Relaxed) {
                 st.closes.push(conn_id);
+            }
+        }
+        RPC_CLOSE_CONN => {
+            if frame.len() != 12 {
+                return Err(Stop::Proto(format!(
+                    "RPC_CLOSE_CONN of {} bytes, expected 12",
+                    frame.len()
+                )));
             }
         }
         RPC_PING => {

@@ -21,7 +21,7 @@ use relay_proto::{
     tls::{
         CONTENT_APP_DATA, CONTENT_HANDSHAKE, MAX_PLAINTEXT, RECORD_HEADER_LEN,
         flight::{CHANGE_CIPHER_SPEC, MAX_CERT_LEN, verify_server_flight},
-        hello::build_client_hello,
+        hello::{build_client_hello, build_client_hello_padded},
         record::app_data_header,
     },
 };
@@ -77,6 +77,9 @@ pub struct ClientOptions {
     /// this many bytes with this pause between them, as a client behind MSS clamping or a
     /// DPI-evasion tool would; `None`: one write.
     pub segments: Option<(usize, Duration)>,
+    /// Fake TLS: pad the ClientHello record to this many bytes, as real clients do
+    /// (`relay_proto::tls::CLIENT_HELLO_RECORD_LEN`); 0: the minimal hello.
+    pub hello_len: usize,
 }
 
 impl ClientOptions {
@@ -88,6 +91,7 @@ impl ClientOptions {
             dc: 2,
             timeout: Duration::from_secs(10),
             segments: None,
+            hello_len: 0,
         }
     }
 }
@@ -159,7 +163,13 @@ impl MtprotoClient {
         let mut server_flight = Vec::new();
         let tls = match &options.transport {
             Transport::FakeTls { domain } => {
-                let hello = build_client_hello(&mut rng, &options.secret, domain, unix_now());
+                let hello = build_client_hello_padded(
+                    &mut rng,
+                    &options.secret,
+                    domain,
+                    unix_now(),
+                    options.hello_len,
+                );
                 stream.write_all(&hello)?;
                 sent.extend_from_slice(&hello);
                 let mut client_random = [0u8; 32];

@@ -59,7 +59,35 @@ pub fn bench(root: &Path, smoke: bool, json: Option<&Path>, args: &[String]) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Deletes the network namespaces and temp dir of run `pid` that still exist.
+/// `relay-bench` arguments for `--peer NAME=PATH`s and `--peer-python`, with relative paths
+/// made absolute (relay-bench runs in the workspace root, not the caller's directory).
+pub fn peer_args(peers: &[String], python: Option<&Path>) -> Result<Vec<String>> {
+    let cwd = std::env::current_dir()?;
+    let mut args = Vec::new();
+    for peer in peers {
+        let Some((name, path)) = peer.split_once('=') else {
+            bail!(
+                "--peer {peer}: expected NAME=PATH, e.g. telemt=/src/telemt/target/release/telemt"
+            );
+        };
+        args.push("--peer".to_owned());
+        args.push(format!("{name}={}", cwd.join(path).display()));
+    }
+    if let Some(python) = python {
+        // A bare name is looked up in PATH; anything with a directory is a file.
+        let python = if python.components().count() > 1 {
+            cwd.join(python)
+        } else {
+            python.to_path_buf()
+        };
+        args.push("--peer-python".to_owned());
+        args.push(python.display().to_string());
+    }
+    Ok(args)
+}
+
+/// Deletes the network namespaces, temp dir and resolver files of run `pid` that still
+/// exist.
 fn clean_up(pid: u32) -> Vec<String> {
     let prefix = format!("{RUN_PREFIX}{pid}");
     let mut removed = Vec::new();
@@ -80,6 +108,23 @@ fn clean_up(pid: u32) -> Vec<String> {
     if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
         removed.push(dir.display().to_string());
     }
+    // The resolver files `ip netns exec` mounts for the run's namespaces.
+    let etc = Path::new("/etc/netns");
+    let names: Vec<String> = std::fs::read_dir(etc)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in names.iter().filter(|n| {
+        n.strip_prefix(&prefix)
+            .is_some_and(|rest| rest.starts_with('-'))
+    }) {
+        let dir = etc.join(name);
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir.display().to_string());
+        }
+    }
     removed
 }
 
@@ -99,6 +144,35 @@ fn namespaces_of<'a>(listing: &'a str, prefix: &str) -> Vec<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_paths_become_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        let args = peer_args(
+            &[
+                "telemt=bin/telemt".to_owned(),
+                "mtproxy=/x/mtproto-proxy".to_owned(),
+            ],
+            Some(Path::new("venv/bin/python")),
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            [
+                "--peer".to_owned(),
+                format!("telemt={}", cwd.join("bin/telemt").display()),
+                "--peer".to_owned(),
+                "mtproxy=/x/mtproto-proxy".to_owned(),
+                "--peer-python".to_owned(),
+                cwd.join("venv/bin/python").display().to_string(),
+            ]
+        );
+        assert_eq!(
+            peer_args(&[], Some(Path::new("python3"))).unwrap(),
+            ["--peer-python", "python3"]
+        );
+        assert!(peer_args(&["telemt".to_owned()], None).is_err());
+    }
 
     #[test]
     fn only_the_runs_own_namespaces_are_picked() {

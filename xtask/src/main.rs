@@ -4,8 +4,9 @@
 //!   the Python test clients' venv), checking first;
 //! - `run [-- ARGS]`: setup, build relay-ctl in release mode and run `relay-ctl run ARGS`;
 //! - `test [-- ARGS]`: setup, build relay-ctl and run every test (`cargo test ARGS`);
-//! - `bench [--smoke] [--json PATH] [-- ARGS]`: setup, release build, then the benchmark
-//!   harness (`relay-bench` from the tests crate) in network namespaces it creates.
+//! - `bench [--smoke] [--json PATH] [--peer NAME=PATH]... [-- ARGS]`: setup, release build,
+//!   then the benchmark harness (`relay-bench` from the tests crate) in network namespaces it
+//!   creates, with other proxies built on the machine measured next to relay.
 
 mod bench;
 mod cmd;
@@ -75,9 +76,20 @@ enum Task {
         /// Where to write the JSON report [default: <target dir>/bench/report.json].
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
+        /// Another MTProto proxy to measure next to relay on the same load (repeatable):
+        /// `telemt=PATH` (its binary), `mtprotoproxy=PATH` (mtprotoproxy.py) or
+        /// `mtproxy=PATH` (the official C proxy: middle mode only, so measured through the
+        /// fake middle-end next to relay in middle mode). Runs the `peers` group;
+        /// docs/bench.md says how to build each.
+        #[arg(long, value_name = "NAME=PATH")]
+        peer: Vec<String>,
+        /// The Python interpreter for mtprotoproxy (a venv with `cryptography`)
+        /// [default: python3].
+        #[arg(long, value_name = "PATH")]
+        peer_python: Option<PathBuf>,
         /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`. Groups: crypto, main,
         /// slow, users, memory, flood, middle (middle mode vs direct through a fake
-        /// middle-end); and, only when named, handshakes (1 and 1,000 users)
+        /// middle-end), peers (with --peer); and, only when named, handshakes (1 and 1,000 users)
         /// and target (one row per target, for quick iterations).
         #[arg(last = true)]
         args: Vec<String>,
@@ -97,8 +109,17 @@ fn main() -> ExitCode {
             .and_then(|()| fuzz::fuzz(&root, seconds))
             .map(|()| ExitCode::SUCCESS),
         Task::Test { args } => test(&root, &args),
-        Task::Bench { smoke, json, args } => setup::setup(&root, Scope::All)
-            .and_then(|()| bench::bench(&root, smoke, json.as_deref(), &args)),
+        Task::Bench {
+            smoke,
+            json,
+            peer,
+            peer_python,
+            args,
+        } => setup::setup(&root, Scope::All).and_then(|()| {
+            let mut all = bench::peer_args(&peer, peer_python.as_deref())?;
+            all.extend(args);
+            bench::bench(&root, smoke, json.as_deref(), &all)
+        }),
     };
     result.unwrap_or_else(|error| {
         report(&error);

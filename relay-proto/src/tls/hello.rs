@@ -419,6 +419,23 @@ pub fn build_client_hello<R: CryptoRng + ?Sized>(
     domain: &str,
     timestamp: u32,
 ) -> Vec<u8> {
+    build_client_hello_padded(rng, secret, domain, timestamp, 0)
+}
+
+/// The record length of a real Telegram client's ClientHello (a browser-like hello padded
+/// to 512 bytes of handshake message, RFC 7685); some proxies reject shorter ones.
+pub const CLIENT_HELLO_RECORD_LEN: usize = 517;
+
+/// [`build_client_hello`] with a padding extension (type 21, RFC 7685) that makes the record
+/// `record_len` bytes long, as real clients' are ([`CLIENT_HELLO_RECORD_LEN`]); no padding
+/// when the hello is that long already or `record_len` is 0.
+pub fn build_client_hello_padded<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    secret: &Secret,
+    domain: &str,
+    timestamp: u32,
+    record_len: usize,
+) -> Vec<u8> {
     let mut sid = [0; 32];
     rng.fill_bytes(&mut sid);
     build_hello(
@@ -428,6 +445,7 @@ pub fn build_client_hello<R: CryptoRng + ?Sized>(
         &sid,
         &[0x3a, 0x3a, 0x13, 0x01, 0x13, 0x02],
         timestamp,
+        record_len,
     )
 }
 
@@ -438,6 +456,7 @@ fn build_hello<R: CryptoRng + ?Sized>(
     session_id: &[u8],
     suites: &[u8],
     timestamp: u32,
+    record_len: usize,
 ) -> Vec<u8> {
     let be16 = |n: usize| (n as u16).to_be_bytes();
     let name = domain.as_bytes();
@@ -457,6 +476,16 @@ fn build_hello<R: CryptoRng + ?Sized>(
         key,
         x25519_dalek::X25519_BASEPOINT_BYTES,
     ));
+
+    // Record header, handshake header, version, random, session id, suites, compression
+    // and the extensions' length, around the extensions.
+    let unpadded = 5 + 4 + 2 + 32 + 1 + session_id.len() + 2 + suites.len() + 2 + 2 + ext.len();
+    // The padding extension's own header is 4 bytes.
+    if let Some(pad) = record_len.checked_sub(unpadded + 4) {
+        ext.extend_from_slice(&[0x00, 0x15]);
+        ext.extend_from_slice(&be16(pad));
+        ext.resize(ext.len() + pad, 0);
+    }
 
     let mut body = vec![0x03, 0x03];
     body.extend_from_slice(&[0; 32]);
@@ -651,6 +680,24 @@ mod tests {
     }
 
     #[test]
+    fn padded_hello_has_the_real_clients_length_and_verifies() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let s = Secret::from_bytes([3; 16]);
+        let now = 1_800_000_000u32;
+        let p = policy(now.into());
+        let rec = build_client_hello_padded(&mut rng, &s, K.domain, now, CLIENT_HELLO_RECORD_LEN);
+        assert_eq!(rec.len(), CLIENT_HELLO_RECORD_LEN);
+        let hs = handshake_of(&rec);
+        let hello = verify_client_hello(&hs, std::slice::from_ref(&s), &p).unwrap();
+        assert_eq!(hello.timestamp, now);
+        // Too short a target, or none: the unpadded hello.
+        let short = build_client_hello_padded(&mut rng, &s, K.domain, now, 100);
+        let plain = build_client_hello(&mut rng, &s, K.domain, now);
+        assert_eq!(short.len(), plain.len());
+        assert!(plain.len() < CLIENT_HELLO_RECORD_LEN);
+    }
+
+    #[test]
     fn uptime_timestamps() {
         let mut rng = StdRng::seed_from_u64(7);
         let s = Secret::from_bytes([9; 16]);
@@ -708,6 +755,7 @@ mod tests {
                 sid,
                 &[0x13, 0x03],
                 1000,
+                0,
             ));
             let h = verify_client_hello(&hs, std::slice::from_ref(&s), &p).unwrap();
             assert_eq!(h.session_id.as_slice(), sid);
@@ -721,6 +769,7 @@ mod tests {
             &[1; 32],
             &grease_then_tls13,
             1000,
+            0,
         ));
         assert_eq!(
             verify_client_hello(&hs, std::slice::from_ref(&s), &p)
@@ -736,6 +785,7 @@ mod tests {
             &[1; 32],
             &tls12_first,
             1000,
+            0,
         ));
         assert_eq!(
             verify_client_hello(&hs, std::slice::from_ref(&s), &p).unwrap_err(),

@@ -18,8 +18,9 @@ pub use flight::{
     FlightError, plausible_cert_len, server_flight, server_flight_shaped, verify_server_flight,
 };
 pub use hello::{
-    DEFAULT_WINDOW_SECS, HelloError, HelloKey, HelloPolicy, SessionId, TlsClientHello,
-    UPTIME_MAX_SECS, build_client_hello, verify_client_hello, verify_client_hello_keys,
+    CLIENT_HELLO_RECORD_LEN, DEFAULT_WINDOW_SECS, HelloError, HelloKey, HelloPolicy, SessionId,
+    TlsClientHello, UPTIME_MAX_SECS, build_client_hello, build_client_hello_padded,
+    verify_client_hello, verify_client_hello_keys,
 };
 pub use profile::{
     ExtensionOrder, FlightProfile, FlightShape, ProfileError, parse_flight, probe_hello,

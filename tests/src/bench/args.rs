@@ -13,6 +13,8 @@ use anyhow::{Context as _, Result, bail};
 #[derive(Debug, Default)]
 pub struct Args {
     options: BTreeMap<String, String>,
+    /// Every value of each option, in order (for options that may repeat).
+    repeated: BTreeMap<String, Vec<String>>,
     flags: BTreeSet<String>,
     used: BTreeSet<String>,
 }
@@ -30,6 +32,11 @@ impl Args {
             match args.peek() {
                 Some(next) if !next.starts_with("--") => {
                     let value = args.next().unwrap_or_default();
+                    parsed
+                        .repeated
+                        .entry(name.to_owned())
+                        .or_default()
+                        .push(value.clone());
                     parsed.options.insert(name.to_owned(), value);
                 }
                 _ => {
@@ -80,6 +87,12 @@ impl Args {
             .with_context(|| format!("missing required option --{name}"))
     }
 
+    /// Every value given for a repeatable option `name`, in order (none: empty).
+    pub fn all(&mut self, name: &str) -> Vec<String> {
+        self.used.insert(name.to_owned());
+        self.repeated.get(name).cloned().unwrap_or_default()
+    }
+
     /// Whether `--name` was given as a flag.
     pub fn flag(&mut self, name: &str) -> bool {
         self.used.insert(name.to_owned());
@@ -121,5 +134,14 @@ mod tests {
         a.finish().unwrap();
         assert!(args(&["--conns", "x"]).need::<usize>("conns").is_err());
         assert!(Args::parse(["stray".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn repeated_options_keep_every_value() {
+        let mut a = args(&["--peer", "a=1", "--smoke", "--peer", "b=2"]);
+        assert_eq!(a.all("peer"), ["a=1", "b=2"]);
+        assert!(a.all("other").is_empty());
+        assert!(a.flag("smoke"));
+        a.finish().unwrap();
     }
 }

@@ -12,6 +12,7 @@ pub mod args;
 pub mod crypto;
 pub mod epoll;
 pub mod net;
+pub mod peers;
 pub mod procfs;
 pub mod report;
 pub mod scenarios;

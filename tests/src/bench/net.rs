@@ -31,6 +31,8 @@ pub const DC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const RELAY_PORT: u16 = 4443;
 /// The floor forwarder's port (server namespace, next to the relay's).
 pub const FLOOR_PORT: u16 = 4444;
+/// The port other proxies compared with relay listen on (server namespace, `--peer`).
+pub const PEER_PORT: u16 = 4445;
 /// The fake DC's port.
 pub const DC_PORT: u16 = 9002;
 /// The fake middle-end's port (`relay-fakeme`, at [`DC`] in the fake DC's namespace).
@@ -194,6 +196,14 @@ impl Net {
             &SERVER.to_string(),
         ])?;
         sysctl(&s, "net.ipv4.ip_forward", "1")?;
+        // Nothing here resolves names, but a peer proxy (`--peer`) looks up its public
+        // address or STUN servers at start: with the default route below, queries to the
+        // host's resolver would vanish and each lookup wait out its timeout. `ip netns exec`
+        // mounts this file over /etc/resolv.conf, so they fail at once on the loopback.
+        let etc = resolver_dir(&s);
+        std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+        std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n")
+            .with_context(|| format!("writing {}/resolv.conf", etc.display()))?;
         // Like a real server, the relay's side has a default route, so answers to spoofed
         // sources (SYN-ACKs, cookies) are really sent rather than failing a route lookup.
         ip(&[
@@ -253,8 +263,14 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     })
 }
 
+/// Where `ip netns exec NS` finds files it mounts over `/etc` (here, `resolv.conf`).
+pub fn resolver_dir(ns: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(ns)
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(resolver_dir(&self.server_ns));
         // Deleting a namespace destroys the veth end inside it, and with it the peer.
         for ns in [&self.server_ns, &self.client_ns, &self.dc_ns] {
             let _ = Command::new("ip")

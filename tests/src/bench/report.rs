@@ -164,6 +164,182 @@ pub fn targets(report: &Value) -> Value {
     )
 }
 
+/// A figure relay is compared with other proxies on (the `peers` group).
+struct PeerFigure {
+    id: &'static str,
+    what: &'static str,
+    load: &'static str,
+    mode: &'static str,
+    users: u64,
+    /// The row's key holding the figure (named `relay_…` whichever proxy was measured).
+    key: &'static str,
+    unit: &'static str,
+    /// Less is better (CPU, memory); otherwise more is.
+    lower_is_better: bool,
+    /// The goal: relay's figure at most (less is better) or at least this many times the
+    /// best peer's.
+    factor: f64,
+}
+
+const PEER_FIGURES: [PeerFigure; 6] = [
+    PeerFigure {
+        id: "cpu_per_gb",
+        what: "CPU-seconds per GB echoed (dd, 8 conns × 16 KiB)",
+        load: "throughput",
+        mode: "dd",
+        users: 1,
+        key: "relay_cpu_secs_per_gb",
+        unit: "CPU-s/GB",
+        lower_is_better: true,
+        factor: 0.5,
+    },
+    PeerFigure {
+        id: "dd_handshakes_1",
+        what: "dd handshakes per CPU-second, 1 user",
+        load: "handshakes",
+        mode: "dd",
+        users: 1,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "dd_handshakes_100",
+        what: "dd handshakes per CPU-second, 100 users",
+        load: "handshakes",
+        mode: "dd",
+        users: 100,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "ee_handshakes_1",
+        what: "ee (fake TLS) handshakes per CPU-second, 1 user",
+        load: "handshakes",
+        mode: "tls",
+        users: 1,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "ee_handshakes_100",
+        what: "ee (fake TLS) handshakes per CPU-second, 100 users",
+        load: "handshakes",
+        mode: "tls",
+        users: 100,
+        key: "handshakes_per_relay_cpu_sec",
+        unit: "/CPU-s",
+        lower_is_better: false,
+        factor: 1.5,
+    },
+    PeerFigure {
+        id: "kib_per_idle_conn",
+        what: "KiB of RSS per idle connection",
+        load: "memory",
+        mode: "dd",
+        users: 1,
+        key: "rss_per_conn_kib",
+        unit: "KiB",
+        lower_is_better: true,
+        factor: 0.5,
+    },
+];
+
+/// Relay's figures next to every peer's, from the `peers` section: per figure, each peer's
+/// value and relay's ratio to it (against relay on the same upstream: direct to the fake DC,
+/// or in middle mode through the fake ME for the official C proxy), the best peer (the one
+/// relay compares worst with; for handshakes only direct-mode peers count), and whether relay
+/// meets its goal against that one. Peers without a figure (skipped, failed) are left out.
+pub fn peer_comparison(report: &Value) -> Value {
+    let rows = report["peers"].as_array().cloned().unwrap_or_default();
+    // (proxy, upstream) pairs in the order they ran, relay's apart.
+    let mut proxies: Vec<(String, String)> = Vec::new();
+    for r in &rows {
+        let (Some(p), Some(u)) = (r["proxy"].as_str(), r["upstream"].as_str()) else {
+            continue;
+        };
+        if p != "relay" && !proxies.iter().any(|(x, y)| x == p && y == u) {
+            proxies.push((p.to_owned(), u.to_owned()));
+        }
+    }
+    let figure_of = |proxy: &str, upstream: &str, f: &PeerFigure| {
+        rows.iter()
+            .find(|r| {
+                r["proxy"] == proxy
+                    && r["upstream"] == upstream
+                    && r["load"] == f.load
+                    && r["mode"] == f.mode
+                    && r["users"].as_u64() == Some(f.users)
+                    && r.get("error").is_none()
+            })
+            .and_then(|r| num(r, f.key))
+    };
+    let figures = PEER_FIGURES.iter().map(|f| {
+        let relay = figure_of("relay", "direct", f);
+        let relay_middle = figure_of("relay", "middle", f);
+        // (proxy, upstream, relay ÷ peer)
+        let mut best: Option<(String, String, f64)> = None;
+        let mut peers = serde_json::Map::new();
+        for (proxy, upstream) in &proxies {
+            let Some(value) = figure_of(proxy, upstream, f) else {
+                continue;
+            };
+            let ours = figure_of("relay", upstream, f);
+            let ratio = ours.map(|r| r / value);
+            // The goal for handshakes is against direct-mode proxies.
+            let judged = upstream == "direct" || f.load != "handshakes";
+            if let (Some(ratio), true) = (ratio, judged) {
+                let worse_for_relay = best.as_ref().is_none_or(|(_, _, b)| {
+                    if f.lower_is_better {
+                        ratio > *b
+                    } else {
+                        ratio < *b
+                    }
+                });
+                if worse_for_relay {
+                    best = Some((proxy.clone(), upstream.clone(), ratio));
+                }
+            }
+            peers.insert(
+                proxy.clone(),
+                json!({"value": value, "upstream": upstream, "relay_value": ours,
+                       "relay_ratio": ratio, "judged": judged}),
+            );
+        }
+        let ratio = best.as_ref().map(|(_, _, r)| *r);
+        let pass = ratio.map(|x| {
+            if f.lower_is_better {
+                x <= f.factor
+            } else {
+                x >= f.factor
+            }
+        });
+        json!({
+            "id": f.id,
+            "what": f.what,
+            "unit": f.unit,
+            "relay": relay,
+            "relay_middle": relay_middle,
+            "peers": peers,
+            "best_peer": best.as_ref().map(|(p, _, _)| p.clone()),
+            "best_upstream": best.as_ref().map(|(_, u, _)| u.clone()),
+            "relay_to_best": ratio,
+            "goal": format!("{} {}× best {}peer", if f.lower_is_better { "≤" } else { "≥" },
+                f.factor, if f.load == "handshakes" { "direct-mode " } else { "" }),
+            "pass": pass,
+        })
+    });
+    json!({
+        "proxies": proxies.iter().map(|(p, u)| json!({"proxy": p, "upstream": u})).collect::<Vec<_>>(),
+        "figures": figures.collect::<Vec<_>>(),
+    })
+}
+
 /// A number with a sensible precision, or `–`.
 fn fmt(v: Option<f64>) -> String {
     match v {
@@ -534,6 +710,8 @@ pub fn markdown(report: &Value) -> String {
         );
     }
 
+    peers_markdown(&mut md, report);
+
     md.push_str("\n## The relays' own counters (`relay-ctl stats` before each stop)\n\n");
     for r in report["relays"].as_array().into_iter().flatten() {
         let stats = &r["stats"];
@@ -582,6 +760,137 @@ pub fn markdown(report: &Value) -> String {
     md
 }
 
+/// The `peers` group: the comparison table, skipped peers, and every row.
+fn peers_markdown(md: &mut String, report: &Value) {
+    let Some(rows) = report["peers"].as_array() else {
+        return;
+    };
+    let cmp = &report["peer_comparison"];
+    let proxies: Vec<(&str, &str)> = cmp["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["proxy"].as_str()?, p["upstream"].as_str()?)))
+        .collect();
+    let any_middle = proxies.iter().any(|(_, u)| *u == "middle");
+    md.push_str(
+        "\n## Relay next to other proxies (`--peer`)\n\nEach proxy runs alone in the server \
+         namespace with the same users, gets the same generator load (fake-TLS ClientHellos \
+         padded to a real client's 517 bytes) and the same /proc measurement of its own \
+         process; relay runs as an operator's would (XDP `auto`). Direct-mode proxies go to \
+         the fake DC; the official C proxy, which has only middle mode, goes through the fake \
+         middle-end `relay-fakeme` (framed load), and is compared with relay in middle mode on \
+         that same load. A cell reads `peer's figure (relay ÷ peer×)`.\n\n",
+    );
+    let mut header = "| figure | relay |".to_owned();
+    let mut rule = "|---|---|".to_owned();
+    if any_middle {
+        header.push_str(" relay (middle) |");
+        rule.push_str("---|");
+    }
+    for (p, u) in &proxies {
+        let mid = if *u == "middle" { ", middle" } else { "" };
+        let _ = write!(header, " {p}{mid} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(header, " best peer | relay ÷ best | goal | result |");
+    let _ = writeln!(rule, "---|---|---|---|");
+    md.push_str(&header);
+    md.push_str(&rule);
+    for fig in cmp["figures"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "| {} ({}) | {} |",
+            fig["what"].as_str().unwrap_or(""),
+            fig["unit"].as_str().unwrap_or(""),
+            fmt(fig["relay"].as_f64())
+        );
+        if any_middle {
+            let _ = write!(line, " {} |", fmt(fig["relay_middle"].as_f64()));
+        }
+        for (p, _) in &proxies {
+            let peer = &fig["peers"][*p];
+            match peer["value"].as_f64() {
+                Some(v) => {
+                    let _ = write!(
+                        line,
+                        " {} ({}×) |",
+                        fmt(Some(v)),
+                        fmt(peer["relay_ratio"].as_f64())
+                    );
+                }
+                None => line.push_str(" – |"),
+            }
+        }
+        let result = match fig["pass"].as_bool() {
+            Some(true) => "pass",
+            Some(false) => "**FAIL**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            line,
+            " {} | {}× | {} | {} |",
+            fig["best_peer"].as_str().unwrap_or("–"),
+            fmt(fig["relay_to_best"].as_f64()),
+            fig["goal"].as_str().unwrap_or(""),
+            result
+        );
+        md.push_str(&line);
+    }
+    for s in report["peers_skipped"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "\n- {} skipped: {}",
+            s["proxy"].as_str().unwrap_or(""),
+            s["reason"].as_str().unwrap_or("")
+        );
+    }
+    md.push_str("\n| row | figure | measured process CPU % | generator CPU % | fake DC / ME CPU % | failed |\n|---|---|---|---|---|---|\n");
+    for r in rows {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | error: {e} | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let figure = match r["load"].as_str() {
+            Some("throughput") => format!(
+                "{} MB/s, {} CPU-s/GB",
+                f(r, "mb_per_sec"),
+                f(r, "relay_cpu_secs_per_gb")
+            ),
+            Some("handshakes") => format!(
+                "{}/s, {} per CPU-s",
+                f(r, "handshakes_per_sec"),
+                f(r, "handshakes_per_relay_cpu_sec")
+            ),
+            Some("memory") => format!(
+                "{} idle conns, RSS {} → {} KiB, {} KiB each",
+                fmt(num(r, "opened")),
+                f(r, "relay_rss_before_kib"),
+                f(r, "relay_rss_idle_kib"),
+                f(r, "rss_per_conn_kib")
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r["name"].as_str().unwrap_or(""),
+            figure,
+            f(r, "relay_cpu_pct"),
+            f(r, "generator_cpu_pct"),
+            f(r, "dc_cpu_pct"),
+            if r["load"] == "handshakes" {
+                r["failed"].to_string()
+            } else {
+                "–".to_owned()
+            },
+        );
+    }
+}
+
 fn yes(v: &Value) -> &'static str {
     if v == true { "yes" } else { "no" }
 }
@@ -598,6 +907,75 @@ mod tests {
         assert_eq!(fmt(Some(28.0)), "28");
         assert_eq!(fmt(None), "–");
         assert_eq!(group(-1_234_567), "-1,234,567");
+    }
+
+    #[test]
+    fn relay_is_compared_with_the_best_peer() {
+        let row = |proxy: &str, upstream: &str, load: &str, users: u64, key: &str, v: f64| {
+            json!({"name": format!("{proxy} {upstream} {load}"), "proxy": proxy,
+                   "upstream": upstream, "load": load, "mode": "dd", "users": users, key: v})
+        };
+        let (gb, hs, kib) = (
+            "relay_cpu_secs_per_gb",
+            "handshakes_per_relay_cpu_sec",
+            "rss_per_conn_kib",
+        );
+        let report = json!({
+            "peers": [
+                row("relay", "direct", "throughput", 1, gb, 1.0),
+                row("telemt", "direct", "throughput", 1, gb, 4.0),
+                row("mtprotoproxy", "direct", "throughput", 1, gb, 8.0),
+                row("relay", "direct", "handshakes", 1, hs, 9000.0),
+                row("telemt", "direct", "handshakes", 1, hs, 3000.0),
+                row("mtprotoproxy", "direct", "handshakes", 1, hs, 7000.0),
+                {"name": "telemt: idle connections", "proxy": "telemt", "upstream": "direct",
+                 "error": "boom"},
+                row("relay", "direct", "memory", 1, kib, 10.0),
+                row("mtprotoproxy", "direct", "memory", 1, kib, 15.0),
+                // Middle mode: judged against relay in middle mode, not for handshakes.
+                row("relay", "middle", "throughput", 1, gb, 3.0),
+                row("mtproxy", "middle", "throughput", 1, gb, 3.0),
+                row("relay", "middle", "handshakes", 1, hs, 1000.0),
+                row("mtproxy", "middle", "handshakes", 1, hs, 9000.0),
+            ],
+            "peers_skipped": [{"proxy": "telemt", "reason": "/x not found"}],
+        });
+        let cmp = peer_comparison(&report);
+        assert_eq!(cmp["proxies"].as_array().unwrap().len(), 3);
+        let by = |id: &str| {
+            cmp["figures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let g = by("cpu_per_gb");
+        // mtproxy (middle, ratio 1.0) is the one relay compares worst with.
+        assert_eq!(g["best_peer"], "mtproxy");
+        assert_eq!(g["relay_to_best"], 1.0);
+        assert_eq!(g["pass"], false);
+        assert_eq!(g["peers"]["mtprotoproxy"]["relay_ratio"], 0.125);
+        assert_eq!(g["relay_middle"], 3.0);
+        let h = by("dd_handshakes_1");
+        assert_eq!(
+            h["best_peer"], "mtprotoproxy",
+            "middle-mode peers are not judged"
+        );
+        assert_eq!(h["pass"], false, "9,000 is not 1.5 × 7,000");
+        assert_eq!(h["peers"]["mtproxy"]["judged"], false);
+        let m = by("kib_per_idle_conn");
+        assert_eq!(m["best_peer"], "mtprotoproxy");
+        assert!(m["peers"].get("telemt").is_none());
+        assert_eq!(by("ee_handshakes_100")["pass"], Value::Null);
+        let mut full = report.clone();
+        full["peer_comparison"] = cmp;
+        let md = markdown(&full);
+        assert!(md.contains("| relay (middle) | telemt | mtprotoproxy | mtproxy, middle |"));
+        assert!(md.contains("| 4 (0.25×) |"));
+        assert!(md.contains("telemt skipped: /x not found"));
+        assert!(md.contains("error: boom"));
     }
 
     #[test]

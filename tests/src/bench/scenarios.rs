@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! relay-bench --bin-dir target/release [--smoke] [--json PATH] [--only GROUP,GROUP]
+//!             [--peer NAME=PATH]... [--peer-python PATH]
 //! ```
 //!
 //! Groups, in order (each with relay-ctl started fresh on its own configuration):
@@ -16,6 +17,15 @@
 //! the same rows in direct mode on a fresh relay: `dd` and fake-TLS handshakes per relay
 //! CPU-second, and `dd` throughput (relay CPU-seconds per GB) with the generator sending
 //! padded-intermediate frames and reading the framed echoes).
+//!
+//! `peers` (with `--peer NAME=PATH`, or named in `--only`): relay next to other MTProto
+//! proxies built on the machine (telemt, mtprotoproxy, the official C proxy; see
+//! [`super::peers`]), each started alone in the server namespace with a configuration written
+//! here, direct to the fake DC (the C proxy, which has only middle mode, through the fake
+//! middle-end next to relay in middle mode), and given exactly relay's load and measurement:
+//! CPU-seconds per GB echoed, `dd` and fake-TLS handshakes per CPU-second with 1 and with
+//! 100 users, KiB per idle connection; the report prints relay's ratio to each peer and to
+//! the best one.
 //!
 //! Two more groups run only when named in `--only`, for iterating on one figure quickly:
 //! `handshakes` (`dd` and fake-TLS handshakes with 1 and with 1,000 users) and `target` (one
@@ -46,9 +56,10 @@ use super::{
     args::Args,
     crypto,
     net::{
-        self, BLOCKED_NET, CLIENT, DC, DC_PORT, FLOOR_PORT, LIMITED_NET, ME_PORT, Net, RELAY_PORT,
-        SERVER, SOURCE_BASE, SOURCES,
+        self, BLOCKED_NET, CLIENT, DC, DC_PORT, FLOOR_PORT, LIMITED_NET, ME_PORT, Net, PEER_PORT,
+        RELAY_PORT, SERVER, SERVER_UP, SOURCE_BASE, SOURCES,
     },
+    peers::{self, Peer},
     procfs::{self, SysCpu},
     report,
     spawn::{self, Proc, Stream},
@@ -57,7 +68,7 @@ use super::{
 /// The fake-TLS domain of every generated configuration.
 const DOMAIN: &str = "bench.example.org";
 /// The scenario groups, in the order they run.
-const GROUPS: [&str; 9] = [
+const GROUPS: [&str; 10] = [
     "crypto",
     "main",
     "slow",
@@ -65,11 +76,14 @@ const GROUPS: [&str; 9] = [
     "memory",
     "flood",
     "middle",
+    "peers",
     "handshakes",
     "target",
 ];
 /// Groups that repeat scenarios of the others: they run only when `--only` names them.
 const ON_REQUEST: [&str; 2] = ["handshakes", "target"];
+/// User counts of the peers group's handshake rows.
+const PEER_USERS: [usize; 2] = [1, 100];
 /// Frame sizes of the throughput matrix.
 const FRAMES: [usize; 2] = [1024, 16 * 1024];
 
@@ -103,6 +117,10 @@ struct Options {
     json: PathBuf,
     bin_dir: PathBuf,
     only: Vec<String>,
+    /// Other proxies to measure next to relay (`--peer NAME=PATH`, repeatable).
+    peers: Vec<Peer>,
+    /// The interpreter mtprotoproxy runs on (`--peer-python`, default `python3`).
+    peer_python: PathBuf,
 }
 
 impl Options {
@@ -117,6 +135,12 @@ impl Options {
             .filter(|g| !g.is_empty())
             .map(str::to_owned)
             .collect();
+        let peers = args
+            .all("peer")
+            .iter()
+            .map(|p| p.parse::<Peer>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let peer_python = args.get("peer-python", PathBuf::from("python3"))?;
         args.finish()?;
         if let Some(unknown) = only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
             bail!("--only {unknown}: groups are {}", GROUPS.join(", "));
@@ -126,11 +150,17 @@ impl Options {
             json,
             bin_dir,
             only,
+            peers,
+            peer_python,
         })
     }
 
     fn wants(&self, group: &str) -> bool {
         if self.only.is_empty() {
+            // Peers run when some are given: CI's smoke run has none.
+            if group == "peers" {
+                return !self.peers.is_empty();
+            }
             return !ON_REQUEST.contains(&group);
         }
         self.only.iter().any(|g| g == group)
@@ -468,7 +498,7 @@ impl<'a> Bench<'a> {
     }
 
     fn run_groups(&mut self) {
-        let groups: [Group<'a>; 9] = [
+        let groups: [Group<'a>; 10] = [
             Bench::crypto,
             Bench::main_group,
             Bench::slow_group,
@@ -476,6 +506,7 @@ impl<'a> Bench<'a> {
             Bench::memory_group,
             Bench::flood_group,
             Bench::middle_group,
+            Bench::peers_group,
             Bench::handshakes_group,
             Bench::target_group,
         ];
@@ -516,20 +547,16 @@ impl<'a> Bench<'a> {
         }
         report["errors"] = json!(self.errors);
         report["targets"] = report::targets(&report);
+        if report.get("peers").is_some() {
+            report["peer_comparison"] = report::peer_comparison(&report);
+        }
         report
     }
 
     // ---- relay-ctl ----
 
     fn start_relay(&mut self, spec: Spec) -> Result<Relay> {
-        let secrets: Vec<String> = (0..spec.users.max(1))
-            .map(|_| {
-                rand::random::<[u8; 16]>()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
-            .collect();
+        let secrets = random_secrets(spec.users);
         let admin = self.dir.join(format!("admin-{}.sock", spec.label));
         let state = self.dir.join(format!("state-{}", spec.label));
         let me_files = spec.middle.then(|| self.me_files());
@@ -672,24 +699,13 @@ impl<'a> Bench<'a> {
     }
 
     fn target_args(&self, relay: &Relay, mode: &str) -> Vec<String> {
-        let mut args = vec![
-            "--target".to_owned(),
-            format!("{SERVER}:{RELAY_PORT}"),
-            "--mode".to_owned(),
-            mode.to_owned(),
-            "--domain".to_owned(),
-            DOMAIN.to_owned(),
-            "--secrets".to_owned(),
-            relay.secrets.display().to_string(),
-        ];
-        if relay.spec.middle {
-            // Relay parses the client's frames in middle mode: raw bytes would not do.
-            args.push("--framed".to_owned());
-        }
-        if relay.spec.users > 1 {
-            args.extend(["--timeout-secs".to_owned(), "20".to_owned()]);
-        }
-        args
+        client_args(
+            RELAY_PORT,
+            mode,
+            &relay.secrets,
+            relay.spec.users,
+            relay.spec.middle,
+        )
     }
 
     // ---- groups ----
@@ -890,7 +906,16 @@ impl<'a> Bench<'a> {
         })?;
         self.middle_rows(&relay, "direct");
         self.stop_relay(relay);
+        self.start_fakeme()?;
+        let outcome = self.middle_relay();
+        self.stop_fakeme();
+        outcome
+    }
 
+    /// Starts `relay-fakeme` at the fake DC's address (its own port) with a fresh proxy
+    /// secret and proxy list ([`Bench::me_files`]); until [`Bench::stop_fakeme`] the
+    /// generator's windows charge its CPU as the upstream's.
+    fn start_fakeme(&mut self) -> Result<()> {
         let (list, secret_file) = self.me_files();
         let secret: Vec<u8> = (0..128).map(|_| rand::random::<u8>()).collect();
         std::fs::write(&secret_file, &secret)?;
@@ -920,11 +945,14 @@ impl<'a> Bench<'a> {
             return Err(e);
         }
         self.fakeme = Some(me);
-        let outcome = self.middle_relay();
+        Ok(())
+    }
+
+    /// Stops the fake middle-end, if it runs.
+    fn stop_fakeme(&mut self) {
         if let Some(mut me) = self.fakeme.take() {
             let _ = me.stop(Signal::SIGTERM, Duration::from_secs(5));
         }
-        outcome
     }
 
     /// The middle-mode half of [`Bench::middle_group`], with the fake ME running.
@@ -980,6 +1008,283 @@ impl<'a> Bench<'a> {
     /// The fake ME's proxy list and secret files (written by [`Bench::middle_group`]).
     fn me_files(&self) -> (PathBuf, PathBuf) {
         (self.dir.join("me-list.txt"), self.dir.join("me-secret.bin"))
+    }
+
+    /// Relay next to the proxies given with `--peer`, on the same load. For each user count
+    /// of [`PEER_USERS`]: a fresh relay (fast mode, XDP `auto`, as an operator runs it), then
+    /// each direct-mode peer in turn, started alone in the server namespace on [`PEER_PORT`]
+    /// with the same number of users, direct to the fake DC, and stopped after its rows
+    /// ([`Bench::subject_rows`]). A middle-only peer (the official C proxy) is measured
+    /// afterwards through `relay-fakeme`, next to a relay in middle mode on the same framed
+    /// load. A peer whose file is missing is skipped with a message (and listed in the
+    /// report); one that fails to start is an error.
+    fn peers_group(&mut self) -> Result<()> {
+        let options = self.options;
+        if options.peers.is_empty() {
+            eprintln!("relay-bench: peers: no --peer given: only relay's rows run");
+        }
+        let mut skipped = Vec::new();
+        let mut runnable: Vec<&Peer> = Vec::new();
+        for peer in &options.peers {
+            if peer.path.is_file() {
+                runnable.push(peer);
+            } else {
+                let reason = format!(
+                    "{} not found (build it as docs/bench.md says)",
+                    peer.path.display()
+                );
+                eprintln!("relay-bench: peers: {}: skipped: {reason}", peer.kind);
+                skipped.push(json!({"proxy": peer.kind.name(), "reason": reason}));
+            }
+        }
+        self.sections
+            .insert("peers_skipped".to_owned(), Value::Array(skipped));
+        let (direct, middle): (Vec<&Peer>, Vec<&Peer>) =
+            runnable.into_iter().partition(|p| !p.kind.middle_only());
+        for users in PEER_USERS {
+            Bench::interrupted()?;
+            let relay = self.start_relay(Spec {
+                label: if users == 1 { "peers-1" } else { "peers-100" },
+                users,
+                fast: true,
+                xdp: XdpMode::Auto,
+                flood: false,
+                middle: false,
+            })?;
+            let secrets = relay.secrets.clone();
+            self.subject_rows(None, &relay.proc, RELAY_PORT, &secrets, users, "direct");
+            self.stop_relay(relay);
+            for peer in &direct {
+                self.peer_rows(peer, users, "direct")?;
+            }
+        }
+        if !middle.is_empty() {
+            self.start_fakeme()?;
+            let outcome = self.peers_middle(&middle);
+            self.stop_fakeme();
+            outcome?;
+        }
+        Ok(())
+    }
+
+    /// The middle-mode half of [`Bench::peers_group`], with the fake ME running: relay in
+    /// middle mode, then each middle-only peer, with 1 user and then 100 (rows a peer
+    /// cannot take are skipped with a message).
+    fn peers_middle(&mut self, middle: &[&Peer]) -> Result<()> {
+        for users in PEER_USERS {
+            Bench::interrupted()?;
+            let relay = self.start_relay(Spec {
+                label: if users == 1 {
+                    "peers-middle-1"
+                } else {
+                    "peers-middle-100"
+                },
+                users,
+                fast: true,
+                xdp: XdpMode::Auto,
+                flood: false,
+                middle: true,
+            })?;
+            if let Err(e) = wait_me_pool(
+                relay.proc.pid(),
+                MIDDLE_CONNECTIONS,
+                Duration::from_secs(20),
+            ) {
+                let tail = relay.proc.tail();
+                self.stop_relay(relay);
+                return Err(e.context(tail));
+            }
+            let secrets = relay.secrets.clone();
+            self.subject_rows(None, &relay.proc, RELAY_PORT, &secrets, users, "middle");
+            self.stop_relay(relay);
+            for peer in middle {
+                self.peer_rows(peer, users, "middle")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `peer` with `users` users, runs its rows through `upstream` and stops it; a
+    /// failed start is recorded as an error row.
+    fn peer_rows(&mut self, peer: &Peer, users: usize, upstream: &str) -> Result<()> {
+        Bench::interrupted()?;
+        if ["dd", "tls"]
+            .iter()
+            .all(|mode| peer.kind.cannot(mode, users).is_some())
+        {
+            let why = peer.kind.cannot("dd", users).unwrap_or_default();
+            eprintln!(
+                "relay-bench: peers: {}: no rows with {users} users: {why}",
+                peer.kind
+            );
+            return Ok(());
+        }
+        match self.start_peer(peer, users) {
+            Ok((mut proc, secrets)) => {
+                self.subject_rows(Some(peer), &proc, PEER_PORT, &secrets, users, upstream);
+                let _ = proc.stop(Signal::SIGTERM, Duration::from_secs(5));
+            }
+            Err(e) => {
+                let name = format!("{}: start with {users} user(s)", peer.kind);
+                self.record("peers", &name, Err(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows relay and every peer are compared on, through `measured` listening on `port`
+    /// of the server address with `users` users (secrets in `secrets`): with one user, the
+    /// target row's `dd` throughput (CPU-seconds per GB) and idle connections (KiB each);
+    /// with any count, `dd` and fake-TLS handshakes with a random user per connection (with
+    /// a ClientHello padded to a real client's 517 bytes).
+    fn subject_rows(
+        &mut self,
+        peer: Option<&Peer>,
+        measured: &Proc,
+        port: u16,
+        secrets: &Path,
+        users: usize,
+        upstream: &str,
+    ) {
+        let proxy = peer.map_or("relay", |p| p.kind.name());
+        // Through the fake ME every message is one padded-intermediate frame.
+        let framed = upstream == "middle";
+        let label = if framed {
+            format!("{proxy} (middle)")
+        } else {
+            proxy.to_owned()
+        };
+        let tag = |mut v: Value, load: &str, mode: &str| {
+            v["proxy"] = json!(proxy);
+            v["upstream"] = json!(upstream);
+            v["load"] = json!(load);
+            v["mode"] = json!(mode);
+            v["users"] = json!(users);
+            v
+        };
+        let cannot = |mode: &str| peer.and_then(|p| p.kind.cannot(mode, users));
+        for mode in ["dd", "tls"] {
+            if let Some(why) = cannot(mode) {
+                eprintln!(
+                    "relay-bench: peers: {label}: no {mode} rows with {users} user(s): {why}"
+                );
+            }
+        }
+        if users == 1 && cannot("dd").is_none() {
+            let n = self.profile.conns[self.profile.target_conns];
+            let mut args = client_args(port, "dd", secrets, users, framed);
+            // mtprotoproxy ends the whole connection on the client's half-close, dropping
+            // the echo's tail after the window: not a failure of the measured window.
+            args.push("--lax-close".to_owned());
+            let outcome = self
+                .echo_run(measured, args, n, 16 * 1024)
+                .map(|v| tag(v, "throughput", "dd"));
+            self.record("peers", &format!("{label}: dd {n}x16KiB"), outcome);
+        }
+        for mode in ["dd", "tls"] {
+            if cannot(mode).is_some() {
+                continue;
+            }
+            let mut args = client_args(port, mode, secrets, users, framed);
+            args.extend(["--user".to_owned(), "random".to_owned()]);
+            if mode == "tls" {
+                // A real client's 517-byte ClientHello: mtprotoproxy refuses shorter ones.
+                args.extend([
+                    "--hello-len".to_owned(),
+                    relay_proto::tls::CLIENT_HELLO_RECORD_LEN.to_string(),
+                ]);
+            }
+            let outcome = self
+                .handshake_run(measured, args, self.profile.hs_workers)
+                .map(|v| tag(v, "handshakes", mode));
+            let name = format!("{label}: {mode} handshakes, {users} user(s)");
+            self.record("peers", &name, outcome);
+        }
+        if users == 1 && cannot("dd").is_none() {
+            let args = client_args(port, "dd", secrets, users, framed);
+            let outcome = self
+                .idle_run(measured, args)
+                .map(|v| tag(v, "memory", "dd"));
+            self.record("peers", &format!("{label}: idle connections"), outcome);
+        }
+    }
+
+    /// Starts `peer` with `users` fresh users in the server namespace on [`PEER_PORT`], direct
+    /// to the fake DC, and waits until it listens; returns it and its secrets file.
+    fn start_peer(&self, peer: &Peer, users: usize) -> Result<(Proc, PathBuf)> {
+        let label = format!("peer-{}-{users}", peer.kind);
+        let dir = self.dir.join(&label);
+        std::fs::create_dir_all(&dir)?;
+        let secrets = random_secrets(users);
+        let secrets_path = dir.join("secrets.txt");
+        std::fs::write(&secrets_path, secrets.join("\n") + "\n")?;
+        let (_, me_secret) = self.me_files();
+        let setup = peers::Setup {
+            listen: (SERVER, PEER_PORT).into(),
+            dc: (DC, DC_PORT).into(),
+            upstream_ip: SERVER_UP.into(),
+            domain: DOMAIN,
+            secrets: &secrets,
+            dir: &dir,
+            python: &self.options.peer_python,
+            me: self
+                .fakeme
+                .is_some()
+                .then_some(((DC, ME_PORT).into(), me_secret.as_path())),
+            // What its descriptors allow, a few kept for its own files and upstreams.
+            max_conns: procfs::nofile_hard()?
+                .min(spawn::NOFILE)
+                .saturating_sub(256),
+        };
+        let launch = peers::launch(peer, &setup)
+            .with_context(|| format!("{} cannot be started by the benchmark", peer.kind))?;
+        for (path, text) in &launch.files {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let mut proc = spawn::spawn(
+            peer.kind.name(),
+            Some(&self.net.server_ns),
+            &launch.program,
+            &launch.args,
+            &[("NO_COLOR", "1")],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !peers::listens(proc.pid(), PEER_PORT) {
+            if !proc.running() {
+                let status = proc.wait(Duration::from_secs(1))?;
+                bail!(
+                    "{} exited ({status}) before listening:\n{}",
+                    proc.name,
+                    proc.tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not listen on port {PEER_PORT} within 60 s:\n{}",
+                    proc.name,
+                    proc.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if self.fakeme.is_some()
+            && let Err(e) = wait_me_pool(proc.pid(), 1, Duration::from_secs(20))
+        {
+            bail!("{e:#}:\n{}", proc.tail());
+        }
+        // Let it finish starting (pools, timers) before it is measured.
+        std::thread::sleep(Duration::from_millis(500));
+        eprintln!(
+            "relay-bench: {} ready (pid {}, {users} user(s), {})",
+            peer.kind,
+            proc.pid(),
+            if self.fakeme.is_some() {
+                "through the fake middle-end"
+            } else {
+                "direct to the fake DC"
+            }
+        );
+        Ok((proc, secrets_path))
     }
 
     /// `dd` and fake-TLS handshakes with 1 user, then with 1,000 (random user each).
@@ -1307,7 +1612,14 @@ impl<'a> Bench<'a> {
     }
 
     fn idle(&self, relay: &Relay) -> Result<Value> {
-        let pid = relay.proc.pid();
+        self.idle_run(&relay.proc, self.target_args(relay, "dd"))
+    }
+
+    /// Idle `dd` connections (handshake and one echo each, then silence) through `measured`
+    /// (a relay, or a peer proxy), `args` leading the generator to it: RSS growth per
+    /// connection.
+    fn idle_run(&self, measured: &Proc, mut args: Vec<String>) -> Result<Value> {
+        let pid = measured.pid();
         let dc_pid = self.fakedc.pid();
         // Let the runtime settle, then take the baseline.
         std::thread::sleep(Duration::from_millis(500));
@@ -1328,7 +1640,6 @@ impl<'a> Bench<'a> {
                  holds at start; measured with the most that fit, {conns}"
             )
         });
-        let mut args = self.target_args(relay, "dd");
         args.extend(
             [
                 "--conns",
@@ -1341,7 +1652,7 @@ impl<'a> Bench<'a> {
             .map(str::to_owned),
         );
         let (result, _, after, _) = self.loadgen(
-            Some(&relay.proc),
+            Some(measured),
             "idle",
             &args,
             Duration::from_secs(300),
@@ -1605,6 +1916,41 @@ fn per_sec(begin: &Value, end: &Value, secs: f64) -> Value {
     })
 }
 
+/// The generator's arguments for a proxy on `port` of the server address speaking `mode`
+/// with `users` users whose secrets are in `secrets`; `framed` for a relay in middle mode
+/// (it parses the client's frames: raw bytes would not do).
+fn client_args(port: u16, mode: &str, secrets: &Path, users: usize, framed: bool) -> Vec<String> {
+    let mut args = vec![
+        "--target".to_owned(),
+        format!("{SERVER}:{port}"),
+        "--mode".to_owned(),
+        mode.to_owned(),
+        "--domain".to_owned(),
+        DOMAIN.to_owned(),
+        "--secrets".to_owned(),
+        secrets.display().to_string(),
+    ];
+    if framed {
+        args.push("--framed".to_owned());
+    }
+    if users > 1 {
+        args.extend(["--timeout-secs".to_owned(), "20".to_owned()]);
+    }
+    args
+}
+
+/// Random 16-byte secrets as 32 hex digits, one per user.
+fn random_secrets(users: usize) -> Vec<String> {
+    (0..users.max(1))
+        .map(|_| {
+            rand::random::<[u8; 16]>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect()
+}
+
 /// `[upstream.middle] connections_per_me` of the middle-mode relay.
 const MIDDLE_CONNECTIONS: usize = 2;
 
@@ -1802,6 +2148,9 @@ fn summary(section: &str, row: &Value) -> String {
         "latency" => format!("p50 {:.0} µs, p99 {:.0} µs", f("p50_us"), f("p99_us")),
         "middle" if row["load"] == "handshakes" => summary("handshakes", row),
         "middle" => summary("throughput", row),
+        "peers" if row["load"] == "handshakes" => summary("handshakes", row),
+        "peers" if row["load"] == "memory" => summary("memory", row),
+        "peers" => summary("throughput", row),
         "memory" => format!(
             "{} connections, RSS {} → {} KiB, {:.1} KiB per connection",
             row["opened"],
