@@ -11,16 +11,13 @@ use std::{
 };
 
 use rand::SeedableRng as _;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    time::Instant,
-};
+use tokio::{io::AsyncWriteExt as _, time::Instant};
 
 use super::{
     RelayContext,
     accounts::Account,
     handshake::Accepted,
-    pump::{Meter as _, idle_watchdog},
+    pump::{Meter as _, idle_watchdog, read_pooled},
     stats::Metered,
     stream::RelayStream,
 };
@@ -38,8 +35,6 @@ use relay_proto::{
 /// Longest client message relayed (Telegram's largest requests, file parts, are 512 KiB;
 /// the bound leaves room for clients that send more).
 pub const MAX_CLIENT_MESSAGE: usize = 2 << 20;
-/// Client bytes read at a time.
-const READ_BUF: usize = 16 * 1024;
 
 /// How a middle-mode relay ended.
 #[derive(Debug, thiserror::Error)]
@@ -156,12 +151,13 @@ async fn client_to_me<R: tokio::io::AsyncRead + Unpin>(
     up.decrypt.apply(&mut early);
     up.decoder.push(&early);
     drop(early);
-    let mut buf = vec![0u8; READ_BUF];
+    // A pooled buffer, back in the pool while the client is quiet: an idle client holds none.
+    let mut held = None;
     loop {
         while let Some(m) = up.decoder.next_message()? {
             sender.send(&m.message, m.quick_ack).await?;
         }
-        let n = reader.read(&mut buf).await?;
+        let (mut buf, n) = read_pooled(&mut reader, &mut held, false).await?;
         if n == 0 {
             return Ok(());
         }
@@ -179,6 +175,7 @@ async fn client_to_me<R: tokio::io::AsyncRead + Unpin>(
         };
         up.decrypt.apply(&mut data[..n]);
         up.decoder.push(&data[..n]);
+        held = Some(buf);
     }
 }
 

@@ -295,7 +295,7 @@ fn wants_bulk(n: usize, len: usize) -> bool {
 /// and the process has bulk buffers to spare). While the read is
 /// pending the buffer is back in the pool: a quiet reader costs no buffer memory. Returns the
 /// buffer and how many bytes it holds (0 at EOF).
-async fn read_pooled<R>(
+pub(super) async fn read_pooled<R>(
     reader: &mut R,
     held: &mut Option<PooledBuf>,
     bulk: bool,
