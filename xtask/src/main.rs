@@ -70,10 +70,11 @@ enum Task {
         /// Where to write the JSON report [default: <target dir>/bench/report.json].
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
-        /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`. Groups: crypto, main,
-        /// slow, users, memory, flood, middle (middle mode vs direct through a fake
-        /// middle-end); and, only when named, handshakes (1 and 1,000 users)
-        /// and target (one row per target, for quick iterations).
+        /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`. Groups: crypto,
+        /// xdp-verdict (ns per XDP verdict vs a minimal program), main, slow, users, memory,
+        /// flood, middle (middle mode vs direct through a fake middle-end); and, only when
+        /// named, handshakes (1 and 1,000 users) and target (one row per target, for quick
+        /// iterations).
         #[arg(last = true)]
         args: Vec<String>,
     },
