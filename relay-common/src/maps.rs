@@ -5,8 +5,13 @@
 
 /// One-entry `Array<XdpConfig>`: tunables written by userspace at start and on reload.
 pub const CONFIG: &str = "CONFIG";
-/// `HashMap<u16, u8>`: TCP destination ports (host order) the program acts on.
-pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+/// The object's `.bss` (its zero-initialised globals, of which the listen-port set is the only
+/// one), which the loader makes a one-entry `Array<[u8; LISTEN_PORT_SLOTS]>`: the TCP
+/// destination ports the program acts on, a byte per port indexed by the port in host order,
+/// non-zero for a listen port. A global rather than a map of its own because every packet pays
+/// for this check, most of them for nothing else: the program reads it with one load from a
+/// known address, no lookup. Not pinned: relay-ctl writes the ports at every start.
+pub const LISTEN_PORTS: &str = ".bss";
 /// `LpmTrie<[u8; 4], u8>`: allowlisted IPv4 prefixes.
 pub const ALLOW_V4: &str = "ALLOW_V4";
 /// `LpmTrie<[u8; 16], u8>`: allowlisted IPv6 prefixes.
@@ -46,10 +51,9 @@ pub const UNRATED_ANY: &str = "UNRATED_ANY";
 pub const STATE_BUDGET: &str = "STATE_BUDGET";
 /// `PerCpuArray<u64>` indexed by [`crate::Verdict`].
 pub const VERDICTS: &str = "VERDICTS";
-/// Maps pinned with `[xdp] keep_on_exit` (all but aya-log's channel).
-pub const PINNED: [&str; 17] = [
+/// Maps pinned with `[xdp] keep_on_exit` (all but aya-log's channel and [`LISTEN_PORTS`]).
+pub const PINNED: [&str; 16] = [
     CONFIG,
-    LISTEN_PORTS,
     ALLOW_V4,
     ALLOW_V6,
     BLOCK_V4,
@@ -75,8 +79,10 @@ pub const PROGRAM: &str = "relay_xdp";
 /// [`PROGRAM`], for interfaces where XDP would copy every packet (veth).
 pub const PROGRAM_TC: &str = "relay_tc";
 
-/// Capacity of [`LISTEN_PORTS`].
+/// Most listen ports a configuration may name.
 pub const MAX_LISTEN_PORTS: u32 = 64;
+/// Bytes in the [`LISTEN_PORTS`] value: one per port.
+pub const LISTEN_PORT_SLOTS: usize = 1 << 16;
 /// Capacity of each allowlist trie.
 pub const MAX_ALLOW_ENTRIES: u32 = 16_384;
 /// Capacity of each blocklist trie (a full FireHOL level 1-3 feed fits).

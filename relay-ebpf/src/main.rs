@@ -27,9 +27,9 @@ use crate::parse::{Frame, HEADERS_MAX, Parsed};
 /// Parse, decide, count: what both entry points do.
 #[inline(always)]
 fn verdict<C: EbpfContext + Frame>(ctx: &C) -> Verdict {
-    let verdict = match parse::parse(ctx) {
+    let verdict = match parse::parse(ctx, policy::listening) {
         Parsed::Tcp(segment) => policy::decide(ctx, &segment),
-        Parsed::NotTcp => Verdict::NotOurs,
+        Parsed::NotTcp | Parsed::OtherPort => Verdict::NotOurs,
         Parsed::Fragment => Verdict::Fragment,
         Parsed::TcpFragment(ref source) => {
             policy::note_unrated(source);

@@ -14,46 +14,50 @@ use aya_log_ebpf::warn;
 use relay_common::{
     BanEntry, Budget, Lookups, Room, StateBudget, TokenBucket, Verdict, XdpConfig,
     maps::{
-        MAX_ALLOW_ENTRIES, MAX_BANS, MAX_BLOCK_ENTRIES, MAX_LIMITER_ENTRIES, MAX_LISTEN_PORTS,
+        LISTEN_PORT_SLOTS, MAX_ALLOW_ENTRIES, MAX_BANS, MAX_BLOCK_ENTRIES, MAX_LIMITER_ENTRIES,
         MAX_UNRATED_ENTRIES, V6_LIMIT_PREFIX_BYTES,
     },
 };
 
 use crate::parse::{Segment, Source};
 
+// IPv4 keys are the address's network-order bytes held as one `u32` (see `Source`): the same
+// bytes as userspace's `[u8; 4]`, written with one store.
 #[map]
 static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+/// The listen ports, a byte per port ([`relay_common::maps::LISTEN_PORTS`]): a global, so
+/// checking a port is one load from a known address. Userspace writes it; the program only
+/// reads it.
+#[unsafe(no_mangle)]
+static mut LISTEN_PORTS: [u8; LISTEN_PORT_SLOTS] = [0; LISTEN_PORT_SLOTS];
 #[map]
-static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
-#[map]
-static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
+static ALLOW_V4: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
 #[map]
 static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
 #[map]
-static BLOCK_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_BLOCK_ENTRIES, 0);
+static BLOCK_V4: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_BLOCK_ENTRIES, 0);
 #[map]
 static BLOCK_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_BLOCK_ENTRIES, 0);
 // Plain hash maps: bans are owned by userspace and must never be evicted by traffic.
 #[map]
-static BANS_V4: HashMap<[u8; 4], BanEntry> = HashMap::with_max_entries(MAX_BANS, 0);
+static BANS_V4: HashMap<u32, BanEntry> = HashMap::with_max_entries(MAX_BANS, 0);
 #[map]
 static BANS_V6: HashMap<[u8; V6_LIMIT_PREFIX_BYTES], BanEntry> =
     HashMap::with_max_entries(MAX_BANS, 0);
 #[map]
-static SYN_V4: LruHashMap<[u8; 4], TokenBucket> =
-    LruHashMap::with_max_entries(MAX_LIMITER_ENTRIES, 0);
+static SYN_V4: LruHashMap<u32, TokenBucket> = LruHashMap::with_max_entries(MAX_LIMITER_ENTRIES, 0);
 #[map]
 static SYN_V6: LruHashMap<[u8; V6_LIMIT_PREFIX_BYTES], TokenBucket> =
     LruHashMap::with_max_entries(MAX_LIMITER_ENTRIES, 0);
 // No state budget for these: only banned sources get an entry, and userspace bounds those.
 #[map]
-static BAN_SYN_V4: LruHashMap<[u8; 4], TokenBucket> = LruHashMap::with_max_entries(MAX_BANS, 0);
+static BAN_SYN_V4: LruHashMap<u32, TokenBucket> = LruHashMap::with_max_entries(MAX_BANS, 0);
 #[map]
 static BAN_SYN_V6: LruHashMap<[u8; V6_LIMIT_PREFIX_BYTES], TokenBucket> =
     LruHashMap::with_max_entries(MAX_BANS, 0);
 // Plain hash maps: a flood cannot evict a mark; userspace removes old ones.
 #[map]
-static UNRATED_V4: HashMap<[u8; 4], u64> = HashMap::with_max_entries(MAX_UNRATED_ENTRIES, 0);
+static UNRATED_V4: HashMap<u32, u64> = HashMap::with_max_entries(MAX_UNRATED_ENTRIES, 0);
 #[map]
 static UNRATED_V6: HashMap<[u8; V6_LIMIT_PREFIX_BYTES], u64> =
     HashMap::with_max_entries(MAX_UNRATED_ENTRIES, 0);
@@ -117,13 +121,10 @@ fn mark<K>(marks: &HashMap<K, u64>, key: &K, now: u64) -> bool {
     marks.insert(key, now, 0).is_ok()
 }
 
-/// Decides the fate of a TCP segment: the listen-port check here, then the decision order
+/// Decides the fate of a TCP segment to a listen port ([`listening`]): the decision order
 /// shared with userspace ([`relay_common::decide`]) over this source's map entries.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
-    if LISTEN_PORTS.get_ptr(segment.dst_port).is_none() {
-        return Verdict::NotOurs;
-    }
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Passed;
     };
@@ -157,6 +158,22 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
             };
             relay_common::decide(&mut lookups, bare_syn, Some(config))
         }
+    }
+}
+
+/// Whether `port` is one of the relay's listen ports.
+#[inline(always)]
+pub fn listening(port: u16) -> bool {
+    // Volatile: nothing in the program writes the set, so a plain read could be folded to its
+    // initial zero.
+    // SAFETY: in bounds (a `u16` index into 65,536 bytes); a read racing userspace's write
+    // sees the old or the new byte.
+    unsafe {
+        core::ptr::read_volatile(
+            (&raw const LISTEN_PORTS)
+                .cast::<u8>()
+                .add(usize::from(port)),
+        ) != 0
     }
 }
 

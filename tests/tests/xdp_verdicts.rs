@@ -109,7 +109,7 @@ struct Fixture {
     /// Must outlive the program: it owns the log ring buffer's fd.
     _logger: relay_ctl::xdp::Logger,
     config: Array<MapData, XdpConfig>,
-    ports: HashMap<MapData, u16, u8>,
+    ports: Array<MapData, [u8; names::LISTEN_PORT_SLOTS]>,
     allow_v4: LpmTrie<MapData, [u8; 4], u8>,
     allow_v6: LpmTrie<MapData, [u8; 16], u8>,
     block_v4: LpmTrie<MapData, [u8; 4], u8>,
@@ -173,12 +173,17 @@ impl Fixture {
 
     /// Makes `port` a listen port.
     fn listen(&mut self, port: u16) {
-        self.ports.insert(port, 1, 0).expect("add listen port");
+        let mut ports = self.ports.get(&0, 0).expect("read listen ports");
+        ports[usize::from(port)] = 1;
+        self.ports.set(0, ports, 0).expect("add listen port");
     }
 
     /// Stops acting on `port`.
     fn unlisten(&mut self, port: u16) {
-        self.ports.remove(&port).expect("remove listen port");
+        let mut ports = self.ports.get(&0, 0).expect("read listen ports");
+        assert_ne!(ports[usize::from(port)], 0, "port {port} was a listen port");
+        ports[usize::from(port)] = 0;
+        self.ports.set(0, ports, 0).expect("remove listen port");
     }
 
     fn insert_prefix(

@@ -498,6 +498,11 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Enforcement, Option<xdp::Logger
         Ok(loaded) => loaded,
         Err(e) => return fall_back(config, e),
     };
+    // The port set is the program's own, never pinned: written before attaching, so a program
+    // taking over a pinned link never runs without it.
+    if let Err(e) = program.maps().set_ports(&config.listen_ports()) {
+        return fall_back(config, e.into());
+    }
     // A link whose pin was just removed is released by the kernel asynchronously: until
     // then the interface is busy, so retry for a moment (bounded) in that case only.
     let tries = if removed > 0 { 30 } else { 1 };

@@ -52,7 +52,7 @@ pub enum MapsError {
 /// Handles on the maps userspace writes or reads.
 pub struct XdpMaps {
     config: Array<MapData, XdpConfig>,
-    ports: HashMap<MapData, u16, u8>,
+    ports: Array<MapData, [u8; names::LISTEN_PORT_SLOTS]>,
     allow_v4: LpmTrie<MapData, [u8; 4], u8>,
     allow_v6: LpmTrie<MapData, [u8; 16], u8>,
     block_v4: LpmTrie<MapData, [u8; 4], u8>,
@@ -132,29 +132,22 @@ impl XdpMaps {
             })
     }
 
-    /// Makes `ports` the exact set of ports the program acts on.
+    /// Makes `ports` the exact set of ports the program acts on, in one write: a port listened
+    /// on before and after stays set throughout.
     pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
-        let stale: Vec<u16> = self
-            .ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|p| !ports.contains(p))
-            .collect();
+        // Boxed: 64 KiB is a lot for a runtime thread's stack.
+        let mut set = Box::new([0u8; names::LISTEN_PORT_SLOTS]);
         for port in ports {
-            self.ports.insert(port, 1, 0).map_err(|source| {
-                full_or_update(
-                    "listen ports",
-                    names::MAX_LISTEN_PORTS,
-                    port.to_string(),
-                    source,
-                )
-            })?;
+            set[usize::from(*port)] = 1;
         }
-        for port in stale {
-            // Already gone is fine.
-            let _ = self.ports.remove(&port);
-        }
-        Ok(())
+        let set: &[u8; names::LISTEN_PORT_SLOTS] = &set;
+        self.ports
+            .set(0, set, 0)
+            .map_err(|source| MapsError::Update {
+                what: "listen ports",
+                entry: format!("{ports:?}"),
+                source,
+            })
     }
 
     /// Adds a prefix to a list.

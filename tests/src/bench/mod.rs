@@ -6,7 +6,8 @@
 //! (`relay-loadgen`, `relay-flood`), reads CPU time and memory from `/proc` ([`procfs`]) at
 //! the generator's `begin`/`end` lines, and prints a markdown report plus a JSON file
 //! ([`report`]). Nothing is asserted about timing: targets are reported as pass or fail, and
-//! the run fails only when the harness itself cannot run a scenario.
+//! the run fails only when the harness itself cannot run a scenario. [`xdp`] measures the XDP
+//! program alone, in the kernel, with `BPF_PROG_TEST_RUN`.
 
 pub mod args;
 pub mod crypto;
@@ -18,3 +19,4 @@ pub mod report;
 pub mod scenarios;
 pub mod spawn;
 pub mod spinners;
+pub mod xdp;

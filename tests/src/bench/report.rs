@@ -51,7 +51,24 @@ pub fn targets(report: &Value) -> Value {
     let floor_gb = row(report, "throughput", "floor").and_then(|r| num(r, "relay_cpu_secs_per_gb"));
     let floor_hs =
         row(report, "handshakes", "floor").and_then(|r| num(r, "handshakes_per_relay_cpu_sec"));
+    let verdict_ratio = report["xdp_verdict"].as_array().and_then(|rows| {
+        rows.iter()
+            .map(|r| num(r, "ratio"))
+            .collect::<Option<Vec<f64>>>()
+            .filter(|ratios| !ratios.is_empty())
+            .map(|ratios| ratios.into_iter().fold(f64::MIN, f64::max))
+    });
     let list = [
+        Target {
+            id: "xdp_verdict_vs_minimal",
+            what: "XDP verdict ns, relay's program / a minimal one doing the same lookups (worst of 4 packets)",
+            goal: "≤ 1.2",
+            reference: "",
+            floor: None,
+            measured: verdict_ratio,
+            unit: "×",
+            pass: |v| v <= 1.2,
+        },
         Target {
             id: "relay_cpu_per_gb",
             what: "relay CPU-seconds per GB echoed (8 conns × 16 KiB, dd, fast mode)",
@@ -480,6 +497,32 @@ pub fn markdown(report: &Value) -> String {
         fmt(num(h, "tls_hello_verify_us_1000_users")),
         fmt(num(h, "tls_server_flight_us")),
     );
+
+    md.push_str("\n## XDP verdict cost (`BPF_PROG_TEST_RUN`: the kernel's mean ns per run, in whole ns; a round is the mean of `calls` test runs of `runs` each, the programs taking turns to go first; the table gives the median round; 10,001 blocked IPv4 prefixes loaded; minimal = `relay-xdp-minimal`, the same lookups in the same order and nothing else; baseline = `--xdp-baseline`, relay's program from another build)\n\n| packet | verdict | relay ns | minimal ns | relay / minimal | baseline ns | baseline / minimal | rounds × calls × runs |\n|---|---|---|---|---|---|---|---|\n");
+    for r in report["xdp_verdict"].as_array().into_iter().flatten() {
+        if let Some(e) = errored(r) {
+            let _ = writeln!(
+                md,
+                "| {} | | error: {e} | | | | | |",
+                r["name"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} × {} × {} |",
+            r["name"].as_str().unwrap_or(""),
+            r["verdict"].as_str().unwrap_or(""),
+            f(r, "relay_ns"),
+            f(r, "minimal_ns"),
+            num(r, "ratio").map_or("–".to_owned(), |v| format!("{v:.2}")),
+            f(r, "baseline_ns"),
+            num(r, "baseline_ratio").map_or("–".to_owned(), |v| format!("{v:.2}")),
+            r["rounds"],
+            r["calls"],
+            r["repeat"],
+        );
+    }
 
     md.push_str("\n## Throughput (echo through relay → fake DC → relay)\n\n| mode | fast mode | XDP | conns × frame | MB/s echoed | relay CPU-s/GB | relay CPU % | generator CPU % | fake DC CPU % | rest of machine CPU % | whole machine CPU-s/GB | load (1 min) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in report["throughput"].as_array().into_iter().flatten() {
@@ -991,6 +1034,10 @@ mod tests {
                 {"name": "floor", "handshakes_per_relay_cpu_sec": 30000.0},
             ],
             "crypto": {"transform_to_openssl": 0.2},
+            "xdp_verdict": [
+                {"name": "a", "ratio": 1.1},
+                {"name": "b", "ratio": 1.3},
+            ],
         });
         let t = targets(&report);
         let by = |id: &str| {
@@ -1007,6 +1054,9 @@ mod tests {
         assert!((by("dd_users_drop")["measured"].as_f64().unwrap() - 5.0).abs() < 1e-9);
         assert_eq!(by("dd_users_drop")["pass"], true);
         assert_eq!(by("rss_per_idle_conn")["pass"], Value::Null);
+        // The verdict target is judged on the worst packet.
+        assert_eq!(by("xdp_verdict_vs_minimal")["measured"], 1.3);
+        assert_eq!(by("xdp_verdict_vs_minimal")["pass"], false);
         // The floor rows sit next to the targets they bound, and nowhere else.
         assert_eq!(by("relay_cpu_per_gb")["floor"], 0.25);
         assert_eq!(by("dd_handshakes")["floor"], 30000.0);

@@ -3,10 +3,13 @@
 //! ```text
 //! relay-bench --bin-dir target/release [--smoke] [--json PATH] [--only GROUP,GROUP]
 //!             [--peer NAME=PATH]... [--peer-python PATH]
+//!             [--xdp-baseline OBJECT]
 //! ```
 //!
 //! Groups, in order (each with relay-ctl started fresh on its own configuration):
-//! `crypto` (openssl and the in-process transform), `main` (1 user, fast mode: throughput,
+//! `crypto` (openssl and the in-process transform), `xdp-verdict` (relay's XDP verdict in ns
+//! per packet with `BPF_PROG_TEST_RUN`, next to a minimal program doing the same lookups:
+//! [`super::xdp`]), `main` (1 user, fast mode: throughput,
 //! handshakes, latency; then the target row with XDP forced native, forced generic and off,
 //! and the target row's and the handshakes' load through `relay-floor`, a forwarder with no
 //! protocol and no crypto: the floor the topology sets; and the handshakes through
@@ -63,13 +66,15 @@ use super::{
     procfs::{self, SysCpu},
     report,
     spawn::{self, Proc, Stream},
+    xdp,
 };
 
 /// The fake-TLS domain of every generated configuration.
 const DOMAIN: &str = "bench.example.org";
 /// The scenario groups, in the order they run.
-const GROUPS: [&str; 10] = [
+const GROUPS: [&str; 11] = [
     "crypto",
+    "xdp-verdict",
     "main",
     "slow",
     "users",
@@ -121,6 +126,8 @@ struct Options {
     peers: Vec<Peer>,
     /// The interpreter mtprotoproxy runs on (`--peer-python`, default `python3`).
     peer_python: PathBuf,
+    /// Another build's XDP object for the `xdp-verdict` group to measure alongside.
+    xdp_baseline: Option<PathBuf>,
 }
 
 impl Options {
@@ -129,6 +136,7 @@ impl Options {
         let smoke = args.flag("smoke");
         let bin_dir: PathBuf = args.need("bin-dir")?;
         let json = args.get("json", PathBuf::from("target/bench/report.json"))?;
+        let xdp_baseline = args.opt("xdp-baseline")?;
         let only: Vec<String> = args
             .get("only", String::new())?
             .split(',')
@@ -152,6 +160,7 @@ impl Options {
             only,
             peers,
             peer_python,
+            xdp_baseline,
         })
     }
 
@@ -498,8 +507,9 @@ impl<'a> Bench<'a> {
     }
 
     fn run_groups(&mut self) {
-        let groups: [Group<'a>; 10] = [
+        let groups: [Group<'a>; 11] = [
             Bench::crypto,
+            Bench::xdp_verdict_group,
             Bench::main_group,
             Bench::slow_group,
             Bench::users_group,
@@ -740,6 +750,16 @@ impl<'a> Bench<'a> {
             }
         }
         self.sections.insert("crypto".to_owned(), section);
+        Ok(())
+    }
+
+    /// relay's XDP verdict in ns per packet next to the minimal program's
+    /// ([`xdp::verdict_costs`]): no relay process, no network.
+    fn xdp_verdict_group(&mut self) -> Result<()> {
+        for row in xdp::verdict_costs(self.options.smoke, self.options.xdp_baseline.clone())? {
+            let name = row["name"].as_str().unwrap_or("").to_owned();
+            self.record("xdp_verdict", &name, Ok(row));
+        }
         Ok(())
     }
 
@@ -2144,6 +2164,17 @@ fn summary(section: &str, row: &Value) -> String {
             f("handshakes_per_relay_cpu_sec"),
             f("relay_cpu_pct"),
             row["failed"]
+        ),
+        "xdp_verdict" => format!(
+            "relay {:.2} ns, minimal {:.2} ns, ratio {:.2}{}",
+            f("relay_ns"),
+            f("minimal_ns"),
+            f("ratio"),
+            row.get("baseline_ns").map_or(String::new(), |_| format!(
+                "; baseline {:.2} ns, ratio {:.2}",
+                f("baseline_ns"),
+                f("baseline_ratio")
+            ))
         ),
         "latency" => format!("p50 {:.0} µs, p99 {:.0} µs", f("p50_us"), f("p99_us")),
         "middle" if row["load"] == "handshakes" => summary("handshakes", row),
