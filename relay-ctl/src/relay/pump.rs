@@ -5,6 +5,8 @@
 //! Read buffers come from [`super::buffers`] and go back whenever a read would block, so an
 //! idle pair holds none; a direction whose reads fill the buffer moves to a bulk-sized one,
 //! or, when its bytes pass through unchanged between two TCP sockets, to [`super::splice`].
+//! Such a direction goes to the kernel's sockmap program instead ([`super::kernel`]) when it
+//! is loaded, from its first byte.
 
 use std::{
     pin::Pin,
@@ -27,8 +29,11 @@ use tokio::{
 
 use super::{
     buffers::{PooledBuf, RELAY_BUF},
+    kernel,
     splice::{self, BurstEnd},
+    stats::{Path, RelayStats},
 };
+use crate::passage::Passage;
 
 /// Turns bytes read from one peer into the bytes the other peer must get.
 pub trait Transform: Send {
@@ -95,6 +100,22 @@ pub trait Meter: Sync {
     fn exhausted(&self) -> bool {
         false
     }
+    /// How many more bytes may be counted before [`Meter::exhausted`] says stop (`None`:
+    /// no limit).
+    fn budget(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// How passthrough directions may move their bytes, and where their paths are counted.
+#[derive(Clone, Copy, Default)]
+pub struct Offload<'a> {
+    /// The sockmap program, when loaded.
+    pub passage: Option<&'a Passage>,
+    /// Plain copies only: no sockmap, no splice.
+    pub copy_only: bool,
+    /// Where each passthrough direction's path is counted.
+    pub stats: Option<&'a RelayStats>,
 }
 
 /// No accounting (fronting).
@@ -134,6 +155,7 @@ pub async fn relay<CR, CW, UR, UW>(
     to_client: impl Transform,
     idle: Duration,
     meter: &dyn Meter,
+    offload: Offload<'_>,
 ) -> (PumpStats, Option<PumpError>)
 where
     CR: AsyncRead + StreamHalf + Unpin,
@@ -155,21 +177,29 @@ where
         meter.upstream_bytes(n);
         !meter.exhausted()
     };
+    let budget = || meter.budget();
+    let clock = Clock {
+        activity: &activity,
+        start,
+        idle,
+    };
     let up = one_way(
         client.0,
         upstream.1,
         to_upstream,
-        &activity,
-        start,
+        clock,
         &count_up,
+        &budget,
+        offload,
     );
     let down = one_way(
         upstream.0,
         client.1,
         to_client,
-        &activity,
-        start,
+        clock,
         &count_down,
+        &budget,
+        offload,
     );
     let watchdog = idle_watchdog(&activity, start, idle);
     tokio::pin!(up, down, watchdog);
@@ -198,21 +228,64 @@ where
     (stats, error)
 }
 
+/// The pair's activity record: milliseconds since `start` of the last byte moved.
+#[derive(Clone, Copy)]
+pub(super) struct Clock<'a> {
+    pub activity: &'a AtomicU64,
+    pub start: Instant,
+    /// The pair's idle timeout.
+    pub idle: Duration,
+}
+
+impl Clock<'_> {
+    /// Bytes moved now.
+    pub fn touch(&self) {
+        self.activity
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
 /// Copies one direction until EOF, then half-closes the writer.
+#[allow(clippy::too_many_arguments)]
 async fn one_way<R, W>(
     mut reader: R,
     mut writer: W,
     mut transform: impl Transform,
-    activity: &AtomicU64,
-    start: Instant,
+    clock: Clock<'_>,
     count: &(dyn Fn(u64) -> bool + Sync),
+    budget: &(dyn Fn() -> Option<u64> + Sync),
+    offload: Offload<'_>,
 ) -> Result<(), PumpError>
 where
     R: AsyncRead + StreamHalf + Unpin,
     W: AsyncWrite + StreamHalf + Unpin,
 {
-    let mut splicing =
+    let (activity, start) = (clock.activity, clock.start);
+    let on_sockets =
         transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
+    if on_sockets
+        && !offload.copy_only
+        && let Some(passage) = offload.passage
+        && let Some(flow) = open_flow(passage, &reader, &writer, budget)
+    {
+        let _path = offload.stats.map(|s| s.path(Path::Sockmap));
+        // Boxed: only sockmap directions carry its state.
+        return Box::pin(kernel::relay(
+            &mut reader,
+            &mut writer,
+            flow,
+            clock,
+            count,
+            budget,
+        ))
+        .await;
+    }
+    let mut splicing = on_sockets && !offload.copy_only;
+    let _path = transform.passthrough().then(|| {
+        offload
+            .stats
+            .map(|s| s.path(if splicing { Path::Splice } else { Path::Copy }))
+    });
     // The buffer of the last read, kept for the next read attempt: on a busy pair the next
     // read usually succeeds at once, and only a read that would block returns it to the pool.
     let mut held = None;
@@ -264,6 +337,24 @@ where
     }
 }
 
+/// Puts the direction's sockets in the sockmap program's maps, or `None` (logged) when the
+/// kernel refuses.
+fn open_flow<'p, R: StreamHalf, W: StreamHalf>(
+    passage: &'p Passage,
+    reader: &R,
+    writer: &W,
+    budget: &(dyn Fn() -> Option<u64> + Sync),
+) -> Option<crate::passage::Flow<'p>> {
+    let (from, to) = (reader.socket()?, writer.socket()?);
+    match passage.open(from, to, kernel::budget(0, budget())) {
+        Ok(flow) => Some(flow),
+        Err(e) => {
+            crate::warn_limited!((1, 60), "sockmap refused a connection, splicing it: {e}");
+            None
+        }
+    }
+}
+
 /// One [`splice::burst`], keeping the idle timer and the meter up to date.
 async fn splice_burst(
     from: &TcpStream,
@@ -290,7 +381,7 @@ fn wants_bulk(n: usize, len: usize) -> bool {
 /// and the process has bulk buffers to spare). While the read is
 /// pending the buffer is back in the pool: a quiet reader costs no buffer memory. Returns the
 /// buffer and how many bytes it holds (0 at EOF).
-async fn read_pooled<R>(
+pub(super) async fn read_pooled<R>(
     reader: &mut R,
     held: &mut Option<PooledBuf>,
     bulk: bool,
@@ -377,6 +468,7 @@ mod tests {
                 Xor(2),
                 Duration::from_secs(5),
                 &(),
+                Offload::default(),
             )
             .await
         });
@@ -408,6 +500,7 @@ mod tests {
             Xor(2),
             Duration::from_secs(5),
             &(),
+            Offload::default(),
         ));
 
         let (mut client_r, mut client_w) = tokio::io::split(client);
@@ -520,6 +613,7 @@ mod tests {
                 Passthrough,
                 Duration::from_secs(5),
                 &(),
+                Offload::default(),
             )
             .await
         });
@@ -565,6 +659,7 @@ mod tests {
             Passthrough,
             Duration::from_secs(1),
             &(),
+            Offload::default(),
         );
         // Every connection holds one for its whole life, idle or not (see the memory
         // benchmark); 1,000 bytes before bulk buffers and splicing, whose state is boxed.
@@ -585,6 +680,7 @@ mod tests {
             Passthrough,
             Duration::from_secs(30),
             &(),
+            Offload::default(),
         )
         .await;
         assert!(stats.idle_timeout);
