@@ -98,7 +98,22 @@ impl Relay {
         unreachable!()
     }
 
+    /// Like [`Relay::start_local`], with `relay-ctl` run by `wrapper` (a command and its
+    /// arguments, e.g. `setpriv` dropping capabilities).
+    pub fn start_local_wrapped(config: &str, wrapper: &[&str]) -> Relay {
+        Relay::spawn_wrapped(None, config, None, wrapper)
+    }
+
     fn spawn(netns: Option<&str>, config: &str, log: Option<&str>) -> Relay {
+        Relay::spawn_wrapped(netns, config, log, &[])
+    }
+
+    fn spawn_wrapped(
+        netns: Option<&str>,
+        config: &str,
+        log: Option<&str>,
+        wrapper: &[&str],
+    ) -> Relay {
         // Each relay gets its own admin socket and state dir unless the test chose them.
         let dir = tempfile::tempdir().expect("relay temp dir");
         let mut config = config.to_owned();
@@ -147,13 +162,18 @@ impl Relay {
             .expect("temp config");
         std::fs::write(file.path(), &config).expect("write config");
         let path = file.into_temp_path();
-        let mut command = match netns {
-            Some(ns) => {
+        let mut command = match (netns, wrapper.split_first()) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(relay_ctl_bin());
                 c
             }
-            None => Command::new(relay_ctl_bin()),
+            (None, Some((program, args))) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(relay_ctl_bin());
+                c
+            }
+            (None, None) => Command::new(relay_ctl_bin()),
         };
         let mut child = command
             .args(["run", "--config"])

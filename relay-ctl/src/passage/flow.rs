@@ -44,19 +44,17 @@ impl<'a> Flow<'a> {
         };
         // Counters and control before the sockets: the program finds a flow whole or not at
         // all. A failure drops `flow`, which removes whatever went in.
-        passage.create_counts(source).map_err(io::Error::other)?;
-        passage
-            .set_control(source, control)
-            .map_err(io::Error::other)?;
+        passage.create_counts(source).map_err(to_io)?;
+        passage.set_control(source, control).map_err(to_io)?;
         passage
             .insert_sockets(source, from, target, to)
-            .map_err(io::Error::other)?;
+            .map_err(to_io)?;
         Ok(flow)
     }
 
     /// What the program counted so far.
     pub fn counts(&self) -> io::Result<FlowCounts> {
-        self.passage.counts(self.source).map_err(io::Error::other)
+        self.passage.counts(self.source).map_err(to_io)
     }
 
     /// Lets the program redirect `budget` bytes in all (counted from the flow's start).
@@ -67,7 +65,7 @@ impl<'a> Flow<'a> {
         self.control.budget = budget;
         self.passage
             .set_control(self.source, self.control)
-            .map_err(io::Error::other)
+            .map_err(to_io)
     }
 
     /// Userspace is done with `n` more of the bytes the program passed to it; `written` of
@@ -77,7 +75,7 @@ impl<'a> Flow<'a> {
         self.control.settled += n;
         self.passage
             .set_control(self.source, self.control)
-            .map_err(io::Error::other)
+            .map_err(to_io)
     }
 
     /// Whether every byte redirected so far (and every byte userspace wrote) is in the
@@ -94,5 +92,13 @@ impl Drop for Flow<'_> {
         self.passage.remove_sockets(self.source, self.target);
         self.passage.remove_control(self.source);
         self.passage.remove_counts(self.source);
+    }
+}
+
+/// The system call's own error where there is one (its errno tells why).
+fn to_io(e: aya::maps::MapError) -> io::Error {
+    match e {
+        aya::maps::MapError::SyscallError(e) => e.io_error,
+        other => io::Error::other(other),
     }
 }

@@ -26,6 +26,30 @@ pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// Whether bytes were received and not yet read. The program must not see a socket with
+/// any: it would forward the whole of a segment userspace has read part of. A one-byte peek,
+/// not `SIOCINQ`: on a socket already in a sockmap that counts only the psock's queue.
+pub fn unread(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut byte = 0u8;
+    // SAFETY: a valid descriptor and a one-byte buffer.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(false),
+            _ => Err(e),
+        };
+    }
+    Ok(n > 0)
+}
+
 /// The head of `struct tcp_info` (`linux/tcp.h`) up to `tcpi_bytes_acked`.
 #[repr(C)]
 #[derive(Default)]
@@ -37,13 +61,10 @@ struct TcpInfoHead {
     pacing_rate: u64,
     max_pacing_rate: u64,
     bytes_acked: u64,
+    bytes_received: u64,
 }
 
-/// Bytes written into the socket so far, up to a constant: the bytes the peer acknowledged
-/// plus those still in the send queue. Never more than the true figure: the two are read one
-/// after the other, and an acknowledgement between the reads only moves bytes from the second
-/// to the first.
-pub fn written(fd: BorrowedFd<'_>) -> io::Result<u64> {
+fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfoHead> {
     let mut info = TcpInfoHead::default();
     let mut len = std::mem::size_of::<TcpInfoHead>() as libc::socklen_t;
     // SAFETY: a valid descriptor; the kernel writes at most `len` bytes into `info`.
@@ -62,16 +83,39 @@ pub fn written(fd: BorrowedFd<'_>) -> io::Result<u64> {
     if (len as usize) < std::mem::size_of::<TcpInfoHead>() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "tcp_info without tcpi_bytes_acked",
+            "tcp_info without tcpi_bytes_received",
         ));
     }
+    Ok(info)
+}
+
+/// Whether nothing has been read from the socket yet: every byte it received is still
+/// queued (`SIOCINQ` equals `tcpi_bytes_received`), in whole segments. (On a socket already
+/// in a sockmap `SIOCINQ` counts only the psock's queue, so this is then false.)
+pub fn never_read(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let received = tcp_info(fd)?.bytes_received;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: a valid descriptor and an int for SIOCINQ (FIONREAD) to fill.
+    let done = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut queued) };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(queued).is_ok_and(|q| q == received))
+}
+
+/// Bytes written into the socket so far, up to a constant: the bytes the peer acknowledged
+/// plus those still in the send queue. Never more than the true figure: the two are read one
+/// after the other, and an acknowledgement between the reads only moves bytes from the second
+/// to the first.
+pub fn written(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let acked = tcp_info(fd)?.bytes_acked;
     let mut queued: libc::c_int = 0;
     // SAFETY: a valid descriptor and an int for SIOCOUTQ (TIOCOUTQ) to fill.
     let done = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
     if done < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(info.bytes_acked + u64::try_from(queued).unwrap_or(0))
+    Ok(acked + u64::try_from(queued).unwrap_or(0))
 }
 
 #[cfg(test)]

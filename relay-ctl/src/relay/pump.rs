@@ -263,34 +263,49 @@ where
     let (activity, start) = (clock.activity, clock.start);
     let on_sockets =
         transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
-    if on_sockets
-        && !offload.copy_only
-        && let Some(passage) = offload.passage
-        && let Some(flow) = open_flow(passage, &reader, &writer, budget)
-    {
-        let _path = offload.stats.map(|s| s.path(Path::Sockmap));
-        // Boxed: only sockmap directions carry its state.
-        return Box::pin(kernel::relay(
-            &mut reader,
-            &mut writer,
-            flow,
-            clock,
-            count,
-            budget,
-        ))
-        .await;
-    }
     let mut splicing = on_sockets && !offload.copy_only;
-    let _path = transform.passthrough().then(|| {
-        offload
-            .stats
-            .map(|s| s.path(if splicing { Path::Splice } else { Path::Copy }))
-    });
+    // The sockmap program takes the direction over at the first moment its source has no
+    // unread bytes (at once, unless the handshake left some).
+    let mut kernel = offload.passage.filter(|_| splicing);
+    let first = match (kernel, splicing) {
+        (Some(_), _) => Path::Sockmap,
+        (None, true) => Path::Splice,
+        (None, false) => Path::Copy,
+    };
+    let mut path = transform
+        .passthrough()
+        .then(|| offload.stats.map(|s| s.path(first)))
+        .flatten();
     // The buffer of the last read, kept for the next read attempt: on a busy pair the next
     // read usually succeeds at once, and only a read that would block returns it to the pool.
     let mut held = None;
     let mut bulk = false;
     loop {
+        if let Some(passage) = kernel
+            && reader.socket().is_some_and(Passage::ready)
+        {
+            kernel = None;
+            match open_flow(passage, &reader, &writer, budget) {
+                Some(flow) => {
+                    drop(held);
+                    // Boxed: only sockmap directions carry its state.
+                    return Box::pin(kernel::relay(
+                        &mut reader,
+                        &mut writer,
+                        flow,
+                        clock,
+                        count,
+                        budget,
+                    ))
+                    .await;
+                }
+                None => {
+                    if let Some(path) = &mut path {
+                        path.switch(Path::Splice);
+                    }
+                }
+            }
+        }
         if bulk
             && splicing
             && let (Some(from), Some(to)) = (reader.socket(), writer.socket())
@@ -348,6 +363,11 @@ fn open_flow<'p, R: StreamHalf, W: StreamHalf>(
     let (from, to) = (reader.socket()?, writer.socket()?);
     match passage.open(from, to, kernel::budget(0, budget())) {
         Ok(flow) => Some(flow),
+        // Only established sockets go in a sockmap: a peer that already sent its FIN.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            tracing::debug!("not a sockmap direction: {e}");
+            None
+        }
         Err(e) => {
             crate::warn_limited!((1, 60), "sockmap refused a connection, splicing it: {e}");
             None

@@ -282,6 +282,18 @@ pub struct PathGuard<'a> {
     path: Path,
 }
 
+impl PathGuard<'_> {
+    /// The direction moved to `path` (counted there instead, in the total too).
+    pub fn switch(&mut self, path: Path) {
+        let stats = self.stats;
+        stats.paths_total[self.path as usize].fetch_sub(1, Ordering::Relaxed);
+        stats.paths_active[self.path as usize].fetch_sub(1, Ordering::Relaxed);
+        stats.paths_total[path as usize].fetch_add(1, Ordering::Relaxed);
+        stats.paths_active[path as usize].fetch_add(1, Ordering::Relaxed);
+        self.path = path;
+    }
+}
+
 impl Drop for PathGuard<'_> {
     fn drop(&mut self) {
         self.stats.paths_active[self.path as usize].fetch_sub(1, Ordering::Relaxed);
