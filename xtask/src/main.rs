@@ -71,7 +71,8 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
         /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`. Groups: crypto, main,
-        /// slow, users, memory, flood, middle (middle mode vs direct through a fake
+        /// passthrough (sockmap, splice and copy paths next to the floor), slow, users,
+        /// memory, flood, middle (middle mode vs direct through a fake
         /// middle-end); and, only when named, handshakes (1 and 1,000 users)
         /// and target (one row per target, for quick iterations).
         #[arg(last = true)]

@@ -187,19 +187,19 @@ where
         client.0,
         upstream.1,
         to_upstream,
-        clock,
+        &clock,
         &count_up,
         &budget,
-        offload,
+        &offload,
     );
     let down = one_way(
         upstream.0,
         client.1,
         to_client,
-        clock,
+        &clock,
         &count_down,
         &budget,
-        offload,
+        &offload,
     );
     let watchdog = idle_watchdog(&activity, start, idle);
     tokio::pin!(up, down, watchdog);
@@ -251,10 +251,10 @@ async fn one_way<R, W>(
     mut reader: R,
     mut writer: W,
     mut transform: impl Transform,
-    clock: Clock<'_>,
+    clock: &Clock<'_>,
     count: &(dyn Fn(u64) -> bool + Sync),
     budget: &(dyn Fn() -> Option<u64> + Sync),
-    offload: Offload<'_>,
+    offload: &Offload<'_>,
 ) -> Result<(), PumpError>
 where
     R: AsyncRead + StreamHalf + Unpin,
@@ -293,7 +293,7 @@ where
                         &mut reader,
                         &mut writer,
                         flow,
-                        clock,
+                        *clock,
                         count,
                         budget,
                     ))
@@ -682,9 +682,10 @@ mod tests {
             Offload::default(),
         );
         // Every connection holds one for its whole life, idle or not (see the memory
-        // benchmark); 1,000 bytes before bulk buffers and splicing, whose state is boxed.
+        // benchmark); bulk buffers, splicing and the sockmap loop keep their state boxed,
+        // but each direction carries its path and the sockmap hand-over.
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1040, "the relay future grew to {size} bytes");
+        assert!(size <= 1300, "the relay future grew to {size} bytes");
     }
 
     #[tokio::test(start_paused = true)]
