@@ -49,6 +49,9 @@ impl<'a> Flow<'a> {
         passage
             .insert_sockets(source, from, target, to)
             .map_err(to_io)?;
+        // Segments queued before the source joined (or while it joined) go through the
+        // program now rather than wait for the next one.
+        socket::kick(from)?;
         Ok(flow)
     }
 

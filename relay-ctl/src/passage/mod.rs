@@ -122,7 +122,7 @@ impl Passage {
 
     /// Puts `from` (as a source) and `to` (as its target) in the maps, with `budget` bytes the
     /// program may redirect before it passes everything to userspace. `from` must have no
-    /// unread bytes ([`Passage::ready`]).
+    /// segment read in part ([`Passage::ready`]).
     pub fn open<'a>(
         &'a self,
         from: &impl std::os::fd::AsFd,

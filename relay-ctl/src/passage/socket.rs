@@ -50,6 +50,27 @@ pub fn unread(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(n > 0)
 }
 
+/// Makes the kernel run the socket's data-ready callback now (setting `SO_RCVLOWAT`, at its
+/// default of 1, checks for queued bytes): a socket that joined a sockmap with segments
+/// already queued gets them through the verdict program at once, not at the next arrival.
+pub fn kick(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid descriptor and an int option of the given length.
+    let done = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The head of `struct tcp_info` (`linux/tcp.h`) up to `tcpi_bytes_acked`.
 #[repr(C)]
 #[derive(Default)]
@@ -92,15 +113,22 @@ fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfoHead> {
 /// Whether nothing has been read from the socket yet: every byte it received is still
 /// queued (`SIOCINQ` equals `tcpi_bytes_received`), in whole segments. (On a socket already
 /// in a sockmap `SIOCINQ` counts only the psock's queue, so this is then false.)
+/// The two are read one after the other: queued first, so a segment arriving in between makes
+/// them differ (tried again a few times) and never makes them look equal.
 pub fn never_read(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let received = tcp_info(fd)?.bytes_received;
-    let mut queued: libc::c_int = 0;
-    // SAFETY: a valid descriptor and an int for SIOCINQ (FIONREAD) to fill.
-    let done = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut queued) };
-    if done < 0 {
-        return Err(io::Error::last_os_error());
+    for _ in 0..4 {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: a valid descriptor and an int for SIOCINQ (FIONREAD) to fill.
+        let done = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut queued) };
+        if done < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let received = tcp_info(fd)?.bytes_received;
+        if u64::try_from(queued).is_ok_and(|q| q == received) {
+            return Ok(true);
+        }
     }
-    Ok(u64::try_from(queued).is_ok_and(|q| q == received))
+    Ok(false)
 }
 
 /// Bytes written into the socket so far, up to a constant: the bytes the peer acknowledged

@@ -191,6 +191,15 @@ pub(super) mod tests {
             )
             .await
         });
+        // Both directions join the maps before any byte is sent (a source that is receiving
+        // when its direction starts would splice until it goes quiet).
+        for _ in 0..1000 {
+            if passage.entries().sources == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(passage.entries().sources, 2, "both directions joined");
         let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let (mut up_r, mut up_w) = upstream.split();
