@@ -6,7 +6,7 @@
 //! idle pair holds none; a direction whose reads fill the buffer moves to a bulk-sized one,
 //! or, when its bytes pass through unchanged between two TCP sockets, to [`super::splice`].
 //! Such a direction goes to the kernel's sockmap program instead ([`super::kernel`]) when it
-//! is loaded, from its first byte.
+//! is loaded, as soon as its source holds no segment read in part (at once, as a rule).
 
 use std::{
     pin::Pin,
