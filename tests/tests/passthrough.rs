@@ -1,5 +1,6 @@
 //! Passthrough bytes (fast mode's DC → client direction of `dd` and obfuscated2 clients, both
-//! directions of fronted connections) through relay-ctl on loopback, on each path
+//! directions of fronted connections, of which only mask → client can take the sockmap path)
+//! through relay-ctl on loopback, on each path
 //! `[server] passthrough` allows: the kernel's sockmap program (`auto`, root only), `splice`
 //! and `copy`. Every path must give the same bytes, the same half-close, the same idle
 //! timeout, the same accounting and the same quota cut-off; the sockmap path must leave no
@@ -194,9 +195,11 @@ fn echoes_half_close_and_accounting_on_every_path() {
 }
 
 /// A fronted connection (its handshake fails) is relayed to the mask both ways, byte for byte,
-/// with the client's half-close passed on and the mask's after it.
+/// with the client's half-close passed on and the mask's after it. Its mask → client direction
+/// takes `path`; the client → mask direction splices when `path` is sockmap.
 fn fronted_echo(relay: &Relay, passthrough: &str, path: &str) {
-    let before = directions(relay, path);
+    let count = |m: &Metrics, path: &str| m.sum("relay_passthrough_total", &[("path", path)]);
+    let before = Metrics::parse(&relay.scrape());
     let mut probe = TcpStream::connect(relay_addr(relay)).expect("connect");
     probe.set_read_timeout(Some(WAIT)).expect("timeout");
     let payload = pattern(2 << 20, 99);
@@ -220,11 +223,17 @@ fn fronted_echo(relay: &Relay, passthrough: &str, path: &str) {
         got.len(),
         payload.len()
     );
-    let after = scrape_until(relay, "the fronted directions", |m| {
-        let n = m.sum("relay_passthrough_total", &[("path", path)]);
-        (n >= before + 2.0).then_some(n)
+    let expected: &[(&str, f64)] = if path == "sockmap" {
+        &[("sockmap", 1.0), ("splice", 1.0)]
+    } else {
+        &[(path, 2.0)]
+    };
+    scrape_until(relay, "the fronted directions", |m| {
+        expected
+            .iter()
+            .all(|(p, n)| count(m, p) == count(&before, p) + n)
+            .then_some(())
     });
-    assert!(after >= before + 2.0);
 }
 
 fn no_entries_left(relay: &Relay) {

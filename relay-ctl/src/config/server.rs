@@ -49,8 +49,9 @@ pub struct Server {
     pub proxy_protocol_timeout_ms: u64,
     /// How bytes relayed unchanged (fast mode's DC → client direction, both directions of
     /// fronted connections) move: `"auto"` with the sockmap program where the kernel allows
-    /// it, else `splice(2)`; `"splice"` never uses the program; `"copy"` reads and writes
-    /// them like every other byte (for comparison and troubleshooting).
+    /// it (toward the client only), else `splice(2)`; `"splice"` never uses the program;
+    /// `"copy"` reads and writes them like every other byte (for comparison and
+    /// troubleshooting).
     #[serde(default)]
     pub passthrough: PassthroughMode,
 }

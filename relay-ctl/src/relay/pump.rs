@@ -183,6 +183,13 @@ where
         start,
         idle,
     };
+    // Only the direction toward the client goes through the sockmap program (fronting's
+    // other direction splices): with both directions of one pair in it, the kernel reordered
+    // and held back segments under load.
+    let up_offload = Offload {
+        passage: None,
+        ..offload
+    };
     let up = one_way(
         client.0,
         upstream.1,
@@ -190,7 +197,7 @@ where
         &clock,
         &count_up,
         &budget,
-        &offload,
+        &up_offload,
     );
     let down = one_way(
         upstream.0,
@@ -685,7 +692,7 @@ mod tests {
         // benchmark); bulk buffers, splicing and the sockmap loop keep their state boxed,
         // but each direction carries its path and the sockmap hand-over.
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1300, "the relay future grew to {size} bytes");
+        assert!(size <= 1340, "the relay future grew to {size} bytes");
     }
 
     #[tokio::test(start_paused = true)]

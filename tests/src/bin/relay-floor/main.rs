@@ -18,9 +18,9 @@
 //! per connection, no system call an event does not need): the floor for short
 //! connections. `--move dd` is that loop doing a `dd` relay's essential work with `--secret`
 //! ([`epoll_loop`]): what a relay on a hand-written event loop would start from.
-//! `--move sockmap` hands both directions to the relay's sockmap program (the kernel moves
-//! every byte; needs CAP_BPF), through the relay's own loop with nothing counted: the floor
-//! for the relay's kernel passthrough.
+//! `--move sockmap` runs the relay's own loop with nothing counted: the upstream → client
+//! direction through the relay's sockmap program (needs CAP_BPF), the other spliced, as the
+//! relay moves a fronted connection.
 //!
 //! Prints `listening <addr>` on stdout once every thread listens; runs until killed or until
 //! `--lifetime-secs` have passed (a bound for a forgotten process).
