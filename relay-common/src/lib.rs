@@ -8,6 +8,7 @@
 pub mod bucket;
 pub mod decision;
 pub mod maps;
+pub mod passage;
 pub mod verdict;
 
 pub use bucket::{StateBudget, TokenBucket};

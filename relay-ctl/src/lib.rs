@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod listener;
 pub mod logging;
 pub mod middle;
+pub mod passage;
 pub mod privacy;
 pub mod privilege;
 pub mod rate;

@@ -106,6 +106,14 @@ impl Relay {
         Relay::spawn_with(Some(netns), config, None, Some(launcher))
     }
 
+    /// Like [`Relay::start_local`], with the build's `relay-ctl` run by `wrapper` (a command
+    /// and its arguments, e.g. `setpriv` dropping capabilities).
+    pub fn start_local_wrapped(config: &str, wrapper: &[&str]) -> Relay {
+        let mut launcher: Vec<std::ffi::OsString> = wrapper.iter().map(Into::into).collect();
+        launcher.push(relay_ctl_bin().into_os_string());
+        Relay::spawn_with(None, config, None, Some(&launcher))
+    }
+
     fn spawn(netns: Option<&str>, config: &str, log: Option<&str>) -> Relay {
         Relay::spawn_with(netns, config, log, None)
     }

@@ -25,6 +25,8 @@ use std::{
 use relay_tests::util::wait_until;
 use relay_tests::{
     fake_dc::{FakeDc, Session},
+    metrics::Metrics,
+    privilege,
     pyclient::{self, ClientRun, Echo, Transport},
     relay::{Relay, relay_ctl_bin},
 };
@@ -143,13 +145,23 @@ struct Harness {
 impl Harness {
     /// Starts the relay with `modes`; `None` when the test is skipped (no venv).
     fn start(test: &'static str, modes: &[&str]) -> Option<Harness> {
+        Harness::start_on(test, modes, "auto")
+    }
+
+    /// Like [`Harness::start`] with `[server] passthrough = passthrough`.
+    fn start_on(test: &'static str, modes: &[&str], passthrough: &str) -> Option<Harness> {
         let python = pyclient::python(test)?;
         let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"));
         let mask = Mask::start();
         let state = tempfile::tempdir().expect("state dir");
         let secrets: BTreeMap<&'static str, String> =
             USERS.iter().map(|&name| (name, new_secret())).collect();
-        let text = |port| config(port, modes, &secrets, dc.addr, mask.addr, state.path());
+        let text = |port| {
+            config(port, modes, &secrets, dc.addr, mask.addr, state.path()).replace(
+                "[xdp]",
+                &format!("passthrough = \"{passthrough}\"\n\n[xdp]"),
+            )
+        };
         let (relay, port) = Relay::start_local_on_free_port(text);
         let config = text(port);
         Some(Harness {
@@ -328,6 +340,23 @@ impl Harness {
         run
     }
 
+    /// Waits until the relay counts `n` passthrough directions on `path` since start, and
+    /// none on any other path.
+    fn expect_path(&self, path: &str, n: f64) {
+        let seen = wait_until(Duration::from_secs(10), || {
+            let m = Metrics::parse(&self.relay.try_scrape().ok()?);
+            let on_path = m.sum("relay_passthrough_total", &[("path", path)]);
+            let all = m.sum("relay_passthrough_total", &[]);
+            (on_path == n && all == n).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{}: expected {n} passthrough directions on {path}:\n{}",
+            self.test,
+            self.relay.scrape()
+        );
+    }
+
     fn echo(&self, user: &str, mode: &str, dc: i16, sizes: &[usize]) -> Echo {
         Echo::local(self.port, self.link_secret(user, mode), dc, sizes)
     }
@@ -387,74 +416,94 @@ connect_timeout_secs = 5
 
 const ALL_MODES: [&str; 3] = ["classic", "secure", "tls"];
 
+/// `[server] passthrough` values an echo test runs with, and the path each must take: the
+/// kernel's sockmap program with root (skipped with a message without), splice always.
+fn paths(test: &str) -> Vec<(&'static str, &'static str)> {
+    let mut paths = vec![("splice", "splice")];
+    if privilege::privileged(test) {
+        paths.push(("auto", "sockmap"));
+    }
+    paths
+}
+
 #[test]
 fn telethon_abridged_classic_echoes_up_to_1mib() {
-    let Some(mut h) = Harness::start("telethon_abridged_classic_echoes_up_to_1mib", &ALL_MODES)
-    else {
-        return;
-    };
-    let echo = h.echo("alice", "classic", 2, &TELETHON_SIZES);
-    h.expect_echo(
-        "abridged",
-        "alice",
-        Transport::Abridged.tag(),
-        2,
-        &TELETHON_SIZES,
-        |py| echo.telethon(py, Transport::Abridged),
-    );
-    h.finish();
+    let test = "telethon_abridged_classic_echoes_up_to_1mib";
+    for (passthrough, path) in paths(test) {
+        let Some(mut h) = Harness::start_on(test, &ALL_MODES, passthrough) else {
+            return;
+        };
+        let echo = h.echo("alice", "classic", 2, &TELETHON_SIZES);
+        h.expect_echo(
+            "abridged",
+            "alice",
+            Transport::Abridged.tag(),
+            2,
+            &TELETHON_SIZES,
+            |py| echo.telethon(py, Transport::Abridged),
+        );
+        h.expect_path(path, 1.0);
+        h.finish();
+    }
 }
 
 #[test]
 fn telethon_intermediate_classic_media_dc_echoes_up_to_1mib() {
-    let Some(mut h) = Harness::start(
-        "telethon_intermediate_classic_media_dc_echoes_up_to_1mib",
-        &ALL_MODES,
-    ) else {
-        return;
-    };
-    let echo = h.echo("bob", "classic", -2, &TELETHON_SIZES);
-    h.expect_echo(
-        "intermediate",
-        "bob",
-        Transport::Intermediate.tag(),
-        -2,
-        &TELETHON_SIZES,
-        |py| echo.telethon(py, Transport::Intermediate),
-    );
-    h.finish();
+    let test = "telethon_intermediate_classic_media_dc_echoes_up_to_1mib";
+    for (passthrough, path) in paths(test) {
+        let Some(mut h) = Harness::start_on(test, &ALL_MODES, passthrough) else {
+            return;
+        };
+        let echo = h.echo("bob", "classic", -2, &TELETHON_SIZES);
+        h.expect_echo(
+            "intermediate",
+            "bob",
+            Transport::Intermediate.tag(),
+            -2,
+            &TELETHON_SIZES,
+            |py| echo.telethon(py, Transport::Intermediate),
+        );
+        h.expect_path(path, 1.0);
+        h.finish();
+    }
 }
 
 #[test]
 fn telethon_randomized_secure_test_dc_echoes_up_to_1mib() {
-    let Some(mut h) = Harness::start(
-        "telethon_randomized_secure_test_dc_echoes_up_to_1mib",
-        &ALL_MODES,
-    ) else {
-        return;
-    };
-    let echo = h.echo("carol", "secure", 10_002, &TELETHON_SIZES);
-    h.expect_echo(
-        "randomized (dd)",
-        "carol",
-        DD,
-        10_002,
-        &TELETHON_SIZES,
-        |py| echo.telethon(py, Transport::Randomized),
-    );
-    h.finish();
+    let test = "telethon_randomized_secure_test_dc_echoes_up_to_1mib";
+    for (passthrough, path) in paths(test) {
+        let Some(mut h) = Harness::start_on(test, &ALL_MODES, passthrough) else {
+            return;
+        };
+        let echo = h.echo("carol", "secure", 10_002, &TELETHON_SIZES);
+        h.expect_echo(
+            "randomized (dd)",
+            "carol",
+            DD,
+            10_002,
+            &TELETHON_SIZES,
+            |py| echo.telethon(py, Transport::Randomized),
+        );
+        h.expect_path(path, 1.0);
+        h.finish();
+    }
 }
 
 #[test]
 fn kurigram_fake_tls_echoes_up_to_1mib() {
-    let Some(mut h) = Harness::start("kurigram_fake_tls_echoes_up_to_1mib", &ALL_MODES) else {
-        return;
-    };
-    let echo = h.echo("bob", "tls", 4, &KURIGRAM_SIZES);
-    h.expect_echo("fake TLS (ee)", "bob", DD, 4, &KURIGRAM_SIZES, |py| {
-        echo.kurigram(py)
-    });
-    h.finish();
+    let test = "kurigram_fake_tls_echoes_up_to_1mib";
+    for (passthrough, _) in paths(test) {
+        let Some(mut h) = Harness::start_on(test, &ALL_MODES, passthrough) else {
+            return;
+        };
+        let echo = h.echo("bob", "tls", 4, &KURIGRAM_SIZES);
+        h.expect_echo("fake TLS (ee)", "bob", DD, 4, &KURIGRAM_SIZES, |py| {
+            echo.kurigram(py)
+        });
+        // Fake-TLS records are re-framed both ways: nothing passes through.
+        h.expect_path("sockmap", 0.0);
+        h.finish();
+    }
 }
 
 /// TDLib's `testProxy` in each mode: its `req_pq_multi` crosses the relay, the fake DC echoes
@@ -462,8 +511,7 @@ fn kurigram_fake_tls_echoes_up_to_1mib() {
 /// official library.
 #[test]
 fn tdlib_test_proxy_round_trips_in_every_mode() {
-    let Some(mut h) = Harness::start("tdlib_test_proxy_round_trips_in_every_mode", &ALL_MODES)
-    else {
+    let Some(h) = Harness::start("tdlib_test_proxy_round_trips_in_every_mode", &ALL_MODES) else {
         return;
     };
     for (user, mode, tag) in [

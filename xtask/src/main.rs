@@ -88,10 +88,11 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         peer_python: Option<PathBuf>,
         /// Arguments for `relay-bench`, e.g. `-- --only crypto,flood`. Groups: crypto,
-        /// xdp-verdict (ns per XDP verdict vs a minimal program), main, slow, users, memory,
-        /// flood, middle (middle mode vs direct through a fake middle-end), peers (with
-        /// --peer); and, only when named, handshakes (1 and 1,000 users) and target (one row
-        /// per target, for quick iterations).
+        /// xdp-verdict (ns per XDP verdict vs a minimal program), main, passthrough (sockmap,
+        /// splice and copy paths next to the floor), slow, users, memory, flood, middle
+        /// (middle mode vs direct through a fake middle-end), peers (with --peer); and, only
+        /// when named, handshakes (1 and 1,000 users) and target (one row per target, for
+        /// quick iterations).
         #[arg(last = true)]
         args: Vec<String>,
     },

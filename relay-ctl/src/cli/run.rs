@@ -47,6 +47,8 @@ struct Started {
     socks5: Option<crate::relay::upstream::Socks5Upstream>,
     /// `[state] dir`, opened and checked before anything else started.
     state: StateDir,
+    /// The sockmap program, when `[server] passthrough = "auto"` and the kernel allows it.
+    passage: Option<crate::passage::Passage>,
 }
 
 /// Loads the configuration, binds, loads XDP and gives up root, all on one thread.
@@ -106,6 +108,7 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
             );
         }
     }
+    let passage = start_passage(&config);
     // Key files may be readable by root only: read them before giving root up.
     let crowdsec = config
         .crowdsec
@@ -145,7 +148,29 @@ fn start(config_path: Option<&Path>) -> anyhow::Result<Started> {
         crowdsec,
         socks5,
         state,
+        passage,
     })
+}
+
+/// Loads the sockmap program for passthrough bytes, or says why they are spliced instead.
+fn start_passage(config: &Config) -> Option<crate::passage::Passage> {
+    match crate::passage::Passage::start(config.server.passthrough) {
+        Ok(passage) => {
+            tracing::info!("passthrough bytes move in the kernel (sockmap)");
+            Some(passage)
+        }
+        Err(crate::passage::PassageError::Off) => {
+            tracing::info!(
+                mode = ?config.server.passthrough,
+                "passthrough bytes move by [server] passthrough"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("sockmap not used ({e}); splicing passthrough bytes instead");
+            None
+        }
+    }
 }
 
 /// Serves until SIGTERM/SIGINT, then drains, saves state and detaches.
@@ -162,6 +187,7 @@ async fn serve(
         crowdsec,
         socks5,
         state,
+        passage,
     } = started;
     let log_task = logger.map(|l| tokio::spawn(xdp::drain_logs(l)));
     let admin = config.admin.clone();
@@ -171,6 +197,7 @@ async fn serve(
         admission,
         state,
         socks5,
+        passage,
     )
     .await?;
     let stale = daemon.admission.write().await.drop_stale_kernel_entries();

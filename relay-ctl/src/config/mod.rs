@@ -52,7 +52,7 @@ pub use self::{
     misuse::{Misuse, ProbeBanAction},
     permissions::secrets_exposure,
     replay::Replay,
-    server::{OnLimit, ProxyProtocol, Server},
+    server::{OnLimit, PassthroughMode, ProxyProtocol, Server},
     state::State,
     timeouts::Timeouts,
     tls::Tls,

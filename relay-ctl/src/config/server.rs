@@ -47,6 +47,26 @@ pub struct Server {
     /// How long a trusted peer has to send its whole PROXY header, milliseconds.
     #[serde(default = "default_proxy_protocol_timeout_ms")]
     pub proxy_protocol_timeout_ms: u64,
+    /// How bytes relayed unchanged (fast mode's DC → client direction, both directions of
+    /// fronted connections) move: `"auto"` with the sockmap program where the kernel allows
+    /// it (toward the client only), else `splice(2)`; `"splice"` never uses the program;
+    /// `"copy"` reads and writes them like every other byte (for comparison and
+    /// troubleshooting).
+    #[serde(default)]
+    pub passthrough: PassthroughMode,
+}
+
+/// See [`Server::passthrough`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PassthroughMode {
+    /// The sockmap program where it loads, `splice(2)` elsewhere.
+    #[default]
+    Auto,
+    /// `splice(2)` for bulk transfers, plain copies for short ones.
+    Splice,
+    /// Plain copies only.
+    Copy,
 }
 
 /// See [`Server::proxy_protocol`].

@@ -42,6 +42,7 @@ use crate::{
         saved_state::{Lists, SavedState},
     },
     middle::MiddleEnd,
+    passage::Passage,
     relay::{
         RelayContext, accounts::Accounts, hints::Hints, mask_flight::MaskFlight, stats::RelayStats,
         upstream::Socks5Upstream,
@@ -102,19 +103,25 @@ pub struct Daemon {
     pub middle: Arc<MiddleEnd>,
     /// `[upstream] socks5` as read at start (its password file may be root's only).
     socks5: Option<Arc<Socks5Upstream>>,
+    /// The sockmap program, loaded at start when `[server] passthrough = "auto"` and the
+    /// kernel allowed it.
+    passage: Option<Arc<Passage>>,
 }
 
 impl Daemon {
     /// Builds the daemon around an enforcement `admission`, restoring persisted state; DC
     /// connections go through `socks5` when given. Fails only when the default user's secret
-    /// cannot be read or created in the state dir.
+    /// cannot be read or created in the state dir. Passthrough bytes go through `passage`
+    /// when given.
     pub async fn start(
         config_path: Option<PathBuf>,
         config: Config,
         admission: Admission,
         state: StateDir,
         socks5: Option<Socks5Upstream>,
+        passage: Option<Passage>,
     ) -> Result<Arc<Daemon>, StateError> {
+        let passage = passage.map(Arc::new);
         let socks5 = socks5.map(Arc::new);
         let (users, created) = users::resolve(&config, &state)?;
         if created {
@@ -148,6 +155,7 @@ impl Daemon {
         relay.middle =
             (config.upstream.effective_mode() == UpstreamMode::Middle).then(|| middle.clone());
         relay.socks5 = socks5.clone();
+        relay.passage = passage.clone();
         let saved = SavedState::new(state.clone());
         let capacity = Capacity::new(Bounds::from(&config.limits));
         let crowdsec = Arc::new(crate::crowdsec::Status::new(config.crowdsec.is_some()));
@@ -176,6 +184,7 @@ impl Daemon {
             state,
             middle,
             socks5,
+            passage,
         });
         daemon.restore().await;
         daemon.refresh_feeds().await;

@@ -78,6 +78,7 @@ impl Daemon {
         relay.mask = MaskTarget::reuse(self.relay.load().mask.as_ref(), relay.mask.take());
         relay.middle = self.middle_for(&new);
         relay.socks5 = self.socks5.clone();
+        relay.passage = self.passage.clone();
         self.flight.reconfigure(&old, &new);
         self.relay.store(Arc::new(relay));
         crate::logging::reconfigure(&new.log);

@@ -61,6 +61,19 @@ impl Daemon {
         let relay = self.relay.load();
         let mut metrics = Samples::default();
         relay.stats.export(&mut metrics);
+        metrics.set(
+            Metric::SockmapLoaded,
+            &[],
+            u64::from(self.passage.is_some()),
+        );
+        let entries = self
+            .passage
+            .as_ref()
+            .map(|p| p.entries())
+            .unwrap_or_default();
+        for (map, n) in entries.by_map() {
+            metrics.set(Metric::SockmapEntries, &[map], n);
+        }
         if let Ok(counts) = admission.verdict_counts() {
             for v in Verdict::ALL {
                 metrics.set(Metric::XdpPackets, &[v.name()], counts[v as usize]);

@@ -60,6 +60,7 @@ impl TestDaemon {
             admission,
             state,
             None,
+            None,
         )
         .await
         .expect("daemon");

@@ -237,6 +237,14 @@ impl Account {
             .is_some_and(|q| self.bytes_total() >= q)
     }
 
+    /// Bytes that may still be counted with [`Account::over_quota`] staying false (`None`: no
+    /// quota).
+    pub fn quota_left(&self) -> Option<u64> {
+        read(&self.limits)
+            .quota
+            .map(|q| q.saturating_sub(self.bytes_total()).saturating_sub(1))
+    }
+
     /// A snapshot for the CLI, metrics and persistence.
     pub fn usage(&self, now: Instant, ip_window: Duration) -> Usage {
         let unique_ips = lock(&self.recent_ips)
@@ -290,6 +298,9 @@ impl super::pump::Meter for Account {
     }
     fn exhausted(&self) -> bool {
         self.over_quota()
+    }
+    fn budget(&self) -> Option<u64> {
+        self.quota_left()
     }
 }
 

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use super::pump::Offload;
 use super::{
     accounts::{Account, Accounts, Limits},
     hints::Hints,
@@ -16,8 +17,9 @@ use super::{
 };
 use crate::{
     admission::misuse::Misuse,
-    config::{Config, OnLimit},
+    config::{Config, OnLimit, PassthroughMode},
     middle::MiddleEnd,
+    passage::Passage,
 };
 use relay_proto::{ModeSet, Secret, middle::AdTag, replay::ReplayMemory, tls::HelloKey};
 
@@ -94,6 +96,10 @@ pub struct RelayContext<M = Arc<MaskTarget>> {
     pub proxy_in: Option<ProxyIn>,
     /// The PROXY header version fronted connections start with (`[tls] mask_proxy_protocol`).
     pub mask_proxy: Option<relay_proto::proxy_header::Version>,
+    /// `[server] passthrough`.
+    pub passthrough: PassthroughMode,
+    /// The sockmap program, when loaded (set by the daemon).
+    pub passage: Option<Arc<Passage>>,
 }
 
 /// What `[server] proxy_protocol` accepts, and from whom.
@@ -169,6 +175,8 @@ impl RelayContext {
             })
             .collect();
         RelayContext {
+            passthrough: config.server.passthrough,
+            passage: None,
             middle: None,
             socks5: None,
             ad_tags,
@@ -206,6 +214,15 @@ impl RelayContext {
 }
 
 impl<M> RelayContext<M> {
+    /// How passthrough directions move their bytes.
+    pub fn offload(&self) -> Offload<'_> {
+        Offload {
+            passage: self.passage.as_deref(),
+            copy_only: self.passthrough == PassthroughMode::Copy,
+            stats: Some(&self.stats),
+        }
+    }
+
     /// What a mask connection for `client` starts with: a PROXY header naming it, with
     /// `[tls] mask_proxy_protocol`; nothing otherwise. `local` (a system call) is asked only
     /// then.
@@ -259,6 +276,8 @@ impl<M> RelayContext<M> {
             proxy_in: self.proxy_in,
             mask_proxy: self.mask_proxy,
             socks5: self.socks5,
+            passthrough: self.passthrough,
+            passage: self.passage,
         }
     }
 }

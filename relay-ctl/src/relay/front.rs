@@ -64,6 +64,7 @@ pub async fn front_with<C: RelayStream, M: MaskDialer>(
         Passthrough,
         ctx.idle_timeout,
         &(),
+        ctx.offload(),
     )
     .await;
     if let Some(PumpError::Io(e)) = &error {

@@ -8,6 +8,7 @@ pub mod front;
 pub mod handshake;
 pub mod hints;
 pub mod intake;
+mod kernel;
 pub mod mask_flight;
 pub mod mask_target;
 #[cfg(test)]
@@ -208,6 +209,7 @@ async fn relay<C: RelayStream, M>(
         to_client,
         ctx.idle_timeout,
         &meter,
+        ctx.offload(),
     )
     .await;
     C::close(client_r, client_w);

@@ -5,6 +5,8 @@
 //! Read buffers come from [`super::buffers`] and go back whenever a read would block, so an
 //! idle pair holds none; a direction whose reads fill the buffer moves to a bulk-sized one,
 //! or, when its bytes pass through unchanged between two TCP sockets, to [`super::splice`].
+//! Such a direction goes to the kernel's sockmap program instead ([`super::kernel`]) when it
+//! is loaded, as soon as its source holds no segment read in part (at once, as a rule).
 
 use std::{
     pin::Pin,
@@ -27,8 +29,11 @@ use tokio::{
 
 use super::{
     buffers::{PooledBuf, RELAY_BUF},
+    kernel,
     splice::{self, BurstEnd},
+    stats::{Path, RelayStats},
 };
+use crate::passage::Passage;
 
 /// Turns bytes read from one peer into the bytes the other peer must get.
 pub trait Transform: Send {
@@ -95,6 +100,22 @@ pub trait Meter: Sync {
     fn exhausted(&self) -> bool {
         false
     }
+    /// How many more bytes may be counted before [`Meter::exhausted`] says stop (`None`:
+    /// no limit).
+    fn budget(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// How passthrough directions may move their bytes, and where their paths are counted.
+#[derive(Clone, Copy, Default)]
+pub struct Offload<'a> {
+    /// The sockmap program, when loaded.
+    pub passage: Option<&'a Passage>,
+    /// Plain copies only: no sockmap, no splice.
+    pub copy_only: bool,
+    /// Where each passthrough direction's path is counted.
+    pub stats: Option<&'a RelayStats>,
 }
 
 /// No accounting (fronting).
@@ -134,6 +155,7 @@ pub async fn relay<CR, CW, UR, UW>(
     to_client: impl Transform,
     idle: Duration,
     meter: &dyn Meter,
+    offload: Offload<'_>,
 ) -> (PumpStats, Option<PumpError>)
 where
     CR: AsyncRead + StreamHalf + Unpin,
@@ -142,7 +164,7 @@ where
     UW: AsyncWrite + StreamHalf + Unpin,
 {
     let start = Instant::now();
-    let pair = Arc::new(Pair::default());
+    let activity = Arc::new(AtomicU64::new(0));
     let up_counter = AtomicU64::new(0);
     let down_counter = AtomicU64::new(0);
     let count_up = |n| {
@@ -155,9 +177,40 @@ where
         meter.upstream_bytes(n);
         !meter.exhausted()
     };
-    let up = one_way(client.0, upstream.1, to_upstream, &pair, start, &count_up);
-    let down = one_way(upstream.0, client.1, to_client, &pair, start, &count_down);
-    let watchdog = idle_watchdog(&pair.activity, start, idle);
+    let budget = || meter.budget();
+    let one_ended = AtomicBool::new(false);
+    let clock = Clock {
+        activity: &activity,
+        start,
+        idle,
+        one_ended: &one_ended,
+    };
+    // Only the direction toward the client goes through the sockmap program (fronting's
+    // other direction splices): with both directions of one pair in it, the kernel reordered
+    // and held back segments under load.
+    let up_offload = Offload {
+        passage: None,
+        ..offload
+    };
+    let up = one_way(
+        client.0,
+        upstream.1,
+        to_upstream,
+        &clock,
+        &count_up,
+        &budget,
+        &up_offload,
+    );
+    let down = one_way(
+        upstream.0,
+        client.1,
+        to_client,
+        &clock,
+        &count_down,
+        &budget,
+        &offload,
+    );
+    let watchdog = idle_watchdog(&activity, start, idle);
     tokio::pin!(up, down, watchdog);
 
     let (mut up_done, mut down_done) = (false, false);
@@ -184,46 +237,99 @@ where
     (stats, error)
 }
 
-/// What both directions of a pair share.
-#[derive(Default)]
-struct Pair {
-    /// Milliseconds since the pair's start at its last read.
-    activity: AtomicU64,
-    /// Whether one direction has reached EOF.
-    one_ended: AtomicBool,
+/// The pair's activity record: milliseconds since `start` of the last byte moved.
+#[derive(Clone, Copy)]
+pub(super) struct Clock<'a> {
+    pub activity: &'a AtomicU64,
+    pub start: Instant,
+    /// The pair's idle timeout.
+    pub idle: Duration,
+    /// Whether one direction has reached EOF (see [`end`]).
+    pub one_ended: &'a AtomicBool,
 }
 
-/// Copies one direction until EOF, then half-closes the writer, unless the other direction
-/// has ended already: the pair is then closed at once, and the close sends the FIN a shutdown
-/// would (both receive queues are empty, so it is not a reset).
+impl Clock<'_> {
+    /// Bytes moved now.
+    pub fn touch(&self) {
+        self.activity
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Copies one direction until EOF, then half-closes the writer unless the other direction has
+/// ended already (see [`end`]).
+#[allow(clippy::too_many_arguments)]
 async fn one_way<R, W>(
     mut reader: R,
     mut writer: W,
     mut transform: impl Transform,
-    pair: &Pair,
-    start: Instant,
+    clock: &Clock<'_>,
     count: &(dyn Fn(u64) -> bool + Sync),
+    budget: &(dyn Fn() -> Option<u64> + Sync),
+    offload: &Offload<'_>,
 ) -> Result<(), PumpError>
 where
     R: AsyncRead + StreamHalf + Unpin,
     W: AsyncWrite + StreamHalf + Unpin,
 {
-    let mut splicing =
+    let (activity, start) = (clock.activity, clock.start);
+    let on_sockets =
         transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
+    let mut splicing = on_sockets && !offload.copy_only;
+    // The sockmap program takes the direction over at the first moment its source has no
+    // unread bytes (at once, unless the handshake left some).
+    let mut kernel = offload.passage.filter(|_| splicing);
+    let first = match (kernel, splicing) {
+        (Some(_), _) => Path::Sockmap,
+        (None, true) => Path::Splice,
+        (None, false) => Path::Copy,
+    };
+    let mut path = transform
+        .passthrough()
+        .then(|| offload.stats.map(|s| s.path(first)))
+        .flatten();
     // The buffer of the last read, kept for the next read attempt: on a busy pair the next
     // read usually succeeds at once, and only a read that would block returns it to the pool.
     let mut held = None;
     let mut bulk = false;
     loop {
+        if let Some(passage) = kernel
+            && reader.socket().is_some_and(Passage::ready)
+        {
+            kernel = None;
+            match open_flow(passage, &reader, &writer, budget) {
+                Some(flow) => {
+                    drop(held);
+                    // Boxed: only sockmap directions carry its state.
+                    return Box::pin(kernel::relay(
+                        &mut reader,
+                        &mut writer,
+                        flow,
+                        *clock,
+                        count,
+                        budget,
+                    ))
+                    .await;
+                }
+                None => {
+                    if let Some(path) = &mut path {
+                        path.switch(Path::Splice);
+                    }
+                }
+            }
+        }
         if bulk
             && splicing
             && let (Some(from), Some(to)) = (reader.socket(), writer.socket())
         {
             held = None;
             // Boxed: its state exists only while a burst runs, not in every idle connection.
-            match Box::pin(splice_burst(from, to, &pair.activity, start, count)).await? {
+            match Box::pin(splice_burst(from, to, activity, start, count)).await? {
                 BurstEnd::Quiet => bulk = false,
-                BurstEnd::Eof => return end(&mut writer, &pair.one_ended).await,
+                BurstEnd::Eof => {
+                    end(&mut writer, clock.one_ended).await?;
+                    return Ok(());
+                }
                 BurstEnd::Stopped => return Err(PumpError::Exhausted),
                 // Out of descriptors: this direction copies from now on.
                 BurstEnd::NoPipe => splicing = false,
@@ -233,13 +339,14 @@ where
         let (mut buf, n) = read_pooled(&mut reader, &mut held, bulk).await?;
         if n == 0 {
             drop(buf);
-            return end(&mut writer, &pair.one_ended).await;
+            // Propagate the half-close; the other direction carries on.
+            end(&mut writer, clock.one_ended).await?;
+            return Ok(());
         }
         if !count(n as u64) {
             return Err(PumpError::Exhausted);
         }
-        pair.activity
-            .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut scratch = PooledBuf::scratch();
         let out = transform.transform(&mut buf[..n], scratch.vec_mut())?;
         if !out.is_empty() {
@@ -258,8 +365,9 @@ where
 }
 
 /// A direction's reader reached EOF: propagates the half-close while the other direction
-/// carries on, and leaves the last FIN to the close that follows.
-async fn end<W: AsyncWrite + Unpin>(
+/// carries on, and leaves the last FIN to the close that follows (both receive queues are
+/// drained then, so the close sends a FIN, not a reset).
+pub(super) async fn end<W: AsyncWrite + Unpin>(
     writer: &mut W,
     one_ended: &AtomicBool,
 ) -> Result<(), PumpError> {
@@ -267,6 +375,29 @@ async fn end<W: AsyncWrite + Unpin>(
         writer.shutdown().await?;
     }
     Ok(())
+}
+
+/// Puts the direction's sockets in the sockmap program's maps, or `None` (logged) when the
+/// kernel refuses.
+fn open_flow<'p, R: StreamHalf, W: StreamHalf>(
+    passage: &'p Passage,
+    reader: &R,
+    writer: &W,
+    budget: &(dyn Fn() -> Option<u64> + Sync),
+) -> Option<crate::passage::Flow<'p>> {
+    let (from, to) = (reader.socket()?, writer.socket()?);
+    match passage.open(from, to, kernel::budget(0, budget())) {
+        Ok(flow) => Some(flow),
+        // Only established sockets go in a sockmap: a peer that already sent its FIN.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            tracing::debug!("not a sockmap direction: {e}");
+            None
+        }
+        Err(e) => {
+            crate::warn_limited!((1, 60), "sockmap refused a connection, splicing it: {e}");
+            None
+        }
+    }
 }
 
 /// One [`splice::burst`], keeping the idle timer and the meter up to date.
@@ -382,6 +513,7 @@ mod tests {
                 Xor(2),
                 Duration::from_secs(5),
                 &(),
+                Offload::default(),
             )
             .await
         });
@@ -413,6 +545,7 @@ mod tests {
             Xor(2),
             Duration::from_secs(5),
             &(),
+            Offload::default(),
         ));
 
         let (mut client_r, mut client_w) = tokio::io::split(client);
@@ -525,6 +658,7 @@ mod tests {
                 Passthrough,
                 Duration::from_secs(5),
                 &(),
+                Offload::default(),
             )
             .await
         });
@@ -570,11 +704,13 @@ mod tests {
             Passthrough,
             Duration::from_secs(1),
             &(),
+            Offload::default(),
         );
         // Every connection holds one for its whole life, idle or not (see the memory
-        // benchmark); 1,000 bytes before bulk buffers and splicing, whose state is boxed.
+        // benchmark); bulk buffers, splicing and the sockmap loop keep their state boxed,
+        // but each direction carries its path and the sockmap hand-over.
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1040, "the relay future grew to {size} bytes");
+        assert!(size <= 1340, "the relay future grew to {size} bytes");
     }
 
     #[tokio::test(start_paused = true)]
@@ -590,6 +726,7 @@ mod tests {
             Passthrough,
             Duration::from_secs(30),
             &(),
+            Offload::default(),
         )
         .await;
         assert!(stats.idle_timeout);

@@ -247,6 +247,57 @@ pub struct RelayStats {
     bytes: [AtomicU64; DIRECTIONS.len()],
     dc_connect: Mutex<BTreeMap<i16, DcTimes>>,
     proxy_headers: [AtomicU64; ProxyHeaderOutcome::ALL.len()],
+    paths_active: [AtomicU64; Path::ALL.len()],
+    paths_total: [AtomicU64; Path::ALL.len()],
+}
+
+/// The way a passthrough direction's bytes move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Redirected by the kernel's sockmap program.
+    Sockmap,
+    /// `splice(2)` bursts (plain copies while a transfer is short).
+    Splice,
+    /// Read and written by the relay.
+    Copy,
+}
+
+impl Path {
+    /// Every path, in label order.
+    pub const ALL: [Path; 3] = [Path::Sockmap, Path::Splice, Path::Copy];
+
+    /// The metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Path::Sockmap => "sockmap",
+            Path::Splice => "splice",
+            Path::Copy => "copy",
+        }
+    }
+}
+
+/// Keeps a passthrough direction counted on its path until dropped.
+pub struct PathGuard<'a> {
+    stats: &'a RelayStats,
+    path: Path,
+}
+
+impl PathGuard<'_> {
+    /// The direction moved to `path` (counted there instead, in the total too).
+    pub fn switch(&mut self, path: Path) {
+        let stats = self.stats;
+        stats.paths_total[self.path as usize].fetch_sub(1, Ordering::Relaxed);
+        stats.paths_active[self.path as usize].fetch_sub(1, Ordering::Relaxed);
+        stats.paths_total[path as usize].fetch_add(1, Ordering::Relaxed);
+        stats.paths_active[path as usize].fetch_add(1, Ordering::Relaxed);
+        self.path = path;
+    }
+}
+
+impl Drop for PathGuard<'_> {
+    fn drop(&mut self) {
+        self.stats.paths_active[self.path as usize].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What became of a connection under `[server] proxy_protocol`.
@@ -305,6 +356,13 @@ impl RelayStats {
     /// A connection under `[server] proxy_protocol` ended its header with `outcome`.
     pub fn proxy_header(&self, outcome: ProxyHeaderOutcome) {
         self.proxy_headers[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A passthrough direction starts on `path`; it counts as open until the guard drops.
+    pub fn path(&self, path: Path) -> PathGuard<'_> {
+        self.paths_total[path as usize].fetch_add(1, Ordering::Relaxed);
+        self.paths_active[path as usize].fetch_add(1, Ordering::Relaxed);
+        PathGuard { stats: self, path }
     }
 
     /// A handshake failed.
@@ -389,6 +447,12 @@ impl RelayStats {
         for (direction, n) in DIRECTIONS.iter().zip(&self.bytes) {
             out.set(Metric::RelayedBytes, &[direction], load(n));
         }
+        for path in Path::ALL {
+            let active = load(&self.paths_active[path as usize]);
+            out.set(Metric::PassthroughActive, &[path.name()], active);
+            let total = load(&self.paths_total[path as usize]);
+            out.set(Metric::PassthroughTotal, &[path.name()], total);
+        }
     }
 
     /// DC connect times by DC id.
@@ -455,6 +519,9 @@ impl Meter for Metered<'_> {
     }
     fn exhausted(&self) -> bool {
         self.account.over_quota()
+    }
+    fn budget(&self) -> Option<u64> {
+        self.account.quota_left()
     }
 }
 

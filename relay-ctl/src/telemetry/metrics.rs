@@ -221,6 +221,36 @@ metrics! {
         json: Some("relayed_bytes"),
         help: "Bytes relayed between clients and DCs since start, by direction.",
     }
+    /// Passthrough directions open, by the path their bytes take.
+    PassthroughActive {
+        name: "relay_passthrough_active",
+        kind: Kind::Gauge,
+        labels: &["path"],
+        json: Some("passthrough_active"),
+        help: "Relay directions whose bytes pass through unchanged (fast mode's DC to client, fronted connections), open now, by path: sockmap (moved by the kernel's sockmap program), splice (splice(2) bursts), copy (read and written by the relay).",
+    }
+    /// Passthrough directions since start, by path.
+    PassthroughTotal {
+        name: "relay_passthrough_total",
+        labels: &["path"],
+        json: Some("passthrough_total"),
+        help: "Relay directions whose bytes pass through unchanged, since start, by path (sockmap, splice, copy).",
+    }
+    /// Whether the sockmap program is loaded.
+    SockmapLoaded {
+        name: "relay_sockmap_loaded",
+        kind: Kind::Gauge,
+        json: Some("sockmap_loaded"),
+        help: "1 when the sockmap program moves passthrough bytes in the kernel, 0 when the relay splices them ([server] passthrough, or the kernel refused the program).",
+    }
+    /// Entries in the sockmap program's maps.
+    SockmapEntries {
+        name: "relay_sockmap_entries",
+        kind: Kind::Gauge,
+        labels: &["map"],
+        json: Some("sockmap_entries"),
+        help: "Entries in the sockmap program's maps (sources, targets, control, counts): one per open sockmap direction in each.",
+    }
     /// Bytes relayed per user, all time.
     UserBytes {
         name: "relay_user_bytes_total",

@@ -562,6 +562,29 @@ pub fn markdown(report: &Value) -> String {
         );
     }
 
+    md.push_str("\n## Passthrough paths (`dd` fast mode: DC → client bytes pass through unchanged)\n\nThe same echo load with `[server] passthrough` on each path, and `relay-floor` moving it the same way. `process`: the relay's (or floor's) own CPU; `machine`: every CPU's busy time over the window (generator, fake DC, softirq and kernel workers included), where the sockmap program's forwarding shows.\n\n| path | moved by | MB/s echoed | process CPU-s/GB | machine CPU-s/GB | process CPU % |\n|---|---|---|---|---|---|\n");
+    for r in report["passthrough"].as_array().into_iter().flatten() {
+        let name = r["name"].as_str().unwrap_or("");
+        if let Some(e) = errored(r) {
+            let _ = writeln!(md, "| {name} | | error: {e} | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r["path"].as_str().unwrap_or(""),
+            if name.starts_with("floor") {
+                "relay-floor"
+            } else {
+                "relay"
+            },
+            f(r, "mb_per_sec"),
+            f(r, "relay_cpu_secs_per_gb"),
+            f(r, "machine_cpu_secs_per_gb"),
+            f(r, "relay_cpu_pct"),
+        );
+    }
+
     md.push_str("\n## Handshakes (connect, header, one echoed 128-byte frame, close)\n\n| mode | users | user per connection | workers | handshakes/s | relay CPU % | handshakes per relay CPU-s | generator CPU % | fake DC CPU % | rest of machine CPU % | failed |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in report["handshakes"].as_array().into_iter().flatten() {
         if let Some(e) = errored(r) {

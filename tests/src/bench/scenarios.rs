@@ -14,6 +14,9 @@
 //! and the target row's and the handshakes' load through `relay-floor`, a forwarder with no
 //! protocol and no crypto: the floor the topology sets; and the handshakes through
 //! `relay-floor --move dd`, a `dd` relay's essential work on a hand-written epoll loop),
+//! `passthrough` (the 8 × 16 KiB `dd` fast-mode load with `[server] passthrough` on each of
+//! its paths: the sockmap program, splice, plain copies; each next to `relay-floor` moving the
+//! same load the same way, with process and whole-machine CPU-seconds per GB),
 //! `slow` (fast mode off: throughput), `users` (1,000 users:
 //! handshakes), `memory` (idle connections), `flood` (XDP as `auto` attaches it, then XDP off),
 //! `middle` (`[upstream] mode = "middle"` against the fake middle-end `relay-fakeme`, next to
@@ -72,10 +75,11 @@ use super::{
 /// The fake-TLS domain of every generated configuration.
 const DOMAIN: &str = "bench.example.org";
 /// The scenario groups, in the order they run.
-const GROUPS: [&str; 11] = [
+const GROUPS: [&str; 12] = [
     "crypto",
     "xdp-verdict",
     "main",
+    "passthrough",
     "slow",
     "users",
     "memory",
@@ -329,6 +333,8 @@ struct Spec {
     /// `[upstream] mode = "middle"` through the fake middle-end (see [`Bench::middle_group`]);
     /// otherwise direct to the fake DC.
     middle: bool,
+    /// `[server] passthrough`: `auto` (the sockmap program), `splice` or `copy`.
+    passthrough: &'static str,
 }
 
 /// `mode` as `[xdp] mode` spells it.
@@ -507,10 +513,11 @@ impl<'a> Bench<'a> {
     }
 
     fn run_groups(&mut self) {
-        let groups: [Group<'a>; 11] = [
+        let groups: [Group<'a>; 12] = [
             Bench::crypto,
             Bench::xdp_verdict_group,
             Bench::main_group,
+            Bench::passthrough_group,
             Bench::slow_group,
             Bench::users_group,
             Bench::memory_group,
@@ -771,6 +778,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: false,
+            passthrough: "auto",
         })?;
         self.throughput_matrix(&relay);
         for mode in ["dd", "tls"] {
@@ -806,6 +814,57 @@ impl<'a> Bench<'a> {
         self.xdp_contrasts()
     }
 
+    /// The fast-mode `dd` target load (its DC → client bytes pass through unchanged) with
+    /// each `[server] passthrough` path, XDP off, then `relay-floor` moving the same load the
+    /// same way. Each row has the relay's (or the floor's) own CPU-seconds per GB and the
+    /// whole machine's: with the sockmap program the forwarding runs in softirq and kernel
+    /// workers, outside any process.
+    fn passthrough_group(&mut self) -> Result<()> {
+        let conns = self.profile.conns[self.profile.target_conns];
+        let frame = 16 * 1024;
+        for (passthrough, path) in [("auto", "sockmap"), ("splice", "splice"), ("copy", "copy")] {
+            let label = match path {
+                "sockmap" => "passthrough-sockmap",
+                "splice" => "passthrough-splice",
+                _ => "passthrough-copy",
+            };
+            let relay = self.start_relay(Spec {
+                label,
+                users: 1,
+                fast: true,
+                xdp: XdpMode::Off,
+                flood: false,
+                middle: false,
+                passthrough,
+            })?;
+            let outcome = self
+                .throughput(&relay, "dd", conns, frame)
+                .and_then(|mut row| {
+                    // Which path the relay really took, as it counted it.
+                    let stats = relay_stats(&self.bins.relay_ctl, &relay.admin)?;
+                    let taken = &stats["passthrough_total"];
+                    row["path"] = json!(path);
+                    row["directions_by_path"] = taken.clone();
+                    if taken[path].as_f64().unwrap_or(0.0) < conns as f64 {
+                        bail!("the relay did not use {path}: {taken}");
+                    }
+                    Ok(row)
+                });
+            self.record("passthrough", &format!("relay {path}"), outcome);
+            self.stop_relay(relay);
+            Bench::interrupted()?;
+            let floor =
+                self.with_floor(path, |floor, args| self.echo_run(floor, args, conns, frame));
+            let floor = floor.map(|mut row| {
+                row["path"] = json!(path);
+                row
+            });
+            self.record("passthrough", &format!("floor {path}"), floor);
+            Bench::interrupted()?;
+        }
+        Ok(())
+    }
+
     fn slow_group(&mut self) -> Result<()> {
         let relay = self.start_relay(Spec {
             label: "slow",
@@ -814,6 +873,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: false,
+            passthrough: "auto",
         })?;
         self.throughput_matrix(&relay);
         self.stop_relay(relay);
@@ -828,6 +888,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: false,
+            passthrough: "auto",
         })?;
         for mode in ["dd", "tls"] {
             // Random users: the average case, judged against the target. The first and last
@@ -854,6 +915,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: false,
+            passthrough: "auto",
         })?;
         let outcome = self.idle(&relay);
         self.record("memory", "idle connections", outcome);
@@ -874,6 +936,7 @@ impl<'a> Bench<'a> {
                 xdp,
                 flood: true,
                 middle: false,
+                passthrough: "auto",
             })?;
             let xdp = if xdp == XdpMode::Off { "off" } else { "on" };
             // The unloaded figure is the mean of a window before and one after the floods,
@@ -923,6 +986,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: false,
+            passthrough: "auto",
         })?;
         self.middle_rows(&relay, "direct");
         self.stop_relay(relay);
@@ -984,6 +1048,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: true,
+            passthrough: "auto",
         })?;
         // Measure the clients, not the pool's start: wait for every ME connection.
         let pool = wait_me_pool(
@@ -1070,6 +1135,7 @@ impl<'a> Bench<'a> {
                 xdp: XdpMode::Auto,
                 flood: false,
                 middle: false,
+                passthrough: "auto",
             })?;
             let secrets = relay.secrets.clone();
             self.subject_rows(None, &relay.proc, RELAY_PORT, &secrets, users, "direct");
@@ -1104,6 +1170,7 @@ impl<'a> Bench<'a> {
                 xdp: XdpMode::Auto,
                 flood: false,
                 middle: true,
+                passthrough: "auto",
             })?;
             if let Err(e) = wait_me_pool(
                 relay.proc.pid(),
@@ -1343,6 +1410,7 @@ impl<'a> Bench<'a> {
                 xdp,
                 flood: false,
                 middle: false,
+                passthrough: "auto",
             })?;
             let n = self.profile.conns[self.profile.target_conns];
             let outcome = self.throughput(&relay, "dd", n, 16 * 1024);
@@ -1382,6 +1450,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: false,
+            passthrough: "auto",
         })?;
         if full {
             let n = self.profile.conns[self.profile.target_conns];
@@ -1403,6 +1472,7 @@ impl<'a> Bench<'a> {
             xdp: XdpMode::Auto,
             flood: false,
             middle: false,
+            passthrough: "auto",
         })?;
         for mode in ["dd", "tls"] {
             for (pick, suffix) in [("random", ""), ("sticky", ", a user per source")] {
@@ -2074,6 +2144,7 @@ fn relay_config(
 [server]
 listen = ["{SERVER}:{RELAY_PORT}"]
 modes = ["secure", "tls"]
+passthrough = "{passthrough}"
 
 {users}[tls]
 domain = "{DOMAIN}"
@@ -2129,6 +2200,7 @@ socket = "{admin}"
 dir = "{state}"
 "#,
         label = spec.label,
+        passthrough = spec.passthrough,
         fast = spec.fast,
         upstream_mode = if middle.is_some() {
             "mode = \"middle\"\n"
@@ -2178,7 +2250,7 @@ fn summary(section: &str, row: &Value) -> String {
         ),
         "latency" => format!("p50 {:.0} µs, p99 {:.0} µs", f("p50_us"), f("p99_us")),
         "middle" if row["load"] == "handshakes" => summary("handshakes", row),
-        "middle" => summary("throughput", row),
+        "middle" | "passthrough" => summary("throughput", row),
         "peers" if row["load"] == "handshakes" => summary("handshakes", row),
         "peers" if row["load"] == "memory" => summary("memory", row),
         "peers" => summary("throughput", row),

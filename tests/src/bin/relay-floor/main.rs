@@ -7,7 +7,7 @@
 //! re-encryption of at least one direction.
 //!
 //! ```text
-//! relay-floor --listen 198.18.0.1:4444 --upstream 198.18.1.2:9002 [--move splice|copy|dd]
+//! relay-floor --listen 198.18.0.1:4444 --upstream 198.18.1.2:9002 [--move splice|copy|dd|sockmap]
 //!             [--secret HEX] [--threads N] [--lifetime-secs 3600]
 //! ```
 //!
@@ -18,6 +18,9 @@
 //! per connection, no system call an event does not need): the floor for short
 //! connections. `--move dd` is that loop doing a `dd` relay's essential work with `--secret`
 //! ([`epoll_loop`]): what a relay on a hand-written event loop would start from.
+//! `--move sockmap` runs the relay's own loop with nothing counted: the upstream → client
+//! direction through the relay's sockmap program (needs CAP_BPF), the other spliced, as the
+//! relay moves a fronted connection.
 //!
 //! Prints `listening <addr>` on stdout once every thread listens; runs until killed or until
 //! `--lifetime-secs` have passed (a bound for a forgotten process).
@@ -33,9 +36,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use relay_ctl::relay::{
-    splice::{self, BurstEnd},
-    upstream::dc_socket,
+use relay_ctl::{
+    passage::Passage,
+    relay::{
+        pump::{self, Offload, Passthrough},
+        splice::{self, BurstEnd},
+        upstream::dc_socket,
+    },
 };
 use relay_proto::Secret;
 use relay_tests::bench::{args::Args, epoll::reuseport_listener, procfs};
@@ -50,6 +57,7 @@ enum Move {
     Splice,
     Copy,
     Dd,
+    Sockmap,
 }
 
 fn main() -> ExitCode {
@@ -70,7 +78,8 @@ fn run() -> Result<()> {
         "splice" => Move::Splice,
         "copy" => Move::Copy,
         "dd" => Move::Dd,
-        other => bail!("--move {other}: expected splice, copy or dd"),
+        "sockmap" => Move::Sockmap,
+        other => bail!("--move {other}: expected splice, copy, dd or sockmap"),
     };
     let users = match (how, args.opt::<String>("secret")?) {
         (Move::Dd, Some(hex)) => Some(vec![
@@ -83,6 +92,12 @@ fn run() -> Result<()> {
     let threads: usize = args.get("threads", cpus)?;
     let lifetime: u64 = args.get("lifetime-secs", 3600)?;
     args.finish()?;
+    let passage = match how {
+        Move::Sockmap => Some(std::sync::Arc::new(
+            Passage::load().context("loading the sockmap program")?,
+        )),
+        _ => None,
+    };
     procfs::raise_nofile(1 << 16)?;
     let mut listeners = Vec::new();
     for _ in 0..threads.max(1) {
@@ -98,8 +113,9 @@ fn run() -> Result<()> {
         .into_iter()
         .map(|l| {
             let users = users.clone();
+            let passage = passage.clone();
             thread::spawn(move || match how {
-                Move::Splice => serve_splice(l, upstream),
+                Move::Splice | Move::Sockmap => serve_tokio(l, upstream, passage),
                 Move::Copy | Move::Dd => epoll_loop::serve(l, upstream, users),
             })
         })
@@ -112,10 +128,15 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// One thread's accept loop on its own single-threaded runtime, splicing.
-fn serve_splice(listener: std::net::TcpListener, upstream: SocketAddr) -> Result<()> {
+/// One thread's accept loop on its own single-threaded runtime, splicing, or through the
+/// sockmap program when given `passage`.
+fn serve_tokio(
+    listener: std::net::TcpListener,
+    upstream: SocketAddr,
+    passage: Option<std::sync::Arc<Passage>>,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+        .enable_all()
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
@@ -128,8 +149,13 @@ fn serve_splice(listener: std::net::TcpListener, upstream: SocketAddr) -> Result
                     continue;
                 }
             };
+            let passage = passage.clone();
             tokio::spawn(async move {
-                if let Err(e) = forward(client, upstream).await {
+                let done = match passage {
+                    Some(passage) => through_kernel(client, upstream, &passage).await,
+                    None => forward(client, upstream).await,
+                };
+                if let Err(e) = done {
                     eprintln!("relay-floor: connection: {e:#}");
                 }
             });
@@ -145,6 +171,30 @@ async fn forward(client: TcpStream, upstream: SocketAddr) -> Result<()> {
     let (up, down) = tokio::join!(splice_one_way(&client, &dc), splice_one_way(&dc, &client));
     up.context("client to DC")?;
     down.context("DC to client")
+}
+
+/// Connects to `upstream` and relays both ways through the sockmap program until both
+/// directions end.
+async fn through_kernel(client: TcpStream, upstream: SocketAddr, passage: &Passage) -> Result<()> {
+    let dc = dial(upstream)
+        .await
+        .with_context(|| format!("connect {upstream}"))?;
+    let offload = Offload {
+        passage: Some(passage),
+        copy_only: false,
+        stats: None,
+    };
+    let (_, error) = pump::relay(
+        client.into_split(),
+        dc.into_split(),
+        Passthrough,
+        Passthrough,
+        Duration::from_secs(600),
+        &(),
+        offload,
+    )
+    .await;
+    error.map_or(Ok(()), |e| Err(anyhow::anyhow!("relay: {e}")))
 }
 
 /// As the relay's DC leg (the relay's own socket setup).
