@@ -18,8 +18,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use super::pump::{Clock, PumpError, StreamHalf, read_pooled};
 use crate::passage::Flow;
 
-/// Longest wait between two reads of a flow's counter.
+/// Longest wait between two reads of a moving flow's counter.
 const POLL_MAX: Duration = Duration::from_millis(250);
+/// Longest wait between two reads of a quiet flow's counter: each read that finds nothing
+/// moved doubles the wait up to an eighth of the idle timeout and at most this, so idle
+/// connections cost few wake-ups.
+const QUIET_POLL_MAX: Duration = Duration::from_secs(30);
 /// How long a flow stopped by its quota may take to pass on what was redirected before.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
 
@@ -67,9 +71,11 @@ where
     R: AsyncRead + StreamHalf + Unpin,
     W: AsyncWrite + StreamHalf + Unpin,
 {
-    let period = (clock.idle / 8).clamp(Duration::from_millis(10), POLL_MAX);
-    let mut poll = tokio::time::interval(period);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let busy = (clock.idle / 8).clamp(Duration::from_millis(10), POLL_MAX);
+    let quiet = (clock.idle / 8).clamp(busy, QUIET_POLL_MAX);
+    let mut period = busy;
+    let poll = tokio::time::sleep(period);
+    tokio::pin!(poll);
     let mut held = None;
     loop {
         tokio::select! {
@@ -91,19 +97,35 @@ where
                 flow.settle(n as u64, n as u64)?;
                 flow.set_budget(budget(*synced, left()))?;
             }
-            _ = poll.tick() => sync(flow, synced, clock, count, left)?,
+            () = &mut poll => {
+                let moved = sync(flow, synced, clock, count, left)?;
+                period = if moved > 0 { busy } else { (period * 2).min(quiet) };
+                poll.as_mut().reset(next_poll(clock, period, busy));
+            }
         }
     }
 }
 
-/// Counts what the program redirected since the last call and renews its budget.
+/// When to read the counter next: after `period`, but no later than `busy` before the idle
+/// timer would fire, so bytes the kernel moved late in a quiet stretch still keep the pair.
+fn next_poll(clock: Clock<'_>, period: Duration, busy: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let last = Duration::from_millis(clock.activity.load(std::sync::atomic::Ordering::Relaxed));
+    let before_idle = (clock.start + last + clock.idle)
+        .checked_sub(busy)
+        .unwrap_or(now);
+    (now + period).min(before_idle.max(now + busy.min(period)))
+}
+
+/// Counts what the program redirected since the last call and renews its budget; returns
+/// how many bytes that was.
 fn sync(
     flow: &mut Flow<'_>,
     synced: &mut u64,
     clock: Clock<'_>,
     count: &(dyn Fn(u64) -> bool + Sync),
     left: &(dyn Fn() -> Option<u64> + Sync),
-) -> Result<(), PumpError> {
+) -> Result<u64, PumpError> {
     let redirected = flow.counts()?.redirected;
     let moved = redirected.saturating_sub(*synced);
     if moved > 0 {
@@ -116,7 +138,7 @@ fn sync(
         }
     }
     flow.set_budget(budget(redirected, left()))?;
-    Ok(())
+    Ok(moved)
 }
 
 /// Waits until every byte redirected so far is in the target's send queue.
@@ -163,6 +185,40 @@ pub(super) mod tests {
                 None
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_flow_is_polled_rarely_but_before_the_idle_timer() {
+        let activity = AtomicU64::new(0);
+        let one_ended = std::sync::atomic::AtomicBool::new(false);
+        let clock = Clock {
+            activity: &activity,
+            start: tokio::time::Instant::now(),
+            idle: Duration::from_secs(80),
+            one_ended: &one_ended,
+        };
+        let busy = Duration::from_millis(250);
+        let quiet = Duration::from_secs(10);
+        let start = clock.start;
+        assert_eq!(next_poll(clock, quiet, busy), start + quiet);
+        // 75 s quiet: the next poll comes just before the 80 s idle deadline, not at 85 s.
+        tokio::time::advance(Duration::from_secs(75)).await;
+        assert_eq!(
+            next_poll(clock, quiet, busy),
+            start + Duration::from_secs(80) - busy
+        );
+        // Past it: every `busy` until the watchdog ends the pair.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            next_poll(clock, quiet, busy),
+            start + Duration::from_secs(80) + busy
+        );
+        // Bytes moved at 79 s: the deadline moves with them.
+        activity.store(79_000, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            next_poll(clock, quiet, busy),
+            start + Duration::from_secs(90)
+        );
     }
 
     #[tokio::test]
