@@ -85,7 +85,7 @@ where
                 sync(flow, synced, clock, count, left)?;
                 if n == 0 {
                     drain(flow, writer).await?;
-                    return super::pump::end(writer, clock.one_ended).await;
+                    return super::pump::end(writer, &clock.shared.one_ended).await;
                 }
                 if !count(n as u64) {
                     flow.settle(n as u64, 0)?;
@@ -96,6 +96,9 @@ where
                 writer.write_all(&buf[..n]).await?;
                 flow.settle(n as u64, n as u64)?;
                 flow.set_budget(budget(*synced, left()))?;
+            }
+            () = clock.shared.quota_drawn.notified() => {
+                sync(flow, synced, clock, count, left)?;
             }
             () = &mut poll => {
                 let moved = sync(flow, synced, clock, count, left)?;
@@ -110,7 +113,12 @@ where
 /// timer would fire, so bytes the kernel moved late in a quiet stretch still keep the pair.
 fn next_poll(clock: Clock<'_>, period: Duration, busy: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    let last = Duration::from_millis(clock.activity.load(std::sync::atomic::Ordering::Relaxed));
+    let last = Duration::from_millis(
+        clock
+            .shared
+            .activity
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     let before_idle = (clock.start + last + clock.idle)
         .checked_sub(busy)
         .unwrap_or(now);
@@ -189,13 +197,11 @@ pub(super) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_flow_is_polled_rarely_but_before_the_idle_timer() {
-        let activity = AtomicU64::new(0);
-        let one_ended = std::sync::atomic::AtomicBool::new(false);
+        let shared = crate::relay::pump::Shared::default();
         let clock = Clock {
-            activity: &activity,
+            shared: &shared,
             start: tokio::time::Instant::now(),
             idle: Duration::from_secs(80),
-            one_ended: &one_ended,
         };
         let busy = Duration::from_millis(250);
         let quiet = Duration::from_secs(10);
@@ -214,7 +220,9 @@ pub(super) mod tests {
             start + Duration::from_secs(80) + busy
         );
         // Bytes moved at 79 s: the deadline moves with them.
-        activity.store(79_000, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .activity
+            .store(79_000, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             next_poll(clock, quiet, busy),
             start + Duration::from_secs(90)

@@ -24,6 +24,7 @@ use tokio::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
+    sync::Notify,
     time::Instant,
 };
 
@@ -164,12 +165,19 @@ where
     UW: AsyncWrite + StreamHalf + Unpin,
 {
     let start = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    // Heap-held, as the relay future is held by every connection, idle or not.
+    let shared = Arc::new(Shared::default());
+    let (activity, quota_drawn) = (&shared.activity, &shared.quota_drawn);
     let up_counter = AtomicU64::new(0);
     let down_counter = AtomicU64::new(0);
+    // Upload bytes draw on the quota the sockmap program enforces for the download: it is
+    // told at once, not at its next poll, so a quota shared by both directions holds.
     let count_up = |n| {
         up_counter.fetch_add(n, Ordering::Relaxed);
         meter.client_bytes(n);
+        if meter.budget().is_some() {
+            quota_drawn.notify_one();
+        }
         !meter.exhausted()
     };
     let count_down = |n| {
@@ -178,12 +186,10 @@ where
         !meter.exhausted()
     };
     let budget = || meter.budget();
-    let one_ended = AtomicBool::new(false);
     let clock = Clock {
-        activity: &activity,
+        shared: &shared,
         start,
         idle,
-        one_ended: &one_ended,
     };
     // Only the direction toward the client goes through the sockmap program (fronting's
     // other direction splices): with both directions of one pair in it, the kernel reordered
@@ -210,7 +216,7 @@ where
         &budget,
         &offload,
     );
-    let watchdog = idle_watchdog(&activity, start, idle);
+    let watchdog = idle_watchdog(activity, start, idle);
     tokio::pin!(up, down, watchdog);
 
     let (mut up_done, mut down_done) = (false, false);
@@ -237,21 +243,31 @@ where
     (stats, error)
 }
 
-/// The pair's activity record: milliseconds since `start` of the last byte moved.
+/// What both directions of a pair share.
+#[derive(Default)]
+pub(super) struct Shared {
+    /// Milliseconds since the pair's start at the last byte moved.
+    pub activity: AtomicU64,
+    /// Whether one direction has reached EOF (see [`end`]).
+    pub one_ended: AtomicBool,
+    /// Told when the upload counted bytes against a quota.
+    pub quota_drawn: Notify,
+}
+
+/// The pair's clock: what it shares, its start and its idle timeout.
 #[derive(Clone, Copy)]
 pub(super) struct Clock<'a> {
-    pub activity: &'a AtomicU64,
+    pub shared: &'a Shared,
     pub start: Instant,
     /// The pair's idle timeout.
     pub idle: Duration,
-    /// Whether one direction has reached EOF (see [`end`]).
-    pub one_ended: &'a AtomicBool,
 }
 
 impl Clock<'_> {
     /// Bytes moved now.
     pub fn touch(&self) {
-        self.activity
+        self.shared
+            .activity
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
@@ -272,7 +288,7 @@ where
     R: AsyncRead + StreamHalf + Unpin,
     W: AsyncWrite + StreamHalf + Unpin,
 {
-    let (activity, start) = (clock.activity, clock.start);
+    let (activity, start) = (&clock.shared.activity, clock.start);
     let on_sockets =
         transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
     let mut splicing = on_sockets && !offload.copy_only;
@@ -327,7 +343,7 @@ where
             match Box::pin(splice_burst(from, to, activity, start, count)).await? {
                 BurstEnd::Quiet => bulk = false,
                 BurstEnd::Eof => {
-                    end(&mut writer, clock.one_ended).await?;
+                    end(&mut writer, &clock.shared.one_ended).await?;
                     return Ok(());
                 }
                 BurstEnd::Stopped => return Err(PumpError::Exhausted),
@@ -340,7 +356,7 @@ where
         if n == 0 {
             drop(buf);
             // Propagate the half-close; the other direction carries on.
-            end(&mut writer, clock.one_ended).await?;
+            end(&mut writer, &clock.shared.one_ended).await?;
             return Ok(());
         }
         if !count(n as u64) {
