@@ -33,6 +33,24 @@ pub fn relay_ctl_bin() -> PathBuf {
     bin
 }
 
+/// A fresh secret from `relay-ctl secret new` (32 hex digits), checked for its form.
+pub fn new_secret() -> String {
+    let out = Command::new(relay_ctl_bin())
+        .args(["secret", "new"])
+        .output()
+        .expect("run relay-ctl secret new");
+    assert!(out.status.success(), "relay-ctl secret new: {out:?}");
+    let secret = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert!(
+        secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "relay-ctl secret new printed {secret:?}"
+    );
+    secret
+}
+
 /// A running relay-ctl.
 pub struct Relay {
     child: Child,

@@ -133,3 +133,12 @@ pub fn connect_from_own_source(
     socket.connect_timeout(&target.into(), timeout)?;
     Ok(socket.into())
 }
+
+/// A temp dir an unprivileged user can traverse (temp dirs are 0700 root), for tests that run
+/// relay-ctl as another user.
+pub fn traversable_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    dir
+}

@@ -22,7 +22,7 @@ use relay_tests::{
     netns::{NetPair, SERVER_V4, client_v4},
     probe::{Outcome, connect_from},
     relay::{Relay, relay_ctl_bin},
-    util::proc_status,
+    util::{proc_status, traversable_dir},
 };
 
 /// The uid the contract runs as (`nobody`).
@@ -117,13 +117,6 @@ dir = "{state}"
     .map(OsString::from)
     .collect();
     Relay::start_launched(&pair.server_ns, &launcher, &config)
-}
-
-/// A directory the unprivileged user can traverse (temp dirs are 0700 root).
-fn traversable_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
-    dir
 }
 
 #[test]

@@ -14,7 +14,6 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -27,7 +26,7 @@ use relay_tests::{
     netns::{NetPair, SERVER_V4, client_v4},
     probe::{Outcome, connect_from},
     relay::{Relay, relay_ctl_bin},
-    util::proc_status,
+    util::{proc_status, traversable_dir},
 };
 
 const PORT: u16 = 4443;
@@ -62,13 +61,6 @@ fn cli(socket: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A directory the unprivileged user can traverse (temp dirs are 0700 root).
-fn traversable_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
-    dir
 }
 
 fn relay_config(pair: &NetPair, dir: &Path, extra_server: &str, xdp: &str, block: &str) -> String {

@@ -28,7 +28,7 @@ use relay_tests::{
     metrics::Metrics,
     privilege,
     pyclient::{self, ClientRun, Echo, Transport},
-    relay::{Relay, relay_ctl_bin},
+    relay::{Relay, new_secret, relay_ctl_bin},
 };
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -41,24 +41,6 @@ const TELETHON_SIZES: [usize; 4] = [16, 1024, 65_536, MIB];
 /// kurigram needs 24 + 16·k; tiny to ~1 MiB.
 const KURIGRAM_SIZES: [usize; 4] = [24, 24 + 16 * 64, 24 + 16 * 4096, 24 + 16 * 65_536];
 const DD: [u8; 4] = [0xdd; 4];
-
-/// A fresh secret from `relay-ctl secret new` (32 hex digits).
-fn new_secret() -> String {
-    let out = Command::new(relay_ctl_bin())
-        .args(["secret", "new"])
-        .output()
-        .expect("run relay-ctl secret new");
-    assert!(out.status.success(), "relay-ctl secret new: {out:?}");
-    let secret = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned();
-    assert!(
-        secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
-        "relay-ctl secret new printed {secret:?}"
-    );
-    secret
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -5,14 +5,14 @@
 //! authentication; a wrong password and a refused CONNECT must each close the client with a
 //! log line naming the SOCKS step, and leave the process serving.
 
-use std::{io, net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{io, net::SocketAddr, path::Path, time::Duration};
 
 use relay_proto::Secret;
 use relay_tests::{
     fake_dc::FakeDc,
     mtproto_client::{ClientOptions, MtprotoClient, Transport as RawTransport},
     pyclient::{self, Echo, Transport},
-    relay::{Relay, relay_ctl_bin},
+    relay::{Relay, new_secret},
     socks5::{Behaviour, SocksServer},
 };
 
@@ -20,18 +20,6 @@ use relay_tests::{
 const SIZES: [usize; 3] = [16, 1024, 65_536];
 const USER: &str = "relay";
 const PASSWORD: &str = "correct horse";
-
-fn new_secret() -> String {
-    let out = Command::new(relay_ctl_bin())
-        .args(["secret", "new"])
-        .output()
-        .expect("run relay-ctl secret new");
-    assert!(out.status.success(), "relay-ctl secret new: {out:?}");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
 
 /// A relay whose DC 2 is `dc`, reached through `socks` (with `auth` = username and password
 /// file if given).
