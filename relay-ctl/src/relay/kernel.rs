@@ -48,7 +48,10 @@ where
     W: AsyncWrite + StreamHalf + Unpin,
 {
     let mut synced = 0;
+    let on_sockmap = &clock.shared.on_sockmap;
+    on_sockmap.store(true, std::sync::atomic::Ordering::Relaxed);
     let result = run(reader, writer, &mut flow, &mut synced, clock, count, left).await;
+    on_sockmap.store(false, std::sync::atomic::Ordering::Relaxed);
     // Whatever moved since the last poll is the user's traffic too.
     let _ = sync(&mut flow, &mut synced, clock, count, left);
     if matches!(result, Err(PumpError::Exhausted)) {

@@ -167,7 +167,8 @@ where
     let start = Instant::now();
     // Heap-held, as the relay future is held by every connection, idle or not.
     let shared = Arc::new(Shared::default());
-    let (activity, quota_drawn) = (&shared.activity, &shared.quota_drawn);
+    let (activity, quota_drawn, on_sockmap) =
+        (&shared.activity, &shared.quota_drawn, &shared.on_sockmap);
     let up_counter = AtomicU64::new(0);
     let down_counter = AtomicU64::new(0);
     // Upload bytes draw on the quota the sockmap program enforces for the download: it is
@@ -175,7 +176,7 @@ where
     let count_up = |n| {
         up_counter.fetch_add(n, Ordering::Relaxed);
         meter.client_bytes(n);
-        if meter.budget().is_some() {
+        if on_sockmap.load(Ordering::Relaxed) && meter.budget().is_some() {
             quota_drawn.notify_one();
         }
         !meter.exhausted()
@@ -250,8 +251,12 @@ pub(super) struct Shared {
     pub activity: AtomicU64,
     /// Whether one direction has reached EOF (see [`end`]).
     pub one_ended: AtomicBool,
-    /// Told when the upload counted bytes against a quota.
+    /// Told when the upload counted bytes against a quota, while the download is on the
+    /// sockmap path (`on_sockmap`): only then does a kernel budget need renewing, and the
+    /// upload's reads skip the quota lookup otherwise.
     pub quota_drawn: Notify,
+    /// Whether the download is on the sockmap path now.
+    pub on_sockmap: AtomicBool,
 }
 
 /// The pair's clock: what it shares, its start and its idle timeout.
