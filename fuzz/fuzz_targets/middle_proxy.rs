@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             loop {
                 match reader.next_frame() {
                     Ok(Some(frame)) => {
-                        let _ = FromMe::decode(&frame);
+                        let _ = FromMe::decode(frame);
                     }
                     Ok(None) => break,
                     Err(_) => break 'frames,

@@ -340,7 +340,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
     let mut buf = [0u8; 4096];
     loop {
         if let Some(frame) = reader.next_frame()? {
-            return Ok(frame);
+            return Ok(frame.to_vec());
         }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
@@ -408,7 +408,7 @@ async fn read_loop(
         loop {
             match reader.next_frame() {
                 Ok(Some(frame)) => {
-                    if let Err(e) = conn.dispatch(&frame) {
+                    if let Err(e) = conn.dispatch(frame) {
                         conn.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                         break 'outer e.to_string();
                     }

@@ -10,7 +10,6 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use rand::SeedableRng as _;
 use tokio::{io::AsyncWriteExt as _, time::Instant};
 
 use super::{
@@ -35,6 +34,9 @@ use relay_proto::{
 /// Longest client message relayed (Telegram's largest requests, file parts, are 512 KiB;
 /// the bound leaves room for clients that send more).
 pub const MAX_CLIENT_MESSAGE: usize = 2 << 20;
+
+/// Largest answer buffer a client keeps between answers.
+const KEEP_ANSWER_BUFFER: usize = 16 << 10;
 
 /// How a middle-mode relay ended.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +157,7 @@ async fn client_to_me<R: tokio::io::AsyncRead + Unpin>(
     let mut held = None;
     loop {
         while let Some(m) = up.decoder.next_message()? {
-            sender.send(&m.message, m.quick_ack).await?;
+            sender.send(m.message, m.quick_ack).await?;
         }
         let (mut buf, n) = read_pooled(&mut reader, &mut held, false).await?;
         if n == 0 {
@@ -188,13 +190,13 @@ async fn me_to_client<W: tokio::io::AsyncWrite + Unpin>(
     meter: &Metered<'_>,
     (activity, start): (&AtomicU64, Instant),
 ) -> Result<(), LegError> {
-    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     let mut out = Vec::new();
     let mut wrapped = Vec::new();
     while let Some(answer) = receiver.recv().await {
         out.clear();
         match answer {
-            Answer::Data(message) => encode_answer(tag, &message, &mut rng, &mut out)?,
+            // The thread's generator, borrowed for the call: a client holds none while idle.
+            Answer::Data(message) => encode_answer(tag, &message, &mut rand::rng(), &mut out)?,
             Answer::QuickAck(confirm) => encode_quick_ack(tag, confirm, &mut out),
         }
         meter.upstream_bytes(out.len() as u64);
@@ -209,6 +211,11 @@ async fn me_to_client<W: tokio::io::AsyncWrite + Unpin>(
             writer.write_all(&wrapped).await?;
         } else {
             writer.write_all(&out).await?;
+        }
+        // The buffers live as long as the client: one large answer must not stay with it.
+        if out.capacity() > KEEP_ANSWER_BUFFER {
+            out = Vec::new();
+            wrapped = Vec::new();
         }
     }
     // The ME closed this client (or its connection died): the client sees a close.

@@ -14,11 +14,11 @@ use rand::Rng;
 
 use crate::ProtoTag;
 
-/// A client message, unframed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientMessage {
+/// A client message, unframed, borrowed from the decoder until its next call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientMessage<'a> {
     /// The MTProto message.
-    pub message: Vec<u8>,
+    pub message: &'a [u8],
     /// The client asked for a quick acknowledgement.
     pub quick_ack: bool,
 }
@@ -38,6 +38,9 @@ pub enum ClientFrameError {
     #[error("message of {0} bytes is not whole 32-bit words")]
     Unaligned(usize),
 }
+
+/// Largest buffer a decoder keeps once it holds nothing.
+const KEEP_BUFFER: usize = 64 << 10;
 
 /// Cuts a client's decrypted stream into messages.
 pub struct ClientDecoder {
@@ -67,13 +70,23 @@ impl ClientDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Gives back a large buffer once every message in it is taken: a client that sent one
+    /// large request must not hold its size for the rest of the connection.
+    fn release(&mut self) {
+        if self.pos == self.buf.len() && self.buf.capacity() > KEEP_BUFFER {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
     /// Bytes held for a message not yet complete.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
     }
 
     /// The next whole message, `None` until one has arrived.
-    pub fn next_message(&mut self) -> Result<Option<ClientMessage>, ClientFrameError> {
+    pub fn next_message(&mut self) -> Result<Option<ClientMessage<'_>>, ClientFrameError> {
+        self.release();
         let avail = &self.buf[self.pos..];
         let Some((header, len, quick_ack)) = self.header(avail)? else {
             return Ok(None);
@@ -86,7 +99,6 @@ impl ClientDecoder {
             }
             return Ok(None);
         }
-        let body = &avail[header..header + len];
         let keep = match self.tag {
             ProtoTag::PaddedIntermediate => len - len % 4,
             _ => len,
@@ -94,9 +106,12 @@ impl ClientDecoder {
         if keep == 0 || keep % 4 != 0 {
             return Err(ClientFrameError::Unaligned(len));
         }
-        let message = body[..keep].to_vec();
+        let start = self.pos + header;
         self.pos += header + len;
-        Ok(Some(ClientMessage { message, quick_ack }))
+        Ok(Some(ClientMessage {
+            message: &self.buf[start..start + keep],
+            quick_ack,
+        }))
     }
 
     /// Header length, message length and quick-ack flag, once the header is complete.
@@ -193,13 +208,14 @@ pub fn encode_quick_ack(tag: ProtoTag, confirm: [u8; 4], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn decode_all(tag: ProtoTag, wire: &[u8], step: usize) -> Vec<ClientMessage> {
+    /// Each message and its quick-ack flag.
+    fn decode_all(tag: ProtoTag, wire: &[u8], step: usize) -> Vec<(Vec<u8>, bool)> {
         let mut d = ClientDecoder::new(tag, 1 << 20);
         let mut out = Vec::new();
         for piece in wire.chunks(step) {
             d.push(piece);
             while let Some(m) = d.next_message().expect("valid") {
-                out.push(m);
+                out.push((m.message.to_vec(), m.quick_ack));
             }
         }
         assert_eq!(d.buffered(), 0);
@@ -218,8 +234,7 @@ mod tests {
         wire.extend_from_slice(&[4; 4]);
         for step in [1, 3, wire.len()] {
             let got = decode_all(ProtoTag::Abridged, &wire, step);
-            let summary: Vec<(usize, bool)> =
-                got.iter().map(|m| (m.message.len(), m.quick_ack)).collect();
+            let summary: Vec<(usize, bool)> = got.iter().map(|(m, ack)| (m.len(), *ack)).collect();
             assert_eq!(summary, [(8, false), (4, true), (512, false), (4, true)]);
         }
     }
@@ -231,15 +246,34 @@ mod tests {
         wire.extend_from_slice(&(0x8000_0004u32).to_le_bytes());
         wire.extend_from_slice(&[2; 4]);
         let got = decode_all(ProtoTag::Intermediate, &wire, 2);
-        assert_eq!(got[0].message, [1; 8]);
-        assert!(got[1].quick_ack);
+        assert_eq!(got[0].0, [1; 8]);
+        assert!(got[1].1);
 
         // 8 bytes of message and 3 of padding.
         let mut padded = 11u32.to_le_bytes().to_vec();
         padded.extend_from_slice(&[5; 8]);
         padded.extend_from_slice(&[9; 3]);
         let got = decode_all(ProtoTag::PaddedIntermediate, &padded, 5);
-        assert_eq!(got[0].message, [5; 8]);
+        assert_eq!(got[0].0, [5; 8]);
+    }
+
+    #[test]
+    fn a_large_message_does_not_keep_its_buffer() {
+        let mut d = ClientDecoder::new(ProtoTag::Intermediate, 1 << 20);
+        let mut wire = (512u32 << 10).to_le_bytes().to_vec();
+        wire.resize(wire.len() + (512 << 10), 7);
+        d.push(&wire);
+        assert_eq!(
+            d.next_message().expect("valid").map(|m| m.message.len()),
+            Some(512 << 10)
+        );
+        assert_eq!(d.next_message(), Ok(None));
+        assert!(d.buf.capacity() <= KEEP_BUFFER, "{}", d.buf.capacity());
+        // Small messages keep theirs: no allocation per message.
+        d.push(&[4, 0, 0, 0, 1, 2, 3, 4]);
+        assert!(d.next_message().expect("valid").is_some());
+        assert_eq!(d.next_message(), Ok(None));
+        assert!(d.buf.capacity() >= 8);
     }
 
     #[test]
@@ -286,7 +320,7 @@ mod tests {
                 encode_answer(tag, &message, &mut rng, &mut wire).expect("encodable");
                 let got = decode_all(tag, &wire, 7);
                 assert_eq!(got.len(), 1);
-                assert_eq!(got[0].message, message, "{tag:?} {len}");
+                assert_eq!(got[0].0, message, "{tag:?} {len}");
             }
         }
     }
