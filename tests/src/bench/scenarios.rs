@@ -89,6 +89,9 @@ const GROUPS: [&str; 12] = [
     "handshakes",
     "target",
 ];
+/// Share of the wanted idle connections that must open for a per-connection memory figure.
+const MIN_IDLE_OPENED: f64 = 0.9;
+
 /// Groups that repeat scenarios of the others: they run only when `--only` names them.
 const ON_REQUEST: [&str; 2] = ["handshakes", "target"];
 /// User counts of the peers group's handshake rows.
@@ -1781,6 +1784,15 @@ impl<'a> Bench<'a> {
             notes.push(format!(
                 "only {opened} of {conns} connections opened: {}",
                 row["generator"]["first_error"]
+            ));
+        }
+        // A proxy that refused most connections has no per-connection figure: its fixed
+        // overhead over a handful would read as a tiny (or huge) cost each.
+        if opened < conns as f64 * MIN_IDLE_OPENED {
+            row["rss_per_opened_conn_kib"] = row["rss_per_conn_kib"].take();
+            notes.push(format!(
+                "fewer than {:.0} % of the connections stayed open: no figure per connection",
+                MIN_IDLE_OPENED * 100.0
             ));
         }
         if !notes.is_empty() {
