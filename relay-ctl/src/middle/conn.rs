@@ -50,7 +50,8 @@ pub enum Answer {
     QuickAck([u8; 4]),
 }
 
-/// One client's receiving side, shared with the reader task.
+/// One client's receiving side, shared with the reader task: its answers wait in a queue
+/// that holds no memory while empty (an idle client costs a few words here).
 #[derive(Default)]
 pub struct Inbox {
     /// Bytes delivered and not yet taken.
@@ -58,6 +59,15 @@ pub struct Inbox {
     /// Set when the client was dropped for queueing too much.
     pub overflowed: AtomicBool,
     dropped: tokio::sync::Notify,
+    answers: Mutex<Answers>,
+    arrived: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Answers {
+    queue: VecDeque<Answer>,
+    /// The route is gone: no answer follows the queued ones.
+    closed: bool,
 }
 
 impl Inbox {
@@ -67,11 +77,57 @@ impl Inbox {
             self.dropped.notified().await;
         }
     }
+
+    /// The next answer; `None` once the route is closed and every answer taken.
+    pub async fn next(&self) -> Option<Answer> {
+        loop {
+            let arrived = self.arrived.notified();
+            {
+                let mut answers = lock(&self.answers);
+                if let Some(answer) = answers.queue.pop_front() {
+                    if answers.queue.is_empty() {
+                        // A burst's queue does not stay with an idle client.
+                        answers.queue = VecDeque::new();
+                    }
+                    return Some(answer);
+                }
+                if answers.closed {
+                    return None;
+                }
+            }
+            arrived.await;
+        }
+    }
+
+    fn push(&self, answer: Answer) {
+        let mut answers = lock(&self.answers);
+        if !answers.closed {
+            answers.queue.push_back(answer);
+        }
+        drop(answers);
+        self.arrived.notify_one();
+    }
+
+    fn close(&self) {
+        lock(&self.answers).closed = true;
+        self.arrived.notify_one();
+    }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A client's entry in its connection's table; dropping it (the client closed, or the
+/// connection died) ends the client's answers.
 struct Route {
-    tx: mpsc::UnboundedSender<Answer>,
     inbox: Arc<Inbox>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 #[derive(Default)]
@@ -190,11 +246,8 @@ impl MeConn {
         );
     }
 
-    /// Registers a client; its answers arrive on the returned receiver.
-    pub fn register(
-        &self,
-    ) -> Result<(u64, mpsc::UnboundedReceiver<Answer>, Arc<Inbox>), MiddleError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Registers a client; its answers arrive in the returned inbox.
+    pub fn register(&self) -> Result<(u64, Arc<Inbox>), MiddleError> {
         let inbox = Arc::new(Inbox::default());
         let mut routes = self.routes.lock().map_err(|_| MiddleError::Down)?;
         if self.is_dead() {
@@ -209,11 +262,10 @@ impl MeConn {
         routes.live.insert(
             id,
             Route {
-                tx,
                 inbox: inbox.clone(),
             },
         );
-        Ok((id, rx, inbox))
+        Ok((id, inbox))
     }
 
     /// Queues an RPC payload for the ME, waiting while the writer is behind.
@@ -283,8 +335,7 @@ impl MeConn {
             let _ = self.out.try_send(rpc::encode_close_ext(id).to_vec());
             return Ok(());
         }
-        // A receiver already gone is a client that is leaving: its close follows.
-        let _ = route.tx.send(answer);
+        route.inbox.push(answer);
         Ok(())
     }
 }

@@ -6,8 +6,6 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
-use tokio::sync::mpsc;
-
 use super::{
     MiddleError,
     conn::{Answer, Inbox, MeConn},
@@ -35,7 +33,6 @@ pub struct MeSender {
 
 /// A session's receiving half.
 pub struct MeReceiver {
-    rx: mpsc::UnboundedReceiver<Answer>,
     inbox: Arc<Inbox>,
 }
 
@@ -48,7 +45,7 @@ impl MeSession {
         tag: ProtoTag,
         ad_tag: Option<AdTag>,
     ) -> Result<MeSession, MiddleError> {
-        let (id, rx, inbox) = conn.register()?;
+        let (id, inbox) = conn.register()?;
         Ok(MeSession {
             sender: MeSender {
                 conn,
@@ -58,7 +55,7 @@ impl MeSession {
                 tag,
                 ad_tag,
             },
-            receiver: MeReceiver { rx, inbox },
+            receiver: MeReceiver { inbox },
         })
     }
 
@@ -103,7 +100,7 @@ impl MeReceiver {
         if self.inbox.overflowed.load(Ordering::Relaxed) {
             return None;
         }
-        let answer = self.rx.recv().await?;
+        let answer = self.inbox.next().await?;
         let len = match &answer {
             Answer::Data(d) => d.len(),
             Answer::QuickAck(_) => 4,

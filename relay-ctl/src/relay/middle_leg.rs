@@ -23,7 +23,7 @@ use super::{
 use crate::middle::{
     MiddleEnd,
     conn::Answer,
-    session::{MeReceiver, MeSender},
+    session::{MeReceiver, MeSender, MeSession},
 };
 use relay_proto::{
     AesCtr, ProtoTag,
@@ -58,11 +58,39 @@ enum LegError {
 pub async fn relay<C: RelayStream, M>(
     client: C,
     peer: SocketAddr,
-    accepted: Accepted,
+    accepted: Box<Accepted>,
     account: &Account,
     ctx: &RelayContext<M>,
     middle: &MiddleEnd,
 ) {
+    // Opening in a box of its own, freed once the session is up: an idle client keeps only
+    // what `Leg` holds.
+    let Some(leg) = Box::pin(open(client, peer, accepted, account, ctx, middle)).await else {
+        return;
+    };
+    leg.run(account, ctx).await;
+}
+
+/// A client with its session on an ME connection, ready to relay.
+struct Leg<C> {
+    client: C,
+    session: MeSession,
+    tag: ProtoTag,
+    upstream: Upstream,
+    encrypt: AesCtr,
+    tls: bool,
+    early_data: Vec<u8>,
+}
+
+/// Opens the client's session on an ME connection; `None` (logged) when none is available.
+async fn open<C: RelayStream, M>(
+    client: C,
+    peer: SocketAddr,
+    accepted: Box<Accepted>,
+    account: &Account,
+    ctx: &RelayContext<M>,
+    middle: &MiddleEnd,
+) -> Option<Leg<C>> {
     let user = account.name.as_str();
     let local = client
         .local_addr()
@@ -74,8 +102,8 @@ pub async fn relay<C: RelayStream, M>(
         early_data,
         records,
         ..
-    } = accepted;
-    let mut session = match middle
+    } = *accepted;
+    let session = match middle
         .open(handshake.dc, peer, local, handshake.tag, ad_tag)
         .await
     {
@@ -88,49 +116,76 @@ pub async fn relay<C: RelayStream, M>(
                 dc = handshake.dc,
                 "middle proxy unavailable: {e}"
             );
-            return;
+            return None;
         }
     };
     tracing::debug!(user, dc = handshake.dc, me = %session.me_addr(), "relaying via middle proxy");
-    let meter = Metered {
-        account,
-        stats: &ctx.stats,
-    };
-    let start = Instant::now();
-    let activity = AtomicU64::new(0);
-    let inbox = session.inbox();
-    let (sender, receiver) = session.parts();
-    let (client_r, client_w) = client.into_split();
-    let up = client_to_me(
-        client_r,
-        early_data,
-        Upstream {
+    Some(Leg {
+        client,
+        session,
+        tag: handshake.tag,
+        upstream: Upstream {
             records,
             decrypt: handshake.decrypt,
             decoder: ClientDecoder::new(handshake.tag, MAX_CLIENT_MESSAGE),
         },
-        sender,
-        &meter,
-        (&activity, start),
-    );
-    let down = me_to_client(
-        client_w,
-        receiver,
-        handshake.tag,
-        handshake.encrypt,
+        encrypt: handshake.encrypt,
         tls,
-        &meter,
-        (&activity, start),
-    );
-    let watchdog = idle_watchdog(&activity, start, ctx.idle_timeout);
-    let ended = tokio::select! {
-        r = up => r.err().map(|e| e.to_string()),
-        r = down => r.err().map(|e| e.to_string()),
-        () = watchdog => Some("idle timeout".to_owned()),
-        // Writing to it may be blocked; the drop must not wait for that.
-        () = inbox.overflow() => Some("too slow to read its answers".to_owned()),
-    };
-    tracing::debug!(user, error = ended, "middle-mode relay ended");
+        early_data,
+    })
+}
+
+impl<C: RelayStream> Leg<C> {
+    async fn run<M>(self, account: &Account, ctx: &RelayContext<M>) {
+        let Leg {
+            client,
+            mut session,
+            tag,
+            upstream,
+            encrypt,
+            tls,
+            early_data,
+        } = self;
+        let meter = Metered {
+            account,
+            stats: &ctx.stats,
+        };
+        let start = Instant::now();
+        let activity = AtomicU64::new(0);
+        let inbox = session.inbox();
+        let (sender, receiver) = session.parts();
+        let (client_r, client_w) = client.into_split();
+        let up = client_to_me(
+            client_r,
+            early_data,
+            upstream,
+            sender,
+            &meter,
+            (&activity, start),
+        );
+        let down = me_to_client(
+            client_w,
+            receiver,
+            tag,
+            encrypt,
+            tls,
+            &meter,
+            (&activity, start),
+        );
+        let watchdog = idle_watchdog(&activity, start, ctx.idle_timeout);
+        let ended = tokio::select! {
+            r = up => r.err().map(|e| e.to_string()),
+            r = down => r.err().map(|e| e.to_string()),
+            () = watchdog => Some("idle timeout".to_owned()),
+            // Writing to it may be blocked; the drop must not wait for that.
+            () = inbox.overflow() => Some("too slow to read its answers".to_owned()),
+        };
+        tracing::debug!(
+            user = account.name.as_str(),
+            error = ended,
+            "middle-mode relay ended"
+        );
+    }
 }
 
 /// What turns client bytes into messages.

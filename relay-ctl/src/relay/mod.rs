@@ -58,7 +58,7 @@ pub async fn serve<C: RelayStream, M: MaskDialer>(
     mut slot: Slot,
     ctx: Arc<RelayContext<M>>,
 ) {
-    ctx.misuse.report(peer.ip(), Offence::Connection).await;
+    Box::pin(ctx.misuse.report(peer.ip(), Offence::Connection)).await;
     // TCP_NODELAY comes from the listener (see `listener::bind`).
     let mut active = ctx.stats.connection();
     let preamble = ctx.mask_preamble(peer, || client.local_addr());
@@ -71,14 +71,21 @@ pub async fn serve<C: RelayStream, M: MaskDialer>(
         ctx.handshake_timeout
     };
     let ticket = Arc::clone(slot.ticket());
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(
-            deadline,
-            handshake::accept(&mut client, peer.ip(), &ctx, &mut intake, &mut answered),
-        ) => r.unwrap_or(Err(Failure::Timeout)),
-        // Only a handshake that has not sent a byte is evicted, so it has not been answered.
-        () = ticket.evicted() => Err(Failure::Evicted),
-    }
+    // Boxed, as are the fronting paths: the connection's future holds for its whole life
+    // the largest state of any of its steps, and an idle relayed connection needs none of
+    // theirs.
+    let outcome = Box::pin(async {
+        tokio::select! {
+            r = tokio::time::timeout(
+                deadline,
+                handshake::accept(&mut client, peer.ip(), &ctx, &mut intake, &mut answered),
+            ) => r.unwrap_or(Err(Failure::Timeout)).map(Box::new),
+            // Only a handshake that has not sent a byte is evicted, so it has not been
+            // answered.
+            () = ticket.evicted() => Err(Failure::Evicted),
+        }
+    })
+    .await
     .map_err(|failure| {
         if answered {
             Failure::BadAfterFlight
@@ -118,7 +125,7 @@ pub async fn serve<C: RelayStream, M: MaskDialer>(
                     if ctx.on_limit == OnLimit::Front && !accepted.tls {
                         active.enter(ConnState::Fronted);
                         let bytes = intake.preamble_and_seen();
-                        front::front(client, bytes, FrontReason::UserLimit, &ctx).await;
+                        Box::pin(front::front(client, bytes, FrontReason::UserLimit, &ctx)).await;
                     }
                 }
             }
@@ -130,39 +137,71 @@ pub async fn serve<C: RelayStream, M: MaskDialer>(
             let mode = (sniff(&intake.seen) == Sniff::Tls).then_some(Mode::Tls);
             ctx.stats.handshake(mode, HandshakeResult::Failed);
             if let Some(offence) = failure.offence() {
-                ctx.misuse.report(peer.ip(), offence).await;
+                Box::pin(ctx.misuse.report(peer.ip(), offence)).await;
             }
             if failure.frontable() {
                 active.enter(ConnState::Fronted);
-                let to_front = intake.into_front(&ctx).await;
-                front::front_with(client, to_front, FrontReason::Failure(failure), &ctx).await;
+                let to_front = Box::pin(intake.into_front(&ctx)).await;
+                let reason = FrontReason::Failure(failure);
+                Box::pin(front::front_with(client, to_front, reason, &ctx)).await;
             }
         }
     }
 }
 
+/// Relays an accepted client. Each mode's state lives in its own box, sized for that mode;
+/// the connection's future holds only the pointer.
 async fn relay<C: RelayStream, M>(
     client: C,
     peer: SocketAddr,
-    accepted: Accepted,
+    accepted: Box<Accepted>,
     account: &Account,
     ctx: &RelayContext<M>,
 ) {
     if let Some(middle) = &ctx.middle {
-        middle_leg::relay(client, peer, accepted, account, ctx, middle).await;
+        Box::pin(middle_leg::relay(
+            client, peer, accepted, account, ctx, middle,
+        ))
+        .await;
         return;
     }
     let user = account.name.as_str();
+    // The dial and the first write in a box of their own, freed once the pair is up: an idle
+    // relayed connection keeps only what `Direct` holds.
+    let Some(pair) = Box::pin(open_direct(client, peer, accepted, user, ctx)).await else {
+        return;
+    };
+    Box::pin(pair.run(account, ctx)).await;
+}
+
+/// A client and its DC connection, ready to relay.
+struct Direct<C: RelayStream> {
+    client: C,
+    dc: tokio::net::TcpStream,
+    to_upstream: ToUpstream,
+    to_client: ToClient,
+    /// Client bytes that came with the handshake (already sent on).
+    early: u64,
+}
+
+/// Dials the DC and sends it the leg's header with the client's first bytes; `None` (logged)
+/// when the DC cannot be reached.
+async fn open_direct<C: RelayStream, M>(
+    client: C,
+    peer: SocketAddr,
+    accepted: Box<Accepted>,
+    user: &str,
+    ctx: &RelayContext<M>,
+) -> Option<Direct<C>> {
     let Accepted {
         handshake,
         tls,
         mut early_data,
         records,
         ..
-    } = accepted;
+    } = *accepted;
     let fast = ctx.fast_mode.then_some(&handshake.encrypt_keys);
-    let (mut dc_stream, leg) = match upstream::connect(ctx, handshake.tag, handshake.dc, fast).await
-    {
+    let (mut dc, leg) = match upstream::connect(ctx, handshake.tag, handshake.dc, fast).await {
         Ok(connected) => connected,
         Err(e) => {
             // A DC outage makes this once per connection: rate-limited.
@@ -173,7 +212,7 @@ async fn relay<C: RelayStream, M>(
                 dc = handshake.dc,
                 "DC connection failed: {e}"
             );
-            return;
+            return None;
         }
     };
     tracing::debug!(user, dc = handshake.dc, "relaying");
@@ -183,43 +222,51 @@ async fn relay<C: RelayStream, M>(
         (!ctx.fast_mode).then_some((leg.decrypt, handshake.encrypt)),
         tls,
     );
-    let meter = Metered {
-        account,
-        stats: &ctx.stats,
-    };
     to_upstream.crypt(&mut early_data);
     // The DC header and the client's first bytes in one write: one segment to the DC.
     let mut first = Vec::with_capacity(leg.wire.len() + early_data.len());
     first.extend_from_slice(&leg.wire);
     first.extend_from_slice(&early_data);
-    if dc_stream.write_all(&first).await.is_err() {
-        return;
-    }
-    drop(first);
-    // What arrived with the header is client traffic too (for usage and quota).
-    pump::Meter::client_bytes(&meter, early_data.len() as u64);
-    // Freed now rather than when the (long) relay ends.
-    drop(early_data);
-    let (mut client_r, mut client_w) = client.into_split();
-    let (mut dc_r, mut dc_w) = dc_stream.into_split();
-    let (stats, error) = pump::relay(
-        (&mut client_r, &mut client_w),
-        (&mut dc_r, &mut dc_w),
+    dc.write_all(&first).await.ok()?;
+    Some(Direct {
+        client,
+        dc,
         to_upstream,
         to_client,
-        ctx.idle_timeout,
-        &meter,
-        ctx.offload(),
-    )
-    .await;
-    C::close(client_r, client_w);
-    <tokio::net::TcpStream as RelayStream>::close(dc_r, dc_w);
-    tracing::debug!(
-        user,
-        from_client = stats.from_client,
-        from_dc = stats.from_upstream,
-        idle_timeout = stats.idle_timeout,
-        error = error.as_ref().map(ToString::to_string),
-        "relay ended"
-    );
+        early: early_data.len() as u64,
+    })
+}
+
+impl<C: RelayStream> Direct<C> {
+    /// Relays both ways until the pair ends, then closes both sockets.
+    async fn run<M>(self, account: &Account, ctx: &RelayContext<M>) {
+        let meter = Metered {
+            account,
+            stats: &ctx.stats,
+        };
+        // What arrived with the header is client traffic too (for usage and quota).
+        pump::Meter::client_bytes(&meter, self.early);
+        let (mut client_r, mut client_w) = self.client.into_split();
+        let (mut dc_r, mut dc_w) = self.dc.into_split();
+        let (stats, error) = pump::relay(
+            (&mut client_r, &mut client_w),
+            (&mut dc_r, &mut dc_w),
+            self.to_upstream,
+            self.to_client,
+            ctx.idle_timeout,
+            &meter,
+            ctx.offload(),
+        )
+        .await;
+        C::close(client_r, client_w);
+        <tokio::net::TcpStream as RelayStream>::close(dc_r, dc_w);
+        tracing::debug!(
+            user = account.name.as_str(),
+            from_client = stats.from_client,
+            from_dc = stats.from_upstream,
+            idle_timeout = stats.idle_timeout,
+            error = error.as_ref().map(ToString::to_string),
+            "relay ended"
+        );
+    }
 }

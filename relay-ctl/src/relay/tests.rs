@@ -927,3 +927,17 @@ async fn a_good_handshake_is_relayed_to_the_dc() {
     relay.ctx.stats.export(&mut samples);
     assert_eq!(samples.total(Metric::HandshakeFailures), 0);
 }
+
+#[tokio::test]
+async fn a_connection_future_holds_no_phase_state() {
+    // Every connection holds its `serve` future for its whole life: each phase (handshake,
+    // dial, relay, fronting) keeps its state in a box of its own, so a connection pays only
+    // for the phase it is in, not for the largest of all of them.
+    let relay = Relay::start(Options::default());
+    let peer: SocketAddr = "198.18.0.9:1000".parse().expect("peer");
+    let slot = relay.slot(peer.ip());
+    let (_client, served) = pair();
+    let fut = super::serve(served, peer, slot, Arc::clone(&relay.ctx));
+    let size = std::mem::size_of_val(&fut);
+    assert!(size <= 768, "the serve future grew to {size} bytes");
+}
