@@ -734,7 +734,12 @@ impl<'a> Bench<'a> {
         let openssl = crypto::openssl_speed(self.options.smoke);
         let transform = crypto::transform(self.profile.crypto_budget);
         let handshake = crypto::handshake_costs(self.profile.crypto_budget / 4);
-        let mut section = json!({"transform": transform, "handshake_us": handshake});
+        let middle = crypto::middle_framing(self.profile.crypto_budget);
+        let mut section = json!({
+            "transform": transform,
+            "handshake_us": handshake,
+            "middle_framing": middle,
+        });
         match openssl {
             Ok(openssl) => {
                 let ratio = section["transform"]["to_upstream_bytes_per_sec"]
