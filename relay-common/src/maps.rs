@@ -119,6 +119,14 @@ const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
 impl XdpConfig {
     /// The per-source new-connection limiter is on.
     pub const FLAG_SYN_LIMIT: u32 = 1;
+    /// The IPv4 allowlist may hold entries: the program looks sources up in it. Without the
+    /// flag it skips the lookup (most operators allowlist nothing). Userspace sets it before
+    /// it inserts a first entry and clears it after it removed the last.
+    pub const FLAG_ALLOW_V4: u32 = 1 << 1;
+    /// The same for the IPv6 allowlist.
+    pub const FLAG_ALLOW_V6: u32 = 1 << 2;
+    /// The flags userspace keeps in step with the allowlists, whatever the tunables say.
+    pub const ALLOW_FLAGS: u32 = Self::FLAG_ALLOW_V4 | Self::FLAG_ALLOW_V6;
 
     /// Whether the limiter is on.
     pub const fn syn_limit_enabled(&self) -> bool {

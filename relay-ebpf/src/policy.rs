@@ -129,6 +129,8 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
         return Verdict::Passed;
     };
     let bare_syn = segment.syn && !segment.ack;
+    // An empty allowlist is not looked up (see `XdpConfig::FLAG_ALLOW_V4`).
+    let allows = |flag| config.flags & flag != 0;
     match &segment.source {
         Source::V4(addr) => {
             let mut lookups = MapLookups {
@@ -136,6 +138,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
                 prefix: Key::new(32, *addr),
                 key: *addr,
                 allow: &ALLOW_V4,
+                allow_any: allows(XdpConfig::FLAG_ALLOW_V4),
                 block: &BLOCK_V4,
                 bans: &BANS_V4,
                 syn: &SYN_V4,
@@ -151,6 +154,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, segment: &Segment) -> Verdict {
                 prefix: Key::new(128, *addr),
                 key: prefix,
                 allow: &ALLOW_V6,
+                allow_any: allows(XdpConfig::FLAG_ALLOW_V6),
                 block: &BLOCK_V6,
                 bans: &BANS_V6,
                 syn: &SYN_V6,
@@ -190,6 +194,9 @@ struct MapLookups<'a, C, A: 'static, K: 'static> {
     prefix: Key<A>,
     key: K,
     allow: &'static LpmTrie<A, u8>,
+    /// Whether `allow` may hold entries (a flag, not an `Option` of the map: the verifier
+    /// refuses the branchless select LLVM makes of the latter).
+    allow_any: bool,
     block: &'static LpmTrie<A, u8>,
     bans: &'static HashMap<K, BanEntry>,
     syn: &'static LruHashMap<K, TokenBucket>,
@@ -204,7 +211,7 @@ impl<C: EbpfContext, A, K> Lookups for MapLookups<'_, C, A, K> {
 
     #[inline(always)]
     fn allowlisted(&mut self) -> bool {
-        self.allow.get(&self.prefix).is_some()
+        self.allow_any && self.allow.get(&self.prefix).is_some()
     }
 
     #[inline(always)]

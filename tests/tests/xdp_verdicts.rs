@@ -166,8 +166,24 @@ impl Fixture {
         fixture
     }
 
-    /// Replaces the program's configuration, as a reload does.
+    /// Replaces the program's configuration, as a reload does; the allowlist flags stay as
+    /// [`Fixture::allow`] set them.
     fn set_config(&mut self, config: XdpConfig) {
+        let allow = self.config.get(&0, 0).map_or(0, |c| c.flags) & XdpConfig::ALLOW_FLAGS;
+        let flags = (config.flags & !XdpConfig::ALLOW_FLAGS) | allow;
+        self.config
+            .set(0, XdpConfig { flags, ..config }, 0)
+            .expect("write CONFIG");
+    }
+
+    /// Sets or clears an allowlist flag, as relay-ctl does around the allowlist's contents.
+    fn allow_flag(&mut self, flag: u32, on: bool) {
+        let mut config = self.config.get(&0, 0).expect("read CONFIG");
+        if on {
+            config.flags |= flag;
+        } else {
+            config.flags &= !flag;
+        }
         self.config.set(0, config, 0).expect("write CONFIG");
     }
 
@@ -198,8 +214,14 @@ impl Fixture {
         .unwrap_or_else(|e| panic!("insert {text}: {e}"));
     }
 
-    /// Adds a CIDR to the allowlist.
+    /// Adds a CIDR to the allowlist, with its family's flag (the program skips an allowlist
+    /// whose flag is clear).
     fn allow(&mut self, text: &str) {
+        let flag = match cidr(text).0 {
+            IpAddr::V4(_) => XdpConfig::FLAG_ALLOW_V4,
+            IpAddr::V6(_) => XdpConfig::FLAG_ALLOW_V6,
+        };
+        self.allow_flag(flag, true);
         Self::insert_prefix(&mut self.allow_v4, &mut self.allow_v6, text);
     }
 
@@ -1187,6 +1209,106 @@ fn allowlisted_source_inside_blocked_cidr_passes() {
             Verdict::BlockedCidr,
         );
     }
+}
+
+/// The program looks an address family's allowlist up only while its flag says it may hold
+/// entries: no lookup for the operators who allowlist nothing.
+#[test]
+fn an_allowlist_is_consulted_only_under_its_flag() {
+    if !privileged("an_allowlist_is_consulted_only_under_its_flag") {
+        return;
+    }
+    let mut fx = Fixture::new(DEFAULT_CONFIG);
+    fx.block("198.51.100.0/24");
+    fx.block("2001:db8::/32");
+    fx.allow("198.51.100.7/32");
+    fx.allow("2001:db8:0:7::/64");
+    let sources = [
+        (XdpConfig::FLAG_ALLOW_V4, IpAddr::V4(v4(7))),
+        (XdpConfig::FLAG_ALLOW_V6, IpAddr::V6(v6(7, 1))),
+    ];
+    for (flag, src) in sources {
+        let frame = Frame::tcp(src, PORT).syn().build();
+        fx.expect(
+            &format!("{src} under the flag"),
+            &frame,
+            Verdict::Allowlisted,
+        );
+        fx.allow_flag(flag, false);
+        fx.expect(&format!("{src} without it"), &frame, Verdict::BlockedCidr);
+        fx.allow_flag(flag, true);
+        fx.expect(
+            &format!("{src} under it again"),
+            &frame,
+            Verdict::Allowlisted,
+        );
+    }
+}
+
+/// relay-ctl's map wrapper raises an allowlist's flag before its first entry goes in, clears
+/// it once the last is gone, keeps it through new tunables, and finds it from the entries
+/// already in the maps when it takes them (pinned maps carry a previous run's over).
+#[test]
+fn userspace_keeps_the_allowlist_flags_in_step() {
+    if !privileged("userspace_keeps_the_allowlist_flags_in_step") {
+        return;
+    }
+    use relay_common::PrefixList;
+    let (mut ebpf, _logger) = relay_tests::kernel::load_xdp();
+    // An IPv6 entry from "a previous run", in the map before relay-ctl takes it.
+    let net = |text: &str| text.parse::<relay_ctl::config::Cidr>().expect("net").0;
+    let v6 = net("2001:db8:0:7::/64");
+    {
+        let mut allow_v6: LpmTrie<&mut MapData, [u8; 16], u8> =
+            LpmTrie::try_from(ebpf.map_mut(names::ALLOW_V6).expect("ALLOW_V6")).expect("trie");
+        let (IpAddr::V6(addr), 64) = cidr("2001:db8:0:7::/64") else {
+            unreachable!("an IPv6 /64")
+        };
+        allow_v6
+            .insert(&Key::new(64, addr.octets()), 1, 0)
+            .expect("insert");
+    }
+    let mut maps = relay_ctl::xdp::XdpMaps::take(&mut ebpf).expect("maps");
+    let allow_flags = |maps: &relay_ctl::xdp::XdpMaps| {
+        maps.config().expect("read CONFIG").flags & XdpConfig::ALLOW_FLAGS
+    };
+    assert_eq!(
+        allow_flags(&maps),
+        XdpConfig::FLAG_ALLOW_V6,
+        "found at take"
+    );
+    let (v4, v4b) = (net("198.51.100.7/32"), net("198.51.100.64/26"));
+    maps.insert_prefix(PrefixList::Block, net("198.18.0.0/15"))
+        .expect("a blocklist entry");
+    assert_eq!(
+        allow_flags(&maps),
+        XdpConfig::FLAG_ALLOW_V6,
+        "blocklist: no flag"
+    );
+    maps.insert_prefix(PrefixList::Allow, v4).expect("insert");
+    maps.insert_prefix(PrefixList::Allow, v4b).expect("insert");
+    assert_eq!(allow_flags(&maps), XdpConfig::ALLOW_FLAGS);
+    maps.set_config(DEFAULT_CONFIG).expect("new tunables");
+    assert_eq!(
+        maps.config().expect("read CONFIG").flags,
+        XdpConfig::FLAG_SYN_LIMIT | XdpConfig::ALLOW_FLAGS,
+        "tunables neither clear nor set the allowlist flags"
+    );
+    assert!(maps.remove_prefix(PrefixList::Allow, v6));
+    assert_eq!(allow_flags(&maps), XdpConfig::FLAG_ALLOW_V4);
+    assert!(maps.remove_prefix(PrefixList::Allow, v4));
+    assert_eq!(
+        allow_flags(&maps),
+        XdpConfig::FLAG_ALLOW_V4,
+        "one entry left"
+    );
+    assert!(maps.remove_prefix(PrefixList::Allow, v4b));
+    assert_eq!(allow_flags(&maps), 0, "both allowlists empty");
+    assert_eq!(
+        maps.config().expect("read CONFIG"),
+        DEFAULT_CONFIG,
+        "the tunables as set"
+    );
 }
 
 #[test]

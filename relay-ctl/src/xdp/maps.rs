@@ -52,6 +52,10 @@ pub enum MapsError {
 /// Handles on the maps userspace writes or reads.
 pub struct XdpMaps {
     config: Array<MapData, XdpConfig>,
+    /// The tunables last written, without the allowlist flags.
+    tunables: XdpConfig,
+    /// `XdpConfig::FLAG_ALLOW_*` for the allowlists that may hold entries.
+    allow_flags: u32,
     ports: Array<MapData, [u8; names::LISTEN_PORT_SLOTS]>,
     allow_v4: LpmTrie<MapData, [u8; 4], u8>,
     allow_v6: LpmTrie<MapData, [u8; 16], u8>,
@@ -99,8 +103,20 @@ fn list_capacity(list: PrefixList) -> u32 {
 impl XdpMaps {
     /// Takes ownership of the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        Ok(XdpMaps {
-            config: take(ebpf, names::CONFIG)?,
+        let config: Array<MapData, XdpConfig> = take(ebpf, names::CONFIG)?;
+        // Pinned maps carry the previous run's tunables and allowlists over.
+        let tunables = config.get(&0, 0).unwrap_or(XdpConfig {
+            syn_rate_per_sec: 0,
+            syn_burst: 0,
+            new_state_per_cpu_per_sec: 0,
+            flags: 0,
+            banned_syn_rate_per_sec: 0,
+            banned_syn_burst: 0,
+        });
+        let mut maps = XdpMaps {
+            config,
+            tunables,
+            allow_flags: 0,
             ports: take(ebpf, names::LISTEN_PORTS)?,
             allow_v4: take(ebpf, names::ALLOW_V4)?,
             allow_v6: take(ebpf, names::ALLOW_V6)?,
@@ -118,11 +134,29 @@ impl XdpMaps {
                 v6: take(ebpf, names::UNRATED_V6)?,
                 any: take(ebpf, names::UNRATED_ANY)?,
             })),
-        })
+        };
+        maps.allow_flags = maps.allow_flags_now();
+        maps.write_config()?;
+        Ok(maps)
     }
 
-    /// Writes the tunables.
+    /// Writes the tunables (the allowlist flags are this type's to keep).
     pub fn set_config(&mut self, config: XdpConfig) -> Result<(), MapsError> {
+        self.tunables = config;
+        self.write_config()
+    }
+
+    /// The configuration the program reads now (from its map).
+    pub fn config(&self) -> Result<XdpConfig, MapError> {
+        self.config.get(&0, 0)
+    }
+
+    fn write_config(&mut self) -> Result<(), MapsError> {
+        let flags = (self.tunables.flags & !XdpConfig::ALLOW_FLAGS) | self.allow_flags;
+        let config = XdpConfig {
+            flags,
+            ..self.tunables
+        };
         self.config
             .set(0, config, 0)
             .map_err(|source| MapsError::Update {
@@ -130,6 +164,39 @@ impl XdpMaps {
                 entry: "0".to_owned(),
                 source,
             })
+    }
+
+    /// The allowlist flags the tries' contents call for now.
+    fn allow_flags_now(&self) -> u32 {
+        let mut flags = 0;
+        if self.allow_v4.keys().next().is_some() {
+            flags |= XdpConfig::FLAG_ALLOW_V4;
+        }
+        if self.allow_v6.keys().next().is_some() {
+            flags |= XdpConfig::FLAG_ALLOW_V6;
+        }
+        flags
+    }
+
+    /// Sets `flag` (before an entry goes in: the program never skips a filled allowlist).
+    fn raise_allow_flag(&mut self, flag: u32) -> Result<(), MapsError> {
+        if self.allow_flags & flag == 0 {
+            self.allow_flags |= flag;
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    /// Clears the flags of allowlists left empty (after a removal).
+    fn settle_allow_flags(&mut self) {
+        let now = self.allow_flags_now();
+        if now != self.allow_flags {
+            self.allow_flags = now;
+            if let Err(e) = self.write_config() {
+                // A flag left set costs one lookup per packet, nothing else.
+                tracing::debug!("allowlist flags not updated: {e}");
+            }
+        }
     }
 
     /// Makes `ports` the exact set of ports the program acts on, in one write: a port listened
@@ -152,6 +219,12 @@ impl XdpMaps {
 
     /// Adds a prefix to a list.
     pub fn insert_prefix(&mut self, list: PrefixList, net: IpNet) -> Result<(), MapsError> {
+        if list == PrefixList::Allow {
+            self.raise_allow_flag(match net {
+                IpNet::V4(_) => XdpConfig::FLAG_ALLOW_V4,
+                IpNet::V6(_) => XdpConfig::FLAG_ALLOW_V6,
+            })?;
+        }
         let (v4, v6) = self.tries(list);
         let result = match net {
             IpNet::V4(n) => v4.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0),
@@ -170,14 +243,18 @@ impl XdpMaps {
     /// Removes a prefix from a list; returns whether it was there.
     pub fn remove_prefix(&mut self, list: PrefixList, net: IpNet) -> bool {
         let (v4, v6) = self.tries(list);
-        match net {
+        let removed = match net {
             IpNet::V4(n) => v4
                 .remove(&Key::new(n.prefix_len().into(), n.network().octets()))
                 .is_ok(),
             IpNet::V6(n) => v6
                 .remove(&Key::new(n.prefix_len().into(), n.network().octets()))
                 .is_ok(),
+        };
+        if removed && list == PrefixList::Allow {
+            self.settle_allow_flags();
         }
+        removed
     }
 
     #[expect(clippy::type_complexity, reason = "a pair of the two families' tries")]
