@@ -257,9 +257,14 @@ pub(super) mod tests {
             )
             .await
         });
-        // The upstream → client direction joins the maps before any byte is sent (a source
-        // that is receiving when its direction starts would splice until it goes quiet); the
-        // other direction splices.
+        // The upstream → client direction splices its first bulk and joins the maps when it
+        // goes quiet; the other direction splices.
+        let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (first, rest) = payload.split_at(1 << 20);
+        let (mut up_r, mut up_w) = upstream.split();
+        up_w.write_all(first).await.expect("upstream writes");
+        let mut got = vec![0u8; first.len()];
+        client.read_exact(&mut got).await.expect("the first part");
         for _ in 0..1000 {
             if passage.entries().sources == 1 {
                 break;
@@ -267,14 +272,10 @@ pub(super) mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(passage.entries().sources, 1, "the download joined");
-        let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
-        let sent = payload.clone();
-        let (mut up_r, mut up_w) = upstream.split();
         let write = async {
-            up_w.write_all(&sent).await.expect("upstream writes");
+            up_w.write_all(rest).await.expect("upstream writes");
             up_w.shutdown().await.expect("fin");
         };
-        let mut got = Vec::new();
         let read = client.read_to_end(&mut got);
         let ((), read) = tokio::join!(write, read);
         read.expect("client reads to EOF");
@@ -291,14 +292,60 @@ pub(super) mod tests {
         assert_eq!(pump.from_client, 10);
         assert_eq!(passage.entries(), Default::default(), "no entries left");
         let moved = MOVED.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(
-            moved >= payload.len() as u64,
-            "the kernel moved {moved} bytes"
-        );
+        assert!(moved >= rest.len() as u64, "the kernel moved {moved} bytes");
         let mut samples = crate::telemetry::Samples::default();
         stats.export(&mut samples);
         let total = crate::telemetry::Metric::PassthroughTotal;
+        // The download started on splice, then moved on; the upload spliced.
         assert_eq!(samples.get(total, &["sockmap"]), 1);
-        assert_eq!(samples.get(total, &["splice"]), 1);
+        assert_eq!(samples.get(total, &["splice"]), 2);
+    }
+
+    /// A short exchange (a request, an answer, a close) never joins the maps: joining costs
+    /// more system calls than such a connection makes in all.
+    #[tokio::test]
+    async fn a_short_exchange_stays_out_of_the_maps() {
+        let Some(passage) = passage("a_short_exchange_stays_out_of_the_maps") else {
+            return;
+        };
+        let stats = Arc::new(RelayStats::default());
+        let (mut client, client_far) = pair().await;
+        let (mut upstream, upstream_far) = pair().await;
+        let (p, s) = (passage.clone(), stats.clone());
+        let relay = tokio::spawn(async move {
+            relay(
+                client_far.into_split(),
+                upstream_far.into_split(),
+                Passthrough,
+                Passthrough,
+                Duration::from_secs(30),
+                &(),
+                Offload {
+                    passage: Some(&p),
+                    copy_only: false,
+                    stats: Some(&s),
+                },
+            )
+            .await
+        });
+        client.write_all(&[1; 128]).await.expect("request");
+        let mut request = [0u8; 128];
+        upstream.read_exact(&mut request).await.expect("request");
+        upstream.write_all(&[2; 4096]).await.expect("answer");
+        let mut answer = [0u8; 4096];
+        client.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(answer, [2; 4096]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(passage.entries(), Default::default(), "nothing joined");
+        client.shutdown().await.expect("client fin");
+        upstream.shutdown().await.expect("upstream fin");
+        let (pump, err) = relay.await.expect("relay");
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!((pump.from_client, pump.from_upstream), (128, 4096));
+        let mut samples = crate::telemetry::Samples::default();
+        stats.export(&mut samples);
+        let total = crate::telemetry::Metric::PassthroughTotal;
+        assert_eq!(samples.get(total, &["sockmap"]), 0);
+        assert_eq!(samples.get(total, &["splice"]), 2);
     }
 }

@@ -5,8 +5,9 @@
 //! Read buffers come from [`super::buffers`] and go back whenever a read would block, so an
 //! idle pair holds none; a direction whose reads fill the buffer moves to a bulk-sized one,
 //! or, when its bytes pass through unchanged between two TCP sockets, to [`super::splice`].
-//! Such a direction goes to the kernel's sockmap program instead ([`super::kernel`]) when it
-//! is loaded, as soon as its source holds no segment read in part (at once, as a rule).
+//! Such a direction goes on to the kernel's sockmap program ([`super::kernel`]) when it is
+//! loaded, once it has moved bulk and its source holds no unread segment: joining the maps
+//! costs a dozen system calls and a psock, more than a short exchange moves.
 
 use std::{
     pin::Pin,
@@ -297,14 +298,15 @@ where
     let on_sockets =
         transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
     let mut splicing = on_sockets && !offload.copy_only;
-    // The sockmap program takes the direction over at the first moment its source has no
-    // unread bytes (at once, unless the handshake left some).
-    let mut kernel = offload.passage.filter(|_| splicing);
-    let first = match (kernel, splicing) {
-        (Some(_), _) => Path::Sockmap,
-        (None, true) => Path::Splice,
-        (None, false) => Path::Copy,
+    // The sockmap program takes the direction over once it has moved bulk ([`JOIN_AFTER`]
+    // bytes, or a read that filled its buffer), at the first moment its source has no unread
+    // bytes (when a splice burst goes quiet, as a rule).
+    let mut join = if offload.passage.is_some() && splicing {
+        Join::After(JOIN_AFTER)
+    } else {
+        Join::Never
     };
+    let first = if splicing { Path::Splice } else { Path::Copy };
     let mut path = transform
         .passthrough()
         .then(|| offload.stats.map(|s| s.path(first)))
@@ -314,29 +316,27 @@ where
     let mut held = None;
     let mut bulk = false;
     loop {
-        if let Some(passage) = kernel
-            && reader.socket().is_some_and(Passage::ready)
+        if (join == Join::Now
+            || join == Join::WhenReady && reader.socket().is_some_and(Passage::ready))
+            && let Some(passage) = offload.passage
         {
-            kernel = None;
-            match open_flow(passage, &reader, &writer, budget) {
-                Some(flow) => {
-                    drop(held);
-                    // Boxed: only sockmap directions carry its state.
-                    return Box::pin(kernel::relay(
-                        &mut reader,
-                        &mut writer,
-                        flow,
-                        *clock,
-                        count,
-                        budget,
-                    ))
-                    .await;
+            join = Join::Never;
+            // Refused (logged): the direction stays on splice.
+            if let Some(flow) = open_flow(passage, &reader, &writer, budget) {
+                drop(held);
+                if let Some(path) = &mut path {
+                    path.switch(Path::Sockmap);
                 }
-                None => {
-                    if let Some(path) = &mut path {
-                        path.switch(Path::Splice);
-                    }
-                }
+                // Boxed: only sockmap directions carry its state.
+                return Box::pin(kernel::relay(
+                    &mut reader,
+                    &mut writer,
+                    flow,
+                    *clock,
+                    count,
+                    budget,
+                ))
+                .await;
             }
         }
         if bulk
@@ -346,7 +346,13 @@ where
             held = None;
             // Boxed: its state exists only while a burst runs, not in every idle connection.
             match Box::pin(splice_burst(from, to, activity, start, count)).await? {
-                BurstEnd::Quiet => bulk = false,
+                BurstEnd::Quiet => {
+                    bulk = false;
+                    // The burst emptied the receive queue.
+                    if join == Join::WhenReady {
+                        join = Join::Now;
+                    }
+                }
                 BurstEnd::Eof => {
                     end(&mut writer, &clock.shared.one_ended).await?;
                     return Ok(());
@@ -378,11 +384,37 @@ where
         }
         drop(scratch);
         bulk = wants_bulk(n, buf.len());
+        join = match join {
+            Join::After(left) if !bulk && left > n as u32 => Join::After(left - n as u32),
+            // A read that did not fill its buffer emptied the receive queue: whatever has
+            // arrived since is whole segments, which the program forwards as they are.
+            Join::After(_) | Join::WhenReady if !bulk => Join::Now,
+            Join::After(_) => Join::WhenReady,
+            other => other,
+        };
         // A buffer of the wrong size goes back to the pool; the next read takes the right one.
         if buf.is_bulk() == bulk {
             held = Some(buf);
         }
     }
+}
+
+/// Bytes a passthrough direction moves before it joins the sockmap program's maps: joining
+/// (and leaving) costs about as much as copying this much, and short exchanges, a request
+/// and its answer, stay under it.
+const JOIN_AFTER: u32 = 64 * 1024;
+
+/// When a direction joins the sockmap program's maps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Join {
+    /// Never: no program, not a passthrough direction between sockets, or it was refused.
+    Never,
+    /// Once it has moved this many more bytes, or a read fills its buffer.
+    After(u32),
+    /// At the first moment its source holds no segment read in part.
+    WhenReady,
+    /// Now: its source holds no segment read in part.
+    Now,
 }
 
 /// A direction's reader reached EOF: propagates the half-close while the other direction
@@ -729,9 +761,9 @@ mod tests {
         );
         // Every connection holds one for its whole life, idle or not (see the memory
         // benchmark); bulk buffers, splicing and the sockmap loop keep their state boxed,
-        // but each direction carries its path and the sockmap hand-over.
+        // but each direction carries its path and when it joins the sockmap.
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1340, "the relay future grew to {size} bytes");
+        assert!(size <= 1360, "the relay future grew to {size} bytes");
     }
 
     #[tokio::test(start_paused = true)]

@@ -283,10 +283,10 @@ pub struct PathGuard<'a> {
 }
 
 impl PathGuard<'_> {
-    /// The direction moved to `path` (counted there instead, in the total too).
+    /// The direction moved on to `path`: it is active there now, and counts in that path's
+    /// total as well as in the one it started on (a total never goes down).
     pub fn switch(&mut self, path: Path) {
         let stats = self.stats;
-        stats.paths_total[self.path as usize].fetch_sub(1, Ordering::Relaxed);
         stats.paths_active[self.path as usize].fetch_sub(1, Ordering::Relaxed);
         stats.paths_total[path as usize].fetch_add(1, Ordering::Relaxed);
         stats.paths_active[path as usize].fetch_add(1, Ordering::Relaxed);

@@ -229,12 +229,13 @@ metrics! {
         json: Some("passthrough_active"),
         help: "Relay directions whose bytes pass through unchanged (fast mode's DC to client, fronted connections), open now, by path: sockmap (moved by the kernel's sockmap program), splice (splice(2) bursts), copy (read and written by the relay).",
     }
-    /// Passthrough directions since start, by path.
+    /// Passthrough directions since start that took each path (one that moved on to the
+    /// sockmap counts under splice too).
     PassthroughTotal {
         name: "relay_passthrough_total",
         labels: &["path"],
         json: Some("passthrough_total"),
-        help: "Relay directions whose bytes pass through unchanged, since start, by path (sockmap, splice, copy).",
+        help: "Relay directions whose bytes pass through unchanged, since start, that took each path (sockmap, splice, copy; a direction that moved on from splice to sockmap counts under both).",
     }
     /// Whether the sockmap program is loaded.
     SockmapLoaded {
