@@ -175,7 +175,7 @@ pub(super) mod tests {
     use crate::{
         passage::Passage,
         relay::{
-            pump::{Offload, Passthrough, relay},
+            pump::{Offload, Passthrough, PumpStats, relay},
             splice::tests::pair,
             stats::RelayStats,
         },
@@ -196,6 +196,38 @@ pub(super) mod tests {
                 None
             }
         }
+    }
+
+    /// A relay task between two socket pairs, passthrough both ways, with the program: the
+    /// client's end, the upstream's end and the task.
+    async fn relayed(
+        passage: &Arc<Passage>,
+        stats: &Arc<RelayStats>,
+    ) -> (
+        tokio::net::TcpStream,
+        tokio::net::TcpStream,
+        tokio::task::JoinHandle<(PumpStats, Option<PumpError>)>,
+    ) {
+        let (client, client_far) = pair().await;
+        let (upstream, upstream_far) = pair().await;
+        let (p, s) = (passage.clone(), stats.clone());
+        let task = tokio::spawn(async move {
+            relay(
+                client_far.into_split(),
+                upstream_far.into_split(),
+                Passthrough,
+                Passthrough,
+                Duration::from_secs(30),
+                &(),
+                Offload {
+                    passage: Some(&p),
+                    copy_only: false,
+                    stats: Some(&s),
+                },
+            )
+            .await
+        });
+        (client, upstream, task)
     }
 
     #[tokio::test(start_paused = true)]
@@ -238,25 +270,7 @@ pub(super) mod tests {
             return;
         };
         let stats = Arc::new(RelayStats::default());
-        let (mut client, client_far) = pair().await;
-        let (mut upstream, upstream_far) = pair().await;
-        let (p, s) = (passage.clone(), stats.clone());
-        let relay = tokio::spawn(async move {
-            relay(
-                client_far.into_split(),
-                upstream_far.into_split(),
-                Passthrough,
-                Passthrough,
-                Duration::from_secs(30),
-                &(),
-                Offload {
-                    passage: Some(&p),
-                    copy_only: false,
-                    stats: Some(&s),
-                },
-            )
-            .await
-        });
+        let (mut client, mut upstream, relay) = relayed(&passage, &stats).await;
         // The upstream → client direction splices its first bulk and joins the maps when it
         // goes quiet; the other direction splices.
         let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -309,25 +323,7 @@ pub(super) mod tests {
             return;
         };
         let stats = Arc::new(RelayStats::default());
-        let (mut client, client_far) = pair().await;
-        let (mut upstream, upstream_far) = pair().await;
-        let (p, s) = (passage.clone(), stats.clone());
-        let relay = tokio::spawn(async move {
-            relay(
-                client_far.into_split(),
-                upstream_far.into_split(),
-                Passthrough,
-                Passthrough,
-                Duration::from_secs(30),
-                &(),
-                Offload {
-                    passage: Some(&p),
-                    copy_only: false,
-                    stats: Some(&s),
-                },
-            )
-            .await
-        });
+        let (mut client, mut upstream, relay) = relayed(&passage, &stats).await;
         client.write_all(&[1; 128]).await.expect("request");
         let mut request = [0u8; 128];
         upstream.read_exact(&mut request).await.expect("request");
