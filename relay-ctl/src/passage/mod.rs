@@ -122,7 +122,7 @@ impl Passage {
 
     /// Puts `from` (as a source) and `to` (as its target) in the maps, with `budget` bytes the
     /// program may redirect before it passes everything to userspace. `from` must have no
-    /// segment read in part ([`Passage::ready`]).
+    /// segment read in part: the program would forward it whole again.
     pub fn open<'a>(
         &'a self,
         from: &impl std::os::fd::AsFd,
@@ -130,15 +130,6 @@ impl Passage {
         budget: u64,
     ) -> std::io::Result<Flow<'a>> {
         Flow::open(self, from.as_fd(), to.as_fd(), budget)
-    }
-
-    /// Whether `from` can become a source now: no segment in its receive queue has been read
-    /// in part (the program would forward it whole again). True when nothing is queued, or
-    /// nothing was ever read.
-    pub fn ready(from: &impl std::os::fd::AsFd) -> bool {
-        let from = from.as_fd();
-        socket::unread(from).is_ok_and(|unread| !unread)
-            || socket::never_read(from).unwrap_or(false)
     }
 
     /// Entries in each map now (walks them: for metrics and tests, not the data path).

@@ -26,30 +26,6 @@ pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// Whether bytes were received and not yet read. The program must not see a socket with
-/// any: it would forward the whole of a segment userspace has read part of. A one-byte peek,
-/// not `SIOCINQ`: on a socket already in a sockmap that counts only the psock's queue.
-pub fn unread(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut byte = 0u8;
-    // SAFETY: a valid descriptor and a one-byte buffer.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::WouldBlock => Ok(false),
-            _ => Err(e),
-        };
-    }
-    Ok(n > 0)
-}
-
 /// Makes the kernel run the socket's data-ready callback now (setting `SO_RCVLOWAT`, at its
 /// default of 1, checks for queued bytes): a socket that joined a sockmap with segments
 /// already queued gets them through the verdict program at once, not at the next arrival.
@@ -82,7 +58,6 @@ struct TcpInfoHead {
     pacing_rate: u64,
     max_pacing_rate: u64,
     bytes_acked: u64,
-    bytes_received: u64,
 }
 
 fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfoHead> {
@@ -104,31 +79,10 @@ fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfoHead> {
     if (len as usize) < std::mem::size_of::<TcpInfoHead>() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "tcp_info without tcpi_bytes_received",
+            "tcp_info without tcpi_bytes_acked",
         ));
     }
     Ok(info)
-}
-
-/// Whether nothing has been read from the socket yet: every byte it received is still
-/// queued (`SIOCINQ` equals `tcpi_bytes_received`), in whole segments. (On a socket already
-/// in a sockmap `SIOCINQ` counts only the psock's queue, so this is then false.)
-/// The two are read one after the other: queued first, so a segment arriving in between makes
-/// them differ (tried again a few times) and never makes them look equal.
-pub fn never_read(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    for _ in 0..4 {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: a valid descriptor and an int for SIOCINQ (FIONREAD) to fill.
-        let done = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut queued) };
-        if done < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let received = tcp_info(fd)?.bytes_received;
-        if u64::try_from(queued).is_ok_and(|q| q == received) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Bytes written into the socket so far, up to a constant: the bytes the peer acknowledged

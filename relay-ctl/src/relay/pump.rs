@@ -299,8 +299,8 @@ where
         transform.passthrough() && reader.socket().is_some() && writer.socket().is_some();
     let mut splicing = on_sockets && !offload.copy_only;
     // The sockmap program takes the direction over once it has moved bulk ([`JOIN_AFTER`]
-    // bytes, or a read that filled its buffer), at the first moment its source has no unread
-    // bytes (when a splice burst goes quiet, as a rule).
+    // bytes, or a read that filled its buffer), as soon as its source's receive queue has
+    // been emptied (see [`Join`]).
     let mut join = if offload.passage.is_some() && splicing {
         Join::After(JOIN_AFTER)
     } else {
@@ -316,8 +316,7 @@ where
     let mut held = None;
     let mut bulk = false;
     loop {
-        if (join == Join::Now
-            || join == Join::WhenReady && reader.socket().is_some_and(Passage::ready))
+        if join == Join::Now
             && let Some(passage) = offload.passage
         {
             join = Join::Never;
@@ -349,7 +348,7 @@ where
                 BurstEnd::Quiet => {
                     bulk = false;
                     // The burst emptied the receive queue.
-                    if join == Join::WhenReady {
+                    if join == Join::WhenDrained {
                         join = Join::Now;
                     }
                 }
@@ -388,8 +387,8 @@ where
             Join::After(left) if !bulk && left > n as u32 => Join::After(left - n as u32),
             // A read that did not fill its buffer emptied the receive queue: whatever has
             // arrived since is whole segments, which the program forwards as they are.
-            Join::After(_) | Join::WhenReady if !bulk => Join::Now,
-            Join::After(_) => Join::WhenReady,
+            Join::After(_) | Join::WhenDrained if !bulk => Join::Now,
+            Join::After(_) => Join::WhenDrained,
             other => other,
         };
         // A buffer of the wrong size goes back to the pool; the next read takes the right one.
@@ -411,8 +410,10 @@ enum Join {
     Never,
     /// Once it has moved this many more bytes, or a read fills its buffer.
     After(u32),
-    /// At the first moment its source holds no segment read in part.
-    WhenReady,
+    /// Once a read that does not fill its buffer, or a splice burst going quiet, has emptied
+    /// its source's receive queue (a read that fills its buffer may stop inside a segment,
+    /// which the program would forward whole again).
+    WhenDrained,
     /// Now: its source holds no segment read in part.
     Now,
 }

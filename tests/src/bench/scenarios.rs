@@ -340,6 +340,22 @@ struct Spec {
     passthrough: &'static str,
 }
 
+impl Spec {
+    /// A relay as an operator runs it: fast mode, XDP `auto`, no flood limits, direct to the
+    /// fake DC, passthrough `auto`.
+    fn new(label: &'static str, users: usize) -> Spec {
+        Spec {
+            label,
+            users,
+            fast: true,
+            xdp: XdpMode::Auto,
+            flood: false,
+            middle: false,
+            passthrough: "auto",
+        }
+    }
+}
+
 /// `mode` as `[xdp] mode` spells it.
 fn xdp_mode_name(mode: XdpMode) -> &'static str {
     match mode {
@@ -779,15 +795,7 @@ impl<'a> Bench<'a> {
     }
 
     fn main_group(&mut self) -> Result<()> {
-        let relay = self.start_relay(Spec {
-            label: "main",
-            users: 1,
-            fast: true,
-            xdp: XdpMode::Auto,
-            flood: false,
-            middle: false,
-            passthrough: "auto",
-        })?;
+        let relay = self.start_relay(Spec::new("main", 1))?;
         self.throughput_matrix(&relay);
         for mode in ["dd", "tls"] {
             let outcome = self.handshakes(&relay, mode, "random");
@@ -837,13 +845,9 @@ impl<'a> Bench<'a> {
                 _ => "passthrough-copy",
             };
             let relay = self.start_relay(Spec {
-                label,
-                users: 1,
-                fast: true,
                 xdp: XdpMode::Off,
-                flood: false,
-                middle: false,
                 passthrough,
+                ..Spec::new(label, 1)
             })?;
             let outcome = self
                 .throughput(&relay, "dd", conns, frame)
@@ -875,13 +879,8 @@ impl<'a> Bench<'a> {
 
     fn slow_group(&mut self) -> Result<()> {
         let relay = self.start_relay(Spec {
-            label: "slow",
-            users: 1,
             fast: false,
-            xdp: XdpMode::Auto,
-            flood: false,
-            middle: false,
-            passthrough: "auto",
+            ..Spec::new("slow", 1)
         })?;
         self.throughput_matrix(&relay);
         self.stop_relay(relay);
@@ -889,15 +888,7 @@ impl<'a> Bench<'a> {
     }
 
     fn users_group(&mut self) -> Result<()> {
-        let relay = self.start_relay(Spec {
-            label: "users",
-            users: 1000,
-            fast: true,
-            xdp: XdpMode::Auto,
-            flood: false,
-            middle: false,
-            passthrough: "auto",
-        })?;
+        let relay = self.start_relay(Spec::new("users", 1000))?;
         for mode in ["dd", "tls"] {
             // Random users: the average case, judged against the target. The first and last
             // user bound it for a relay that tries secrets in order.
@@ -916,15 +907,7 @@ impl<'a> Bench<'a> {
     }
 
     fn memory_group(&mut self) -> Result<()> {
-        let relay = self.start_relay(Spec {
-            label: "memory",
-            users: 1,
-            fast: true,
-            xdp: XdpMode::Auto,
-            flood: false,
-            middle: false,
-            passthrough: "auto",
-        })?;
+        let relay = self.start_relay(Spec::new("memory", 1))?;
         let outcome = self.idle(&relay);
         self.record("memory", "idle connections", outcome);
         self.stop_relay(relay);
@@ -933,18 +916,15 @@ impl<'a> Bench<'a> {
 
     fn flood_group(&mut self) -> Result<()> {
         for xdp in [XdpMode::Auto, XdpMode::Off] {
+            let label = if xdp == XdpMode::Off {
+                "flood-off"
+            } else {
+                "flood-xdp"
+            };
             let relay = self.start_relay(Spec {
-                label: if xdp == XdpMode::Off {
-                    "flood-off"
-                } else {
-                    "flood-xdp"
-                },
-                users: 1,
-                fast: true,
                 xdp,
                 flood: true,
-                middle: false,
-                passthrough: "auto",
+                ..Spec::new(label, 1)
             })?;
             let xdp = if xdp == XdpMode::Off { "off" } else { "on" };
             // The unloaded figure is the mean of a window before and one after the floods,
@@ -987,15 +967,7 @@ impl<'a> Bench<'a> {
     /// through `relay-fakeme`, started for these rows at the fake DC's address (its own port)
     /// and stopped after them.
     fn middle_group(&mut self) -> Result<()> {
-        let relay = self.start_relay(Spec {
-            label: "middle-direct",
-            users: 1,
-            fast: true,
-            xdp: XdpMode::Auto,
-            flood: false,
-            middle: false,
-            passthrough: "auto",
-        })?;
+        let relay = self.start_relay(Spec::new("middle-direct", 1))?;
         self.middle_rows(&relay, "direct");
         self.stop_relay(relay);
         self.start_fakeme()?;
@@ -1050,13 +1022,8 @@ impl<'a> Bench<'a> {
     /// The middle-mode half of [`Bench::middle_group`], with the fake ME running.
     fn middle_relay(&mut self) -> Result<()> {
         let relay = self.start_relay(Spec {
-            label: "middle",
-            users: 1,
-            fast: true,
-            xdp: XdpMode::Auto,
-            flood: false,
             middle: true,
-            passthrough: "auto",
+            ..Spec::new("middle", 1)
         })?;
         // Measure the clients, not the pool's start: wait for every ME connection.
         let pool = wait_me_pool(
@@ -1136,15 +1103,8 @@ impl<'a> Bench<'a> {
             runnable.into_iter().partition(|p| !p.kind.middle_only());
         for users in PEER_USERS {
             Bench::interrupted()?;
-            let relay = self.start_relay(Spec {
-                label: if users == 1 { "peers-1" } else { "peers-100" },
-                users,
-                fast: true,
-                xdp: XdpMode::Auto,
-                flood: false,
-                middle: false,
-                passthrough: "auto",
-            })?;
+            let label = if users == 1 { "peers-1" } else { "peers-100" };
+            let relay = self.start_relay(Spec::new(label, users))?;
             let secrets = relay.secrets.clone();
             self.subject_rows(None, &relay.proc, RELAY_PORT, &secrets, users, "direct");
             self.stop_relay(relay);
@@ -1167,18 +1127,14 @@ impl<'a> Bench<'a> {
     fn peers_middle(&mut self, middle: &[&Peer]) -> Result<()> {
         for users in PEER_USERS {
             Bench::interrupted()?;
+            let label = if users == 1 {
+                "peers-middle-1"
+            } else {
+                "peers-middle-100"
+            };
             let relay = self.start_relay(Spec {
-                label: if users == 1 {
-                    "peers-middle-1"
-                } else {
-                    "peers-middle-100"
-                },
-                users,
-                fast: true,
-                xdp: XdpMode::Auto,
-                flood: false,
                 middle: true,
-                passthrough: "auto",
+                ..Spec::new(label, users)
             })?;
             if let Err(e) = wait_me_pool(
                 relay.proc.pid(),
@@ -1412,13 +1368,8 @@ impl<'a> Bench<'a> {
             (XdpMode::Off, "no-xdp"),
         ] {
             let relay = self.start_relay(Spec {
-                label,
-                users: 1,
-                fast: true,
                 xdp,
-                flood: false,
-                middle: false,
-                passthrough: "auto",
+                ..Spec::new(label, 1)
             })?;
             let n = self.profile.conns[self.profile.target_conns];
             let outcome = self.throughput(&relay, "dd", n, 16 * 1024);
@@ -1451,15 +1402,7 @@ impl<'a> Bench<'a> {
 
     /// The 1-user relay's handshakes (with `full`: first the target throughput row), then the 1,000-user relay's handshakes with a random user.
     fn handshake_pair(&mut self, full: bool) -> Result<()> {
-        let relay = self.start_relay(Spec {
-            label: "main",
-            users: 1,
-            fast: true,
-            xdp: XdpMode::Auto,
-            flood: false,
-            middle: false,
-            passthrough: "auto",
-        })?;
+        let relay = self.start_relay(Spec::new("main", 1))?;
         if full {
             let n = self.profile.conns[self.profile.target_conns];
             let outcome = self.throughput(&relay, "dd", n, 16 * 1024).map(|mut v| {
@@ -1473,15 +1416,7 @@ impl<'a> Bench<'a> {
             self.record("handshakes", &format!("{mode} 1 user"), outcome);
         }
         self.stop_relay(relay);
-        let relay = self.start_relay(Spec {
-            label: "users",
-            users: 1000,
-            fast: true,
-            xdp: XdpMode::Auto,
-            flood: false,
-            middle: false,
-            passthrough: "auto",
-        })?;
+        let relay = self.start_relay(Spec::new("users", 1000))?;
         for mode in ["dd", "tls"] {
             for (pick, suffix) in [("random", ""), ("sticky", ", a user per source")] {
                 let outcome = self.handshakes(&relay, mode, pick);
